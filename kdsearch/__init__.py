@@ -1,0 +1,8 @@
+"""kdsearch: find the best way to distill a large network into a small one."""
+
+from kdsearch.config import TrainConfig
+from kdsearch.errors import UserError
+from kdsearch.train import FitResult, fit
+
+__all__ = ["TrainConfig", "FitResult", "UserError", "fit"]
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""Self-describing model checkpoints, written atomically and read without unpickling code.
+
+A checkpoint is a plain dict: the weights, how to rebuild the model, what data it
+expects (normalisation, class names) and its metrics. ``torch.load(weights_only=True)``
+reads it; a file carrying a pickled callable is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdsearch.errors import UserError
+from kdsearch.models import build_model
+
+FORMAT = "kdsearch-checkpoint/1"
+
+
+def model_spec(arch: str, num_outputs: int, in_channels: int, stem: str, width: float) -> dict:
+    return {"arch": arch, "num_outputs": num_outputs, "in_channels": in_channels, "stem": stem, "width": width}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, **meta) -> Path:
+    """Write ``{format, model spec, state_dict, **meta}`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "model": spec, "state_dict": state, **meta}
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        torch.save(payload, tmp)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)  # a kill leaves either the old file or the new one, never half
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: pass the path of a .pt file kdsearch wrote")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise UserError(f"refusing to load {path}: it carries code, not just weights ({first[:120]})") from None
+    except Exception as exc:  # torch raises many types (KeyError, RuntimeError, ...) on arbitrary bytes
+        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}): pass a checkpoint kdsearch wrote") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a kdsearch checkpoint (no '{FORMAT}' format tag): pass a checkpoint kdsearch wrote")
+    return payload
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    payload = read_checkpoint(path)
+    spec = payload["model"]
+    model = build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not fit a {spec['arch']} ({str(exc).splitlines()[0]})") from None
+    return model, payload

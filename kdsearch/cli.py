@@ -1,0 +1,172 @@
+"""The ``kdsearch`` command line. Every user-fixable problem ends in one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from kdsearch.config import TrainConfig, parse_value
+from kdsearch.errors import UserError
+
+# Flags that mean something other than their field, or that need a help text.
+_HELP = {
+    "method": "ce (no teacher), kd, at or dml",
+    "dataset": "digits (offline default), fashion_mnist, cifar10, cifar100, celeba",
+    "data_dir": "folder holding the dataset files (default $KDSEARCH_DATA or ./data)",
+    "download": "download the dataset through torchvision if it is not in --data-dir",
+    "teacher_checkpoint": "use this teacher checkpoint instead of the cached one",
+    "cache_dir": "where trained teachers are cached (default $KDSEARCH_CACHE or ~/.cache/kdsearch)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip or f.name == "method_args":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if bool in typing.get_args(hints[f.name]) or hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=_HELP.get(f.name))
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=_HELP.get(f.name))
+    parser.add_argument("--set", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method setting, e.g. --set temperature=4 --set alpha=0.9 (repeatable)")  # fmt: skip
+    parser.add_argument("--config", metavar="YAML", help="read settings from a YAML file; flags override it")
+
+
+def _config_from_args(args: argparse.Namespace, extra: dict | None = None) -> TrainConfig:
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if f.name == "method_args" or value is None:
+            continue
+        values[f.name] = parse_value(value) if isinstance(value, str) and f.name not in ("data_dir", "cache_dir", "teacher_checkpoint") else value
+    method_args = {}
+    for item in args.method_args:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}: e.g. --set temperature=4")
+        method_args[key.strip()] = parse_value(value)
+    values.update(extra or {})
+    if args.config:
+        base = TrainConfig.from_yaml(args.config)
+        merged = {**base.method_args, **method_args}
+        return TrainConfig.from_dict({**base.to_dict(), **values, "method_args": merged}, source=args.config)
+    if method_args:
+        values["method_args"] = method_args
+    return TrainConfig.from_dict(values, source="command line")
+
+
+def _log(quiet: bool):
+    return (lambda _: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_summary(result) -> str:
+    cfg, m = result.config, result.metrics
+    lines = [f"{cfg.method} on {cfg.dataset}: student {cfg.student}, teacher {cfg.teacher}"]
+    lines.append(f"{'':18}{'val/acc':>9}{'test/acc':>10}")
+    if "teacher/test_acc" in m:  # absent for ce/dml until the teacher has been trained once
+        lines.append(f"{'teacher ' + cfg.teacher:18}{m['teacher/val_acc']:>9.4f}{m['teacher/test_acc']:>10.4f}")
+    lines.append(f"{'student ' + cfg.student:18}{m['val/acc']:>9.4f}{m['test/acc']:>10.4f}")
+    if "compression/ratio" in m:
+        lines.append(
+            f"compression: {_human(m['student/params'])} vs {_human(m['teacher/params'])} params ({m['compression/ratio']:.2f}x), "
+            f"{m['student/size_mb']:.2f} vs {m['teacher/size_mb']:.2f} MB ({m['compression/size_ratio']:.2f}x), "
+            f"{_human(m['student/flops'])} vs {_human(m['teacher/flops'])} FLOPs ({m['compression/flops_ratio']:.2f}x)"
+        )
+    else:
+        lines.append(f"student: {_human(m['student/params'])} params, {m['student/size_mb']:.2f} MB, {_human(m['student/flops'])} FLOPs")
+    if "latency/cpu_ms" in m:
+        speed = f"CPU latency {m['latency/cpu_ms']:.2f} ms at batch 1"
+        if "compression/speedup" in m:
+            speed += f" ({m['compression/speedup']:.2f}x faster than the teacher's {m['latency/teacher_cpu_ms']:.2f} ms)"
+        lines.append(speed + f", {m['throughput/cpu_img_s']:,.0f} images/s at batch 256")
+    if "accuracy/drop" in m:
+        lines.append(f"accuracy drop vs teacher (test): {100 * m['accuracy/drop']:+.2f} points")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdsearch.train import fit
+
+    cfg = _config_from_args(args)
+    result = fit(cfg, log=_log(args.quiet or args.json))
+    if args.save:
+        try:
+            result.save(args.save)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.save} ({exc.strerror}): pass a writable --save path") from None
+    if args.json:
+        print(json.dumps({"config": result.config.to_dict(), "metrics": result.metrics}))
+    else:
+        print(format_summary(result))
+        if args.save:
+            print(f"student checkpoint: {args.save}")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from kdsearch.data import load_dataset
+    from kdsearch.teachers import get_teacher
+
+    cfg = _config_from_args(args, extra={"teacher": args.arch} if args.arch else None).resolved()
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.train_subset)
+    teacher = get_teacher(cfg, data, log=_log(args.quiet or args.json))
+    if args.json:
+        print(json.dumps({"path": str(teacher.path), "arch": teacher.arch, "metrics": teacher.metrics}))
+    else:
+        print(f"teacher {teacher.arch} on {cfg.dataset}: val/acc {teacher.metrics['val/acc']:.4f}  test/acc {teacher.metrics['test/acc']:.4f}")
+        print(f"checkpoint: {teacher.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kdsearch", description="Find the best way to distill a large network into a small one.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="run one distillation and print accuracy and compression metrics")
+    _add_config_flags(train)
+    train.add_argument("--save", metavar="PATH", help="write the student checkpoint here")
+    train.add_argument("--json", action="store_true", help="print the final config and metrics as one JSON object")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    train.set_defaults(func=cmd_train)
+
+    teacher = sub.add_parser("teacher", help="train (or find in the cache) the teacher for a dataset")
+    _add_config_flags(teacher, skip=("teacher",))
+    teacher.add_argument("--arch", help="teacher architecture (default: the dataset's)")
+    teacher.add_argument("--json", action="store_true", help="print the checkpoint path and metrics as JSON")
+    teacher.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    teacher.set_defaults(func=cmd_teacher)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"kdsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Accuracy metrics for single-label and multi-label (attribute) tasks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdsearch.data.pipeline import DeviceData
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> dict[str, float]:
+    """``acc`` is top-1 accuracy, or for attributes the mean per-attribute accuracy;
+    attributes also get balanced accuracy ((TPR + TNR) / 2) and macro-F1, both averaged
+    over attributes, since most CelebA attributes are rare and plain accuracy flatters."""
+    if not multilabel:
+        return {"acc": (logits.argmax(1) == targets).float().mean().item()}
+    pred = logits > 0
+    true = targets.bool()
+    tp = (pred & true).sum(0).float()
+    tn = (~pred & ~true).sum(0).float()
+    fp = (pred & ~true).sum(0).float()
+    fn = (~pred & true).sum(0).float()
+    acc = (tp + tn) / len(targets)
+    tpr = torch.where(tp + fn > 0, tp / (tp + fn).clamp_min(1), torch.ones_like(tp))
+    tnr = torch.where(tn + fp > 0, tn / (tn + fp).clamp_min(1), torch.ones_like(tn))
+    f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.ones_like(tp))
+    return {"acc": acc.mean().item(), "balanced_acc": ((tpr + tnr) / 2).mean().item(), "macro_f1": f1.mean().item()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DeviceData, batch_size: int, amp: bool = False) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = []
+    for x, _ in data.eval_batches(batch_size):
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int, multilabel: bool, loss_fn=None, amp: bool = False) -> dict[str, float]:
+    logits = predict(model, data, batch_size, amp)
+    metrics = classification_metrics(logits, data.y, multilabel)
+    if loss_fn is not None:
+        metrics["loss"] = float(loss_fn(logits, data.y))
+    return metrics

@@ -1,0 +1,47 @@
+"""ResNet-18/34/50 from torchvision, with a CIFAR stem option and any number of input channels.
+
+The CIFAR stem (a 3x3 convolution with stride 1 and no max-pool) keeps 32x32 inputs at
+32x32 through the first stage, which is what makes ResNet-18 reach 93-95% on CIFAR-10;
+the ImageNet stem (7x7 stride 2 and max-pool) is for larger images such as CelebA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tv_models
+
+ARCHS = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
+
+
+class TorchvisionResNet(nn.Module):
+    def __init__(self, arch: str, num_classes: int, in_channels: int = 3, stem: str = "cifar", width: float = 1.0):
+        super().__init__()
+        if width != 1.0:
+            raise ValueError(f"{arch} has a fixed width; width must be 1.0, got {width}")
+        net = ARCHS[arch](weights=None, num_classes=num_classes)
+        if stem == "cifar":
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        elif stem == "imagenet":
+            if in_channels != 3:
+                net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        else:
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.fc = net.fc
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the output of every stage, shallow to deep."""
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        logits = self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return logits, features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]

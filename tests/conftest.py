@@ -1,0 +1,92 @@
+"""Small datasets written in their real on-disk formats, shared by the tests."""
+
+import gzip
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KDSEARCH_DATA", "/nonexistent-kdsearch-data")
+
+
+def write_cifar10(root, n_per_batch=20, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for i in range(1, 6):
+        batch = {b"batch_label": b"training batch", b"labels": rng.integers(0, 10, n_per_batch).tolist(),
+                 b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n_per_batch}  # fmt: skip
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
+    test = {b"labels": list(range(10)) * 2, b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8)}
+    (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names], b"num_vis": 3072}))
+    return folder
+
+
+def write_cifar100(root, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, count in (("train", n), ("test", 20)):
+        entry = {b"fine_labels": rng.integers(0, 100, count).tolist(), b"coarse_labels": rng.integers(0, 20, count).tolist(),
+                 b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8)}  # fmt: skip
+        (folder / split).write_bytes(pickle.dumps(entry, protocol=2))
+    meta = {b"fine_label_names": [f"class{i}".encode() for i in range(100)], b"coarse_label_names": []}
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+    return folder
+
+
+def write_idx(path, array, gz=True):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def write_fashion_mnist(root, n_train=50, n_test=20, gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28)), gz)
+    write_idx(root / "train-labels-idx1-ubyte", rng.integers(0, 10, n_train), gz)
+    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)), gz)
+    write_idx(root / "t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test), gz)
+    return root
+
+
+CELEBA_ATTRS = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee",
+    "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
+    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
+    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young"]  # fmt: skip
+
+
+def write_celeba(root, n=24, seed=0):
+    """The official layout: 178x218 aligned JPEGs, attribute and partition lists."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True)
+    files = [f"{i + 1:06d}.jpg" for i in range(n)]
+    attrs = rng.choice([-1, 1], size=(n, 40))
+    # The first attribute is "bright image", so a model can learn it from pixels.
+    for i, name in enumerate(files):
+        level = 220 if attrs[i, 0] == 1 else 30
+        pixels = np.clip(rng.normal(level, 10, (218, 178, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "img_align_celeba" / name, quality=90)
+    lines = [str(n), " ".join(CELEBA_ATTRS)] + [f"{f} " + " ".join(f"{v:2d}" for v in row) for f, row in zip(files, attrs)]
+    (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    parts = [0] * (n - 8) + [1] * 4 + [2] * 4
+    (folder / "list_eval_partition.txt").write_text("".join(f"{f} {p}\n" for f, p in zip(files, parts)))
+    return folder, attrs
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return str(tmp_path / "cache")

@@ -1,0 +1,94 @@
+"""The command line as a user runs it: results on stdout, and one-line errors with exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_fashion_mnist
+
+
+def run(*args, cwd=None, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "kdsearch", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdsearch"), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_json_prints_final_metrics(tmp_path):
+    proc = run("train", "--method", "kd", "--dataset", "digits", "--epochs", "3", "--teacher-epochs", "3",
+               "--set", "temperature=4", "--set", "alpha=0.5", "--cache-dir", str(tmp_path), "--json",
+               "--save", str(tmp_path / "s.pt"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["config"]["method_args"] == {"temperature": 4, "alpha": 0.5}
+    assert out["config"]["student"] == "resnet8" and out["config"]["teacher"] == "resnet20"
+    for key in ("val/acc", "test/acc", "student/params", "compression/ratio", "student/flops", "latency/cpu_ms",
+                "throughput/cpu_img_s", "accuracy/drop", "student/size_mb"):  # fmt: skip
+        assert key in out["metrics"]
+    assert (tmp_path / "s.pt").is_file()
+
+
+def test_train_with_yaml_config_and_human_summary(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("method: ce\ndataset: digits\nepochs: 2\nlr: 5e-2\nweight_decay: 1e-4\n")
+    proc = run("train", "--config", str(cfg), "--epochs", "1", "--cache-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "ce on digits: student resnet8" in proc.stdout and "compression:" in proc.stdout
+    assert "epoch   1/1" in proc.stderr and "epoch   2/" not in proc.stderr  # the flag overrides the file
+
+
+def test_teacher_command_caches(tmp_path):
+    args = ("teacher", "--dataset", "digits", "--arch", "resnet8", "--teacher-epochs", "2", "--cache-dir", str(tmp_path), "--json")
+    first = json.loads(run(*args).stdout)
+    assert first["path"].startswith(str(tmp_path)) and os.path.isfile(first["path"])
+    second = run(*args[:-1])
+    assert "from cache" in second.stderr and first["path"] in second.stdout
+
+
+def test_fashion_mnist_from_data_dir(tmp_path):
+    write_fashion_mnist(tmp_path / "fm", n_train=60)
+    proc = run("train", "--method", "ce", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "fm"),
+               "--epochs", "1", "--batch-size", "16", "--json", "--cache-dir", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["metrics"]["student/params"] < 100_000
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--method", "fitnet"], ["unknown method 'fitnet'", "at, ce, dml, kd"]),
+        (["train", "--dataset", "imagenet"], ["unknown dataset 'imagenet'", "celeba, cifar10"]),
+        (["train", "--method", "ce", "--student", "vgg"], ["unknown architecture 'vgg'", "resnet18"]),
+        (["train", "--dataset", "cifar10", "--data-dir", "/no/such"], ["data directory /no/such does not exist", "--download"]),
+        (["train", "--set", "temp=3"], ["method 'kd' has no setting 'temp'", "temperature, alpha"]),
+        (["train", "--set", "alpha"], ["--set expects KEY=VALUE"]),
+        (["train", "--epochs", "many"], ["epochs must be an integer"]),
+        (["train", "--lr", "-1"], ["lr must be > 0"]),
+        (["train", "--optimizer", "lion"], ["unknown optimizer 'lion'", "sgd, adamw"]),
+        (["train", "--teacher-checkpoint", "/no/t.pt"], ["checkpoint /no/t.pt does not exist"]),
+        (["train", "--config", "/no/cfg.yaml"], ["/no/cfg.yaml: no such file"]),
+        (["train", "--bogus"], ["unrecognized arguments: --bogus"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
+    assert_one_line_error(run(*args, "--cache-dir", str(tmp_path)), *fragments)
+
+
+def test_bad_yaml_configs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: kd\nlrr: 0.1\n")
+    assert_one_line_error(run("train", "--config", str(bad)), f"{bad}: unknown key 'lrr'", "valid keys are")
+    bad.write_text("method: [kd\n")
+    assert_one_line_error(run("train", "--config", str(bad)), f"{bad}: malformed YAML at line")
+    bad.write_text("- kd\n- at\n")
+    assert_one_line_error(run("train", "--config", str(bad)), "expected a mapping")

@@ -1,0 +1,183 @@
+"""The mathematics of every method, checked on small hand-made tensors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdsearch.errors import UserError
+from kdsearch.methods import METHODS, Objective, Outputs, build_method
+from kdsearch.methods.at import attention_distance, attention_map
+
+SINGLE = Objective(multilabel=False)
+MULTI = Objective(multilabel=True)
+
+
+def test_kd_term_is_zero_when_student_equals_teacher():
+    logits = torch.randn(8, 10)
+    kd = build_method("kd", {"temperature": 3.0, "alpha": 1.0}, objective=SINGLE, make_peer=None)
+    out = kd(Outputs(logits, []), torch.randint(0, 10, (8,)), Outputs(logits.clone(), []))
+    assert out["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_term_is_t_squared_times_the_softened_kl():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    for temperature in (1.0, 2.0, 8.0):
+        p = torch.softmax(t / temperature, 1)
+        q = torch.softmax(s / temperature, 1)
+        by_hand = (p * (p.log() - q.log())).sum(1).mean() * temperature**2
+        assert SINGLE.soft(s, t, temperature).item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_kd_gradient_scale_does_not_vanish_with_temperature():
+    # Hinton et al. sec. 2: d(KL_T)/dz ~ (z_s - z_t) / (K T^2) at high T, so the T^2 factor keeps
+    # the soft-target gradient's size fixed as T grows; without it, 4x the T would give 1/16.
+    torch.manual_seed(0)
+    t = torch.randn(64, 10)
+    s0 = torch.randn(64, 10)
+    norms = []
+    for temperature in (8.0, 32.0):
+        s = s0.clone().requires_grad_()
+        SINGLE.soft(s, t, temperature).backward()
+        norms.append(s.grad.norm().item())
+    assert norms[1] / norms[0] == pytest.approx(1.0, abs=0.1)
+
+
+def test_kd_mixes_ce_and_kd_by_alpha():
+    s, t, y = torch.randn(6, 3), torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    kd = build_method("kd", {"temperature": 2.0, "alpha": 0.25}, objective=SINGLE, make_peer=None)
+    out = kd(Outputs(s, []), y, Outputs(t, []))
+    assert out["ce"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.75 * out["ce"].item() + 0.25 * out["kd"].item(), rel=1e-6)
+
+
+def test_multilabel_kd_matches_a_hand_computed_bernoulli_kl():
+    s = torch.tensor([[0.5, -1.0, 2.0]])
+    t = torch.tensor([[1.5, 0.0, -2.0]])
+    temperature = 2.0
+    total = 0.0
+    for zs, zt in zip(s[0].tolist(), t[0].tolist()):
+        p = 1 / (1 + math.exp(-zt / temperature))
+        q = 1 / (1 + math.exp(-zs / temperature))
+        total += p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    expected = total / 3 * temperature**2  # mean over attributes, times T^2
+    assert MULTI.soft(s, t, temperature).item() == pytest.approx(expected, rel=1e-5)
+    # and never a softmax across attributes
+    assert MULTI.soft(s, t, temperature).item() != pytest.approx(SINGLE.soft(s, t, temperature).item(), rel=1e-3)
+
+
+def test_multilabel_hard_loss_is_bce():
+    logits = torch.randn(5, 4)
+    targets = torch.randint(0, 2, (5, 4), dtype=torch.uint8)
+    assert MULTI.hard(logits, targets).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(logits, targets.float()).item(), rel=1e-6
+    )
+
+
+def _at(**kw):
+    return build_method("at", kw, objective=SINGLE, make_peer=None)
+
+
+def test_at_is_zero_for_identical_features_and_invariant_to_feature_scale():
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    logits, y = torch.randn(2, 10), torch.tensor([1, 2])
+    at = _at(beta=1000.0)
+    same = at(Outputs(logits, feats), y, Outputs(logits, [f.clone() for f in feats]))
+    assert same["at"].item() == pytest.approx(0.0, abs=1e-7)
+    scaled = at(Outputs(logits, feats), y, Outputs(logits, [f * 37.0 for f in feats]))
+    assert scaled["at"].item() == pytest.approx(0.0, abs=1e-7)
+    other = at(Outputs(logits, feats), y, Outputs(logits, [torch.randn_like(f) for f in feats]))
+    assert other["at"].item() > 1e-4
+    assert other["loss"].item() == pytest.approx(other["ce"].item() + 500.0 * other["at"].item(), rel=1e-5)
+
+
+def test_attention_map_follows_the_paper():
+    f = torch.randn(3, 5, 4, 4)
+    assert torch.allclose(attention_map(f), f.pow(2).mean(1))
+    # distance equals the original code's (normalize(a_s) - normalize(a_t))^2 mean
+    g = torch.randn(3, 7, 4, 4)
+    ref = (F.normalize(f.pow(2).mean(1).view(3, -1)) - F.normalize(g.pow(2).mean(1).view(3, -1))).pow(2).mean()
+    assert attention_distance(attention_map(f), attention_map(g)).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_at_pairs_stages_from_the_deepest_and_pools_mismatched_sizes():
+    torch.manual_seed(0)
+    student = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
+    teacher = [torch.randn(2, 8, 16, 16), torch.randn(2, 8, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
+    logits, y = torch.randn(2, 3), torch.tensor([0, 1])
+    # Only the deepest pair carries weight: the loss must equal that pair's distance alone.
+    out = _at(weights=[0.0, 0.0, 1.0])(Outputs(logits, student), y, Outputs(logits, teacher))
+    expected = attention_distance(attention_map(student[2]), attention_map(teacher[3]))
+    assert out["at"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # A 4x4 teacher map against an 8x8 student map: pooled, or refused with resize="error".
+    mismatched = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2), torch.randn(2, 8, 1, 1)]
+    assert torch.isfinite(_at()(Outputs(logits, student), y, Outputs(logits, mismatched))["at"])
+    with pytest.raises(UserError, match="differ in size"):
+        _at(resize="error")(Outputs(logits, student), y, Outputs(logits, mismatched))
+    with pytest.raises(UserError, match="3 matched stages: give 3 weights"):
+        _at(weights=[1.0, 1.0])(Outputs(logits, student), y, Outputs(logits, teacher))
+
+
+def test_at_optional_kd_term():
+    logits, t_logits, y = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1])
+    feats = [torch.randn(2, 4, 4, 4)]
+    out = _at(alpha=0.5, temperature=2.0, beta=0.0)(Outputs(logits, feats), y, Outputs(t_logits, feats))
+    assert out["loss"].item() == pytest.approx(0.5 * out["ce"].item() + 0.5 * SINGLE.soft(logits, t_logits, 2.0).item(), rel=1e-5)
+
+
+class _Fixed(nn.Module):
+    """A 'peer' whose logits are a learnable table, to inspect DML's gradients."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, x):
+        return self.logits
+
+
+def test_dml_is_symmetric_between_two_peers():
+    torch.manual_seed(0)
+    a, b, y = torch.randn(4, 5), torch.randn(4, 5), torch.randint(0, 5, (4,))
+    dml_ab = build_method("dml", {"temperature": 2.0}, objective=SINGLE, make_peer=lambda: _Fixed(b))
+    dml_ba = build_method("dml", {"temperature": 2.0}, objective=SINGLE, make_peer=lambda: _Fixed(a))
+    out_ab = dml_ab(Outputs(a, []), y, None, torch.zeros(4))
+    out_ba = dml_ba(Outputs(b, []), y, None, torch.zeros(4))
+    assert out_ab["loss"].item() == pytest.approx(out_ba["loss"].item(), rel=1e-6)
+    assert out_ab["mutual"].item() == pytest.approx(SINGLE.soft(a, b, 2.0).item(), rel=1e-6)
+
+
+def test_dml_each_peer_learns_only_from_its_own_loss():
+    torch.manual_seed(0)
+    a = torch.randn(4, 5, requires_grad=True)
+    b = torch.randn(4, 5)
+    y = torch.randint(0, 5, (4,))
+    dml = build_method("dml", {"weight": 1.0}, objective=SINGLE, make_peer=lambda: _Fixed(b))
+    dml(Outputs(a, []), y, None, torch.zeros(4))["loss"].backward()
+    peer = dml.peers[0].logits
+    b_ref = b.clone().requires_grad_()
+    (F.cross_entropy(b_ref, y) + SINGLE.soft(b_ref, a.detach(), 1.0)).backward()
+    assert torch.allclose(peer.grad, b_ref.grad, atol=1e-6)
+
+
+def test_dml_cohort_size_and_frozen_teacher():
+    peers = []
+    dml = build_method("dml", {"num_peers": 3, "use_teacher": True}, objective=SINGLE, make_peer=lambda: peers.append(1) or nn.Linear(2, 2))
+    assert len(dml.peers) == 2 and dml.needs_teacher
+    with pytest.raises(UserError, match="num_peers"):
+        build_method("dml", {"num_peers": 1}, objective=SINGLE, make_peer=lambda: nn.Linear(2, 2))
+
+
+def test_unknown_method_and_setting_are_one_line_errors():
+    with pytest.raises(UserError) as err:
+        build_method("fitnets", {}, objective=SINGLE, make_peer=None)
+    assert str(err.value) == f"unknown method 'fitnets': choose one of {', '.join(sorted(METHODS))}"
+    with pytest.raises(UserError, match="method 'kd' has no setting 'temp': its settings are temperature, alpha"):
+        build_method("kd", {"temp": 4}, objective=SINGLE, make_peer=None)
+    with pytest.raises(UserError, match="alpha must be in"):
+        build_method("kd", {"alpha": 1.5}, objective=SINGLE, make_peer=None)

@@ -1,0 +1,98 @@
+"""fit() on real (tiny) data: it learns, reports through the callback, caches teachers."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import write_celeba
+from kdsearch import TrainConfig, fit
+from kdsearch.checkpoint import load_model
+from kdsearch.data import load_dataset
+from kdsearch.errors import UserError
+from kdsearch.teachers import get_teacher, teacher_cache_path
+from kdsearch.train import TrainingDiverged
+
+FAST = dict(dataset="digits", epochs=4, teacher_epochs=6, student="resnet8", teacher="resnet8", teacher_width=2.0, threads=2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_kd_learns_digits_and_reports_every_epoch(digits, cache_dir):
+    seen = []
+    cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST)
+    result = fit(cfg, data=digits, on_epoch_end=lambda m, model: seen.append((m, model)), measure_speed=False)
+    assert [m["epoch"] for m, _ in seen] == [1, 2, 3, 4]
+    assert all(model is result.student for _, model in seen)
+    assert {"train/loss", "train/ce", "train/kd", "val/acc", "val/best_acc", "lr"} <= set(seen[0][0])
+    assert result.metrics["val/acc"] > 0.8 and result.metrics["test/acc"] > 0.8
+    assert result.metrics["compression/ratio"] == pytest.approx(result.metrics["teacher/params"] / result.metrics["student/params"])
+    assert 3.5 < result.metrics["compression/ratio"] < 4.5
+    assert result.metrics["accuracy/drop"] == pytest.approx(result.metrics["teacher/test_acc"] - result.metrics["test/acc"])
+
+
+def test_teacher_is_trained_once_then_loaded_from_cache(digits, cache_dir):
+    cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST).resolved()
+    logs = []
+    first = get_teacher(cfg, digits, log=logs.append)
+    assert any("training teacher" in line for line in logs) and first.path == teacher_cache_path(cfg)
+    logs.clear()
+    second = get_teacher(cfg, digits, log=logs.append)
+    assert not any("training teacher" in line for line in logs) and any("from cache" in line for line in logs)
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a.cpu(), b)
+    assert second.metrics["test/acc"] == first.metrics["test/acc"]
+    # another seed or architecture is another teacher
+    assert teacher_cache_path(dataclasses.replace(cfg, teacher_seed=1)) != first.path
+
+
+def test_at_between_different_families_and_dml_run(digits, cache_dir):
+    at = fit(TrainConfig(method="at", method_args={"beta": 100.0}, cache_dir=cache_dir, **{**FAST, "teacher": "resnet18", "teacher_width": 1.0, "epochs": 1, "teacher_epochs": 1}), data=digits, measure_speed=False)
+    assert "train/at" in at.history[0] and at.metrics["val/acc"] > 0.1
+    dml = fit(TrainConfig(method="dml", method_args={"num_peers": 3}, cache_dir=cache_dir, **FAST), data=digits, measure_speed=False)
+    assert "train/mutual" in dml.history[-1] and dml.metrics["val/acc"] > 0.8
+
+
+def test_same_seed_same_result(digits):
+    cfg = TrainConfig(method="ce", **{**FAST, "epochs": 2})
+    a = fit(cfg, data=digits, measure_speed=False)
+    b = fit(cfg, data=digits, measure_speed=False)
+    assert a.metrics["val/acc"] == b.metrics["val/acc"] and a.history[-1]["train/loss"] == b.history[-1]["train/loss"]
+
+
+def test_divergence_is_reported_not_hidden(digits):
+    with pytest.raises(TrainingDiverged, match="lower lr"):
+        fit(TrainConfig(method="ce", lr=1e12, **{**FAST, "epochs": 2}), data=digits, measure_speed=False)
+
+
+def test_multilabel_celeba_fit_reports_attribute_metrics(tmp_path, cache_dir):
+    write_celeba(tmp_path, n=40)
+    cfg = TrainConfig(method="kd", dataset="celeba", data_dir=str(tmp_path), image_size=16, student="resnet8", teacher="resnet8",
+                      epochs=2, teacher_epochs=2, batch_size=16, cache_dir=cache_dir, threads=2)  # fmt: skip
+    result = fit(cfg, measure_speed=False)
+    assert {"val/acc", "val/balanced_acc", "val/macro_f1", "test/acc", "test/macro_f1"} <= set(result.metrics)
+    assert 0.0 <= result.metrics["test/balanced_acc"] <= 1.0
+
+
+def test_student_checkpoint_describes_itself(digits, tmp_path):
+    result = fit(TrainConfig(method="ce", **{**FAST, "epochs": 1}), data=digits, measure_speed=False)
+    path = result.save(tmp_path / "student.pt")
+    model, payload = load_model(path)
+    assert payload["model"]["arch"] == "resnet8" and payload["dataset"]["class_names"] == [str(d) for d in range(10)]
+    assert payload["dataset"]["mean"] == list(digits.mean) and payload["config"]["method"] == "ce"
+    assert payload["metrics"]["test/acc"] == result.metrics["test/acc"]
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.allclose(model.eval()(x), result.student.eval().cpu()(x), atol=1e-6)
+
+
+def test_teacher_checkpoint_for_another_dataset_is_refused(digits, tmp_path):
+    other = fit(TrainConfig(method="ce", **{**FAST, "epochs": 1}), data=digits, measure_speed=False)
+    other.spec = {**other.spec, "num_outputs": 10}
+    path = other.save(tmp_path / "t.pt")
+    cifar_like = dataclasses.replace(digits, class_names=[str(i) for i in range(100)])
+    cfg = TrainConfig(method="kd", teacher_checkpoint=str(path), **FAST).resolved()
+    with pytest.raises(UserError, match="has 10 outputs .* but digits has 100 classes"):
+        get_teacher(cfg, cifar_like)
