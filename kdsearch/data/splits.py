@@ -1,0 +1,110 @@
+"""The in-memory form every dataset is loaded into, and the fixed-seed validation split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RawDataset:
+    """What a loader returns: uint8 images (N, C, H, W) and labels, train and test.
+
+    Labels are int64 class indices, or uint8 0/1 attribute matrices (N, K) when
+    ``multilabel``. ``val_x``/``val_y`` are set only where the dataset has an official
+    validation split (CelebA); otherwise one is held out of train.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: list[str]
+    multilabel: bool = False
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: list[str]
+    multilabel: bool
+    # Per-channel statistics of the training images in [0, 1] units, used to normalise.
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train_x.shape[2]), int(self.train_x.shape[3])
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_x), "val": len(self.val_x), "test": len(self.test_x)}
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units, computed in chunks."""
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    count = 0
+    for chunk in torch.split(x, 4096):
+        f = chunk.to(torch.float64) / 255.0
+        total += f.sum(dim=(0, 2, 3))
+        total_sq += (f * f).sum(dim=(0, 2, 3))
+        count += f.numel() // c
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def make_splits(name: str, raw: RawDataset, val_fraction: float, split_seed: int, train_subset: int | None = None) -> DatasetSplits:
+    """Hold a fixed-seed validation split out of train (unless the dataset has its own).
+
+    ``split_seed`` is separate from the training seed so that every trial and every
+    seed of a benchmark is selected on the same validation images.
+    """
+    if raw.val_x is not None:
+        train_x, train_y, val_x, val_y = raw.train_x, raw.train_y, raw.val_x, raw.val_y
+    else:
+        n = len(raw.train_x)
+        n_val = int(round(n * val_fraction))
+        if not 0 < n_val < n:
+            raise ValueError(f"val_fraction {val_fraction} leaves no validation or no training images out of {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        train_x, train_y = raw.train_x[train_idx], raw.train_y[train_idx]
+        val_x, val_y = raw.train_x[val_idx], raw.train_y[val_idx]
+    if train_subset is not None and train_subset < len(train_x):
+        # Already in a seeded random order for held-out splits; take a seeded subset otherwise.
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(split_seed + 1))[:train_subset]
+        train_x, train_y = train_x[pick], train_y[pick]
+    mean, std = channel_stats(train_x)
+    return DatasetSplits(
+        name=name,
+        train_x=train_x.contiguous(),
+        train_y=train_y.contiguous(),
+        val_x=val_x.contiguous(),
+        val_y=val_y.contiguous(),
+        test_x=raw.test_x.contiguous(),
+        test_y=raw.test_y.contiguous(),
+        class_names=list(raw.class_names),
+        multilabel=raw.multilabel,
+        mean=mean,
+        std=std,
+    )
