@@ -135,6 +135,44 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_sweep_summary(summary, top: int = 5) -> str:
+    import pandas as pd
+
+    m = summary.best_metrics
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        table = summary.table.head(top).to_string(index=False)
+    lines = [f"top trials of {summary.name} ({len(summary.table)} in all):", table, ""]
+    lines.append("best config: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_params.items()))
+    acc = f"best student: val/acc {m.get('val/best_acc', m.get('val/acc', float('nan'))):.4f}  test/acc {m['test/acc']:.4f}"
+    if "teacher/test_acc" in m:
+        acc += f"  (teacher test/acc {m['teacher/test_acc']:.4f}, drop {100 * m['accuracy/drop']:+.2f} points)"
+    lines.append(acc)
+    if "compression/ratio" in m:
+        lines.append(f"compression: {m['compression/ratio']:.2f}x parameters ({_human(m['student/params'])}), "
+                     f"{m['compression/flops_ratio']:.2f}x FLOPs, {m['compression/speedup']:.2f}x CPU latency")  # fmt: skip
+    if summary.failures:
+        lines.append("failed trials: " + "; ".join(f"{t}: {why}" for t, why in summary.failures))
+    lines.append(f"checkpoint: {summary.checkpoint}")
+    lines.append(f"trials table: {summary.out_dir / 'trials.csv'}")
+    from kdsearch.tracking import ui_command
+
+    lines.append(f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri)}")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from kdsearch.sweep import SweepOptions, run_sweep
+
+    if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
+        raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 share a GPU)")
+    opts = SweepOptions(num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                        gpus_per_trial=args.gpus_per_trial, address=args.address, storage=args.storage, tracking_uri=args.tracking_uri,
+                        name=args.name, resume=args.resume, smoke=args.smoke, verbose=0 if args.quiet else 1)  # fmt: skip
+    summary = run_sweep(args.space, opts, log=_log(args.quiet))
+    print(format_sweep_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kdsearch", description="Find the best way to distill a large network into a small one.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -152,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--json", action="store_true", help="print the checkpoint path and metrics as JSON")
     teacher.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     teacher.set_defaults(func=cmd_teacher)
+
+    sweep = sub.add_parser("sweep", help="search distillation settings with Ray Tune + Optuna, tracked in MLflow")
+    sweep.add_argument("space", help="a search space YAML file, e.g. search_spaces/quickstart.yaml")
+    sweep.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
+    sweep.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as resources allow)")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
+    sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial; fractions share a GPU (default 0)")
+    sweep.add_argument("--address", help="join a Ray cluster: auto, or ray://HOST:PORT (default: a local Ray)")
+    sweep.add_argument("--storage", help="folder or URI for trial results and checkpoints (default ./sweeps)")
+    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    sweep.add_argument("--name", help="sweep name, also the MLflow experiment (default: the file's name)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name and storage")
+    sweep.add_argument("--smoke", action="store_true", help="two short trials, to check the set-up end to end")
+    sweep.add_argument("--quiet", action="store_true", help="no progress output")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

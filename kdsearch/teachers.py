@@ -39,6 +39,7 @@ class Teacher:
     arch: str
     metrics: dict  # val/acc and test/acc at least
     path: Path | None
+    spec: dict  # how to rebuild the model (kdsearch.checkpoint.model_spec)
 
 
 def default_cache_dir() -> Path:
@@ -105,10 +106,12 @@ def reference_teacher(cfg: TrainConfig, data: DatasetSplits, stem: str) -> Teach
     path = teacher_cache_path(cfg)
     if path.is_file():
         model, payload = load_teacher_checkpoint(path, data)
-        return Teacher(model, cfg.teacher, dict(payload["metrics"]), path)
+        return Teacher(model, cfg.teacher, dict(payload["metrics"]), path, payload["model"])
+    from kdsearch.checkpoint import model_spec
     from kdsearch.models import build_model
 
-    return Teacher(build_model(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width), cfg.teacher, {}, None)
+    model = build_model(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width)
+    return Teacher(model, cfg.teacher, {}, None, model_spec(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width))
 
 
 def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None] = lambda _: None) -> Teacher:
@@ -117,12 +120,12 @@ def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None
         model, payload = load_teacher_checkpoint(cfg.teacher_checkpoint, data)
         metrics = _measure(model, data, cfg)
         log(f"teacher {payload['model']['arch']} from {cfg.teacher_checkpoint}: val/acc {metrics['val/acc']:.4f}")
-        return Teacher(model, payload["model"]["arch"], metrics, Path(cfg.teacher_checkpoint))
+        return Teacher(model, payload["model"]["arch"], metrics, Path(cfg.teacher_checkpoint), payload["model"])
     path = teacher_cache_path(cfg)
     if path.is_file():
         model, payload = load_teacher_checkpoint(path, data)
         log(f"teacher {cfg.teacher} from cache {path}: test/acc {payload['metrics']['test/acc']:.4f}")
-        return Teacher(model, cfg.teacher, dict(payload["metrics"]), path)
+        return Teacher(model, cfg.teacher, dict(payload["metrics"]), path, payload["model"])
 
     from kdsearch.train import fit
 
@@ -135,4 +138,4 @@ def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None
     except OSError as exc:
         raise UserError(f"cannot write the teacher cache {path} ({exc.strerror}): set --cache-dir to a writable folder") from None
     log(f"teacher {cfg.teacher}: val/acc {metrics['val/acc']:.4f}  test/acc {metrics['test/acc']:.4f}")
-    return Teacher(result.student, cfg.teacher, metrics, path)
+    return Teacher(result.student, cfg.teacher, metrics, path, result.spec)

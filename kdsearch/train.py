@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -22,7 +23,32 @@ from kdsearch.evaluate import evaluate
 from kdsearch.methods import Objective, Outputs, build_method
 from kdsearch.models import build_model
 
-EpochCallback = Callable[[dict, nn.Module], None]
+
+
+@dataclass
+class EpochState:
+    """What ``on_epoch_end`` sees: the student, and everything needed to resume training."""
+
+    epoch: int
+    best_val: float
+    student: nn.Module
+    method: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+    def training_state(self) -> dict:
+        """A snapshot of plain state dicts (loadable with weights_only=True) for ``fit(resume=...)``."""
+        return copy.deepcopy({
+            "epoch": self.epoch,
+            "best_val": self.best_val,
+            "student": self.student.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        })
+
+
+EpochCallback = Callable[[dict, EpochState], None]
 
 
 class TrainingDiverged(UserError):
@@ -102,12 +128,16 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     log: Callable[[str], None] = lambda _: None,
     measure_speed: bool = True,
+    evaluate_test: bool = True,
+    resume: dict | None = None,
 ) -> FitResult:
     """Train a student with the configured method; evaluate validation every epoch, test once at the end.
 
     ``teacher`` is a ``kdsearch.teachers.Teacher``; when the method needs one and none is
     given, it is loaded from the cache (or trained once and cached). ``on_epoch_end`` gets
-    each epoch's metrics and the student.
+    each epoch's metrics and an ``EpochState``; ``resume`` is a saved
+    ``EpochState.training_state()`` to continue from. Sweeps pass ``evaluate_test=False``:
+    trials are selected on validation, and only the chosen student meets the test split.
     """
     cfg = (TrainConfig.from_dict(config) if isinstance(config, dict) else config).resolved()
     set_threads(cfg.threads)
@@ -147,8 +177,16 @@ def fit(
 
     history: list[dict] = []
     best_val = -math.inf
+    first_epoch = 0
+    if resume is not None:
+        student.load_state_dict(resume["student"])
+        method.load_state_dict(resume["method"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        first_epoch, best_val = int(resume["epoch"]), float(resume["best_val"])
+        log(f"resuming after epoch {first_epoch}")
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         t0 = time.perf_counter()
         student.train()
         method.train()
@@ -189,14 +227,16 @@ def fit(
             f"val/acc {metrics['val/acc']:.4f}  ({metrics['time/epoch_s']:.1f}s)"
         )
         if on_epoch_end is not None:
-            on_epoch_end(metrics, student)
+            on_epoch_end(metrics, EpochState(epoch + 1, best_val, student, method, optimizer, scheduler))
     train_seconds = time.perf_counter() - started
 
+    final = {k: v for k, v in history[-1].items() if k.startswith("val/")} if history else {}
+    final["time/train_s"] = train_seconds
+    if not evaluate_test:
+        return FitResult(config=cfg, student=student, spec=spec, data_info=data_info(data), metrics=final, history=history)
     test = DeviceData(data.test_x, data.test_y, data.mean, data.std, device, channels_last)
     test_metrics = evaluate(student, test, cfg.eval_batch_size, data.multilabel, objective.hard, amp)
-    final = {k: v for k, v in history[-1].items() if k.startswith("val/")}
     final.update({f"test/{k}": v for k, v in test_metrics.items()})
-    final["time/train_s"] = train_seconds
     if teacher is None and measure_speed:
         from kdsearch.teachers import reference_teacher
 

@@ -24,7 +24,7 @@ def digits():
 def test_kd_learns_digits_and_reports_every_epoch(digits, cache_dir):
     seen = []
     cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST)
-    result = fit(cfg, data=digits, on_epoch_end=lambda m, model: seen.append((m, model)), measure_speed=False)
+    result = fit(cfg, data=digits, on_epoch_end=lambda m, state: seen.append((m, state.student)), measure_speed=False)
     assert [m["epoch"] for m, _ in seen] == [1, 2, 3, 4]
     assert all(model is result.student for _, model in seen)
     assert {"train/loss", "train/ce", "train/kd", "val/acc", "val/best_acc", "lr"} <= set(seen[0][0])
@@ -61,6 +61,17 @@ def test_same_seed_same_result(digits):
     a = fit(cfg, data=digits, measure_speed=False)
     b = fit(cfg, data=digits, measure_speed=False)
     assert a.metrics["val/acc"] == b.metrics["val/acc"] and a.history[-1]["train/loss"] == b.history[-1]["train/loss"]
+
+
+def test_resuming_from_a_saved_state_gives_the_uninterrupted_result(digits):
+    cfg = TrainConfig(method="dml", **{**FAST, "epochs": 3})
+    states = {}
+    full = fit(cfg, data=digits, on_epoch_end=lambda m, s: states.setdefault(s.epoch, s.training_state()), measure_speed=False)
+    saved = states[2]
+    resumed = fit(cfg, data=digits, resume=saved, measure_speed=False)
+    assert [h["epoch"] for h in resumed.history] == [3]
+    assert resumed.history[-1]["train/loss"] == pytest.approx(full.history[-1]["train/loss"], rel=1e-5)
+    assert resumed.metrics["val/acc"] == full.metrics["val/acc"]
 
 
 def test_divergence_is_reported_not_hidden(digits):

@@ -1,0 +1,261 @@
+"""Search spaces are plain YAML: fixed settings, a space of distributions, search settings.
+
+    name: kd-digits                       # optional; the sweep's default name
+    fixed:                                # TrainConfig keys (method settings go flat too)
+      method: kd
+      dataset: digits
+      epochs: 12
+    space:                                # each key: a distribution, a list of them, or a value
+      temperature: {loguniform: [1, 20]}
+      alpha: {uniform: [0, 1]}
+      lr: {loguniform: [1e-2, 2e-1]}
+      weights: [{uniform: [0, 2]}, {uniform: [0, 2]}, 1.0]   # AT: one weight per stage
+    search:
+      num_samples: 8
+      metric: val/acc                     # or objectives: [{val/acc: max}, {student/params: min}]
+      mode: max
+      sampler: tpe                        # tpe | random | nsga2 (several objectives)
+      scheduler: asha                     # asha | fifo
+      grace_period: 3
+      reduction_factor: 2
+      seed: 0
+
+A key names a TrainConfig field or, failing that, a setting of the method. Everything
+here is validated before any trial starts; a mistake is one line naming the file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdsearch.config import TrainConfig, load_yaml
+from kdsearch.data import DATASETS
+from kdsearch.errors import UserError
+from kdsearch.methods import METHODS, method_settings
+from kdsearch.models import MODELS
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+SAMPLERS = ("tpe", "random", "nsga2")
+SCHEDULERS = ("asha", "fifo")
+# One sweep shares one dataset and one teacher; these cannot vary between trials.
+NOT_SEARCHABLE = ("method", "dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "teacher",
+                  "teacher_width", "teacher_checkpoint", "teacher_epochs", "teacher_seed", "cache_dir", "device", "threads",
+                  "epochs")  # fmt: skip
+# Metrics a trial reports that a search may optimise.
+METRICS = ("val/acc", "val/best_acc", "val/loss", "student/params", "student/flops", "student/size_mb", "latency/cpu_ms")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    num_samples: int = 8
+    max_concurrent: int | None = None
+    objectives: tuple[tuple[str, str], ...] = (("val/acc", "max"),)
+    sampler: str = "tpe"
+    n_startup_trials: int | None = None  # None: a third of the budget, at least 1, at most 10
+    scheduler: str = "asha"
+    grace_period: int = 2
+    reduction_factor: int = 2
+    seed: int = 0
+    max_failures: int = 1  # retries of a trial that raised, from its last checkpoint
+
+    @property
+    def metric(self) -> str:
+        return self.objectives[0][0]
+
+    @property
+    def mode(self) -> str:
+        return self.objectives[0][1]
+
+    def startup_trials(self) -> int:
+        return self.n_startup_trials if self.n_startup_trials is not None else max(1, min(10, self.num_samples // 3))
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    source: str
+    name: str
+    fixed: dict  # TrainConfig keys, method settings collected under method_args
+    space: dict[str, dict]  # flat parameter name -> {"kind": ..., "args": [...]}
+    search: SearchSettings
+    list_params: dict[str, list] = field(default_factory=dict)  # "weights" -> [item or "weights.0", ...]
+
+    def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
+        """Merge one trial's sampled values into the fixed settings."""
+        values = dict(self.fixed)
+        method_args = dict(values.pop("method_args", {}))
+        assembled = dict(sampled)
+        for key, items in self.list_params.items():  # e.g. weights: [weights.0, weights.1, 1.0]
+            assembled[key] = [assembled.pop(i) if isinstance(i, str) and i in self.space else i for i in items]
+        for key, value in assembled.items():
+            if key in _CONFIG_FIELDS:
+                values[key] = value
+            else:
+                method_args[key] = value
+        return TrainConfig.from_dict({**values, "method_args": method_args}, source=self.source)
+
+    def example_config(self) -> TrainConfig:
+        """The resolved config of a trial that draws the first value of every distribution."""
+        return self.trial_config({key: dist["args"][0] for key, dist in self.space.items()}).resolved()
+
+
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_distribution(spec: Any, where: str) -> dict | None:
+    """A ``{kind: args}`` mapping as a checked distribution, or None for a fixed value."""
+    if not isinstance(spec, dict):
+        return None
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise UserError(f"{where}: a distribution is one of {', '.join(f'{{{d}: [...]}}' for d in DISTRIBUTIONS)}, got {spec!r}")
+    kind, args = next(iter(spec.items()))
+    if not isinstance(args, list) or not args:
+        raise UserError(f"{where}: {kind} needs a list, e.g. {{{kind}: [1, 10]}}")
+    if kind == "choice":
+        return {"kind": kind, "args": list(args)}
+    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise UserError(f"{where}: {kind} needs two numbers [low, high], got {args!r}")
+    low, high = args
+    if not low < high:
+        raise UserError(f"{where}: {kind} bounds must be [low, high] with low < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise UserError(f"{where}: loguniform bounds must be > 0, got [{low}, {high}]; use uniform for ranges that include 0")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise UserError(f"{where}: int bounds must be integers, got [{low}, {high}]")
+    return {"kind": kind, "args": [int(low), int(high)] if kind == "int" else [float(low), float(high)]}
+
+
+def _objectives(search: dict, source: str) -> tuple[tuple[str, str], ...]:
+    raw = search.pop("objectives", None)
+    if raw is None:
+        metric, mode = search.pop("metric", "val/acc"), search.pop("mode", "max")
+        raw = [{metric: mode}]
+    elif "metric" in search or "mode" in search:
+        raise UserError(f"{source}: search: give either metric/mode or objectives, not both")
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{source}: search.objectives must be a list like [{{val/acc: max}}, {{student/params: min}}]")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise UserError(f"{source}: search.objectives items look like {{val/acc: max}}, got {item!r}")
+        metric, mode = next(iter(item.items()))
+        if metric not in METRICS:
+            raise UserError(f"{source}: search: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if mode not in ("max", "min"):
+            raise UserError(f"{source}: search: mode for {metric} must be max or min, got {mode!r}")
+        out.append((metric, mode))
+    return tuple(out)
+
+
+def _search_settings(raw: Any, source: str) -> SearchSettings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: search must be a mapping of search settings")
+    raw = dict(raw)
+    objectives = _objectives(raw, source)
+    names = [f.name for f in dataclasses.fields(SearchSettings) if f.name != "objectives"]
+    values: dict[str, Any] = {"objectives": objectives}
+    for key, value in raw.items():
+        if key not in names:
+            raise UserError(f"{source}: unknown key 'search.{key}'; valid keys are metric, mode, objectives, {', '.join(names)}")
+        if key in ("sampler", "scheduler"):
+            choices = SAMPLERS if key == "sampler" else SCHEDULERS
+            if value not in choices:
+                raise UserError(f"{source}: search.{key} {value!r} is unknown; choose one of {', '.join(choices)}")
+        elif value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (0 if key in ("seed", "max_failures") else 1)):
+            raise UserError(f"{source}: search.{key} must be a positive integer, got {value!r}")
+        values[key] = value
+    settings = SearchSettings(**values)
+    if len(objectives) > 1 and settings.sampler == "tpe":
+        settings = dataclasses.replace(settings, sampler="nsga2")  # TPE here is single-objective
+    if len(objectives) == 1 and settings.sampler == "nsga2":
+        raise UserError(f"{source}: search.sampler nsga2 needs two or more objectives; use tpe for one")
+    return settings
+
+
+def parse_sweep(raw: Any, source: str) -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a search space is a mapping with fixed, space and search sections")
+    unknown = set(raw) - {"name", "fixed", "space", "search"}
+    if unknown:
+        raise UserError(f"{source}: unknown key {sorted(unknown)[0]!r}; valid top-level keys are name, fixed, space, search")
+    fixed_raw = raw.get("fixed") or {}
+    space_raw = raw.get("space") or {}
+    if not isinstance(fixed_raw, dict) or not isinstance(space_raw, dict):
+        raise UserError(f"{source}: fixed and space must be mappings of settings")
+    method = fixed_raw.get("method", TrainConfig.method)
+    if method not in METHODS:
+        raise UserError(f"{source}: fixed.method: unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    settings = method_settings(method)
+
+    def route(key: str, where: str) -> str:
+        if key in _CONFIG_FIELDS and key != "method_args":
+            return "config"
+        if key in settings:
+            return "method"
+        raise UserError(f"{where}: unknown key {key!r}; not a training setting nor a setting of method {method!r} ({', '.join(settings) or 'none'})")
+
+    fixed: dict[str, Any] = {"method_args": dict(fixed_raw.get("method_args") or {})}
+    for key, value in fixed_raw.items():
+        if key == "method_args":
+            continue
+        if route(key, f"{source}: fixed") == "method":
+            fixed["method_args"][key] = value
+        else:
+            fixed[key] = value
+    space: dict[str, dict] = {}
+    list_params: dict[str, list] = {}
+    for key, value in space_raw.items():
+        where = f"{source}: space.{key}"
+        route(key, f"{source}: space")
+        if key in NOT_SEARCHABLE:
+            raise UserError(f"{where}: {key} cannot vary within a sweep; put it under fixed (one sweep per {key})")
+        if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            items = []
+            for i, item in enumerate(value):
+                dist = _check_distribution(item, f"{where}[{i}]")
+                if dist is None:
+                    items.append(item)
+                else:
+                    space[f"{key}.{i}"] = dist
+                    items.append(f"{key}.{i}")
+            list_params[key] = items
+            continue
+        dist = _check_distribution(value, where)
+        if dist is None:
+            raise UserError(f"{where}: expected a distribution like {{uniform: [0, 1]}}; put fixed values under fixed")
+        space[key] = dist
+    search = _search_settings(raw.get("search"), source)
+    name = raw.get("name") or Path(source).stem
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"{source}: name must be letters, digits, '-' and '_', got {name!r}")
+    spec = SweepSpec(source=source, name=name, fixed=fixed, space=space, search=search, list_params=list_params)
+    _check_names(spec)
+    return spec
+
+
+def _check_names(spec: SweepSpec) -> None:
+    """Build a config from the first value of each distribution, so that an unknown
+    dataset, model, option or a wrong type stops the sweep before any trial."""
+    cfg = spec.example_config()
+    for field_name in ("student", "teacher"):
+        arch = getattr(cfg, field_name)
+        if arch not in MODELS:
+            raise UserError(f"{spec.source}: {field_name}: unknown architecture {arch!r}; choose one of {', '.join(sorted(MODELS))}")
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"{spec.source}: dataset: unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
+    from torch import nn
+
+    from kdsearch.methods import Objective, build_method
+
+    try:
+        build_method(cfg.method, cfg.method_args, objective=Objective(), make_peer=nn.Identity)
+    except UserError as exc:
+        raise UserError(f"{spec.source}: {exc}") from None
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    return parse_sweep(load_yaml(path), str(path))

@@ -1,0 +1,195 @@
+"""A sweep from start to finish: load the data and the teacher once, run the trials
+(kdsearch.tune), log them (kdsearch.tracking), then test the best student and export it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from kdsearch.checkpoint import load_model
+from kdsearch.compression import compression_report
+from kdsearch.data import load_dataset
+from kdsearch.data.pipeline import DeviceData
+from kdsearch.errors import UserError
+from kdsearch.evaluate import evaluate
+from kdsearch.methods import Objective
+from kdsearch.search_space import SweepSpec, load_sweep
+
+BEST_DIR = "best"
+
+
+@dataclass
+class SweepOptions:
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    name: str | None = None
+    resume: bool = False
+    smoke: bool = False
+    register: bool = True
+    verbose: int = 1
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    sweep_dir: str
+    out_dir: Path  # local folder with best/ (the sweep folder itself for local storage)
+    table: pd.DataFrame
+    best_params: dict
+    best_config: dict
+    best_metrics: dict
+    checkpoint: Path
+    tracking_uri: str
+    parent_run_id: str
+    failures: list[tuple[str, str]]
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
+    search = spec.search
+    fixed = dict(spec.fixed)
+    if opts.num_samples is not None:
+        if opts.num_samples < 1:
+            raise UserError(f"--num-samples must be at least 1, got {opts.num_samples}")
+        search = dataclasses.replace(search, num_samples=opts.num_samples)
+    if opts.smoke:
+        # Two short trials: checks the whole path (data, teacher, Ray, MLflow, export) in seconds.
+        epochs = min(2, spec.example_config().epochs)
+        fixed.update(epochs=epochs, teacher_epochs=min(2, spec.example_config().teacher_epochs))
+        if spec.example_config().dataset != "digits":
+            fixed["train_subset"] = min(2000, fixed.get("train_subset") or 2000)
+        search = dataclasses.replace(search, num_samples=min(search.num_samples, 2), grace_period=1, n_startup_trials=1)
+    return dataclasses.replace(spec, fixed=fixed, search=search)
+
+
+def needs_teacher(spec: SweepSpec) -> bool:
+    from kdsearch.methods import METHODS
+
+    cfg = spec.example_config()
+    if cfg.method == "dml":
+        return bool(cfg.method_args.get("use_teacher")) or "use_teacher" in spec.space
+    return bool(getattr(METHODS[cfg.method], "needs_teacher", False))
+
+
+def _trial_table(trials, spec: SweepSpec) -> pd.DataFrame:
+    metric, mode = spec.search.metric, spec.search.mode
+    rows = []
+    for t in trials:
+        last = t.history[-1] if t.history else {}
+        row = {"trial": t.trial_id, **{k: v for k, v in t.params.items()}}
+        row[f"best {metric}"] = t.best(metric, mode)
+        for m, _ in spec.search.objectives[1:]:
+            row[m] = last.get(m)
+        row["epochs"] = len(t.history)
+        row["status"] = "diverged" if last.get("trial/diverged") else ("error" if t.status == "ERROR" else "ok")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+    return table
+
+
+def _test_best(student_path: Path, teacher, data, cfg) -> dict:
+    from kdsearch.train import resolve_device
+
+    model, payload = load_model(student_path)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    test = DeviceData(data.test_x, data.test_y, data.mean, data.std, device)
+    metrics = {f"test/{k}": v for k, v in evaluate(model, test, cfg.eval_batch_size, data.multilabel, Objective(data.multilabel).hard).items()}
+    metrics.update({k: v for k, v in payload["metrics"].items() if k.startswith("val/")})
+    teacher_test = teacher.metrics.get("test/acc") if teacher is not None else None
+    if teacher is not None:
+        metrics.update({f"teacher/{k.replace('/', '_')}": v for k, v in teacher.metrics.items() if k in ("val/acc", "test/acc")})
+    metrics.update(compression_report(model, teacher.model if teacher is not None else None, (data.in_channels, *data.image_size),
+                                      student_acc=metrics["test/acc"], teacher_acc=teacher_test))  # fmt: skip
+    return metrics, model
+
+
+def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
+    from kdsearch import tracking, tune
+    from kdsearch.teachers import get_teacher, reference_teacher
+    from kdsearch.train import resolve_stem, set_threads
+
+    spec = apply_options(load_sweep(path), opts)
+    name = opts.name or spec.name
+    storage = opts.storage or str(Path.cwd() / "sweeps")
+    if not _is_uri(storage):
+        storage = str(Path(storage).expanduser().resolve())
+        try:
+            Path(storage).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the sweep storage {storage} ({exc.strerror}): pass a writable --storage") from None
+    sweep_dir = f"{storage.rstrip('/')}/{name}"
+    out_dir = Path(sweep_dir) if not _is_uri(storage) else Path.cwd() / "sweeps" / name
+    base = spec.example_config()
+    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri()
+
+    tracker = tracking.SweepTracker(tracking_uri, experiment=name, sweep_dir=sweep_dir,
+                                    tags={"method": base.method, "dataset": base.dataset, "teacher": base.teacher, "student": base.student})  # fmt: skip
+    params = {k: v for k, v in base.to_dict().items() if k not in spec.space and k != "method_args"}
+    params.update({f"method_args.{k}": v for k, v in base.method_args.items() if k not in spec.space})
+    params.update({f"space.{k}": json.dumps(v) for k, v in spec.space.items()})
+    params.update({"search.sampler": spec.search.sampler, "search.scheduler": spec.search.scheduler, "search.num_samples": spec.search.num_samples,
+                   "search.objectives": json.dumps(spec.search.objectives), "search.seed": spec.search.seed})  # fmt: skip
+    if opts.resume and not _is_uri(storage) and not Path(sweep_dir).exists():
+        raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
+    if not opts.resume and not _is_uri(storage) and Path(sweep_dir).exists():
+        raise UserError(f"a sweep named {name!r} already exists in {storage}: add --resume to continue it, or pass another --name")
+    tracker.start(params)  # fails with one line, before any trial, if MLflow is unreachable
+
+    set_threads(None)
+    data = load_dataset(base.dataset, base.data_dir, base.download, base.val_fraction, base.split_seed, base.image_size, base.train_subset)
+    teacher = get_teacher(base, data, log=log) if needs_teacher(spec) else None
+    log(f"sweep {name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
+        f"{spec.search.sampler} + {spec.search.scheduler}, results in {sweep_dir}")  # fmt: skip
+
+    tune.start_ray(opts.address, quiet=opts.verbose < 2)
+    try:
+        trials = tune.run_sweep(spec, data, teacher, storage=storage, name=name, resume=opts.resume, cpus_per_trial=opts.cpus_per_trial,
+                                gpus_per_trial=opts.gpus_per_trial, max_concurrent=opts.max_concurrent, tracker=tracker,
+                                verbose=opts.verbose)  # fmt: skip
+    finally:
+        tune.stop_ray()
+    tracker.sync(trials)
+
+    metric, mode = spec.search.metric, spec.search.mode
+    ranked = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and not (t.history and t.history[-1].get("trial/diverged"))]
+    if not ranked:
+        tracker.finish("FAILED")
+        reasons = "; ".join(f"{t.trial_id}: {t.error or 'no result'}" for t in trials[:3])
+        raise UserError(f"no trial of sweep {name!r} produced a checkpoint ({reasons}); see {sweep_dir}")
+    best = max(ranked, key=lambda t: t.best(metric, mode) * (1 if mode == "max" else -1))
+    best_cfg = dataclasses.replace(spec.trial_config(dict(best.params)).resolved(), threads=None)
+
+    best_dir = out_dir / BEST_DIR
+    student_path = tune.copy_from_checkpoint(best.best_checkpoint, tune.STUDENT_FILE, best_dir / "student.pt")
+    if teacher is None:
+        teacher = reference_teacher(base, data, resolve_stem(base.stem, data.image_size))
+    metrics, model = _test_best(student_path, teacher, data, best_cfg)
+    (best_dir / "config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+    (best_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    table = _trial_table(trials, spec)
+    table.to_csv(out_dir / "trials.csv", index=False)
+
+    tracker.log_best(best.params, best_cfg.to_dict(), metrics, student_path, model=model if opts.register else None,
+                     input_shape=(data.in_channels, *data.image_size), registered_name=f"{name}-student")  # fmt: skip
+    tracker.finish()
+    failures = [(t.trial_id, t.error or "diverged") for t in trials if t.status == "ERROR" or (t.history and t.history[-1].get("trial/diverged"))]
+    return SweepSummary(name, sweep_dir, out_dir, table, dict(best.params), best_cfg.to_dict(), metrics, student_path,
+                        tracking_uri, tracker.parent_id, failures)  # fmt: skip

@@ -1,0 +1,235 @@
+"""Everything that touches MLflow lives in this module.
+
+One experiment per sweep name; a parent run for the sweep and a child run per trial.
+Trials are logged live from the driver (one batched call per epoch, not one per
+metric), and ``sync`` fills in whatever is missing afterwards (a resumed sweep, a
+tracking server that was down for a while), so each trial appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from kdsearch.errors import UserError
+
+TRIAL_TAG = "kdsearch.trial_id"
+SWEEP_TAG = "kdsearch.sweep_dir"
+ROLE_TAG = "kdsearch.role"
+_LOG = logging.getLogger("kdsearch.tracking")
+
+
+def default_tracking_uri() -> str:
+    """MLflow's own default (a sqlite file in the working directory), made absolute so that
+    the `mlflow ui` command printed at the end works from anywhere."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def _metrics(values: dict, step: int, timestamp: int) -> list[Metric]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if key in ("training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore", "iterations_since_restore", "pid"):
+            continue  # Ray's bookkeeping, not the trial's metrics
+        out.append(Metric(key, float(value), timestamp, step))
+    return out
+
+
+def _str(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+class SweepTracker:
+    """Logs a sweep to MLflow. Picklable (Ray stores it with the experiment): the client
+    and caches are rebuilt after unpickling."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_dir: str, tags: dict[str, str]):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.sweep_dir = sweep_dir
+        self.tags = dict(tags)
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._steps: dict[str, int] = {}  # trial id -> last step logged
+        self._warned = False
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("_client", "_runs", "_steps", "_warned"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    # -- set-up -----------------------------------------------------------------
+
+    def start(self, params: dict[str, Any]) -> str:
+        """Check the server answers, then find or create the experiment and the parent run."""
+        try:
+            exp = self.client.get_experiment_by_name(self.experiment)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"MLflow tracking at {self.tracking_uri} is unreachable ({first}): start the server or pass another --tracking-uri") from None
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{self.sweep_dir}' and tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=self.experiment, tags={**self.tags, SWEEP_TAG: self.sweep_dir, ROLE_TAG: "sweep"})
+            self.parent_id = run.info.run_id
+            self.client.log_batch(self.parent_id, params=[Param(k, _str(v)[:6000]) for k, v in params.items()])
+        return self.parent_id
+
+    # -- live events from the sweep (never raise: a tracking hiccup must not stop training) --
+
+    def _safe(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if not self._warned:
+                _LOG.warning("MLflow logging failed (%s); results stay in the sweep folder and are synced at the end", str(exc)[:200])
+                self._warned = True
+            return None
+
+    def _run_for(self, trial_id: str, params: dict) -> str:
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._steps[trial_id] = max((m.step for m in history), default=0)
+        else:
+            tags = {**self.tags, TRIAL_TAG: trial_id, ROLE_TAG: "trial", "mlflow.parentRunId": self.parent_id}
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, _str(v)[:6000]) for k, v in params.items()])
+            self._steps[trial_id] = 0
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def trial_started(self, trial_id: str, params: dict) -> None:
+        self._safe(self._run_for, trial_id, params)
+
+    def _log_epoch(self, trial_id: str, params: dict, result: dict) -> None:
+        run_id = self._run_for(trial_id, params)
+        step = int(result.get("epoch") or result.get("training_iteration") or 0)
+        if step <= self._steps.get(trial_id, 0):
+            return  # already logged (a resumed trial repeats nothing)
+        metrics = _metrics(result, step, int(time.time() * 1000))
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        self._steps[trial_id] = step
+        for key in ("trial/error",):
+            if key in result:
+                self.client.set_tag(run_id, "kdsearch.error", str(result[key])[:500])
+
+    def trial_result(self, trial_id: str, params: dict, result: dict) -> None:
+        self._safe(self._log_epoch, trial_id, params, result)
+
+    def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
+        def finish():
+            run_id = self._runs.get(trial_id)
+            if run_id is None:
+                return
+            if error:
+                self.client.set_tag(run_id, "kdsearch.error", error)
+            self.client.set_terminated(run_id, status)
+
+        self._safe(finish)
+
+    # -- after the sweep -----------------------------------------------------------
+
+    def sync(self, trials) -> int:
+        """Make MLflow hold every trial's whole history exactly once; returns epochs added."""
+        added = 0
+        for trial in trials:
+            run_id = self._run_for(trial.trial_id, trial.params)
+            start = self._steps.get(trial.trial_id, 0)
+            metrics = []
+            for row in trial.history:
+                step = int(row.get("epoch") or row.get("training_iteration") or 0)
+                if step > start:
+                    metrics += _metrics(row, step, int(row.get("timestamp", time.time()) * 1000))
+                    added += 1
+            for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
+                self.client.log_batch(run_id, metrics=metrics[i : i + 900])
+            if trial.history:
+                self._steps[trial.trial_id] = max(int(r.get("epoch") or r.get("training_iteration") or 0) for r in trial.history)
+            tags = [RunTag("kdsearch.status", trial.status)]
+            if trial.error:
+                tags.append(RunTag("kdsearch.error", trial.error[:500]))
+            self.client.log_batch(run_id, tags=tags)
+            self.client.set_terminated(run_id, "FAILED" if trial.status == "ERROR" else "FINISHED")
+        return added
+
+    def log_best(self, best_params: dict, best_config: dict, metrics: dict, student_path: Path, model=None,
+                 input_shape: tuple[int, ...] | None = None, registered_name: str | None = None, artifacts_dir: Path | None = None) -> None:  # fmt: skip
+        """The best config (params + YAML), its compression metrics and its student, on the parent run."""
+        import yaml
+
+        run_id = self.parent_id
+        self.client.log_batch(
+            run_id,
+            metrics=_metrics(metrics, 0, int(time.time() * 1000)),
+            params=[Param(f"best.{k}", _str(v)[:6000]) for k, v in best_params.items()],
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            config_path = Path(folder) / "best_config.yaml"
+            config_path.write_text(yaml.safe_dump(best_config, sort_keys=False))
+            self.client.log_artifact(run_id, str(config_path))
+        self.client.log_artifact(run_id, str(student_path), artifact_path="best_student")
+        if artifacts_dir is not None and artifacts_dir.is_dir():
+            self.client.log_artifacts(run_id, str(artifacts_dir), artifact_path="report")
+        if model is not None and registered_name:
+            self._register(model, input_shape, registered_name)
+
+    def _register(self, model, input_shape, name: str) -> None:
+        import numpy as np
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        example = np.zeros((2, *input_shape), dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch._export").setLevel(logging.ERROR)
+            with mlflow.start_run(run_id=self.parent_id):
+                mlflow.pytorch.log_model(model.eval().cpu(), name="registered_student", registered_model_name=name,
+                                         pip_requirements=["torch", "kdsearch"], input_example=example)  # fmt: skip
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status)
+
+    def trial_runs(self) -> list:
+        """All child runs of this sweep (for tests and reports)."""
+        return self.client.search_runs([self.experiment_id], f"tags.`{ROLE_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=10000)

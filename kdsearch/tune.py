@@ -1,0 +1,337 @@
+"""Everything that touches Ray lives in this module (Ray 2.60 API).
+
+A function trainable wraps ``fit``: each epoch it reports the metrics and a checkpoint
+(the full training state for resuming, and the student alone for export). The teacher
+and the data are loaded once by the driver and shared with every trial through Ray's
+object store; no trial retrains the teacher. Optuna (TPE, or NSGA-II for several
+objectives) picks the next settings and ASHA stops bad trials early.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Quiet, self-contained Ray defaults; set before ray is imported (a user's own setting wins).
+for _key, _value in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # The legacy reporter prints one compact status table now and then; the new output
+    # engine prints a box per trial start and result, too much for a sweep of many trials.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from kdsearch.checkpoint import save_checkpoint  # noqa: E402
+from kdsearch.compression import compression_report  # noqa: E402
+from kdsearch.data import DatasetSplits  # noqa: E402
+from kdsearch.errors import UserError  # noqa: E402
+from kdsearch.search_space import SweepSpec  # noqa: E402
+from kdsearch.teachers import Teacher  # noqa: E402
+from kdsearch.train import TrainingDiverged, data_info, fit  # noqa: E402
+
+STATE_FILE = "state.pt"  # full training state, to resume the trial
+STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the rest of kdsearch sees it, with no Ray types."""
+
+    trial_id: str
+    params: dict  # the sampled values
+    history: list[dict]  # one dict of metrics per epoch
+    status: str  # TERMINATED or ERROR
+    error: str | None = None
+    best_checkpoint: str | None = None  # folder holding student.pt at the trial's best epoch
+    path: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def best(self, metric: str, mode: str) -> float:
+        values = [h[metric] for h in self.history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+        if not values:
+            return -math.inf if mode == "max" else math.inf
+        return max(values) if mode == "max" else min(values)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
+    """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": True, "logging_level": "ERROR"}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", object_store_memory=_object_store_bytes(), **kwargs)
+    except ConnectionError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}): start it with `ray start --head` or drop --address") from None
+
+
+def _object_store_bytes() -> int:
+    # Ray's default is 30% of RAM; the data and teacher here are small next to that.
+    return int(os.environ.get("KDSEARCH_OBJECT_STORE_BYTES", 2 * 1024**3))
+
+
+def stop_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def tune_space(spec: SweepSpec) -> dict:
+    """The YAML distributions as Tune's search space (OptunaSearch converts these)."""
+    out = {}
+    for key, dist in spec.space.items():
+        kind, args = dist["kind"], dist["args"]
+        if kind == "uniform":
+            out[key] = tune.uniform(*args)
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(*args)
+        elif kind == "int":
+            out[key] = tune.randint(args[0], args[1] + 1)  # inclusive upper bound, as written in YAML
+        else:
+            out[key] = tune.choice(args)
+    return out
+
+
+def _searcher(spec: SweepSpec):
+    import optuna
+
+    s = spec.search
+    metrics = [m for m, _ in s.objectives]
+    modes = [m for _, m in s.objectives]
+    if s.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=s.seed)
+    elif s.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, s.num_samples // 2)))
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if len(metrics) == 1:
+        return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
+    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+
+
+def _scheduler(spec: SweepSpec, max_epochs: int):
+    s = spec.search
+    if s.scheduler == "fifo":
+        return FIFOScheduler()
+    # Several objectives: ASHA stops on the first one (accuracy, usually); the rest are
+    # fixed by the architecture and do not change with training.
+    return ASHAScheduler(
+        time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs,
+        grace_period=min(s.grace_period, max_epochs), reduction_factor=s.reduction_factor,
+    )  # fmt: skip
+
+
+def _payload(data: DatasetSplits) -> dict:
+    return {k: getattr(data, k) for k in ("name", "train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "class_names", "multilabel", "mean", "std")}
+
+
+def _unpack(payload: dict) -> DatasetSplits:
+    # Objects from the store can be read-only; training wants its own writable copy.
+    values = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in payload.items()}
+    return DatasetSplits(**values)
+
+
+def _static_metrics(cfg, data: DatasetSplits, needs_latency: bool) -> dict:
+    """Size metrics of the student architecture (constant over training), reported each epoch
+    so that Optuna can optimise them alongside accuracy."""
+    from kdsearch.models import build_model
+    from kdsearch.train import resolve_stem
+
+    student = build_model(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
+    report = compression_report(student, None, (data.in_channels, *data.image_size), measure_speed=needs_latency)
+    return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
+
+
+def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payload: dict | None, threads: int) -> None:
+    data = _unpack(data_payload)
+    cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads).resolved()
+    teacher = None
+    if teacher_payload is not None:
+        from kdsearch.models import build_model
+
+        t = teacher_payload
+        model = build_model(t["spec"]["arch"], t["spec"]["num_outputs"], t["spec"]["in_channels"], t["spec"]["stem"], t["spec"]["width"])
+        model.load_state_dict(t["state_dict"])
+        teacher = Teacher(model, t["spec"]["arch"], t["metrics"], None, t["spec"])
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    static = _static_metrics(cfg, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
+    info = data_info(data)
+
+    def on_epoch_end(metrics: dict, state) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state.training_state(), Path(folder) / STATE_FILE)
+            save_checkpoint(Path(folder) / STUDENT_FILE, state.student, _spec_of(cfg, data), dataset=info,
+                            metrics=metrics, config=cfg.to_dict())  # fmt: skip
+            tune.report({**metrics, **static}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    try:
+        fit(cfg, data=data, teacher=teacher, on_epoch_end=on_epoch_end, measure_speed=False, evaluate_test=False, resume=resume)
+    except TrainingDiverged as exc:
+        # Retrying the same settings would diverge again: end the trial with the worst score,
+        # so the searcher learns to avoid this region, and keep the reason.
+        worst = {m: (0.0 if mode == "max" else float(1e30)) for m, mode in spec.search.objectives}
+        tune.report({**static, **worst, "trial/diverged": 1.0, "trial/error": str(exc)})
+
+
+def _spec_of(cfg, data: DatasetSplits) -> dict:
+    from kdsearch.checkpoint import model_spec
+    from kdsearch.train import resolve_stem
+
+    return model_spec(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
+
+
+class _Progress(tune.CLIReporter):
+    """Ray Tune's status table, trimmed to the searched settings and the metrics that
+    matter, at most every 20 s, on stderr (stdout keeps the final summary)."""
+
+    def report(self, trials, done, *sys_info):
+        print(self._progress_str(trials, done, *sys_info), file=sys.stderr, flush=True)
+
+
+def _reporter(spec: SweepSpec) -> tune.CLIReporter:
+    metrics = {"epoch": "epochs", spec.search.metric: spec.search.metric}
+    if spec.search.metric != "val/best_acc":
+        metrics["val/best_acc"] = "best val/acc"
+    return _Progress(metric_columns=metrics, parameter_columns=list(spec.space)[:6], max_report_frequency=20,
+                     metric=spec.search.metric, mode=spec.search.mode, sort_by_metric=True, max_progress_rows=12)  # fmt: skip
+
+
+class _ForwardResults(tune.Callback):
+    """Hands trial events to a tracker (kdsearch.tracking) without exposing Ray types."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.trial_started(trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.tracker.trial_result(trial.trial_id, dict(trial.config), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.trial_finished(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.trial_finished(trial.trial_id, "FAILED", error=str(getattr(trial, "error_msg", "") or "")[:500])
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    total = ray.cluster_resources()
+    if gpus_per_trial > total.get("GPU", 0):
+        raise UserError(f"--gpus-per-trial {gpus_per_trial} but the Ray cluster has {total.get('GPU', 0):g} GPUs: lower it, or join a cluster with GPUs (--address)")
+    if cpus_per_trial > total.get("CPU", 0):
+        raise UserError(f"--cpus-per-trial {cpus_per_trial} but the Ray cluster has {total.get('CPU', 0):g} CPUs: lower it")
+
+
+def run_sweep(
+    spec: SweepSpec,
+    data: DatasetSplits,
+    teacher: Teacher | None,
+    *,
+    storage: str,
+    name: str,
+    resume: bool,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    max_concurrent: int | None = None,
+    tracker=None,
+    verbose: int = 1,
+) -> list[TrialRecord]:
+    """Run (or resume) the sweep in ``storage/name`` and return every trial."""
+    check_resources(cpus_per_trial, gpus_per_trial)
+    epochs = spec.example_config().epochs
+    teacher_payload = None
+    if teacher is not None:
+        teacher_payload = {
+            "spec": teacher.spec,
+            "state_dict": {k: v.detach().cpu() for k, v in teacher.model.state_dict().items()},
+            "metrics": teacher.metrics,
+        }
+    trainable = tune.with_parameters(
+        _trial, spec=spec, data_payload=_payload(data), teacher_payload=teacher_payload, threads=max(1, math.ceil(cpus_per_trial))
+    )
+    trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    path = os.path.join(storage, name)
+    callbacks = [_ForwardResults(tracker)] if tracker is not None else []
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise UserError(f"nothing to resume at {path}: run the sweep without --resume first (same --name and --storage)")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(spec),
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec),
+                scheduler=_scheduler(spec, epochs),
+                num_samples=spec.search.num_samples,
+                max_concurrent_trials=max_concurrent or spec.search.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=callbacks,
+                verbose=verbose,
+                progress_reporter=_reporter(spec) if verbose else None,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.search.metric, checkpoint_score_order=spec.search.mode),
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            ),
+        )
+    grid = tuner.fit()
+    return [_record(result, spec) for result in grid]
+
+
+def _record(result, spec: SweepSpec) -> TrialRecord:
+    frame = result.metrics_dataframe
+    history = frame.to_dict("records") if frame is not None else []
+    best = None
+    try:
+        checkpoint = result.get_best_checkpoint(spec.search.metric, spec.search.mode)
+    except (RuntimeError, ValueError, KeyError):
+        checkpoint = None
+    checkpoint = checkpoint or result.checkpoint
+    if checkpoint is not None:
+        best = checkpoint.path
+    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+    params = {k: v for k, v in (result.config or {}).items()}
+    return TrialRecord(
+        trial_id=str(trial_id),
+        params=params,
+        history=history,
+        status="ERROR" if result.error else "TERMINATED",
+        error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+        best_checkpoint=best,
+        path=result.path,
+    )
+
+
+def copy_from_checkpoint(checkpoint_path: str, filename: str, dest: Path) -> Path:
+    """Copy one file out of a trial checkpoint, local or in remote storage, to ``dest``."""
+    import shutil
+
+    with tune.Checkpoint(checkpoint_path).as_directory() as folder:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(folder) / filename, dest)
+    return dest
