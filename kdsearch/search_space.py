@@ -240,7 +240,11 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
 def _check_names(spec: SweepSpec) -> None:
     """Build a config from the first value of each distribution, so that an unknown
     dataset, model, option or a wrong type stops the sweep before any trial."""
-    cfg = spec.example_config()
+    try:
+        cfg = spec.example_config()
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if message.startswith(spec.source) else f"{spec.source}: {message}") from None
     for field_name in ("student", "teacher"):
         arch = getattr(cfg, field_name)
         if arch not in MODELS:

@@ -4,11 +4,13 @@ import gzip
 import os
 import pickle
 import struct
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("KDSEARCH_DATA", "/nonexistent-kdsearch-data")
+os.environ.setdefault("KDSEARCH_CACHE", tempfile.mkdtemp(prefix="kdsearch-test-cache-"))  # never the user's cache
 
 
 def write_cifar10(root, n_per_batch=20, seed=0):

@@ -1,0 +1,88 @@
+"""Search-space files: every shipped one parses, and each mistake is one line naming file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from kdsearch.errors import UserError
+from kdsearch.search_space import load_sweep, parse_sweep
+
+SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_shipped_space_parses_and_builds_a_trial_config(path):
+    spec = load_sweep(path)
+    cfg = spec.example_config()
+    assert spec.space and cfg.method in ("kd", "at", "dml")
+    for dist in spec.space.values():
+        if dist["kind"] in ("uniform", "loguniform", "int"):
+            assert dist["args"][0] < dist["args"][1]
+            assert all(isinstance(a, (int, float)) for a in dist["args"])  # 1e-3 read as a number
+
+
+def test_shipped_spaces_cover_every_dataset_and_method():
+    names = {p.stem for p in SPACES}
+    for dataset in ("cifar10", "cifar100", "fashion_mnist", "celeba"):
+        for method in ("kd", "at", "dml"):
+            assert f"{dataset}-{method}" in names
+    assert "quickstart" in names
+
+
+def test_flat_keys_route_to_config_or_method_and_lists_reassemble():
+    spec = parse_sweep(
+        {
+            "fixed": {"method": "at", "dataset": "digits", "epochs": 2, "p": 2.0},
+            "space": {"beta": {"loguniform": [1e1, 1e4]},
+                      "weights": [{"uniform": [0, 2]}, 1.0, {"uniform": [0, 2]}], "lr": {"loguniform": [1e-3, 1e-1]}},  # fmt: skip
+        },
+        "t.yaml",
+    )
+    assert set(spec.space) == {"beta", "weights.0", "weights.2", "lr"}
+    cfg = spec.trial_config({"beta": 50.0, "weights.0": 0.5, "weights.2": 1.5, "lr": 0.01})
+    assert cfg.lr == 0.01 and cfg.method_args == {"p": 2.0, "beta": 50.0, "weights": [0.5, 1.0, 1.5]}
+
+
+def test_two_objectives_switch_to_nsga2():
+    spec = parse_sweep({"fixed": {"method": "kd"}, "space": {"alpha": {"uniform": [0, 1]}},
+                        "search": {"objectives": [{"val/acc": "max"}, {"latency/cpu_ms": "min"}]}}, "m.yaml")  # fmt: skip
+    assert spec.search.sampler == "nsga2" and spec.search.metric == "val/acc"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"space": {"alpha": {"uniform": [1, 0]}}}, "space.alpha: uniform bounds must be [low, high] with low < high, got [1, 0]"),
+        ({"space": {"temperature": {"loguniform": [0, 20]}}}, "space.temperature: loguniform bounds must be > 0"),
+        ({"space": {"temperature": {"normal": [0, 1]}}}, "space.temperature: a distribution is one of"),
+        ({"space": {"alpha": {"uniform": [0]}}}, "space.alpha: uniform needs two numbers"),
+        ({"space": {"alpha": {"uniform": ["a", 1]}}}, "space.alpha: uniform needs two numbers"),
+        ({"space": {"num_peers": {"int": [2, 4]}}}, "unknown key 'num_peers'; not a training setting nor a setting of method 'kd'"),
+        ({"space": {"lrr": {"uniform": [0, 1]}}}, "space: unknown key 'lrr'"),
+        ({"space": {"dataset": {"choice": ["digits"]}}}, "space.dataset: dataset cannot vary within a sweep"),
+        ({"space": {"alpha": 0.5}}, "space.alpha: expected a distribution"),
+        ({"fixed": {"method": "fitnet"}}, "fixed.method: unknown method 'fitnet'; choose one of at, ce, dml, kd"),
+        ({"fixed": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'"),
+        ({"fixed": {"student": "vgg"}}, "student: unknown architecture 'vgg'"),
+        ({"fixed": {"epochs": "ten"}}, "epochs must be an integer"),
+        ({"fixed": {"alpha": 3}}, "alpha must be in [0, 1]"),
+        ({"searc": {}}, "unknown key 'searc'; valid top-level keys are name, fixed, space, search"),
+        ({"search": {"sampler": "cmaes"}}, "search.sampler 'cmaes' is unknown; choose one of tpe, random, nsga2"),
+        ({"search": {"num_samples": 0}}, "search.num_samples must be a positive integer"),
+        ({"search": {"metric": "test/acc"}}, "unknown metric 'test/acc'"),
+        ({"search": {"budget": 3}}, "unknown key 'search.budget'"),
+    ],
+)
+def test_mistakes_are_one_line_errors_naming_file_and_key(raw, message):
+    with pytest.raises(UserError) as err:
+        parse_sweep(raw, "space.yaml")
+    text = str(err.value)
+    assert text.startswith("space.yaml") and message in text and "\n" not in text
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("fixed: {method: kd, weight_decay: 5e-4}\nspace:\n  lr: {loguniform: [1e-3, 1e-1]}\n")
+    spec = load_sweep(path)
+    assert spec.space["lr"]["args"] == [1e-3, 1e-1] and spec.example_config().weight_decay == 5e-4
+    assert spec.name == "s"  # the file name when the file has none

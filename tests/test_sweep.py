@@ -1,0 +1,195 @@
+"""Sweeps end to end: a real local Ray, a real MLflow server on 127.0.0.1, queried with MLflow's client."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from kdsearch.errors import UserError
+from kdsearch.sweep import SweepOptions, run_sweep
+
+SPACE = """
+name: tiny
+fixed:
+  method: kd
+  dataset: digits
+  teacher: resnet8
+  teacher_width: 2.0
+  teacher_epochs: 3
+  student: resnet8
+  epochs: {epochs}
+  cache_dir: {cache}
+space:
+  temperature: {{loguniform: [1, 10]}}
+  alpha: {{uniform: [0.3, 0.9]}}
+  lr: {{loguniform: [3e-2, 1e-1]}}
+search:
+  num_samples: {samples}
+  n_startup_trials: 1
+  grace_period: 2
+  scheduler: {scheduler}
+  seed: 0
+"""
+
+
+def write_space(tmp_path, epochs=3, samples=2, scheduler="asha"):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SPACE.format(epochs=epochs, samples=samples, cache=tmp_path / "cache", scheduler=scheduler))
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError("mlflow server did not come up")
+            time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow_server):
+    opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=mlflow_server, verbose=0)
+    summary = run_sweep(write_space(tmp_path), opts, log=lambda _: None)
+
+    assert len(summary.table) == 2 and summary.checkpoint.is_file()
+    assert summary.best_metrics["test/acc"] > 0.5 and summary.best_metrics["compression/ratio"] > 3
+    assert (summary.out_dir / "best" / "config.yaml").is_file() and (summary.out_dir / "trials.csv").is_file()
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kdsearch.role") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == 2
+    assert len({r.data.tags["kdsearch.trial_id"] for r in trials}) == 2
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert {"temperature", "alpha", "lr"} <= set(run.data.params)
+        assert run.data.tags["method"] == "kd" and run.data.tags["dataset"] == "digits" and run.data.tags["student"] == "resnet8"
+        history = client.get_metric_history(run.info.run_id, "val/acc")
+        assert sorted(m.step for m in history) == list(range(1, int(run.data.metrics["epoch"]) + 1))  # each epoch once
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {"best.temperature", "best.alpha", "best.lr"} <= set(parent.data.params)
+    for key in ("test/acc", "compression/ratio", "student/params", "student/flops", "latency/cpu_ms", "accuracy/drop"):
+        assert key in parent.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "best_config.yaml" in artifacts and "best_student" in artifacts
+    versions = client.search_model_versions("name='tiny-student'")
+    assert len(versions) == 1 and versions[0].run_id == parent.info.run_id
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
+    opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=f"http://127.0.0.1:{free_port()}", verbose=0)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        with pytest.raises(UserError, match="MLflow tracking at http://127.0.0.1:.* is unreachable"):
+            run_sweep(write_space(tmp_path), opts, log=lambda _: None)
+    finally:
+        del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert not (tmp_path / "sweeps" / "tiny").exists()
+
+
+def _finished_trials(sweep_dir: Path, epochs: int) -> list[Path]:
+    done = []
+    for result in sweep_dir.glob("trial_*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and (lines[-1].get("epoch") == epochs or lines[-1].get("done")):
+            done.append(result)
+    return done
+
+
+EPOCHS = 25  # about 5 s a trial here: long enough to interrupt the second one
+
+
+def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
+    space = write_space(tmp_path, epochs=EPOCHS, samples=3, scheduler="fifo")
+    storage, db = tmp_path / "sweeps", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", str(storage), "--tracking-uri", db,
+           "--max-concurrent", "1", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while not _finished_trials(storage / "tiny", EPOCHS) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.5)  # into the second trial
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
+    proc.wait()
+    finished = {p.parent.name: p.read_text() for p in _finished_trials(storage / "tiny", EPOCHS)}
+    assert len(finished) == 1
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # same name without --resume: refused
+    assert again.returncode == 2 and "add --resume" in again.stderr
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "top trials of tiny (3 in all)" in resumed.stdout
+    for name, text in finished.items():  # finished trials were not run again
+        assert (storage / "tiny" / name / "result.json").read_text() == text
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    trial_ids = [r.data.tags["kdsearch.trial_id"] for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
+    assert len(trial_ids) == 3 == len(set(trial_ids))
+    for run in runs:
+        if run.data.tags.get("kdsearch.role") == "trial":
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+            assert len(steps) == len(set(steps))  # no epoch logged twice across the interruption
+
+
+def test_resume_with_nothing_to_resume(tmp_path):
+    opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", resume=True, verbose=0)
+    with pytest.raises(UserError, match="nothing to resume at .*: run the sweep without --resume first"):
+        run_sweep(write_space(tmp_path), opts, log=lambda _: None)
+
+
+def test_two_objectives_run_nsga2_and_report_both(tmp_path):
+    space = tmp_path / "mo.yaml"
+    space.write_text(f"""
+name: mo
+fixed: {{method: ce, dataset: digits, epochs: 2, cache_dir: {tmp_path / 'cache'}}}
+space:
+  student_width: {{choice: [0.5, 1.0]}}
+  lr: {{loguniform: [3e-2, 1e-1]}}
+search:
+  num_samples: 2
+  objectives: [{{val/acc: max}}, {{student/params: min}}]
+""")
+    summary = run_sweep(space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False), log=lambda _: None)
+    assert "student/params" in summary.table.columns and summary.table["student/params"].notna().all()
+    assert len(summary.table) == 2
+
+
+def test_more_gpus_than_the_cluster_has_is_refused(tmp_path):
+    opts = SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", gpus_per_trial=0.5, verbose=0)
+    with pytest.raises(UserError, match=r"--gpus-per-trial 0.5 but the Ray cluster has 0 GPUs"):
+        run_sweep(write_space(tmp_path), opts, log=lambda _: None)
