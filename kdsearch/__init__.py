@@ -2,7 +2,8 @@
 
 from kdsearch.config import TrainConfig
 from kdsearch.errors import UserError
+from kdsearch.export import load_student
 from kdsearch.train import FitResult, fit
 
-__all__ = ["TrainConfig", "FitResult", "UserError", "fit"]
+__all__ = ["TrainConfig", "FitResult", "UserError", "fit", "load_student"]
 __version__ = "0.1.0"

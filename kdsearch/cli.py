@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 import sys
 import typing
 
@@ -139,11 +141,14 @@ def format_sweep_summary(summary, top: int = 5) -> str:
     import pandas as pd
 
     m = summary.best_metrics
+    metric = summary.objectives[0][0]
+    shown = [c for c in summary.table.columns if c not in ("student/params", "student/flops", "latency/cpu_ms", "stopped early")]
+    shown += [o for o, _ in summary.objectives[1:]]
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        table = summary.table.head(top).to_string(index=False)
+        table = summary.table[shown].head(top).to_string(index=False)
     lines = [f"top trials of {summary.name} ({len(summary.table)} in all):", table, ""]
     lines.append("best config: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_params.items()))
-    acc = f"best student: val/acc {m.get('val/best_acc', m.get('val/acc', float('nan'))):.4f}  test/acc {m['test/acc']:.4f}"
+    acc = f"best student: {metric} {m.get(metric, float('nan')):.4f}  test/acc {m['test/acc']:.4f}"
     if "teacher/test_acc" in m:
         acc += f"  (teacher test/acc {m['teacher/test_acc']:.4f}, drop {100 * m['accuracy/drop']:+.2f} points)"
     lines.append(acc)
@@ -153,7 +158,8 @@ def format_sweep_summary(summary, top: int = 5) -> str:
     if summary.failures:
         lines.append("failed trials: " + "; ".join(f"{t}: {why}" for t, why in summary.failures))
     lines.append(f"checkpoint: {summary.checkpoint}")
-    lines.append(f"trials table: {summary.out_dir / 'trials.csv'}")
+    if (summary.out_dir / "report").is_dir():
+        lines.append(f"report (table and plots, also on the MLflow parent run): {summary.out_dir / 'report'}")
     from kdsearch.tracking import ui_command
 
     lines.append(f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri)}")
@@ -170,6 +176,64 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         name=args.name, resume=args.resume, smoke=args.smoke, verbose=0 if args.quiet else 1)  # fmt: skip
     summary = run_sweep(args.space, opts, log=_log(args.quiet))
     print(format_sweep_summary(summary))
+    return 0
+
+
+def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, scratch: str) -> "Path":
+    from pathlib import Path
+
+    from kdsearch import sweep
+
+    if Path(source).is_file():
+        return Path(source)
+    if re.fullmatch(r"[0-9a-f]{32}", source) and not Path(source).exists():
+        from kdsearch import tracking
+
+        return tracking.download_best_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
+    folder = sweep.resolve_sweep_dir(source, storage, tracking_uri)
+    path = folder / sweep.BEST_DIR / "student.pt"
+    if not path.is_file():
+        raise UserError(f"sweep {folder} has no best checkpoint ({path} is missing): let the sweep finish, or continue it with --resume")
+    return path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from kdsearch.export import export_student
+
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = _checkpoint_of(args.source, args.storage, args.tracking_uri, scratch)
+        report = export_student(checkpoint, args.format, args.out, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"exported {checkpoint} to {args.out} (verified on {report['images']} validation images, "
+          f"tolerance atol={report['tolerance']['atol']:g} rtol={report['tolerance']['rtol']:g}):")  # fmt: skip
+    for fmt, entry in report["formats"].items():
+        print(f"  {fmt:12} {entry['file']:22} {entry['bytes'] / 1e6:8.2f} MB  max |diff| {entry['max_abs_diff']:.1e}  val/acc {entry['val/acc']:.4f}")
+    print(f"  model card   model.json  (load with kdsearch.load_student({str(args.out)!r}))")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kdsearch import sweep, tracking
+    from kdsearch.report import build_report
+
+    folder = sweep.resolve_sweep_dir(args.source, args.storage, args.tracking_uri)
+    result = build_report(folder, Path(args.out) if args.out else None)
+    manifest = result["manifest"]
+    logged = ""
+    if not args.no_mlflow and manifest.get("parent_run_id"):
+        tracking.log_report_to_run(manifest["parent_run_id"], args.tracking_uri or manifest["tracking_uri"], result["files"])
+        logged = f" and to MLflow run {manifest['parent_run_id']}"
+    print(f"report of {manifest['name']} ({len(result['table'])} trials) written to {result['out']}{logged}:")
+    for path in result["files"]:
+        print(f"  {path.name}")
+    for note in result["notes"]:
+        print(f"  note: {note}")
     return 0
 
 
@@ -205,6 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--smoke", action="store_true", help="two short trials, to check the set-up end to end")
     sweep.add_argument("--quiet", action="store_true", help="no progress output")
     sweep.set_defaults(func=cmd_sweep)
+
+    export = sub.add_parser("export", help="export the best student of a sweep, verified, with a model card")
+    export.add_argument("source", help="a sweep folder, a sweep name, an MLflow parent run id, or a student .pt checkpoint")
+    export.add_argument("--format", nargs="+", default=["safetensors"], metavar="FORMAT",
+                        help="one or more of safetensors, pt, torchscript, onnx (default safetensors)")  # fmt: skip
+    export.add_argument("--out", required=True, help="folder to write the student and model.json into")
+    export.add_argument("--data-dir", help="where the dataset is, to verify the export on validation images")
+    export.add_argument("--storage", help="where sweeps are kept (default ./sweeps)")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI, for a run id (default sqlite:///$PWD/mlflow.db)")
+    export.add_argument("--json", action="store_true", help="print the verification report as JSON")
+    export.set_defaults(func=cmd_export)
+
+    report = sub.add_parser("report", help="table and plots of a sweep's trials, also logged to its MLflow parent run")
+    report.add_argument("source", help="a sweep folder, a sweep name or an MLflow parent run id")
+    report.add_argument("--out", help="folder for the table and plots (default <sweep>/report)")
+    report.add_argument("--storage", help="where sweeps are kept (default ./sweeps)")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
+    report.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -219,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

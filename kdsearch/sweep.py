@@ -6,20 +6,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
-from kdsearch.checkpoint import load_model
+from kdsearch.checkpoint import load_model, read_checkpoint, save_checkpoint
 from kdsearch.compression import compression_report
 from kdsearch.data import load_dataset
 from kdsearch.data.pipeline import DeviceData
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Objective
+from kdsearch.report import build_report, trial_table
 from kdsearch.search_space import SweepSpec, load_sweep
 
 BEST_DIR = "best"
@@ -46,13 +47,14 @@ class SweepSummary:
     name: str
     sweep_dir: str
     out_dir: Path  # local folder with best/ (the sweep folder itself for local storage)
-    table: pd.DataFrame
+    table: object  # pandas.DataFrame, one row per trial, best first
     best_params: dict
     best_config: dict
     best_metrics: dict
     checkpoint: Path
     tracking_uri: str
     parent_run_id: str
+    objectives: list
     failures: list[tuple[str, str]]
 
 
@@ -86,24 +88,6 @@ def needs_teacher(spec: SweepSpec) -> bool:
     return bool(getattr(METHODS[cfg.method], "needs_teacher", False))
 
 
-def _trial_table(trials, spec: SweepSpec) -> pd.DataFrame:
-    metric, mode = spec.search.metric, spec.search.mode
-    rows = []
-    for t in trials:
-        last = t.history[-1] if t.history else {}
-        row = {"trial": t.trial_id, **{k: v for k, v in t.params.items()}}
-        row[f"best {metric}"] = t.best(metric, mode)
-        for m, _ in spec.search.objectives[1:]:
-            row[m] = last.get(m)
-        row["epochs"] = len(t.history)
-        row["status"] = "diverged" if last.get("trial/diverged") else ("error" if t.status == "ERROR" else "ok")
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table = table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
-    return table
-
-
 def _test_best(student_path: Path, teacher, data, cfg) -> dict:
     from kdsearch.train import resolve_device
 
@@ -119,6 +103,30 @@ def _test_best(student_path: Path, teacher, data, cfg) -> dict:
     metrics.update(compression_report(model, teacher.model if teacher is not None else None, (data.in_channels, *data.image_size),
                                       student_acc=metrics["test/acc"], teacher_acc=teacher_test))  # fmt: skip
     return metrics, model
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """``sweep.json``: where the sweep's results and MLflow runs are, for export and report."""
+    tmp = out_dir / ".sweep.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(out_dir / "sweep.json")
+
+
+def resolve_sweep_dir(source: str, storage: str | None = None, tracking_uri: str | None = None) -> Path:
+    """A sweep folder from a folder, a sweep name (under --storage, default ./sweeps) or an MLflow run id."""
+    candidates = [Path(source), Path(storage or Path.cwd() / "sweeps") / source]
+    for folder in candidates:
+        if (folder / "sweep.json").is_file():
+            return folder
+    if re.fullmatch(r"[0-9a-f]{32}", source):
+        from kdsearch import tracking
+
+        folder = Path(tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri()))
+        if (folder / "sweep.json").is_file():
+            return folder
+        raise UserError(f"MLflow run {source} belongs to the sweep in {folder}, which is not on this machine: run there, or copy it")
+    raise UserError(f"no sweep at {candidates[0]} or {candidates[1]} (no sweep.json), and {source!r} is not an MLflow run id: "
+                    "pass a sweep folder, a sweep name or a parent run id")  # fmt: skip
 
 
 def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
@@ -152,6 +160,13 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     if not opts.resume and not _is_uri(storage) and Path(sweep_dir).exists():
         raise UserError(f"a sweep named {name!r} already exists in {storage}: add --resume to continue it, or pass another --name")
     tracker.start(params)  # fails with one line, before any trial, if MLflow is unreachable
+    manifest = {
+        "name": name, "sweep_dir": sweep_dir, "space_file": str(path), "tracking_uri": tracking_uri, "parent_run_id": tracker.parent_id,
+        "method": base.method, "dataset": base.dataset, "teacher": base.teacher, "student": base.student, "epochs": base.epochs,
+        "space": spec.space, "objectives": [list(o) for o in spec.search.objectives],
+    }  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(out_dir, manifest)
 
     set_threads(None)
     data = load_dataset(base.dataset, base.data_dir, base.download, base.val_fraction, base.split_seed, base.image_size, base.train_subset)
@@ -182,14 +197,21 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     if teacher is None:
         teacher = reference_teacher(base, data, resolve_stem(base.stem, data.image_size))
     metrics, model = _test_best(student_path, teacher, data, best_cfg)
+    trial_payload = read_checkpoint(student_path)  # rewritten so the checkpoint carries its test and compression metrics
+    save_checkpoint(student_path, model, trial_payload["model"], dataset=trial_payload["dataset"], metrics=metrics,
+                    config=best_cfg.to_dict(), sweep={"name": name, "trial": best.trial_id, "params": best.params})  # fmt: skip
     (best_dir / "config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
     (best_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    table = _trial_table(trials, spec)
-    table.to_csv(out_dir / "trials.csv", index=False)
+    records = [{"trial": t.trial_id, "params": t.params, "history": t.history, "error": t.status == "ERROR"} for t in trials]
+    table = trial_table(records, manifest)
+    write_manifest(out_dir, {**manifest, "best_trial": best.trial_id, "best_params": best.params, "best_metrics": metrics})
 
     tracker.log_best(best.params, best_cfg.to_dict(), metrics, student_path, model=model if opts.register else None,
                      input_shape=(data.in_channels, *data.image_size), registered_name=f"{name}-student")  # fmt: skip
+    if not _is_uri(storage):  # the report reads the trial logs from the sweep folder
+        report = build_report(out_dir)
+        tracking.log_report_to_run(tracker.parent_id, tracking_uri, report["files"])
     tracker.finish()
     failures = [(t.trial_id, t.error or "diverged") for t in trials if t.status == "ERROR" or (t.history and t.history[-1].get("trial/diverged"))]
     return SweepSummary(name, sweep_dir, out_dir, table, dict(best.params), best_cfg.to_dict(), metrics, student_path,
-                        tracking_uri, tracker.parent_id, failures)  # fmt: skip
+                        tracking_uri, tracker.parent_id, manifest["objectives"], failures)  # fmt: skip

@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise in a CLI
 
-from kdsearch.errors import UserError
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+from kdsearch.errors import UserError  # noqa: E402
 
 TRIAL_TAG = "kdsearch.trial_id"
 SWEEP_TAG = "kdsearch.sweep_dir"
@@ -194,7 +197,7 @@ class SweepTracker:
         return added
 
     def log_best(self, best_params: dict, best_config: dict, metrics: dict, student_path: Path, model=None,
-                 input_shape: tuple[int, ...] | None = None, registered_name: str | None = None, artifacts_dir: Path | None = None) -> None:  # fmt: skip
+                 input_shape: tuple[int, ...] | None = None, registered_name: str | None = None) -> None:  # fmt: skip
         """The best config (params + YAML), its compression metrics and its student, on the parent run."""
         import yaml
 
@@ -209,8 +212,6 @@ class SweepTracker:
             config_path.write_text(yaml.safe_dump(best_config, sort_keys=False))
             self.client.log_artifact(run_id, str(config_path))
         self.client.log_artifact(run_id, str(student_path), artifact_path="best_student")
-        if artifacts_dir is not None and artifacts_dir.is_dir():
-            self.client.log_artifacts(run_id, str(artifacts_dir), artifact_path="report")
         if model is not None and registered_name:
             self._register(model, input_shape, registered_name)
 
@@ -233,3 +234,36 @@ class SweepTracker:
     def trial_runs(self) -> list:
         """All child runs of this sweep (for tests and reports)."""
         return self.client.search_runs([self.experiment_id], f"tags.`{ROLE_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=10000)
+
+
+def _client_for_run(run_id: str, tracking_uri: str):
+    client = MlflowClient(tracking_uri)
+    try:
+        return client, client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - not found, or the store is unreachable
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"no MLflow run {run_id} at {tracking_uri} ({first}): pass a sweep folder, a sweep name, or --tracking-uri") from None
+
+
+def download_best_student(run_id: str, tracking_uri: str, dest_dir: Path) -> Path:
+    """The best student checkpoint logged on a sweep's parent run."""
+    client, _ = _client_for_run(run_id, tracking_uri)
+    try:
+        path = client.download_artifacts(run_id, "best_student/student.pt", str(dest_dir))
+    except Exception:  # noqa: BLE001
+        raise UserError(f"MLflow run {run_id} has no best_student/student.pt artifact: pass the sweep's parent run id") from None
+    return Path(path)
+
+
+def sweep_dir_of_run(run_id: str, tracking_uri: str) -> str:
+    _, run = _client_for_run(run_id, tracking_uri)
+    sweep_dir = run.data.tags.get(SWEEP_TAG)
+    if not sweep_dir:
+        raise UserError(f"MLflow run {run_id} is not a kdsearch sweep run (no {SWEEP_TAG} tag): pass the sweep's parent run id")
+    return sweep_dir
+
+
+def log_report_to_run(run_id: str, tracking_uri: str, files: list[Path]) -> None:
+    client, _ = _client_for_run(run_id, tracking_uri)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="report")

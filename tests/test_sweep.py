@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from kdsearch.cli import main
 from kdsearch.errors import UserError
 from kdsearch.sweep import SweepOptions, run_sweep
 
@@ -84,7 +85,7 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
 
     assert len(summary.table) == 2 and summary.checkpoint.is_file()
     assert summary.best_metrics["test/acc"] > 0.5 and summary.best_metrics["compression/ratio"] > 3
-    assert (summary.out_dir / "best" / "config.yaml").is_file() and (summary.out_dir / "trials.csv").is_file()
+    assert (summary.out_dir / "best" / "config.yaml").is_file() and (summary.out_dir / "report" / "trials.csv").is_file()
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("tiny")
@@ -108,6 +109,19 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     assert "best_config.yaml" in artifacts and "best_student" in artifacts
     versions = client.search_model_versions("name='tiny-student'")
     assert len(versions) == 1 and versions[0].run_id == parent.info.run_id
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/trials.csv", "report/trials.md", "report/best_so_far.png", "report/pareto.png", "report/acc_vs_temperature.png"} <= report
+
+    # What users do next: export the best student, from the sweep folder or from the parent run.
+    out = tmp_path / "export"
+    assert main(["export", str(summary.out_dir), "--format", "safetensors", "pt", "torchscript", "onnx", "--out", str(out)]) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["metrics"]["test/acc"] == summary.best_metrics["test/acc"] and "compression/ratio" in card["metrics"]
+    assert set(card["files"]) == {"safetensors", "pt", "torchscript", "onnx"}
+    assert main(["export", parent.info.run_id, "--tracking-uri", mlflow_server, "--format", "onnx", "--out", str(tmp_path / "e2")]) == 0
+    assert (tmp_path / "e2" / "model.onnx").is_file()
+    assert main(["report", "tiny", "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "best_so_far.png").is_file() and (tmp_path / "r" / "trials.md").is_file()
 
 
 def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):

@@ -1,0 +1,200 @@
+"""Export a student for deployment: safetensors, a plain state dict, TorchScript, ONNX.
+
+Only the student is written (no teacher, optimiser or scheduler state, no wrapper
+prefixes), beside a ``model.json`` card that says how to build and feed it. Every
+format is loaded back after writing (ONNX through onnxruntime) and run on validation
+images; its outputs must match the checkpoint's within ``ATOL + RTOL * |logits|``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdsearch.checkpoint import load_model, read_checkpoint
+from kdsearch.errors import UserError
+from kdsearch.evaluate import classification_metrics
+from kdsearch.models import build_model
+
+FORMATS = ("safetensors", "pt", "torchscript", "onnx")
+FILES = {"safetensors": "model.safetensors", "pt": "model.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+CARD = "model.json"
+ATOL, RTOL = 1e-4, 1e-4  # fp32 end to end; ONNX Runtime's kernels differ from PyTorch's by ~1e-6
+VERIFY_IMAGES = 512
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; exports are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        _atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
+    elif fmt == "pt":
+        _atomic_write(path, lambda p: torch.save(model.state_dict(), p))
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # trace is deprecated upstream, still what many runtimes load
+            traced = torch.jit.trace(model, example)
+        _atomic_write(path, lambda p: traced.save(str(p)))
+    elif fmt == "onnx":
+        batch = torch.export.Dim("batch", min=1)
+
+        def export(p: Path) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+                torch.onnx.export(model, (example,), str(p), input_names=["images"], output_names=["logits"],
+                                  dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)  # fmt: skip
+
+        _atomic_write(path, export)
+
+
+def _run(fmt: str, path: Path, spec: dict, x: torch.Tensor) -> torch.Tensor:
+    """Load an exported file back the way a user would and run it."""
+    if fmt in ("safetensors", "pt"):
+        model = _model_from_weights(path, spec)
+        with torch.no_grad():
+            return model(x)
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.load(str(path), map_location="cpu")(x)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+
+
+def _model_from_weights(path: Path, spec: dict) -> nn.Module:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def model_card(payload: dict) -> dict:
+    data = payload.get("dataset", {})
+    config = payload.get("config", {})
+    return {
+        "format": "kdsearch-export/1",
+        "architecture": payload["model"],
+        "num_outputs": payload["model"]["num_outputs"],
+        "input": {
+            "channels": data.get("in_channels"),
+            "size": data.get("image_size"),
+            "dtype": "float32, NCHW",
+            "normalisation": {"mean": data.get("mean"), "std": data.get("std"), "note": "x = (pixels / 255 - mean) / std"},
+        },
+        "task": "multi-label (one sigmoid per attribute)" if data.get("multilabel") else "single-label (softmax over classes)",
+        "class_names": data.get("class_names"),
+        "dataset": data.get("name"),
+        "distillation": {"method": config.get("method"), "method_args": config.get("method_args"), "teacher": config.get("teacher"),
+                         "teacher_width": config.get("teacher_width")},  # fmt: skip
+        "config": config,
+        "metrics": payload.get("metrics", {}),
+    }
+
+
+def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Up to VERIFY_IMAGES normalised validation images (and labels) for the checkpoint's data."""
+    from kdsearch.data import load_dataset
+
+    data, config = payload.get("dataset", {}), payload.get("config", {})
+    try:
+        splits = load_dataset(data["name"], data_dir or config.get("data_dir"), False, config.get("val_fraction", 0.1),
+                              config.get("split_seed", 0), config.get("image_size"))  # fmt: skip
+    except (UserError, KeyError) as exc:
+        raise UserError(f"cannot load the validation data to verify the export ({exc}); pass --data-dir") from None
+    x = splits.val_x[:VERIFY_IMAGES].float()
+    mean = torch.tensor(data["mean"]).view(1, -1, 1, 1) * 255
+    std = torch.tensor(data["std"]).view(1, -1, 1, 1) * 255
+    return (x - mean) / std, splits.val_y[:VERIFY_IMAGES]
+
+
+def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Path, data_dir: str | None = None) -> dict:
+    """Write the student in each format and verify it; returns the verification report."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"unknown export format {unknown[0] if unknown else '(none)'!r}: choose from {', '.join(FORMATS)}")
+    model, payload = load_model(checkpoint)
+    model.eval()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out} ({exc.strerror}): pass a writable --out") from None
+    x, y = _validation_batch(payload, data_dir)
+    with torch.no_grad():
+        reference = model(x)
+    multilabel = bool(payload.get("dataset", {}).get("multilabel"))
+    report = {"checkpoint": str(checkpoint), "tolerance": {"atol": ATOL, "rtol": RTOL}, "images": len(x), "formats": {}}
+    card = model_card(payload)
+    for fmt in dict.fromkeys(formats):
+        path = out / FILES[fmt]
+        _write(fmt, model, x[:2], path)
+        logits = _run(fmt, path, payload["model"], x)
+        diff = (logits - reference).abs().max().item()
+        ok = torch.allclose(logits, reference, atol=ATOL, rtol=RTOL)
+        if not ok:
+            path.unlink()
+            raise UserError(f"{fmt} export does not reproduce the checkpoint (max |diff| {diff:.2e} > {ATOL}); nothing written for it")
+        entry = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": diff}
+        entry.update({f"val/{k}": v for k, v in classification_metrics(logits, y, multilabel).items()})
+        report["formats"][fmt] = entry
+    card["files"] = report["formats"]
+    card["verification"] = {k: v for k, v in report.items() if k != "formats"}
+    _atomic_write(out / CARD, lambda p: p.write_text(json.dumps(card, indent=2)))
+    return report
+
+
+def read_card(folder: str | Path) -> dict:
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise UserError(f"{folder} holds no {CARD}: pass a folder written by `kdsearch export`")
+    return json.loads(path.read_text())
+
+
+def load_student(folder: str | Path) -> nn.Module:
+    """A ready (eval-mode) student from an export folder; its card is ``model.kdsearch_card``.
+
+    Reads model.safetensors, else model.pt (weights only: no code is unpickled).
+    """
+    folder = Path(folder)
+    card = read_card(folder)
+    for name in (FILES["safetensors"], FILES["pt"]):
+        if (folder / name).is_file():
+            model = _model_from_weights(folder / name, card["architecture"])
+            model.kdsearch_card = card
+            return model
+    raise UserError(f"{folder} has no model.safetensors or model.pt: export with --format safetensors or pt")
+
+
+def describe_checkpoint(path: str | Path) -> dict:
+    return model_card(read_checkpoint(path))

@@ -1,0 +1,189 @@
+"""What a sweep learned, as a table (CSV + Markdown) and plots (PNG).
+
+Reads the trial logs Ray Tune writes as plain JSON (``trial_*/params.json`` and
+``result.json``, one line per epoch) and the sweep's ``sweep.json`` manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kdsearch.errors import UserError
+
+TABLE_CSV, TABLE_MD = "trials.csv", "trials.md"
+
+
+def read_manifest(sweep_dir: Path) -> dict:
+    path = sweep_dir / "sweep.json"
+    if not path.is_file():
+        raise UserError(f"{sweep_dir} has no sweep.json: pass a folder written by `kdsearch sweep`")
+    return json.loads(path.read_text())
+
+
+def load_trials(sweep_dir: Path) -> list[dict]:
+    """Every trial's sampled settings and per-epoch results, from Ray's JSON logs."""
+    trials = []
+    for folder in sorted(sweep_dir.glob("trial_*")):
+        params_path, result_path = folder / "params.json", folder / "result.json"
+        if not params_path.is_file():
+            continue
+        history = []
+        if result_path.is_file():
+            for line in result_path.read_text().splitlines():
+                try:
+                    history.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut short by a kill: the epochs before it stand
+        trials.append({"trial": folder.name.removeprefix("trial_"), "params": json.loads(params_path.read_text()), "history": history,
+                       "error": (folder / "error.txt").is_file()})  # fmt: skip
+    if not trials:
+        raise UserError(f"{sweep_dir} holds no trials yet: run the sweep first")
+    return trials
+
+
+def trial_table(trials: list[dict], manifest: dict) -> pd.DataFrame:
+    metric, mode = manifest["objectives"][0]
+    epochs = manifest["epochs"]
+    rows = []
+    for t in trials:
+        values = [h[metric] for h in t["history"] if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+        last = t["history"][-1] if t["history"] else {}
+        best = (max(values) if mode == "max" else min(values)) if values else float("nan")
+        diverged = bool(last.get("trial/diverged"))
+        rows.append({
+            "trial": t["trial"], **t["params"], f"best {metric}": best, "epochs run": len(t["history"]),
+            "stopped early": (not t["error"] and not diverged and 0 < len(t["history"]) < epochs),
+            "status": "error" if t["error"] else ("diverged" if diverged else ("running" if not last.get("done", True) and len(t["history"]) < epochs else "ok")),
+            "student/params": last.get("student/params"), "student/flops": last.get("student/flops"), "latency/cpu_ms": last.get("latency/cpu_ms"),
+        })  # fmt: skip
+    table = pd.DataFrame(rows)
+    return table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both size (lower) and accuracy (higher)."""
+    front, best = [], -math.inf
+    for size, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((size, acc))
+            best = acc
+    return front
+
+
+def _importances(trials: list[dict], manifest: dict) -> dict[str, float]:
+    import optuna
+
+    metric, mode = manifest["objectives"][0]
+    dists = {}
+    for key, dist in manifest["space"].items():
+        kind, args = dist["kind"], dist["args"]
+        if kind == "choice":
+            dists[key] = optuna.distributions.CategoricalDistribution(args)
+        elif kind == "int":
+            dists[key] = optuna.distributions.IntDistribution(args[0], args[1])
+        else:
+            dists[key] = optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for t in trials:
+        values = [h[metric] for h in t["history"] if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+        if values and all(k in t["params"] for k in dists):
+            best = max(values) if mode == "max" else min(values)
+            study.add_trial(optuna.trial.create_trial(params={k: t["params"][k] for k in dists}, distributions=dists, value=best))
+    return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+
+
+def make_plots(trials: list[dict], table: pd.DataFrame, manifest: dict, out: Path) -> tuple[list[Path], list[str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, _ = manifest["objectives"][0]
+    best_col = f"best {metric}"
+    written, notes = [], []
+
+    def save(fig, name):
+        path = out / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    numeric = [k for k, d in manifest["space"].items() if d["kind"] != "choice" and k in table]
+    for key in numeric:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.scatter(table[key], table[best_col], c="tab:blue", alpha=0.8)
+        if manifest["space"][key]["kind"] == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(best_col)
+        ax.set_title(f"{best_col} against {key}")
+        ax.grid(alpha=0.3)
+        save(fig, f"acc_vs_{key.replace('/', '_').replace('.', '_')}.png")
+
+    events = sorted((h.get("timestamp", 0), h.get(metric)) for t in trials for h in t["history"])
+    consumed, best, xs, ys = 0, -math.inf, [], []
+    for _, value in events:
+        consumed += 1
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            best = max(best, value)
+        xs.append(consumed)
+        ys.append(best if math.isfinite(best) else float("nan"))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.step(xs, ys, where="post")
+    ax.set_xlabel("epochs consumed (all trials)")
+    ax.set_ylabel(f"best {metric} so far")
+    ax.set_title("search progress")
+    ax.grid(alpha=0.3)
+    save(fig, "best_so_far.png")
+
+    size_col = "latency/cpu_ms" if table["latency/cpu_ms"].notna().any() else "student/params"
+    points = [(s, a) for s, a in zip(table[size_col], table[best_col]) if pd.notna(s) and pd.notna(a)]
+    if points:
+        front = _pareto(points)
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax.scatter([p[0] for p in points], [p[1] for p in points], alpha=0.7, label="trials")
+        ax.plot([p[0] for p in front], [p[1] for p in front], "r.-", label="Pareto front")
+        ax.set_xlabel(size_col)
+        ax.set_ylabel(best_col)
+        ax.set_title(f"{best_col} against student {size_col.split('/')[-1]}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "pareto.png")
+
+    try:
+        importances = _importances(trials, manifest)
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+        importances = {}
+        notes.append(f"parameter importances skipped: {exc}")
+    if importances:
+        fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * len(importances)))
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names])
+        ax.set_xlabel("importance (fANOVA)")
+        ax.set_title(f"what moves {best_col}")
+        save(fig, "importances.png")
+    elif not notes:
+        notes.append("parameter importances skipped: needs at least two finished trials")
+    return written, notes
+
+
+def build_report(sweep_dir: Path, out: Path | None = None) -> dict:
+    """Write the table and plots for a sweep; returns what was written."""
+    manifest = read_manifest(sweep_dir)
+    trials = load_trials(sweep_dir)
+    out = out or sweep_dir / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out} ({exc.strerror}): pass a writable --out") from None
+    table = trial_table(trials, manifest)
+    table.to_csv(out / TABLE_CSV, index=False)
+    (out / TABLE_MD).write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    plots, notes = make_plots(trials, table, manifest, out)
+    return {"out": out, "table": table, "files": [out / TABLE_CSV, out / TABLE_MD, *plots], "notes": notes, "manifest": manifest}

@@ -1,0 +1,111 @@
+"""Export round trips in every format, the model card, and the sweep report."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from kdsearch import TrainConfig, fit, load_student
+from kdsearch.cli import main
+from kdsearch.errors import UserError
+from kdsearch.export import FILES, FORMATS, export_student
+from kdsearch.report import _pareto, build_report
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    cfg = TrainConfig(method="kd", epochs=2, teacher_epochs=2, teacher="resnet8", cache_dir=str(folder / "cache"), threads=2)
+    result = fit(cfg)
+    return result.save(folder / "student.pt"), result
+
+
+def test_every_format_round_trips_and_is_verified(checkpoint, tmp_path):
+    path, result = checkpoint
+    report = export_student(path, list(FORMATS), tmp_path)
+    assert set(report["formats"]) == set(FORMATS) and report["images"] == 144
+    for fmt, entry in report["formats"].items():
+        assert (tmp_path / FILES[fmt]).stat().st_size == entry["bytes"] > 0
+        assert entry["max_abs_diff"] <= 1e-4 and 0 <= entry["val/acc"] <= 1
+    x = torch.randn(5, 1, 8, 8)
+    expected = result.student.cpu().eval()(x)
+    assert torch.allclose(load_student(tmp_path)(x), expected, atol=1e-5)
+    assert torch.allclose(torch.jit.load(str(tmp_path / FILES["torchscript"]))(x), expected, atol=1e-5)
+    session = onnxruntime.InferenceSession(str(tmp_path / FILES["onnx"]), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(["logits"], {"images": x.numpy()})[0]  # any batch size: the batch axis is dynamic
+    assert np.allclose(onnx_out, expected.detach().numpy(), atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*FILES.values(), "model.json"])  # no temporary or side files
+
+
+def test_student_only_no_prefixes_no_optimizer(checkpoint, tmp_path):
+    path, result = checkpoint
+    export_student(path, ["pt", "safetensors"], tmp_path)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(state) == set(result.student.state_dict())
+    assert not any(k.startswith(("module.", "student.", "_orig_mod.", "teacher")) for k in state)
+
+
+def test_model_card_describes_the_student(checkpoint, tmp_path):
+    path, result = checkpoint
+    export_student(path, ["safetensors"], tmp_path)
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["architecture"]["arch"] == "resnet8" and card["num_outputs"] == 10
+    assert card["input"]["channels"] == 1 and card["input"]["size"] == [8, 8]
+    assert card["input"]["normalisation"]["mean"] == pytest.approx(list(result.data_info["mean"]))
+    assert card["class_names"] == [str(d) for d in range(10)] and card["dataset"] == "digits"
+    assert card["distillation"]["method"] == "kd" and card["distillation"]["teacher"] == "resnet8"
+    assert card["metrics"]["test/acc"] == result.metrics["test/acc"]
+    assert card["metrics"]["compression/ratio"] == pytest.approx(result.metrics["compression/ratio"])
+    assert card["files"]["safetensors"]["file"] == "model.safetensors"
+
+
+def test_sources_without_a_checkpoint_are_clear_errors(tmp_path, capsys):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "sweep.json").write_text(json.dumps({"name": "half"}))
+    assert main(["export", str(tmp_path / "half"), "--out", str(tmp_path / "o")]) == 2
+    assert "has no best checkpoint" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no sweep at" in capsys.readouterr().err
+    run_id = "0" * 32
+    assert main(["export", run_id, "--out", str(tmp_path / "o"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert f"no MLflow run {run_id}" in capsys.readouterr().err
+    with pytest.raises(UserError, match="unknown export format 'tflite'"):
+        export_student(tmp_path / "x.pt", ["tflite"], tmp_path / "o")
+    with pytest.raises(UserError, match="holds no model.json"):
+        load_student(tmp_path)
+
+
+def _fake_sweep(folder, rows):
+    """A finished sweep folder as Ray Tune and kdsearch leave it (trial logs + sweep.json)."""
+    space = {"temperature": {"kind": "loguniform", "args": [1.0, 20.0]}, "alpha": {"kind": "uniform", "args": [0.0, 1.0]}}
+    (folder / "sweep.json").write_text(json.dumps({"name": "fake", "epochs": 3, "space": space, "objectives": [["val/acc", "max"]]}))
+    for i, (params, accs) in enumerate(rows):
+        trial = folder / f"trial_t{i}"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps(params))
+        lines = [json.dumps({"epoch": e + 1, "val/acc": a, "timestamp": 100 * i + e, "student/params": 1000 + i, "done": e + 1 == len(accs)})
+                 for e, a in enumerate(accs)]  # fmt: skip
+        (trial / "result.json").write_text("\n".join(lines) + "\n")
+
+
+def test_report_table_and_plots(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [({"temperature": float(t), "alpha": float(a)}, [0.5, 0.6 + a / 10, 0.7 + a / 5][: 3 if i % 2 else 1])
+            for i, (t, a) in enumerate(zip(rng.uniform(1, 20, 6), rng.uniform(0, 1, 6)))]  # fmt: skip
+    _fake_sweep(tmp_path, rows)
+    result = build_report(tmp_path)
+    table = result["table"]
+    assert len(table) == 6 and list(table["best val/acc"]) == sorted(table["best val/acc"], reverse=True)
+    assert table["stopped early"].sum() == 3 and set(table["epochs run"]) == {1, 3}
+    names = {p.name for p in result["files"]}
+    assert {"trials.csv", "trials.md", "acc_vs_temperature.png", "acc_vs_alpha.png", "best_so_far.png", "pareto.png", "importances.png"} <= names
+    for path in result["files"]:
+        assert path.stat().st_size > 0
+    assert (tmp_path / "report" / "trials.md").read_text().startswith("| trial")
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1, 0.80), (2, 0.85), (2, 0.70), (3, 0.84), (4, 0.90), (5, 0.89)]
+    assert _pareto(points) == [(1, 0.80), (2, 0.85), (4, 0.90)]
