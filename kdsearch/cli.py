@@ -162,7 +162,7 @@ def format_sweep_summary(summary, top: int = 5) -> str:
         lines.append(f"report (table and plots, also on the MLflow parent run): {summary.out_dir / 'report'}")
     from kdsearch.tracking import ui_command
 
-    lines.append(f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri)}")
+    lines.append(f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri, summary.name)}")
     return "\n".join(lines)
 
 
@@ -237,6 +237,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+
+    from kdsearch import tracking
+
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    if uri.startswith(("http://", "https://")):  # a server is already running: just say where
+        for name, url in tracking.experiment_urls(uri, uri.rstrip("/"), args.name).items():
+            print(f"{name}: {url}")
+        return 0
+    proc, base = tracking.start_ui_server(uri, args.port)
+    try:
+        print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)")
+        for name, url in tracking.experiment_urls(uri, base, args.name).items():
+            print(f"  {name}: {url}", flush=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kdsearch", description="Find the best way to distill a large network into a small one.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -288,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
     report.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     report.set_defaults(func=cmd_report)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the sweeps' tracking store")
+    ui.add_argument("--tracking-uri", help="the tracking store (default sqlite:///$PWD/mlflow.db)")
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    ui.add_argument("--name", help="print only this sweep's experiment address")
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

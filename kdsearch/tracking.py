@@ -38,10 +38,11 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def ui_command(tracking_uri: str) -> str:
+def ui_command(tracking_uri: str, name: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    default = tracking_uri == default_tracking_uri()
+    return f"kdsearch ui --name {name}" + ("" if default else f" --tracking-uri {tracking_uri}")
 
 
 def _metrics(values: dict, step: int, timestamp: int) -> list[Metric]:
@@ -103,7 +104,8 @@ class SweepTracker:
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise UserError(f"MLflow tracking at {self.tracking_uri} is unreachable ({first}): start the server or pass another --tracking-uri") from None
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        # Tagged as model training, the MLflow 3 UI opens it on its runs table, not its GenAI overview.
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment, tags={"mlflow.experimentKind": "custom_model_development"})
         found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{self.sweep_dir}' and tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
@@ -267,3 +269,49 @@ def log_report_to_run(run_id: str, tracking_uri: str, files: list[Path]) -> None
     client, _ = _client_for_run(run_id, tracking_uri)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="report")
+
+
+def experiment_urls(tracking_uri: str, base_url: str, name: str | None = None) -> dict[str, str]:
+    """``{experiment name: address in the UI}`` for kdsearch's experiments (or the one named)."""
+    client = MlflowClient(tracking_uri)
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    if name is not None:
+        experiments = [e for e in experiments if e.name == name]
+        if not experiments:
+            raise UserError(f"no experiment named {name!r} at {tracking_uri}: pass the sweep's --name, or leave it out to list all")
+    return {e.name: f"{base_url}/#/experiments/{e.experiment_id}/runs" for e in experiments}
+
+
+def start_ui_server(tracking_uri: str, port: int, host: str = "127.0.0.1", timeout_s: float = 90.0):
+    """Start ``mlflow server`` for a local store, bound to ``host``; returns (process, base URL)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow store at {tracking_uri}: run a sweep here first, or pass --tracking-uri")
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise UserError(f"port {port} on {host} is already in use: pass another --port")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 2 processes instead of 10
+    args = ["--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    if tracking_uri.startswith("sqlite:///"):  # artifacts sent through the server stay beside the database
+        args += ["--artifacts-destination", str(Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://{host}:{port}"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise UserError(f"the MLflow UI server stopped at start ({err[-1][:200] if err else 'no message'})")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise UserError(f"the MLflow UI server did not answer on {url} within {timeout_s:.0f} s")

@@ -1,0 +1,164 @@
+"""The MLflow UI as a person uses it: the quickstart sweep logged to a real `mlflow server` on
+127.0.0.1, opened in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
+
+Screenshots go to the test's folder, and also to $KDSEARCH_SCREENSHOTS when set (the README's
+picture is made that way).
+"""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from kdsearch import tracking
+from kdsearch.sweep import SweepOptions, run_sweep
+
+QUICKSTART = Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    assert not missing, f"{missing} missing: apt-get install chromium chromium-driver (.ci/run does)"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    # No background traffic: this machine has no network, and Chromium would retry forever.
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
+                "--window-size=1500,950", f"--user-data-dir={profile}"):  # fmt: skip
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """The quickstart sweep, logged to a real MLflow server on loopback (as a team would share one)."""
+    root = tmp_path_factory.mktemp("ui")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    MlflowClient(store).search_experiments()  # create the store, so the server starts on it
+    proc, url = tracking.start_ui_server(store, port=_free_port())
+    try:
+        opts = SweepOptions(storage=str(root / "sweeps"), tracking_uri=url, verbose=0)
+        os.environ["KDSEARCH_CACHE"] = str(root / "cache")
+        summary = run_sweep(QUICKSTART, opts, log=lambda _: None)
+        yield url, summary, MlflowClient(url), root
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_text(driver, *needles, timeout=30):
+    try:
+        WebDriverWait(driver, timeout).until(lambda d: all(n in d.find_element(By.TAG_NAME, "body").text for n in needles))
+    except TimeoutException:
+        text = driver.find_element(By.TAG_NAME, "body").text
+        missing = [n for n in needles if n not in text]
+        raise AssertionError(f"{driver.current_url} never showed {missing}; it shows: {text[:1500]!r}") from None
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _close_assistant(driver):
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+        try:
+            button.click()
+        except Exception:  # noqa: BLE001 - an overlay that is already gone
+            pass
+    time.sleep(0.5)
+
+
+def _shot(driver, tmp_path, name):
+    path = tmp_path / name
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+    if os.environ.get("KDSEARCH_SCREENSHOTS"):
+        shutil.copy(path, Path(os.environ["KDSEARCH_SCREENSHOTS"]) / name)
+
+
+def test_every_trial_is_listed_with_its_metrics(browser, quickstart, tmp_path):
+    url, summary, client, _ = quickstart
+    exp = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
+    assert len(trials) == 8
+
+    # The address `kdsearch ui` prints opens the runs table.
+    address = tracking.experiment_urls(url, url, "quickstart")["quickstart"]
+    browser.get(address)
+    _wait_text(browser, "quickstart", "matching runs")
+    _close_assistant(browser)
+    # The trials are nested under the sweep's parent run: open it, as a person clicks its "+".
+    parent_row = f"div[role='row'][row-id='{summary.parent_run_id}']"
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, parent_row))
+    browser.find_element(By.CSS_SELECTOR, f"{parent_row} button[data-component-id*='runnamecellrenderer']").click()
+    _wait_text(browser, "9 matching runs", *[f"trial_{r.data.tags['kdsearch.trial_id']}" for r in trials])
+    _show_columns(browser, ["val/best_acc", "alpha"])
+    grid = browser.find_element(By.CSS_SELECTOR, "[role='grid'], [role='treegrid']").text
+    assert "val/best_acc" in grid and "alpha" in grid, grid[:800]  # columns a person compares trials on
+    _shot(browser, tmp_path, "mlflow-trials.png")
+
+    for run in trials:  # each trial's page shows its settings and its metrics
+        browser.get(f"{url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}")
+        page = _wait_text(browser, "val/acc", "temperature", "alpha")
+        assert str(run.data.metrics["val/acc"]) in page and run.data.params["temperature"] in page
+    _shot(browser, tmp_path, "mlflow-trial.png")
+
+
+def test_parent_run_shows_best_config_metrics_and_report_plots(browser, quickstart, tmp_path):
+    url, summary, client, _ = quickstart
+    exp = client.get_experiment_by_name("quickstart")
+    parent = summary.parent_run_id
+    browser.get(f"{url}/#/experiments/{exp.experiment_id}/runs/{parent}")
+    page = _wait_text(browser, "test/acc", "compression/ratio", "best.temperature")
+    assert str(client.get_run(parent).data.metrics["test/acc"]) in page
+
+    browser.get(f"{url}/#/experiments/{exp.experiment_id}/runs/{parent}/artifacts/report/best_so_far.png")
+    for plot in ("best_so_far.png", "pareto.png", "importances.png", "acc_vs_temperature.png"):
+        _click_artifact(browser, plot)
+        _wait_text(browser, f"report/{plot}")
+        WebDriverWait(browser, 30).until(
+            lambda d: any(d.execute_script("return arguments[0].naturalWidth", img) > 300 for img in d.find_elements(By.TAG_NAME, "img"))
+        )  # the PNG was fetched from the server and decoded
+        if plot == "best_so_far.png":
+            _close_assistant(browser)
+            _shot(browser, tmp_path, "mlflow-report.png")
+    _click_artifact(browser, "best_config.yaml")
+    _wait_text(browser, "temperature:", "alpha:")
+
+
+def _show_columns(driver, names):
+    """Tick metric and parameter columns in the runs table's "Columns" menu."""
+    driver.find_element(By.XPATH, "//button[normalize-space()='Columns']").click()
+    for name in names:
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, f"//span[@title='{name}']"))
+        node = driver.find_element(By.XPATH, f"//span[@title='{name}']")
+        boxes = node.find_elements(By.XPATH, "./preceding-sibling::span[contains(@class, 'checkbox')]")
+        (boxes[0] if boxes else node).click()
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    time.sleep(1)
+
+
+def _click_artifact(driver, name):
+    """Select a file in the run's artifact tree, as a person clicks it."""
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{name}']"))
+    driver.find_element(By.XPATH, f"//*[normalize-space(text())='{name}']").click()
