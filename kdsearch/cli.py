@@ -248,6 +248,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
             print(f"{name}: {url}")
         return 0
     proc, base = tracking.start_ui_server(uri, args.port)
+
+    def stop(signum, frame):  # the server runs in its own session: stop it on any polite signal
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
         print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)")
         for name, url in tracking.experiment_urls(uri, base, args.name).items():

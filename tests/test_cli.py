@@ -92,3 +92,32 @@ def test_bad_yaml_configs(tmp_path):
     assert_one_line_error(run("train", "--config", str(bad)), f"{bad}: malformed YAML at line")
     bad.write_text("- kd\n- at\n")
     assert_one_line_error(run("train", "--config", str(bad)), "expected a mapping")
+
+
+def test_ui_serves_on_loopback_and_stops_its_server_on_sigterm(tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).create_experiment("demo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "kdsearch", "ui", "--tracking-uri", store, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert f"at http://127.0.0.1:{port}" in lines[0] and f"demo: http://127.0.0.1:{port}/#/experiments/" in lines[1]
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port} " in listening and f"0.0.0.0:{port} " not in listening and f"*:{port} " not in listening
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    time.sleep(1)
+    with pytest.raises(OSError):  # the MLflow server went with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
