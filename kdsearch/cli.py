@@ -162,7 +162,10 @@ def format_sweep_summary(summary, top: int = 5) -> str:
         lines.append(f"report (table and plots, also on the MLflow parent run): {summary.out_dir / 'report'}")
     from kdsearch.tracking import ui_command
 
-    lines.append(f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri, summary.name)}")
+    if summary.synced:
+        lines.append(f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri, summary.name)}")
+    else:
+        lines.append(f"MLflow: NOT up to date ({summary.tracking_uri} failed); run `kdsearch sync {summary.name}` once it is back")
     return "\n".join(lines)
 
 
@@ -234,6 +237,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  {path.name}")
     for note in result["notes"]:
         print(f"  note: {note}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from kdsearch import sweep
+
+    folder = sweep.resolve_sweep_dir(args.source, args.storage, args.tracking_uri)
+    result = sweep.sync_sweep(folder, args.tracking_uri, log=_log(False))
+    print(f"synced {result['trials']} trials of {folder} to {result['tracking_uri']} "
+          f"({result['epochs_added']} epochs were missing); parent run {result['parent_run_id']}")  # fmt: skip
     return 0
 
 
@@ -319,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
     report.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     report.set_defaults(func=cmd_report)
+
+    sync = sub.add_parser("sync", help="push a sweep's results to MLflow after the tracking server was down")
+    sync.add_argument("source", help="a sweep folder or a sweep name")
+    sync.add_argument("--storage", help="where sweeps are kept (default ./sweeps)")
+    sync.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
+    sync.set_defaults(func=cmd_sync)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the sweeps' tracking store")
     ui.add_argument("--tracking-uri", help="the tracking store (default sqlite:///$PWD/mlflow.db)")

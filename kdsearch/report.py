@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdsearch.errors import UserError
+from kdsearch.trials import TrialRecord, load_trials
 
 TABLE_CSV, TABLE_MD = "trials.csv", "trials.md"
 
@@ -24,40 +25,18 @@ def read_manifest(sweep_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_trials(sweep_dir: Path) -> list[dict]:
-    """Every trial's sampled settings and per-epoch results, from Ray's JSON logs."""
-    trials = []
-    for folder in sorted(sweep_dir.glob("trial_*")):
-        params_path, result_path = folder / "params.json", folder / "result.json"
-        if not params_path.is_file():
-            continue
-        history = []
-        if result_path.is_file():
-            for line in result_path.read_text().splitlines():
-                try:
-                    history.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut short by a kill: the epochs before it stand
-        trials.append({"trial": folder.name.removeprefix("trial_"), "params": json.loads(params_path.read_text()), "history": history,
-                       "error": (folder / "error.txt").is_file()})  # fmt: skip
-    if not trials:
-        raise UserError(f"{sweep_dir} holds no trials yet: run the sweep first")
-    return trials
-
-
-def trial_table(trials: list[dict], manifest: dict) -> pd.DataFrame:
+def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
     metric, mode = manifest["objectives"][0]
     epochs = manifest["epochs"]
     rows = []
     for t in trials:
-        values = [h[metric] for h in t["history"] if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
-        last = t["history"][-1] if t["history"] else {}
-        best = (max(values) if mode == "max" else min(values)) if values else float("nan")
-        diverged = bool(last.get("trial/diverged"))
+        best = t.best(metric, mode)
+        last = t.history[-1] if t.history else {}
+        failed = t.status == "ERROR"
         rows.append({
-            "trial": t["trial"], **t["params"], f"best {metric}": best, "epochs run": len(t["history"]),
-            "stopped early": (not t["error"] and not diverged and 0 < len(t["history"]) < epochs),
-            "status": "error" if t["error"] else ("diverged" if diverged else ("running" if not last.get("done", True) and len(t["history"]) < epochs else "ok")),
+            "trial": t.trial_id, **t.params, f"best {metric}": best if math.isfinite(best) else float("nan"), "epochs run": len(t.history),
+            "stopped early": (not failed and not t.diverged and 0 < len(t.history) < epochs),
+            "status": "error" if failed else ("diverged" if t.diverged else ("running" if not last.get("done", True) and len(t.history) < epochs else "ok")),
             "student/params": last.get("student/params"), "student/flops": last.get("student/flops"), "latency/cpu_ms": last.get("latency/cpu_ms"),
         })  # fmt: skip
     table = pd.DataFrame(rows)
@@ -90,14 +69,13 @@ def _importances(trials: list[dict], manifest: dict) -> dict[str, float]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for t in trials:
-        values = [h[metric] for h in t["history"] if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
-        if values and all(k in t["params"] for k in dists):
-            best = max(values) if mode == "max" else min(values)
-            study.add_trial(optuna.trial.create_trial(params={k: t["params"][k] for k in dists}, distributions=dists, value=best))
+        best = t.best(metric, mode)
+        if math.isfinite(best) and all(k in t.params for k in dists):
+            study.add_trial(optuna.trial.create_trial(params={k: t.params[k] for k in dists}, distributions=dists, value=best))
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
 
 
-def make_plots(trials: list[dict], table: pd.DataFrame, manifest: dict, out: Path) -> tuple[list[Path], list[str]]:
+def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, out: Path) -> tuple[list[Path], list[str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +104,7 @@ def make_plots(trials: list[dict], table: pd.DataFrame, manifest: dict, out: Pat
         ax.grid(alpha=0.3)
         save(fig, f"acc_vs_{key.replace('/', '_').replace('.', '_')}.png")
 
-    events = sorted((h.get("timestamp", 0), h.get(metric)) for t in trials for h in t["history"])
+    events = sorted((h.get("timestamp", 0), h.get(metric)) for t in trials for h in t.history)
     consumed, best, xs, ys = 0, -math.inf, [], []
     for _, value in events:
         consumed += 1

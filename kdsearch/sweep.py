@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class SweepSummary:
     parent_run_id: str
     objectives: list
     failures: list[tuple[str, str]]
+    synced: bool = True  # False: MLflow was unreachable at the end; `kdsearch sync` catches up
 
 
 def _is_uri(path: str) -> bool:
@@ -103,6 +105,42 @@ def _test_best(student_path: Path, teacher, data, cfg) -> dict:
     metrics.update(compression_report(model, teacher.model if teacher is not None else None, (data.in_channels, *data.image_size),
                                       student_acc=metrics["test/acc"], teacher_acc=teacher_test))  # fmt: skip
     return metrics, model
+
+
+def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> bool:
+    """Run an MLflow step; if the server fails, say so (always, on stderr) and how to catch up, but lose nothing."""
+    try:
+        step()
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure of the tracking store
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        print(f"kdsearch: warning: MLflow at {tracking_uri} failed ({first}); every result is in the sweep folder: "
+              f"run `kdsearch sync {name}` once it is back", file=sys.stderr, flush=True)  # fmt: skip
+        return False
+
+
+def sync_sweep(folder: Path, tracking_uri: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Push a sweep folder's trials, best student and report to MLflow (after an outage)."""
+    from kdsearch import tracking
+    from kdsearch.report import read_manifest
+    from kdsearch.trials import load_trials
+
+    manifest = read_manifest(folder)
+    uri = tracking_uri or manifest["tracking_uri"]
+    tracker = tracking.SweepTracker(uri, experiment=manifest["name"], sweep_dir=manifest["sweep_dir"],
+                                    tags={k: manifest[k] for k in ("method", "dataset", "teacher", "student")})  # fmt: skip
+    tracker.start({})
+    trials = load_trials(folder)
+    added = tracker.sync(trials)
+    student_path = folder / BEST_DIR / "student.pt"
+    if student_path.is_file() and (folder / BEST_DIR / "metrics.json").is_file():
+        config = yaml.safe_load((folder / BEST_DIR / "config.yaml").read_text())
+        metrics = json.loads((folder / BEST_DIR / "metrics.json").read_text())
+        tracker.log_best(manifest.get("best_params", {}), config, metrics, student_path)
+        if (folder / "report").is_dir():
+            tracking.log_report_to_run(tracker.parent_id, uri, sorted(p for p in (folder / "report").iterdir() if p.is_file()))
+        tracker.finish()
+    return {"trials": len(trials), "epochs_added": added, "parent_run_id": tracker.parent_id, "tracking_uri": uri}
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
@@ -181,17 +219,17 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
                                 verbose=opts.verbose)  # fmt: skip
     finally:
         tune.stop_ray()
-    tracker.sync(trials)
 
     metric, mode = spec.search.metric, spec.search.mode
-    ranked = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and not (t.history and t.history[-1].get("trial/diverged"))]
+    ranked = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and not t.diverged]
     if not ranked:
-        tracker.finish("FAILED")
-        reasons = "; ".join(f"{t.trial_id}: {t.error or 'no result'}" for t in trials[:3])
+        _guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), tracking_uri, name)
+        reasons = "; ".join(f"{t.trial_id}: {t.error or ('diverged' if t.diverged else 'no result')}" for t in trials[:3])
         raise UserError(f"no trial of sweep {name!r} produced a checkpoint ({reasons}); see {sweep_dir}")
     best = max(ranked, key=lambda t: t.best(metric, mode) * (1 if mode == "max" else -1))
     best_cfg = dataclasses.replace(spec.trial_config(dict(best.params)).resolved(), threads=None)
 
+    # Everything the sweep produced is written locally first; MLflow only mirrors it.
     best_dir = out_dir / BEST_DIR
     student_path = tune.copy_from_checkpoint(best.best_checkpoint, tune.STUDENT_FILE, best_dir / "student.pt")
     if teacher is None:
@@ -202,16 +240,19 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
                     config=best_cfg.to_dict(), sweep={"name": name, "trial": best.trial_id, "params": best.params})  # fmt: skip
     (best_dir / "config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
     (best_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    records = [{"trial": t.trial_id, "params": t.params, "history": t.history, "error": t.status == "ERROR"} for t in trials]
-    table = trial_table(records, manifest)
+    table = trial_table(trials, manifest)
     write_manifest(out_dir, {**manifest, "best_trial": best.trial_id, "best_params": best.params, "best_metrics": metrics})
+    report = build_report(out_dir) if not _is_uri(storage) else None  # the report reads the trial logs in the sweep folder
 
-    tracker.log_best(best.params, best_cfg.to_dict(), metrics, student_path, model=model if opts.register else None,
-                     input_shape=(data.in_channels, *data.image_size), registered_name=f"{name}-student")  # fmt: skip
-    if not _is_uri(storage):  # the report reads the trial logs from the sweep folder
-        report = build_report(out_dir)
-        tracking.log_report_to_run(tracker.parent_id, tracking_uri, report["files"])
-    tracker.finish()
-    failures = [(t.trial_id, t.error or "diverged") for t in trials if t.status == "ERROR" or (t.history and t.history[-1].get("trial/diverged"))]
+    def mirror():
+        tracker.sync(trials)
+        tracker.log_best(best.params, best_cfg.to_dict(), metrics, student_path, model=model if opts.register else None,
+                         input_shape=(data.in_channels, *data.image_size), registered_name=f"{name}-student")  # fmt: skip
+        if report is not None:
+            tracking.log_report_to_run(tracker.parent_id, tracking_uri, report["files"])
+        tracker.finish()
+
+    synced = _guard_mlflow(mirror, tracking_uri, name)
+    failures = [(t.trial_id, t.error or "diverged") for t in trials if t.status == "ERROR" or t.diverged]
     return SweepSummary(name, sweep_dir, out_dir, table, dict(best.params), best_cfg.to_dict(), metrics, student_path,
-                        tracking_uri, tracker.parent_id, manifest["objectives"], failures)  # fmt: skip
+                        tracking_uri, tracker.parent_id, manifest["objectives"], failures, synced)  # fmt: skip

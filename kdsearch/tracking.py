@@ -77,11 +77,11 @@ class SweepTracker:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._steps: dict[str, int] = {}  # trial id -> last step logged
-        self._warned = False
+        self._offline = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_steps", "_warned"):
+        for key in ("_client", "_runs", "_steps", "_offline"):
             state.pop(key, None)
         return state
 
@@ -119,12 +119,15 @@ class SweepTracker:
     # -- live events from the sweep (never raise: a tracking hiccup must not stop training) --
 
     def _safe(self, fn, *args, **kwargs):
+        """Live logging never stops training: after the first failure it goes quiet (no HTTP
+        retries stalling Tune's loop) and the end of the sweep, or `kdsearch sync`, catches up."""
+        if self._offline:
+            return None
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            if not self._warned:
-                _LOG.warning("MLflow logging failed (%s); results stay in the sweep folder and are synced at the end", str(exc)[:200])
-                self._warned = True
+            self._offline = True
+            _LOG.warning("MLflow logging failed (%s); results stay in the sweep folder and are synced at the end", str(exc)[:200])
             return None
 
     def _run_for(self, trial_id: str, params: dict) -> str:

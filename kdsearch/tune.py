@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,29 +41,10 @@ from kdsearch.errors import UserError  # noqa: E402
 from kdsearch.search_space import SweepSpec  # noqa: E402
 from kdsearch.teachers import Teacher  # noqa: E402
 from kdsearch.train import TrainingDiverged, data_info, fit  # noqa: E402
+from kdsearch.trials import TrialRecord  # noqa: E402
 
 STATE_FILE = "state.pt"  # full training state, to resume the trial
 STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
-
-
-@dataclass
-class TrialRecord:
-    """One trial as the rest of kdsearch sees it, with no Ray types."""
-
-    trial_id: str
-    params: dict  # the sampled values
-    history: list[dict]  # one dict of metrics per epoch
-    status: str  # TERMINATED or ERROR
-    error: str | None = None
-    best_checkpoint: str | None = None  # folder holding student.pt at the trial's best epoch
-    path: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def best(self, metric: str, mode: str) -> float:
-        values = [h[metric] for h in self.history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
-        if not values:
-            return -math.inf if mode == "max" else math.inf
-        return max(values) if mode == "max" else min(values)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:

@@ -1,0 +1,104 @@
+"""Faults caused for real: a diverging trial, and the MLflow server dying in the middle of a sweep."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from mlflow import MlflowClient
+
+from kdsearch import tracking
+from kdsearch.sweep import SweepOptions, run_sweep
+from test_sweep import free_port
+
+
+def test_a_diverging_trial_is_marked_and_the_sweep_goes_on(tmp_path):
+    space = tmp_path / "nan.yaml"
+    space.write_text(f"""
+name: nan
+fixed: {{method: ce, dataset: digits, epochs: 3, cache_dir: {tmp_path / 'cache'}}}
+space:
+  lr: {{choice: [1.0e+12, 0.05]}}
+search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
+""")
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    summary = run_sweep(space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=db, verbose=0, register=False), log=lambda _: None)
+    statuses = dict(zip(summary.table["lr"], summary.table["status"]))
+    assert statuses[1e12] == "diverged" and statuses[0.05] == "ok"
+    assert summary.failures and all("diverged" in why for _, why in summary.failures)
+    assert summary.best_params["lr"] == 0.05 and summary.best_metrics["test/acc"] > 0.5
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("nan").experiment_id], "tags.`kdsearch.role` = 'trial'")
+    diverged = [r for r in runs if r.data.params["lr"] == "1000000000000.0"]
+    assert diverged and all("diverged" in r.data.tags.get("kdsearch.error", "") for r in diverged)
+
+
+def _server(db, port):
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db, "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--artifacts-destination", db.removeprefix("sqlite:///") + ".artifacts"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            MlflowClient(f"http://127.0.0.1:{port}").search_experiments(max_results=1)
+            return proc
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.5)
+    raise RuntimeError("mlflow server did not come up")
+
+
+def test_mlflow_down_mid_sweep_loses_nothing_and_sync_catches_up(tmp_path):
+    db, port = f"sqlite:///{tmp_path / 'mlflow.db'}", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    space = tmp_path / "down.yaml"
+    space.write_text(f"""
+name: down
+fixed: {{method: ce, dataset: digits, epochs: 20, cache_dir: {tmp_path / 'cache'}}}
+space:
+  lr: {{loguniform: [3e-2, 1e-1]}}
+search: {{num_samples: 3, scheduler: fifo, seed: 0}}
+""")
+    server = _server(db, port)
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+    sweep = subprocess.Popen([sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", str(tmp_path / "s"), "--tracking-uri", uri,
+                              "--max-concurrent", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    deadline = time.time() + 120
+    while not list((tmp_path / "s" / "down").glob("trial_*/result.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(server.pid, signal.SIGKILL)  # the tracking server dies while the first trial trains
+    server.wait()
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err[-2000:]
+    assert "NOT up to date" in out and "kdsearch sync down" in err
+    folder = tmp_path / "s" / "down"
+    assert (folder / "best" / "student.pt").is_file() and (folder / "report" / "trials.csv").is_file()
+    histories = {}
+    for result in folder.glob("trial_*/result.json"):  # training went on: every trial ran every epoch
+        lines = [json.loads(line) for line in result.read_text().splitlines()]
+        histories[result.parent.name.removeprefix("trial_")] = len(lines)
+    assert histories and set(histories.values()) == {20} and len(histories) == 3
+
+    server = _server(db, port)  # back up
+    try:
+        synced = subprocess.run([sys.executable, "-m", "kdsearch", "sync", "down", "--storage", str(tmp_path / "s")],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert synced.returncode == 0, synced.stderr[-2000:]
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("down")
+        runs = client.search_runs([exp.experiment_id])
+        trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
+        parents = [r for r in runs if r.data.tags.get("kdsearch.role") == "sweep"]
+        assert len(parents) == 1 and sorted(r.data.tags["kdsearch.trial_id"] for r in trials) == sorted(histories)
+        for run in trials:  # each epoch exactly once, whether it was logged live or by sync
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+            assert sorted(steps) == list(range(1, 21))
+        parent = parents[0]
+        assert "best.lr" in parent.data.params and "test/acc" in parent.data.metrics
+        assert "best_student" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+        assert tracking.experiment_urls(uri, uri, "down")  # and the UI can list it
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
