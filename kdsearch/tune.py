@@ -155,6 +155,7 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     static = _static_metrics(cfg, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
+    static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
     info = data_info(data)
 
     def on_epoch_end(metrics: dict, state) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from kdsearch.checkpoint import load_model
 from kdsearch.cli import main
 from kdsearch.errors import UserError
 from kdsearch.sweep import SweepOptions, run_sweep
@@ -168,6 +169,8 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "top trials of tiny (3 in all)" in resumed.stdout
+    model, payload = load_model(storage / "tiny" / "best" / "student.pt")  # the best checkpoint is whole
+    assert payload["metrics"]["test/acc"] > 0.5
     for name, text in finished.items():  # finished trials were not run again
         assert (storage / "tiny" / name / "result.json").read_text() == text
     client = MlflowClient(db)

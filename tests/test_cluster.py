@@ -1,0 +1,72 @@
+"""A two-node Ray cluster on this machine (Ray's own cluster utility): trials run on both
+nodes, and killing the worker node mid-trial moves its trial to the survivor, from its checkpoint."""
+
+import json
+import threading
+import time
+
+from ray.cluster_utils import Cluster
+
+from kdsearch.sweep import SweepOptions, run_sweep
+
+EPOCHS = 30
+
+
+def _epochs_by_trial(folder):
+    out = {}
+    for result in folder.glob("trial_*/result.json"):
+        lines = []
+        for line in result.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        out[result.parent.name] = lines
+    return out
+
+
+def test_trials_use_both_nodes_and_survive_losing_one(tmp_path):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 * 1024**2})
+    worker = cluster.add_node(num_cpus=1, object_store_memory=200 * 1024**2)
+    space = tmp_path / "cl.yaml"
+    space.write_text(f"""
+name: cl
+fixed: {{method: ce, dataset: digits, epochs: {EPOCHS}, cache_dir: {tmp_path / 'cache'}}}
+space:
+  lr: {{loguniform: [3e-2, 1e-1]}}
+search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
+""")
+    folder = tmp_path / "s" / "cl"
+    killed = {}
+
+    def kill_worker_node_mid_trial():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            for trial, lines in _epochs_by_trial(folder).items():
+                if len(lines) >= 3 and lines[-1].get("trial/node") == worker.node_id:
+                    killed.update(trial=trial, epoch=lines[-1]["epoch"])
+                    cluster.remove_node(worker, allow_graceful=False)
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_worker_node_mid_trial, daemon=True)
+    killer.start()
+    try:
+        opts = SweepOptions(address=cluster.address, storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                            verbose=0, register=False)  # fmt: skip
+        summary = run_sweep(space, opts, log=lambda _: None)
+    finally:
+        killer.join(timeout=5)
+        cluster.shutdown()
+
+    assert killed, "no trial ever ran on the worker node"
+    histories = _epochs_by_trial(folder)
+    nodes = {line.get("trial/node") for lines in histories.values() for line in lines}
+    assert worker.node_id in nodes and len(nodes) == 2  # trials were placed on both nodes
+    moved = histories[killed["trial"]]
+    epochs = [line["epoch"] for line in moved]
+    assert epochs[-1] == EPOCHS and moved[-1]["trial/node"] != worker.node_id  # finished on the survivor
+    restart = next(i for i, line in enumerate(moved) if line["trial/node"] != worker.node_id)
+    assert epochs[restart] > 1  # resumed from its checkpoint, not from scratch
+    assert sorted(set(epochs)) == list(range(1, EPOCHS + 1))
+    assert len(summary.table) == 2 and set(summary.table["status"]) == {"ok"}
