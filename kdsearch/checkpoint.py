@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -46,8 +47,12 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"refusing to load {path}: it carries code, not just weights ({first[:120]})") from None
+        text = str(exc)
+        if "global" in text.lower():  # the weights-only unpickler met a callable it will not import
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            name = found.group(1) if found else "a callable"
+            raise UserError(f"refusing to load {path}: it carries code ({name}), not just weights; use checkpoints kdsearch wrote") from None
+        raise UserError(f"{path} is not a readable checkpoint (UnpicklingError): pass a checkpoint kdsearch wrote") from None
     except Exception as exc:  # torch raises many types (KeyError, RuntimeError, ...) on arbitrary bytes
         raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}): pass a checkpoint kdsearch wrote") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

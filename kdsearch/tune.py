@@ -48,7 +48,7 @@ STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
-    """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray bound to 127.0.0.1."""
+    """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray for this process."""
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": True, "logging_level": "ERROR"}
@@ -56,7 +56,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", object_store_memory=_object_store_bytes(), **kwargs)
+            # Ray 2.60's own servers listen on every interface whatever node IP is given (newer Ray
+            # binds them to the node IP): on a shared network, firewall the Ray ports.
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=_object_store_bytes(), **kwargs)
     except ConnectionError as exc:
         raise UserError(f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}): start it with `ray start --head` or drop --address") from None
 

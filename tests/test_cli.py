@@ -121,3 +121,44 @@ def test_ui_serves_on_loopback_and_stops_its_server_on_sigterm(tmp_path):
     time.sleep(1)
     with pytest.raises(OSError):  # the MLflow server went with it
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def _space(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "text, extra, fragments",
+    [
+        ("fixed: {method: kd}\nspace: {alpha: {uniform: [1, 0]}}\n", [], ["space.alpha: uniform bounds must be [low, high]"]),
+        ("fixed: {method: kd}\nspace: {temperature: {loguniform: [-1, 4]}}\n", [], ["loguniform bounds must be > 0"]),
+        ("fixed: {method: kd, lrr: 0.1}\n", [], ["fixed: unknown key 'lrr'"]),
+        ("fixed: [kd\n", [], ["malformed YAML at line"]),
+        ("", [], ["a search space is a mapping"]),
+        ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--resume"], ["nothing to resume at"]),
+        ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--storage", "/proc/kdsearch-sweeps"], ["cannot create the sweep storage"]),
+        ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--num-samples", "0"], ["--num-samples must be at least 1"]),
+        ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--gpus-per-trial", "-1"], ["--gpus-per-trial >= 0"]),
+    ],
+)
+def test_bad_sweep_input_is_one_line_exit_2_and_writes_nothing(tmp_path, text, extra, fragments):
+    storage = tmp_path / "sweeps"
+    args = ["sweep", _space(tmp_path, text), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    if "--storage" not in extra:
+        args += ["--storage", str(storage)]
+    assert_one_line_error(run(*args, *extra), *fragments)
+    assert not storage.exists() or not any(storage.iterdir())  # nothing half-written
+
+
+def test_bad_data_and_checkpoints_through_the_cli(tmp_path):
+    write_fashion_mnist(tmp_path / "fm", gz=False)
+    images = tmp_path / "fm" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])  # a corrupted (truncated) dataset file
+    assert_one_line_error(run("train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "fm")), "is truncated", "re-download")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert_one_line_error(run("train", "--teacher-checkpoint", str(tmp_path / "notes.pt"), "--cache-dir", str(tmp_path)),
+                          "is not a readable checkpoint")  # fmt: skip
+    assert_one_line_error(run("export", str(tmp_path / "notes.pt"), "--out", str(tmp_path / "o")), "is not a readable checkpoint")
+    assert not (tmp_path / "o").exists()
