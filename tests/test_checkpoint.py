@@ -31,7 +31,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "executed"
     path = tmp_path / "evil.pt"
     torch.save({"format": "kdsearch-checkpoint/1", "payload": _WritesFile(str(marker))}, path)
-    with pytest.raises(UserError, match=r"refusing to load .*carries code \(builtins.open\)"):
+    with pytest.raises(UserError, match=r"refusing to load .*carries code \(io.open\)"):
         read_checkpoint(path)
     assert not marker.exists()
 
