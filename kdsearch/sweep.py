@@ -40,6 +40,7 @@ class SweepOptions:
     resume: bool = False
     smoke: bool = False
     register: bool = True
+    teacher_cache: bool = True  # compute the teacher's outputs once for all trials (within the memory budget)
     verbose: int = 1
 
 
@@ -79,6 +80,27 @@ def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
             fixed["train_subset"] = min(2000, fixed.get("train_subset") or 2000)
         search = dataclasses.replace(search, num_samples=min(search.num_samples, 2), grace_period=1, n_startup_trials=1)
     return dataclasses.replace(spec, fixed=fixed, search=search)
+
+
+def _cache_teacher_outputs(teacher, data, cfg, log: Callable[[str], None]):
+    """The teacher's outputs for every view of every epoch, once, if they fit the budget."""
+    import time
+
+    from kdsearch.teacher_cache import budget_bytes, compute_teacher_outputs, estimate_bytes
+    from kdsearch.train import resolve_device
+
+    attention = cfg.method == "at"
+    size = estimate_bytes(teacher.model, data, cfg.epochs, attention)
+    if size > budget_bytes():
+        log(f"teacher outputs would take {size / 1e9:.1f} GB, over the budget (KDSEARCH_TEACHER_CACHE_GB): trials run the teacher live")
+        return None
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    outputs = compute_teacher_outputs(teacher.model, data, seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip,
+                                      attention=attention, device=device, amp=device.type == "cuda")  # fmt: skip
+    log(f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
+        f"({outputs.nbytes() / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")  # fmt: skip
+    return outputs
 
 
 def needs_teacher(spec: SweepSpec) -> bool:
@@ -209,6 +231,7 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     set_threads(None)
     data = load_dataset(base.dataset, base.data_dir, base.download, base.val_fraction, base.split_seed, base.image_size, base.train_subset)
     teacher = get_teacher(base, data, log=log) if needs_teacher(spec) else None
+    teacher_outputs = _cache_teacher_outputs(teacher, data, base, log) if teacher is not None and opts.teacher_cache else None
     log(f"sweep {name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {sweep_dir}")  # fmt: skip
 
@@ -216,7 +239,7 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     try:
         trials = tune.run_sweep(spec, data, teacher, storage=storage, name=name, resume=opts.resume, cpus_per_trial=opts.cpus_per_trial,
                                 gpus_per_trial=opts.gpus_per_trial, max_concurrent=opts.max_concurrent, tracker=tracker,
-                                verbose=opts.verbose)  # fmt: skip
+                                verbose=opts.verbose, teacher_outputs=teacher_outputs)  # fmt: skip
     finally:
         tune.stop_ray()
 

@@ -130,6 +130,7 @@ def fit(
     measure_speed: bool = True,
     evaluate_test: bool = True,
     resume: dict | None = None,
+    teacher_outputs=None,
 ) -> FitResult:
     """Train a student with the configured method; evaluate validation every epoch, test once at the end.
 
@@ -138,6 +139,9 @@ def fit(
     each epoch's metrics and an ``EpochState``; ``resume`` is a saved
     ``EpochState.training_state()`` to continue from. Sweeps pass ``evaluate_test=False``:
     trials are selected on validation, and only the chosen student meets the test split.
+    ``teacher_outputs`` (a ``kdsearch.teacher_cache.TeacherOutputs`` for these views)
+    replaces the live teacher's forward pass by a lookup; one that does not fit this run
+    (other seed, augmentation or epochs, or AT without its maps) is ignored.
     """
     cfg = (TrainConfig.from_dict(config) if isinstance(config, dict) else config).resolved()
     set_threads(cfg.threads)
@@ -169,6 +173,15 @@ def fit(
     if teacher_model is not None:
         teacher_model.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
+    cache = teacher_outputs if teacher_model is not None else None
+    if cache is not None and not cache.matches(cfg.seed, cfg.crop_pad, cfg.flip, cfg.epochs):
+        cache = None
+    if cache is not None and getattr(method, "needs_teacher_features", False) and (cache.attention is None or getattr(method, "p", 2) != 2):
+        cache = None
+    if cache is not None:
+        cache = cache.to(device)  # lookups then stay on the training device
+    if teacher_model is not None:
+        log(f"teacher outputs: {'looked up in the shared cache' if cache is not None else 'computed live every step'}")
     train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last)
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
     steps = train.num_batches(cfg.batch_size)
@@ -191,11 +204,14 @@ def fit(
         student.train()
         method.train()
         sums: dict[str, torch.Tensor] = {}
-        for x, y, _ in train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.crop_pad, cfg.flip):
+        for x, y, idx in train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.crop_pad, cfg.flip):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 student_out = Outputs(*student.forward_with_features(x))
                 teacher_out = None
-                if teacher_model is not None:
+                if cache is not None:
+                    logits, maps = cache.lookup(epoch, idx)
+                    teacher_out = Outputs(logits, [], maps)
+                elif teacher_model is not None:
                     with torch.no_grad():
                         teacher_out = Outputs(*teacher_model.forward_with_features(x))
                 terms = method(student_out, y, teacher_out, x)

@@ -140,7 +140,7 @@ def _static_metrics(cfg, data: DatasetSplits, needs_latency: bool) -> dict:
     return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
 
 
-def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payload: dict | None, threads: int) -> None:
+def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payload: dict | None, threads: int, teacher_outputs=None) -> None:
     data = _unpack(data_payload)
     cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads).resolved()
     teacher = None
@@ -168,7 +168,8 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
             tune.report({**metrics, **static}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        fit(cfg, data=data, teacher=teacher, on_epoch_end=on_epoch_end, measure_speed=False, evaluate_test=False, resume=resume)
+        fit(cfg, data=data, teacher=teacher, on_epoch_end=on_epoch_end, measure_speed=False, evaluate_test=False, resume=resume,
+            teacher_outputs=teacher_outputs)
     except TrainingDiverged as exc:
         # Retrying the same settings would diverge again: end the trial with the worst score,
         # so the searcher learns to avoid this region, and keep the reason.
@@ -239,6 +240,7 @@ def run_sweep(
     max_concurrent: int | None = None,
     tracker=None,
     verbose: int = 1,
+    teacher_outputs=None,
 ) -> list[TrialRecord]:
     """Run (or resume) the sweep in ``storage/name`` and return every trial."""
     check_resources(cpus_per_trial, gpus_per_trial)
@@ -251,7 +253,8 @@ def run_sweep(
             "metrics": teacher.metrics,
         }
     trainable = tune.with_parameters(
-        _trial, spec=spec, data_payload=_payload(data), teacher_payload=teacher_payload, threads=max(1, math.ceil(cpus_per_trial))
+        _trial, spec=spec, data_payload=_payload(data), teacher_payload=teacher_payload, threads=max(1, math.ceil(cpus_per_trial)),
+        teacher_outputs=teacher_outputs,
     )
     trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     path = os.path.join(storage, name)

@@ -48,6 +48,7 @@ def attention_distance(student_map: torch.Tensor, teacher_map: torch.Tensor, res
 
 class AttentionTransfer(nn.Module):
     needs_teacher = True
+    needs_teacher_features = True  # a teacher cache must hold attention maps (for p = 2) to serve it
 
     def __init__(
         self,
@@ -76,12 +77,14 @@ class AttentionTransfer(nn.Module):
         self.resize, self.objective = resize, objective
 
     def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None = None, inputs: torch.Tensor | None = None) -> dict:
-        k = min(len(student.features), len(teacher.features))
-        pairs = list(zip(student.features[len(student.features) - k :], teacher.features[len(teacher.features) - k :]))
+        student_maps = [attention_map(f, self.p) for f in student.features]
+        teacher_maps = teacher.attention if teacher.attention is not None else [attention_map(f, self.p) for f in teacher.features]
+        k = min(len(student_maps), len(teacher_maps))
+        pairs = list(zip(student_maps[len(student_maps) - k :], teacher_maps[len(teacher_maps) - k :]))
         weights = self.weights if self.weights is not None else [1.0] * k
         if len(weights) != k:
             raise UserError(f"AT has {len(weights)} stage weights but the student and teacher share {k} matched stages: give {k} weights")
-        at = sum(w * attention_distance(attention_map(s, self.p), attention_map(t, self.p), self.resize) for w, (s, t) in zip(weights, pairs))
+        at = sum(w * attention_distance(s, t, self.resize) for w, (s, t) in zip(weights, pairs))
         ce = self.objective.hard(student.logits, targets)
         terms = {"ce": ce, "at": at}
         loss = ce + self.beta / 2 * at

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 
 
 class Outputs(NamedTuple):
-    """A network's logits and its stage outputs (shallow to deep)."""
+    """A network's logits and its stage outputs (shallow to deep); a cached teacher gives its
+    attention maps instead of its features (see kdsearch.teacher_cache)."""
 
     logits: torch.Tensor
     features: list[torch.Tensor]
+    attention: list[torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

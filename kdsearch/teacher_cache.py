@@ -1,0 +1,95 @@
+"""The teacher's outputs for every view a student will see, computed once and shared.
+
+A student sees image i in epoch e through a crop and flip that depend only on (seed, e, i)
+(``data.pipeline.view_params``), so the teacher's logits for all of them, and the
+attention maps Attention Transfer reads, can be computed before training and looked up
+by (epoch, index) instead of running the teacher in every step of every trial.
+
+Sizes (fp16): logits take epochs x N x classes x 2 bytes: CIFAR-10 at 30 epochs, 45,000
+images: 27 MB; digits at 15 epochs: 0.4 MB. Attention maps take epochs x N x (the sum of
+H x W over the teacher's stages) x 2 bytes: ResNet-50 on 32x32 CIFAR (1,360 values an
+image) at 30 epochs: 3.7 GB, over the default budget (``KDSEARCH_TEACHER_CACHE_GB``, 2),
+so such runs keep the live teacher for AT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdsearch.data import DatasetSplits
+from kdsearch.data.pipeline import DeviceData, crop_flip, view_params
+from kdsearch.methods.at import attention_map
+
+
+@dataclass
+class TeacherOutputs:
+    logits: torch.Tensor  # (epochs, N, outputs), fp16
+    attention: list[torch.Tensor] | None  # per teacher stage (epochs, N, H, W), fp16, p = 2, L2-normalised
+    seed: int
+    crop_pad: int
+    flip: bool
+
+    @property
+    def epochs(self) -> int:
+        return int(self.logits.shape[0])
+
+    def nbytes(self) -> int:
+        return self.logits.numel() * 2 + sum(a.numel() * 2 for a in self.attention or [])
+
+    def matches(self, seed: int, crop_pad: int, flip: bool, epochs: int) -> bool:
+        return (self.seed, self.crop_pad, bool(self.flip)) == (seed, crop_pad, bool(flip)) and self.epochs >= epochs
+
+    def to(self, device: torch.device) -> TeacherOutputs:
+        moved = [a.to(device) for a in self.attention] if self.attention is not None else None
+        return dataclasses.replace(self, logits=self.logits.to(device), attention=moved)
+
+    def lookup(self, epoch: int, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        logits = self.logits[epoch].index_select(0, idx).float()
+        maps = [a[epoch].index_select(0, idx).float() for a in self.attention] if self.attention is not None else None
+        return logits, maps
+
+
+def budget_bytes() -> int:
+    return int(float(os.environ.get("KDSEARCH_TEACHER_CACHE_GB", "2")) * 1024**3)
+
+
+def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attention: bool) -> int:
+    with torch.no_grad():
+        logits, features = teacher.eval().cpu().forward_with_features(torch.zeros(1, data.in_channels, *data.image_size))
+    per_image = logits.shape[1] + (sum(f.shape[-2] * f.shape[-1] for f in features) if attention else 0)
+    return epochs * len(data.train_x) * per_image * 2
+
+
+@torch.no_grad()
+def compute_teacher_outputs(teacher: nn.Module, data: DatasetSplits, *, seed: int, epochs: int, crop_pad: int, flip: bool,
+                            attention: bool, device: torch.device, batch_size: int = 1024, amp: bool = False) -> TeacherOutputs:  # fmt: skip
+    """Run the teacher over every (epoch, image) view once; fp16 results on the CPU."""
+    teacher = teacher.to(device).eval()
+    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device)
+    n = len(train)
+    logits_out, maps_out = None, None
+    for epoch in range(epochs):
+        dy, dx, flips = (t.to(device) for t in view_params(n, seed, epoch, crop_pad, flip))
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            x = train.normalise(crop_flip(train.x[sl], dy[sl], dx[sl], flips[sl], crop_pad))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits, features = teacher.forward_with_features(x)
+            if logits_out is None:
+                logits_out = torch.empty(epochs, n, logits.shape[1], dtype=torch.float16)
+                if attention:
+                    maps_out = [torch.empty(epochs, n, *f.shape[-2:], dtype=torch.float16) for f in features]
+            logits_out[epoch, sl] = logits.float().cpu().half()
+            if attention:
+                for store, f in zip(maps_out, features):
+                    # Normalised now (values in [0, 1], safe in fp16); AT's pooling is linear and it
+                    # normalises again, so this is exactly the live computation.
+                    m = attention_map(f)
+                    store[epoch, sl] = F.normalize(m.flatten(1), dim=1).view_as(m).cpu().half()
+    return TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip)

@@ -1,0 +1,69 @@
+"""The teacher-output cache gives the live teacher's outputs for exactly the views a student sees."""
+
+import pytest
+import torch
+
+from kdsearch import TrainConfig, fit
+from kdsearch.data import load_dataset
+from kdsearch.data.pipeline import DeviceData
+from kdsearch.methods.at import attention_map
+from kdsearch.models import build_model
+from kdsearch.teacher_cache import compute_teacher_outputs, estimate_bytes
+from kdsearch.teachers import get_teacher
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_cached_outputs_equal_the_live_teacher_for_the_same_views(digits):
+    torch.manual_seed(0)
+    teacher = build_model("resnet20", 10, 1).eval()
+    cache = compute_teacher_outputs(teacher, digits, seed=3, epochs=2, crop_pad=1, flip=True, attention=True, device=CPU, batch_size=200)
+    assert cache.logits.shape == (2, len(digits.train_x), 10) and cache.logits.dtype == torch.float16
+    train = DeviceData(digits.train_x, digits.train_y, digits.mean, digits.std, CPU)
+    for epoch in range(2):  # the batches the student gets: shuffled, augmented, with their image indices
+        x, _, idx = next(iter(train.train_batches(64, seed=3, epoch=epoch, pad=1, flip=True)))
+        with torch.no_grad():
+            logits, features = teacher.forward_with_features(x)
+        cached_logits, cached_maps = cache.lookup(epoch, idx)
+        assert torch.allclose(cached_logits, logits, atol=2e-2, rtol=2e-3)  # fp16 storage
+        for cached, f in zip(cached_maps, features):
+            live = torch.nn.functional.normalize(attention_map(f).flatten(1), dim=1)
+            assert torch.allclose(cached.flatten(1), live, atol=1e-3)
+    assert cache.nbytes() == estimate_bytes(teacher, digits, 2, attention=True)
+
+
+def test_fit_with_the_cache_trains_like_the_live_teacher(digits, cache_dir):
+    cfg = TrainConfig(method="kd", epochs=2, teacher_epochs=2, teacher="resnet8", cache_dir=cache_dir, threads=2).resolved()
+    teacher = get_teacher(cfg, digits)
+    outputs = compute_teacher_outputs(teacher.model, digits, seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip,
+                                      attention=False, device=CPU)  # fmt: skip
+    logs = []
+    live = fit(cfg, data=digits, teacher=teacher, measure_speed=False, log=logs.append)
+    cached = fit(cfg, data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, log=logs.append)
+    assert "teacher outputs: computed live every step" in logs and "teacher outputs: looked up in the shared cache" in logs
+    assert cached.history[-1]["train/kd"] == pytest.approx(live.history[-1]["train/kd"], rel=2e-2)
+    assert abs(cached.metrics["val/acc"] - live.metrics["val/acc"]) < 0.05
+    # a cache for other views is not used
+    logs.clear()
+    other = fit(TrainConfig(**{**cfg.to_dict(), "seed": 1}), data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, log=logs.append)
+    assert "teacher outputs: computed live every step" in logs and other.metrics["val/acc"] > 0
+
+
+def test_at_uses_cached_attention_maps(digits, cache_dir):
+    cfg = TrainConfig(method="at", epochs=1, teacher_epochs=1, teacher="resnet8", cache_dir=cache_dir, threads=2).resolved()
+    teacher = get_teacher(cfg, digits)
+    with_maps = compute_teacher_outputs(teacher.model, digits, seed=0, epochs=1, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=True, device=CPU)
+    logs = []
+    live = fit(cfg, data=digits, teacher=teacher, measure_speed=False)
+    cached = fit(cfg, data=digits, teacher=teacher, teacher_outputs=with_maps, measure_speed=False, log=logs.append)
+    assert "teacher outputs: looked up in the shared cache" in logs
+    assert cached.history[0]["train/at"] == pytest.approx(live.history[0]["train/at"], rel=2e-2)
+    no_maps = compute_teacher_outputs(teacher.model, digits, seed=0, epochs=1, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=False, device=CPU)
+    logs.clear()
+    fit(cfg, data=digits, teacher=teacher, teacher_outputs=no_maps, measure_speed=False, log=logs.append)
+    assert "teacher outputs: computed live every step" in logs  # AT needs the maps
