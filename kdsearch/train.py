@@ -221,7 +221,8 @@ def fit(
             scheduler.step()
             for k, v in terms.items():  # summed on the device: no host sync per step
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        train_terms = {f"train/{k}": float(v) / steps for k, v in sums.items()}
+        train_terms = {f"train/{k}": float(v) / steps for k, v in sums.items()}  # float() waits for the device
+        train_terms["time/epoch_train_s"] = time.perf_counter() - t0  # the training steps alone, without validation
         if not math.isfinite(train_terms["train/loss"]):
             raise TrainingDiverged(
                 f"training diverged: the loss became {train_terms['train/loss']} in epoch {epoch + 1}; "

@@ -1,0 +1,194 @@
+"""How fast kdsearch trains students, and what a sweep costs on top: ratios from one run.
+
+    python benchmarks/speed.py            # Fashion-MNIST subset, resnet56 teacher -> resnet8 student
+    python benchmarks/speed.py --quick    # digits, a few seconds a measurement (what CI runs)
+
+Measures, on whatever device is there (the CPU here):
+  - student training throughput (images/s, training steps only) for the CE-only student,
+    KD with the live teacher, KD with the cached teacher, and the same CE run inside a Ray
+    Tune trial;
+  - the data pipeline: torchvision DataLoader + PIL transforms against kdsearch's in-memory
+    batched pipeline, producing augmented, normalised batches;
+  - sweep start-up: from `kdsearch sweep` starting to the first trial result.
+Writes benchmarks/results/speed-<device>[-quick].{md,json} with the goals and whether they hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kdsearch import TrainConfig, fit
+from kdsearch.data import load_dataset
+from kdsearch.data.pipeline import DeviceData
+from kdsearch.models import build_model
+from kdsearch.teacher_cache import compute_teacher_outputs
+from kdsearch.teachers import Teacher
+from kdsearch.train import resolve_device, set_threads
+
+ROOT = Path(__file__).resolve().parent
+
+
+def throughput(history: list[dict], n: int, skip: int = 1) -> float:
+    """Images per second over the training steps of the epochs after the first (warm-up)."""
+    epochs = history[skip:] or history
+    return n * len(epochs) / sum(h["time/epoch_train_s"] for h in epochs)
+
+
+def untrained_teacher(arch: str, data, width: float = 1.0) -> Teacher:
+    # Speed does not depend on the weights: an untrained teacher costs the same forward pass.
+    from kdsearch.checkpoint import model_spec
+
+    model = build_model(arch, data.num_outputs, data.in_channels, "cifar", width)
+    return Teacher(model, arch, {}, None, model_spec(arch, data.num_outputs, data.in_channels, "cifar", width))
+
+
+def measure_training(base: dict, data, teacher_arch: str, threads: int) -> dict:
+    n = len(data.train_x)
+    teacher = untrained_teacher(teacher_arch, data)
+    cfg = TrainConfig(**base, threads=threads)
+    out = {}
+    out["ce"] = throughput(fit(TrainConfig(**{**cfg.to_dict(), "method": "ce"}), data=data, measure_speed=False, evaluate_test=False).history, n)
+    out["kd_live"] = throughput(fit(cfg, data=data, teacher=teacher, measure_speed=False, evaluate_test=False).history, n)
+    r = cfg.resolved()
+    started = time.perf_counter()
+    cache = compute_teacher_outputs(teacher.model, data, seed=r.seed, epochs=r.epochs, crop_pad=r.crop_pad, flip=r.flip, attention=False,
+                                    device=resolve_device(r.device))  # fmt: skip
+    out["cache_build_s"] = time.perf_counter() - started
+    out["kd_cached"] = throughput(fit(cfg, data=data, teacher=teacher, teacher_outputs=cache, measure_speed=False, evaluate_test=False).history, n)
+    return out
+
+
+def measure_in_trial(base: dict, data, threads: int) -> float:
+    """The CE run as a one-trial sweep through kdsearch.tune, with `threads` CPUs per trial."""
+    from kdsearch import tune
+    from kdsearch.search_space import parse_sweep
+
+    spec = parse_sweep({"fixed": {**base, "method": "ce"}, "space": {"lr": {"choice": [base.get("lr", 0.05)]}},
+                        "search": {"num_samples": 1, "scheduler": "fifo", "sampler": "random"}}, "speed-benchmark")  # fmt: skip
+    with tempfile.TemporaryDirectory() as storage:
+        tune.start_ray(None, num_cpus=threads)
+        try:
+            trials = tune.run_sweep(spec, data, None, storage=storage, name="speed", resume=False, cpus_per_trial=threads, verbose=0)
+        finally:
+            tune.stop_ray()
+    return throughput(trials[0].history, len(data.train_x))
+
+
+def measure_pipeline(data, batch_size: int, pad: int, seconds: float) -> dict:
+    """Augmented, normalised batches per second: torchvision DataLoader + PIL against DeviceData."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    mean, std = data.mean, data.std
+    images = [Image.fromarray(x[0].numpy()) for x in data.train_x]  # how torchvision's datasets hold them
+    transform = T.Compose([T.RandomCrop(data.image_size[0], padding=pad), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+    class PILSet(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return transform(images[i]), int(data.train_y[i])
+
+    def rate(batches) -> float:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for x, *_ in batches():
+                done += len(x)
+                if time.perf_counter() - started >= seconds:
+                    break
+        return done / (time.perf_counter() - started)
+
+    workers = min(2, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(PILSet(), batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True)
+    device_data = DeviceData(data.train_x, data.train_y, mean, std, resolve_device("auto"))
+    epoch = iter(range(10**9))
+    return {"dataloader_pil": rate(lambda: loader), "in_memory": rate(lambda: device_data.train_batches(batch_size, 0, next(epoch), pad, True)),
+            "dataloader_workers": workers}  # fmt: skip
+
+
+def measure_startup(quick: bool, cache: str) -> float:
+    """Seconds from `kdsearch sweep` starting to the first trial result on disk (teacher already cached)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / "startup.yaml"
+        space.write_text(f"fixed: {{method: kd, dataset: digits, epochs: 3, cache_dir: {cache}}}\n"
+                         "space: {alpha: {uniform: [0.5, 0.9]}}\nsearch: {num_samples: 1, scheduler: fifo}\n")  # fmt: skip
+        cmd = [sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", f"{tmp}/s", "--tracking-uri", f"sqlite:///{tmp}/m.db", "--quiet"]
+        subprocess.run([sys.executable, "-m", "kdsearch", "teacher", "--dataset", "digits", "--cache-dir", cache, "--quiet"], check=True,
+                       capture_output=True)  # fmt: skip
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = None
+        while proc.poll() is None and first is None:
+            results = list(Path(tmp, "s", "startup").glob("trial_*/result.json"))
+            if results and results[0].stat().st_size > 0:
+                first = time.perf_counter() - started
+            time.sleep(0.05)
+        proc.wait()
+        return first if first is not None else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="digits, short: the CI setting")
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    args = parser.parse_args()
+    threads = set_threads(None)
+    device = resolve_device("auto")
+    if args.quick:
+        data = load_dataset("digits")
+        base = dict(dataset="digits", student="resnet8", teacher="resnet56", epochs=4, batch_size=128, lr=0.05)
+        teacher_arch = "resnet56"
+    else:
+        data = load_dataset("fashion_mnist", train_subset=6000, val_fraction=0.02)
+        base = dict(dataset="fashion_mnist", student="resnet8", teacher="resnet56", epochs=3, batch_size=128, train_subset=6000, val_fraction=0.02)
+        teacher_arch = "resnet56"
+    results = {"device": str(device), "threads": threads, "quick": args.quick, "images": len(data.train_x), "dataset": data.name}
+    results["train"] = measure_training(base, data, teacher_arch, threads)
+    results["train"]["ce_in_trial"] = measure_in_trial(base, data, threads)
+    results["pipeline"] = measure_pipeline(data, 128, 2, seconds=3 if args.quick else 8)
+    with tempfile.TemporaryDirectory() as cache:
+        results["startup_s"] = measure_startup(args.quick, cache)
+    write(results, Path(args.out))
+
+
+def write(r: dict, out: Path) -> None:
+    t, p = r["train"], r["pipeline"]
+    rows = [
+        ("CE-only student", f"{t['ce']:,.0f} img/s", "1.00x", "baseline"),
+        ("KD, live teacher", f"{t['kd_live']:,.0f} img/s", f"{t['ce'] / t['kd_live']:.2f}x step time", "(about 3x expected for resnet56 -> resnet8)"),
+        ("KD, cached teacher", f"{t['kd_cached']:,.0f} img/s", f"{t['ce'] / t['kd_cached']:.2f}x step time", _goal(t["ce"] / t["kd_cached"] <= 1.10, "<= 1.10x")),
+        ("teacher cache, built once", f"{t['cache_build_s']:.1f} s", "", "paid once per sweep"),
+        ("CE inside a Ray Tune trial", f"{t['ce_in_trial']:,.0f} img/s", f"{t['ce_in_trial'] / t['ce']:.2f}x bare fit", _goal(t["ce_in_trial"] / t["ce"] >= 0.95, ">= 0.95x")),
+        (f"DataLoader + PIL ({p['dataloader_workers']} workers)", f"{p['dataloader_pil']:,.0f} img/s", "1.00x", "baseline"),
+        ("in-memory batched pipeline", f"{p['in_memory']:,.0f} img/s", f"{p['in_memory'] / p['dataloader_pil']:.1f}x", _goal(p["in_memory"] / p["dataloader_pil"] >= 5, ">= 5x")),
+        ("sweep start to first trial result", f"{r['startup_s']:.1f} s", "", _goal(r["startup_s"] <= 10, "<= 10 s")),
+    ]  # fmt: skip
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, device {r['device']}, {r['threads']} threads"
+    title = f"Speed ({r['dataset']}, {r['images']} training images{', quick' if r['quick'] else ''})"
+    lines = [f"# {title}", "", f"Machine: {machine}.", "", "| measurement | value | ratio | goal |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"speed-{r['device'].split(':')[0]}{'-quick' if r['quick'] else ''}"
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(r, indent=2))
+    print("\n".join(lines))
+    print(f"\nwritten: {stem}.md, {stem}.json")
+
+
+def _goal(ok: bool, goal: str) -> str:
+    return f"{goal}: {'holds' if ok else 'MISSED'}"
+
+
+if __name__ == "__main__":
+    main()
