@@ -96,6 +96,11 @@ class SweepSpec:
                 method_args[key] = value
         return TrainConfig.from_dict({**values, "method_args": method_args}, source=self.source)
 
+    def fixed_config(self) -> TrainConfig:
+        """The resolved fixed settings alone (defaults where the space would vary them): what
+        the shared teacher is trained with, so it does not depend on the search space."""
+        return self.trial_config({}).resolved()
+
     def example_config(self) -> TrainConfig:
         """The resolved config of a trial that draws the first value of every distribution."""
         return self.trial_config({key: dist["args"][0] for key, dist in self.space.items()}).resolved()

@@ -230,8 +230,9 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
 
     set_threads(None)
     data = load_dataset(base.dataset, base.data_dir, base.download, base.val_fraction, base.split_seed, base.image_size, base.train_subset)
-    teacher = get_teacher(base, data, log=log) if needs_teacher(spec) else None
-    teacher_outputs = _cache_teacher_outputs(teacher, data, base, log) if teacher is not None and opts.teacher_cache else None
+    fixed = spec.fixed_config()
+    teacher = get_teacher(fixed, data, log=log) if needs_teacher(spec) else None
+    teacher_outputs = _cache_teacher_outputs(teacher, data, fixed, log) if teacher is not None and opts.teacher_cache else None
     log(f"sweep {name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {sweep_dir}")  # fmt: skip
 
@@ -256,7 +257,7 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     best_dir = out_dir / BEST_DIR
     student_path = tune.copy_from_checkpoint(best.best_checkpoint, tune.STUDENT_FILE, best_dir / "student.pt")
     if teacher is None:
-        teacher = reference_teacher(base, data, resolve_stem(base.stem, data.image_size))
+        teacher = reference_teacher(fixed, data, resolve_stem(fixed.stem, data.image_size))
     metrics, model = _test_best(student_path, teacher, data, best_cfg)
     trial_payload = read_checkpoint(student_path)  # rewritten so the checkpoint carries its test and compression metrics
     save_checkpoint(student_path, model, trial_payload["model"], dataset=trial_payload["dataset"], metrics=metrics,

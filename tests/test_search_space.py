@@ -86,3 +86,9 @@ def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
     spec = load_sweep(path)
     assert spec.space["lr"]["args"] == [1e-3, 1e-1] and spec.example_config().weight_decay == 5e-4
     assert spec.name == "s"  # the file name when the file has none
+
+
+def test_the_teacher_is_trained_with_fixed_settings_not_sampled_ones():
+    spec = parse_sweep({"fixed": {"method": "kd", "weight_decay": 1e-4}, "space": {"lr": {"loguniform": [1e-3, 1e-1]}}}, "t.yaml")
+    assert spec.example_config().lr == 1e-3  # a trial's draw
+    assert spec.fixed_config().lr == 0.05 and spec.fixed_config().weight_decay == 1e-4  # digits' default lr, the fixed decay
