@@ -281,6 +281,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    """How export, report and sync find a sweep given by name or MLflow run id."""
+    parser.add_argument("--storage", help="where sweeps are kept (default ./sweeps)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's own, or sqlite:///$PWD/mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kdsearch", description="Find the best way to distill a large network into a small one.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -320,23 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one or more of safetensors, pt, torchscript, onnx (default safetensors)")  # fmt: skip
     export.add_argument("--out", required=True, help="folder to write the student and model.json into")
     export.add_argument("--data-dir", help="where the dataset is, to verify the export on validation images")
-    export.add_argument("--storage", help="where sweeps are kept (default ./sweeps)")
-    export.add_argument("--tracking-uri", help="MLflow tracking URI, for a run id (default sqlite:///$PWD/mlflow.db)")
+    _add_source_flags(export)
     export.add_argument("--json", action="store_true", help="print the verification report as JSON")
     export.set_defaults(func=cmd_export)
 
     report = sub.add_parser("report", help="table and plots of a sweep's trials, also logged to its MLflow parent run")
     report.add_argument("source", help="a sweep folder, a sweep name or an MLflow parent run id")
     report.add_argument("--out", help="folder for the table and plots (default <sweep>/report)")
-    report.add_argument("--storage", help="where sweeps are kept (default ./sweeps)")
-    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
+    _add_source_flags(report)
     report.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     report.set_defaults(func=cmd_report)
 
     sync = sub.add_parser("sync", help="push a sweep's results to MLflow after the tracking server was down")
     sync.add_argument("source", help="a sweep folder or a sweep name")
-    sync.add_argument("--storage", help="where sweeps are kept (default ./sweeps)")
-    sync.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used)")
+    _add_source_flags(sync)
     sync.set_defaults(func=cmd_sync)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1 for the sweeps' tracking store")

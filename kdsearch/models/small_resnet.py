@@ -8,8 +8,10 @@ Shortcuts that change shape use a 1x1 convolution with batch norm ("option B").
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from kdsearch.models.staged import StagedNet
 
 
 class BasicBlock(nn.Module):
@@ -31,7 +33,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class SmallResNet(nn.Module):
+class SmallResNet(StagedNet):
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, width: float = 1.0):
         super().__init__()
         if (depth - 2) % 6 != 0:
@@ -56,16 +58,3 @@ class SmallResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and the output of every stage, shallow to deep."""
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return logits, features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(x)[0]

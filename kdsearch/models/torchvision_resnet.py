@@ -7,14 +7,15 @@ the ImageNet stem (7x7 stride 2 and max-pool) is for larger images such as Celeb
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchvision import models as tv_models
+
+from kdsearch.models.staged import StagedNet
 
 ARCHS = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
 
 
-class TorchvisionResNet(nn.Module):
+class TorchvisionResNet(StagedNet):
     def __init__(self, arch: str, num_classes: int, in_channels: int = 3, stem: str = "cifar", width: float = 1.0):
         super().__init__()
         if width != 1.0:
@@ -32,16 +33,3 @@ class TorchvisionResNet(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         self.fc = net.fc
-
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and the output of every stage, shallow to deep."""
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        logits = self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
-        return logits, features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(x)[0]
