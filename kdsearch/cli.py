@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import typing
+from pathlib import Path
 
 from kdsearch.config import TrainConfig, parse_value
 from kdsearch.errors import UserError
@@ -182,9 +183,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, scratch: str) -> "Path":
-    from pathlib import Path
-
+def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, scratch: str) -> Path:
     from kdsearch import sweep
 
     if Path(source).is_file():
@@ -220,8 +219,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from kdsearch import sweep, tracking
     from kdsearch.report import build_report
 
