@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -109,8 +109,7 @@ def test_every_trial_is_listed_with_its_metrics(browser, quickstart, tmp_path):
     _close_assistant(browser)
     # The trials are nested under the sweep's parent run: open it, as a person clicks its "+".
     parent_row = f"div[role='row'][row-id='{summary.parent_run_id}']"
-    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, parent_row))
-    browser.find_element(By.CSS_SELECTOR, f"{parent_row} button[data-component-id*='runnamecellrenderer']").click()
+    _click(browser, By.CSS_SELECTOR, f"{parent_row} button[data-component-id*='runnamecellrenderer']")
     _wait_text(browser, "9 matching runs", *[f"trial_{r.data.tags['kdsearch.trial_id']}" for r in trials])
     _show_columns(browser, ["val/best_acc", "alpha"])
     grid = browser.find_element(By.CSS_SELECTOR, "[role='grid'], [role='treegrid']").text
@@ -148,17 +147,31 @@ def test_parent_run_shows_best_config_metrics_and_report_plots(browser, quicksta
 
 def _show_columns(driver, names):
     """Tick metric and parameter columns in the runs table's "Columns" menu."""
-    driver.find_element(By.XPATH, "//button[normalize-space()='Columns']").click()
+    _click(driver, By.XPATH, "//button[normalize-space()='Columns']")
     for name in names:
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, f"//span[@title='{name}']"))
-        node = driver.find_element(By.XPATH, f"//span[@title='{name}']")
-        boxes = node.find_elements(By.XPATH, "./preceding-sibling::span[contains(@class, 'checkbox')]")
-        (boxes[0] if boxes else node).click()
+        _click(driver, By.XPATH, f"//span[@title='{name}']/preceding-sibling::span[contains(@class, 'checkbox')] | //span[@title='{name}']")
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     time.sleep(1)
 
 
+def _click(driver, by, selector):
+    """Click the first visible match, as a person would: scrolled into view, retried while the
+    page is still rendering (stale, covered or not yet interactable)."""
+
+    def click(d) -> bool:
+        for element in d.find_elements(by, selector):
+            try:
+                if element.is_displayed():
+                    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+                    element.click()
+                    return True
+            except WebDriverException:
+                continue
+        return False
+
+    WebDriverWait(driver, 30, poll_frequency=0.5).until(click)
+
+
 def _click_artifact(driver, name):
-    """Select a file in the run's artifact tree, as a person clicks it."""
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{name}']"))
-    driver.find_element(By.XPATH, f"//*[normalize-space(text())='{name}']").click()
+    """Select a file in the run's artifact tree."""
+    _click(driver, By.XPATH, f"//*[normalize-space(text())='{name}']")
