@@ -26,6 +26,11 @@ def model_spec(arch: str, num_outputs: int, in_channels: int, stem: str, width: 
     return {"arch": arch, "num_outputs": num_outputs, "in_channels": in_channels, "stem": stem, "width": width}
 
 
+def build_from_spec(spec: dict) -> nn.Module:
+    """A freshly initialised model of the architecture a ``model_spec`` describes."""
+    return build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"])
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, **meta) -> Path:
     """Write ``{format, model spec, state_dict, **meta}`` to ``path`` atomically."""
     path = Path(path)
@@ -64,7 +69,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint describes and load its weights."""
     payload = read_checkpoint(path)
     spec = payload["model"]
-    model = build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"])
+    model = build_from_spec(spec)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

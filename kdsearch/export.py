@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdsearch.checkpoint import load_model, read_checkpoint
+from kdsearch.checkpoint import build_from_spec, load_model, read_checkpoint
 from kdsearch.errors import UserError
 from kdsearch.evaluate import classification_metrics
-from kdsearch.models import build_model
 
 FORMATS = ("safetensors", "pt", "torchscript", "onnx")
 FILES = {"safetensors": "model.safetensors", "pt": "model.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -94,7 +93,7 @@ def _model_from_weights(path: Path, spec: dict) -> nn.Module:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"])
+    model = build_from_spec(spec)
     model.load_state_dict(state)
     return model.eval()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from kdsearch.checkpoint import load_model, read_checkpoint, save_checkpoint
+from kdsearch.checkpoint import load_model, save_checkpoint
 from kdsearch.compression import compression_report
 from kdsearch.data import load_dataset
 from kdsearch.data.pipeline import DeviceData
@@ -112,7 +112,8 @@ def needs_teacher(spec: SweepSpec) -> bool:
     return bool(getattr(METHODS[cfg.method], "needs_teacher", False))
 
 
-def _test_best(student_path: Path, teacher, data, cfg) -> dict:
+def _test_best(student_path: Path, teacher, data, cfg) -> tuple[dict, object, dict]:
+    """Test metrics and compression of the best student; also its model and checkpoint payload."""
     from kdsearch.train import resolve_device
 
     model, payload = load_model(student_path)
@@ -126,7 +127,7 @@ def _test_best(student_path: Path, teacher, data, cfg) -> dict:
         metrics.update({f"teacher/{k.replace('/', '_')}": v for k, v in teacher.metrics.items() if k in ("val/acc", "test/acc")})
     metrics.update(compression_report(model, teacher.model if teacher is not None else None, (data.in_channels, *data.image_size),
                                       student_acc=metrics["test/acc"], teacher_acc=teacher_test))  # fmt: skip
-    return metrics, model
+    return metrics, model, payload
 
 
 def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> bool:
@@ -258,8 +259,8 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     student_path = tune.copy_from_checkpoint(best.best_checkpoint, tune.STUDENT_FILE, best_dir / "student.pt")
     if teacher is None:
         teacher = reference_teacher(fixed, data, resolve_stem(fixed.stem, data.image_size))
-    metrics, model = _test_best(student_path, teacher, data, best_cfg)
-    trial_payload = read_checkpoint(student_path)  # rewritten so the checkpoint carries its test and compression metrics
+    metrics, model, trial_payload = _test_best(student_path, teacher, data, best_cfg)
+    # Rewritten so the checkpoint carries its test and compression metrics.
     save_checkpoint(student_path, model, trial_payload["model"], dataset=trial_payload["dataset"], metrics=metrics,
                     config=best_cfg.to_dict(), sweep={"name": name, "trial": best.trial_id, "params": best.params})  # fmt: skip
     (best_dir / "config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))

@@ -107,11 +107,10 @@ def reference_teacher(cfg: TrainConfig, data: DatasetSplits, stem: str) -> Teach
     if path.is_file():
         model, payload = load_teacher_checkpoint(path, data)
         return Teacher(model, cfg.teacher, dict(payload["metrics"]), path, payload["model"])
-    from kdsearch.checkpoint import model_spec
-    from kdsearch.models import build_model
+    from kdsearch.checkpoint import build_from_spec, model_spec
 
-    model = build_model(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width)
-    return Teacher(model, cfg.teacher, {}, None, model_spec(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width))
+    spec = model_spec(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width)
+    return Teacher(build_from_spec(spec), cfg.teacher, {}, None, spec)
 
 
 def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None] = lambda _: None) -> Teacher:

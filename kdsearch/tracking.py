@@ -235,10 +235,6 @@ class SweepTracker:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)
 
-    def trial_runs(self) -> list:
-        """All child runs of this sweep (for tests and reports)."""
-        return self.client.search_runs([self.experiment_id], f"tags.`{ROLE_TAG}` = 'trial' and tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=10000)
-
 
 def _client_for_run(run_id: str, tracking_uri: str):
     client = MlflowClient(tracking_uri)

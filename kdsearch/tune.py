@@ -34,13 +34,13 @@ from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from kdsearch.checkpoint import save_checkpoint  # noqa: E402
+from kdsearch.checkpoint import build_from_spec, model_spec, save_checkpoint  # noqa: E402
 from kdsearch.compression import compression_report  # noqa: E402
 from kdsearch.data import DatasetSplits  # noqa: E402
 from kdsearch.errors import UserError  # noqa: E402
 from kdsearch.search_space import SweepSpec  # noqa: E402
 from kdsearch.teachers import Teacher  # noqa: E402
-from kdsearch.train import TrainingDiverged, data_info, fit  # noqa: E402
+from kdsearch.train import TrainingDiverged, data_info, fit, resolve_stem  # noqa: E402
 from kdsearch.trials import TrialRecord  # noqa: E402
 
 STATE_FILE = "state.pt"  # full training state, to resume the trial
@@ -129,14 +129,10 @@ def _unpack(payload: dict) -> DatasetSplits:
     return DatasetSplits(**values)
 
 
-def _static_metrics(cfg, data: DatasetSplits, needs_latency: bool) -> dict:
+def _static_metrics(student_spec: dict, data: DatasetSplits, needs_latency: bool) -> dict:
     """Size metrics of the student architecture (constant over training), reported each epoch
     so that Optuna can optimise them alongside accuracy."""
-    from kdsearch.models import build_model
-    from kdsearch.train import resolve_stem
-
-    student = build_model(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
-    report = compression_report(student, None, (data.in_channels, *data.image_size), measure_speed=needs_latency)
+    report = compression_report(build_from_spec(student_spec), None, (data.in_channels, *data.image_size), measure_speed=needs_latency)
     return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
 
 
@@ -145,10 +141,8 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
     cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads).resolved()
     teacher = None
     if teacher_payload is not None:
-        from kdsearch.models import build_model
-
         t = teacher_payload
-        model = build_model(t["spec"]["arch"], t["spec"]["num_outputs"], t["spec"]["in_channels"], t["spec"]["stem"], t["spec"]["width"])
+        model = build_from_spec(t["spec"])
         model.load_state_dict(t["state_dict"])
         teacher = Teacher(model, t["spec"]["arch"], t["metrics"], None, t["spec"])
     resume = None
@@ -156,14 +150,15 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    static = _static_metrics(cfg, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
+    student_spec = model_spec(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
+    static = _static_metrics(student_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
     static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
     info = data_info(data)
 
     def on_epoch_end(metrics: dict, state) -> None:
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state.training_state(), Path(folder) / STATE_FILE)
-            save_checkpoint(Path(folder) / STUDENT_FILE, state.student, _spec_of(cfg, data), dataset=info,
+            save_checkpoint(Path(folder) / STUDENT_FILE, state.student, student_spec, dataset=info,
                             metrics=metrics, config=cfg.to_dict())  # fmt: skip
             tune.report({**metrics, **static}, checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -175,13 +170,6 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
         # so the searcher learns to avoid this region, and keep the reason.
         worst = {m: (0.0 if mode == "max" else float(1e30)) for m, mode in spec.search.objectives}
         tune.report({**static, **worst, "trial/diverged": 1.0, "trial/error": str(exc)})
-
-
-def _spec_of(cfg, data: DatasetSplits) -> dict:
-    from kdsearch.checkpoint import model_spec
-    from kdsearch.train import resolve_stem
-
-    return model_spec(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
 
 
 class _Progress(tune.CLIReporter):

@@ -36,18 +36,8 @@ search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
 
 
 def _server(db, port):
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db, "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--artifacts-destination", db.removeprefix("sqlite:///") + ".artifacts"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            MlflowClient(f"http://127.0.0.1:{port}").search_experiments(max_results=1)
-            return proc
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.5)
-    raise RuntimeError("mlflow server did not come up")
+    MlflowClient(db).search_experiments()  # create the store the server opens
+    return tracking.start_ui_server(db, port)[0]
 
 
 def test_mlflow_down_mid_sweep_loses_nothing_and_sync_catches_up(tmp_path):

@@ -7,13 +7,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from kdsearch.checkpoint import load_model
+from kdsearch import tracking
 from kdsearch.cli import main
 from kdsearch.errors import UserError
 from kdsearch.sweep import SweepOptions, run_sweep
@@ -56,25 +56,10 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("mlflow server did not come up")
-            time.sleep(0.5)
+    """A real `mlflow server` on 127.0.0.1, started the way `kdsearch ui` starts one."""
+    store = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(store).search_experiments()  # create the store the server opens
+    proc, uri = tracking.start_ui_server(store, free_port())
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
