@@ -35,8 +35,9 @@ def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
         failed = t.status == "ERROR"
         rows.append({
             "trial": t.trial_id, **t.params, f"best {metric}": best if math.isfinite(best) else float("nan"), "epochs run": len(t.history),
-            "stopped early": (not failed and not t.diverged and 0 < len(t.history) < epochs),
-            "status": "error" if failed else ("diverged" if t.diverged else ("running" if not last.get("done", True) and len(t.history) < epochs else "ok")),
+            "stopped early": (t.failure is None and 0 < len(t.history) < epochs),
+            "status": "error" if failed else ("diverged" if t.diverged else ("invalid" if t.invalid else
+                      ("running" if not last.get("done", True) and len(t.history) < epochs else "ok"))),
             "student/params": last.get("student/params"), "student/flops": last.get("student/flops"), "latency/cpu_ms": last.get("latency/cpu_ms"),
         })  # fmt: skip
     table = pd.DataFrame(rows)

@@ -14,7 +14,8 @@
       num_samples: 8
       metric: val/acc                     # or objectives: [{val/acc: max}, {student/params: min}]
       mode: max
-      sampler: tpe                        # tpe | random | nsga2 (several objectives)
+      sampler: tpe                        # tpe | random | nsga2 (several objectives) | grid (every
+                                          # combination of choice lists, each once)
       scheduler: asha                     # asha | fifo
       grace_period: 3
       reduction_factor: 2
@@ -38,7 +39,7 @@ from kdsearch.methods import METHODS, method_settings
 from kdsearch.models import MODELS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-SAMPLERS = ("tpe", "random", "nsga2")
+SAMPLERS = ("tpe", "random", "nsga2", "grid")
 SCHEDULERS = ("asha", "fifo")
 # One sweep shares one dataset and one teacher; these cannot vary between trials.
 NOT_SEARCHABLE = ("method", "dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "teacher",
@@ -234,12 +235,36 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
             raise UserError(f"{where}: expected a distribution like {{uniform: [0, 1]}}; put fixed values under fixed")
         space[key] = dist
     search = _search_settings(raw.get("search"), source)
+    if search.sampler == "grid":
+        search = _grid_settings(space, search, raw.get("search") or {}, source)
     name = raw.get("name") or Path(source).stem
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise UserError(f"{source}: name must be letters, digits, '-' and '_', got {name!r}")
     spec = SweepSpec(source=source, name=name, fixed=fixed, space=space, search=search, list_params=list_params)
     _check_names(spec)
     return spec
+
+
+def grid_size(space: dict) -> int:
+    size = 1
+    for dist in space.values():
+        size *= len(dist["args"])
+    return size
+
+
+def _grid_settings(space: dict, search: SearchSettings, raw: dict, source: str) -> SearchSettings:
+    """A grid runs every combination of the choice lists once: num_samples is its size."""
+    for key, dist in space.items():
+        if dist["kind"] != "choice":
+            raise UserError(f"{source}: space.{key}: search.sampler grid needs every entry to be a choice list, got {dist['kind']}; "
+                            f"write {{choice: [...]}} or use sampler tpe or random")  # fmt: skip
+    if not space:
+        raise UserError(f"{source}: search.sampler grid needs a space of choice lists to enumerate")
+    size = grid_size(space)
+    if "num_samples" in raw and raw["num_samples"] != size:
+        raise UserError(f"{source}: search.num_samples is {raw['num_samples']} but the grid has {size} combinations; "
+                        "drop num_samples (a grid runs each combination once)")  # fmt: skip
+    return dataclasses.replace(search, num_samples=size)
 
 
 def _check_names(spec: SweepSpec) -> None:

@@ -71,6 +71,8 @@ def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
     if opts.num_samples is not None:
         if opts.num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, got {opts.num_samples}")
+        if search.sampler == "grid" and opts.num_samples != search.num_samples:
+            raise UserError(f"--num-samples {opts.num_samples} but {spec.source} is a grid of {search.num_samples} combinations: drop --num-samples")
         search = dataclasses.replace(search, num_samples=opts.num_samples)
     if opts.smoke:
         # Two short trials: checks the whole path (data, teacher, Ray, MLflow, export) in seconds.
@@ -78,7 +80,8 @@ def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
         fixed.update(epochs=epochs, teacher_epochs=min(2, spec.example_config().teacher_epochs))
         if spec.example_config().dataset != "digits":
             fixed["train_subset"] = min(2000, fixed.get("train_subset") or 2000)
-        search = dataclasses.replace(search, num_samples=min(search.num_samples, 2), grace_period=1, n_startup_trials=1)
+        samples = search.num_samples if search.sampler == "grid" else min(search.num_samples, 2)  # a grid is its combinations
+        search = dataclasses.replace(search, num_samples=samples, grace_period=1, n_startup_trials=1)
     return dataclasses.replace(spec, fixed=fixed, search=search)
 
 
@@ -246,10 +249,10 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
         tune.stop_ray()
 
     metric, mode = spec.search.metric, spec.search.mode
-    ranked = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and not t.diverged]
+    ranked = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and t.failure is None]
     if not ranked:
         _guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), tracking_uri, name)
-        reasons = "; ".join(f"{t.trial_id}: {t.error or ('diverged' if t.diverged else 'no result')}" for t in trials[:3])
+        reasons = "; ".join(f"{t.trial_id}: {t.failure or 'no result'}" for t in trials[:3])
         raise UserError(f"no trial of sweep {name!r} produced a checkpoint ({reasons}); see {sweep_dir}")
     best = max(ranked, key=lambda t: t.best(metric, mode) * (1 if mode == "max" else -1))
     best_cfg = dataclasses.replace(spec.trial_config(dict(best.params)).resolved(), threads=None)
@@ -278,6 +281,6 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
         tracker.finish()
 
     synced = _guard_mlflow(mirror, tracking_uri, name)
-    failures = [(t.trial_id, t.error or "diverged") for t in trials if t.status == "ERROR" or t.diverged]
+    failures = [(t.trial_id, t.failure) for t in trials if t.failure is not None]
     return SweepSummary(name, sweep_dir, out_dir, table, dict(best.params), best_cfg.to_dict(), metrics, student_path,
                         tracking_uri, tracker.parent_id, manifest["objectives"], failures, synced)  # fmt: skip

@@ -35,6 +35,18 @@ class TrialRecord:
     def diverged(self) -> bool:
         return bool(self.history and self.history[-1].get("trial/diverged"))
 
+    @property
+    def invalid(self) -> bool:
+        """Ended by a setting it drew that cannot work (a kdsearch.errors.UserError in the trial)."""
+        return bool(self.history and self.history[-1].get("trial/invalid"))
+
+    @property
+    def failure(self) -> str | None:
+        """Why the trial failed (diverged, invalid settings, or an error), else None."""
+        if self.diverged or self.invalid:
+            return str(self.history[-1].get("trial/error") or ("diverged" if self.diverged else "invalid settings"))
+        return (self.error or "error") if self.status == "ERROR" else None
+
 
 def load_trials(sweep_dir: Path) -> list[TrialRecord]:
     trials = []

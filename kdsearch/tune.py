@@ -74,11 +74,14 @@ def stop_ray() -> None:
 
 
 def tune_space(spec: SweepSpec) -> dict:
-    """The YAML distributions as Tune's search space (OptunaSearch converts these)."""
+    """The YAML distributions as Tune's search space (OptunaSearch converts these; a grid is
+    Tune's own grid_search, every combination once)."""
     out = {}
     for key, dist in spec.space.items():
         kind, args = dist["kind"], dist["args"]
-        if kind == "uniform":
+        if spec.search.sampler == "grid":
+            out[key] = tune.grid_search(list(args))
+        elif kind == "uniform":
             out[key] = tune.uniform(*args)
         elif kind == "loguniform":
             out[key] = tune.loguniform(*args)
@@ -93,6 +96,8 @@ def _searcher(spec: SweepSpec):
     import optuna
 
     s = spec.search
+    if s.sampler == "grid":
+        return None  # Tune enumerates the grid itself
     metrics = [m for m, _ in s.objectives]
     modes = [m for _, m in s.objectives]
     if s.sampler == "random":
@@ -165,11 +170,13 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
     try:
         fit(cfg, data=data, teacher=teacher, on_epoch_end=on_epoch_end, measure_speed=False, evaluate_test=False, resume=resume,
             teacher_outputs=teacher_outputs)
-    except TrainingDiverged as exc:
-        # Retrying the same settings would diverge again: end the trial with the worst score,
-        # so the searcher learns to avoid this region, and keep the reason.
+    except (TrainingDiverged, UserError) as exc:
+        # Retrying the same settings would fail the same way (a divergence, or a setting that
+        # cannot work, such as AT weights for stages the models do not have): end the trial
+        # now with the worst score, so the searcher avoids this region, and keep the reason.
         worst = {m: (0.0 if mode == "max" else float(1e30)) for m, mode in spec.search.objectives}
-        tune.report({**static, **worst, "trial/diverged": 1.0, "trial/error": str(exc)})
+        kind = "trial/diverged" if isinstance(exc, TrainingDiverged) else "trial/invalid"
+        tune.report({**static, **worst, kind: 1.0, "trial/error": str(exc)})
 
 
 class _Progress(tune.CLIReporter):
@@ -258,7 +265,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec),
                 scheduler=_scheduler(spec, epochs),
-                num_samples=spec.search.num_samples,
+                num_samples=1 if spec.search.sampler == "grid" else spec.search.num_samples,
                 max_concurrent_trials=max_concurrent or spec.search.max_concurrent,
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",

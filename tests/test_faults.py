@@ -35,6 +35,30 @@ search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
     assert diverged and all("diverged" in r.data.tags.get("kdsearch.error", "") for r in diverged)
 
 
+def test_a_trial_with_settings_that_cannot_work_fails_once_with_its_reason(tmp_path):
+    # Two AT weights for models with three matched stages: only the trial builds the models and
+    # finds out. Retrying would fail the same way, so it must end at once (max_failures is 3 here).
+    space = tmp_path / "bad.yaml"
+    space.write_text(f"""
+name: bad
+fixed: {{method: at, dataset: digits, epochs: 2, cache_dir: {tmp_path / 'cache'}}}
+space:
+  weights: {{choice: [[1.0, 1.0], [1.0, 1.0, 1.0]]}}
+search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 0, max_failures: 3}}
+""")
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    summary = run_sweep(space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=db, verbose=0, register=False), log=lambda _: None)
+    table = summary.table
+    bad = table[table["weights"].map(len) == 2]
+    assert len(bad) and set(bad["status"]) == {"invalid"} and set(bad["epochs run"]) == {1}  # one report, no retry, no epoch trained
+    assert set(table[table["weights"].map(len) == 3]["status"]) == {"ok"}
+    assert len(summary.failures) == len(bad) and all("give 3 weights" in why for _, why in summary.failures)
+    assert summary.best_params["weights"] == [1.0, 1.0, 1.0]
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("bad").experiment_id], "tags.`kdsearch.role` = 'trial'")
+    assert len(runs) == 4 and sum("give 3 weights" in r.data.tags.get("kdsearch.error", "") for r in runs) == len(bad)
+
+
 def _server(db, port):
     MlflowClient(db).search_experiments()  # create the store the server opens
     return tracking.start_ui_server(db, port)[0]

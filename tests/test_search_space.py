@@ -49,6 +49,12 @@ def test_two_objectives_switch_to_nsga2():
     assert spec.search.sampler == "nsga2" and spec.search.metric == "val/acc"
 
 
+def test_a_grid_runs_every_combination_once():
+    spec = parse_sweep({"fixed": {"method": "kd"}, "space": {"alpha": {"choice": [0.1, 0.5, 0.9]}, "temperature": {"choice": [2, 8]}},
+                        "search": {"sampler": "grid"}}, "g.yaml")  # fmt: skip
+    assert spec.search.num_samples == 6
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
@@ -71,6 +77,9 @@ def test_two_objectives_switch_to_nsga2():
         ({"search": {"num_samples": 0}}, "search.num_samples must be a positive integer"),
         ({"search": {"metric": "test/acc"}}, "unknown metric 'test/acc'"),
         ({"search": {"budget": 3}}, "unknown key 'search.budget'"),
+        ({"space": {"alpha": {"uniform": [0, 1]}}, "search": {"sampler": "grid"}}, "space.alpha: search.sampler grid needs every entry to be a choice list"),
+        ({"space": {"alpha": {"choice": [0.1, 0.9]}}, "search": {"sampler": "grid", "num_samples": 3}}, "search.num_samples is 3 but the grid has 2"),
+        ({"search": {"sampler": "grid"}}, "search.sampler grid needs a space of choice lists"),
     ],
 )
 def test_mistakes_are_one_line_errors_naming_file_and_key(raw, message):
