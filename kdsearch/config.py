@@ -75,6 +75,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | None = None  # None: bf16 autocast on CUDA, off on CPU
     channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False  # torch.compile the student's (and a live teacher's) forward pass
     threads: int | None = None  # None: the CPUs this process was given
     eval_batch_size: int = 1024
     cache_dir: str | None = None  # where trained teachers are kept

@@ -182,6 +182,16 @@ def fit(
         cache = cache.to(device)  # lookups then stay on the training device
     if teacher_model is not None:
         log(f"teacher outputs: {'looked up in the shared cache' if cache is not None else 'computed live every step'}")
+    student_forward = student.forward_with_features
+    teacher_forward = teacher_model.forward_with_features if teacher_model is not None else None
+    if cfg.compile:
+        # The forward passes only (the loss and optimiser step stay eager): compiled once for the
+        # training batch shape, once more for a smaller last batch. DML's peers compile as modules.
+        student_forward = torch.compile(student_forward)
+        if teacher_forward is not None and cache is None:
+            teacher_forward = torch.compile(teacher_forward)
+        for peer in getattr(method, "peers", []):
+            peer.compile()
     train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last)
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
     steps = train.num_batches(cfg.batch_size)
@@ -206,14 +216,14 @@ def fit(
         sums: dict[str, torch.Tensor] = {}
         for x, y, idx in train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.crop_pad, cfg.flip):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                student_out = Outputs(*student.forward_with_features(x))
+                student_out = Outputs(*student_forward(x))
                 teacher_out = None
                 if cache is not None:
                     logits, maps = cache.lookup(epoch, idx)
                     teacher_out = Outputs(logits, [], maps)
                 elif teacher_model is not None:
                     with torch.no_grad():
-                        teacher_out = Outputs(*teacher_model.forward_with_features(x))
+                        teacher_out = Outputs(*teacher_forward(x))
                 terms = method(student_out, y, teacher_out, x)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()

@@ -82,6 +82,29 @@ def test_gpu_code_paths_bf16_and_channels_last_run_on_cpu(digits, cache_dir):
     assert next(result.student.parameters()).dtype == torch.float32  # weights stay fp32 under autocast
 
 
+@pytest.mark.parametrize("method", ["kd", "dml"])
+def test_compile_wraps_the_forward_passes_and_trains_the_same_model(digits, cache_dir, monkeypatch, method):
+    # compile=True puts the student's and the live teacher's forward (and DML's peers) through
+    # torch.compile. Dynamo's eager backend runs the same kernels without a C++ toolchain, so the
+    # compiled run must give the uncompiled run's model.
+    wrapped = []
+    real = torch.compile
+
+    def spy(fn=None, **kwargs):
+        wrapped.append(getattr(fn, "__qualname__", type(fn).__name__))
+        return real(fn, backend="eager")
+
+    cfg = TrainConfig(method=method, cache_dir=cache_dir, **{**FAST, "epochs": 2})
+    eager = fit(cfg, data=digits, measure_speed=False, evaluate_test=False)
+    monkeypatch.setattr(torch, "compile", spy)
+    compiled = fit(dataclasses.replace(cfg, compile=True), data=digits, measure_speed=False, evaluate_test=False)
+    expected = {"kd": ["StagedNet.forward_with_features"] * 2, "dml": ["StagedNet.forward_with_features", "Module._call_impl"]}[method]
+    assert sorted(wrapped) == sorted(expected)
+    assert compiled.metrics["val/acc"] == pytest.approx(eager.metrics["val/acc"], abs=0.01)
+    for name, value in eager.student.state_dict().items():
+        torch.testing.assert_close(compiled.student.state_dict()[name], value, atol=1e-3, rtol=1e-3)
+
+
 def test_divergence_is_reported_not_hidden(digits):
     with pytest.raises(TrainingDiverged, match="lower lr"):
         fit(TrainConfig(method="ce", lr=1e12, **{**FAST, "epochs": 2}), data=digits, measure_speed=False)
