@@ -158,6 +158,7 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
     student_spec = model_spec(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
     static = _static_metrics(student_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
     static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
+    static["trial/gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())  # the GPUs Ray gave it ("" for none)
     info = data_info(data)
 
     def on_epoch_end(metrics: dict, state) -> None:

@@ -70,3 +70,29 @@ search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
     assert epochs[restart] > 1  # resumed from its checkpoint, not from scratch
     assert sorted(set(epochs)) == list(range(1, EPOCHS + 1))
     assert len(summary.table) == 2 and set(summary.table["status"]) == {"ok"}
+
+
+def test_fractional_gpu_trials_share_one_gpu(tmp_path):
+    # A cluster that declares one GPU (Ray schedules by declared resources; here the trials then
+    # train on the CPU): with --gpus-per-trial 0.5 two trials hold the same GPU at the same time.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1, "object_store_memory": 200 * 1024**2})
+    space = tmp_path / "gpu.yaml"
+    space.write_text(f"""
+name: gpu
+fixed: {{method: ce, dataset: digits, epochs: 12, threads: 1, cache_dir: {tmp_path / 'cache'}}}
+space:
+  lr: {{choice: [0.05, 0.1]}}
+search: {{sampler: grid, scheduler: fifo}}
+""")
+    try:
+        opts = SweepOptions(address=cluster.address, gpus_per_trial=0.5, storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                            verbose=0, register=False)  # fmt: skip
+        summary = run_sweep(space, opts, log=lambda _: None)
+    finally:
+        cluster.shutdown()
+    histories = list(_epochs_by_trial(tmp_path / "s" / "gpu").values())
+    assert len(histories) == 2 and all(len(h) == 12 for h in histories)
+    assert all(line["trial/gpu_ids"] == "0" for h in histories for line in h)  # both were given GPU 0
+    spans = [(h[0]["timestamp"] - h[0]["time_this_iter_s"], h[-1]["timestamp"]) for h in histories]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # and held it at the same time
+    assert set(summary.table["status"]) == {"ok"}
