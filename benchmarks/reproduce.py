@@ -46,7 +46,7 @@ PRESETS = {
     # (3.5x the student's parameters), search on 8,000 training images, retrain on all 54,000.
     "fashion-cpu": dict(dataset="fashion_mnist", teacher="resnet20", student="resnet8", teacher_epochs=20, search_epochs=5,
                         final_epochs=15, num_samples=6, seeds=3, search_subset=8000, spaces="fashion_mnist",
-                        fixed={"dml": {"num_peers": 2}}),
+                        fixed={"dml": {"num_peers": 2}}, goals=dict(teacher=0.940, student=0.930, gain=0.3)),
     "cifar10": dict(dataset="cifar10", teacher="resnet50", student="resnet18", teacher_epochs=60, search_epochs=30, final_epochs=60,
                     num_samples=32, seeds=3, search_subset=None, spaces="cifar10"),
     "celeba": dict(dataset="celeba", teacher="resnet50", student="resnet18", teacher_epochs=15, search_epochs=10, final_epochs=15,
@@ -140,7 +140,7 @@ def run(preset: str, out: Path, work: Path, data_dir: str | None, seeds: int | N
         rows.append({
             "Method": method, "Dataset": p["dataset"], "Teacher": p["teacher"], "Student": p["student"],
             "Teacher acc": teacher.metrics["test/acc"], "Student acc": statistics.mean(accs),
-            "Student acc std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "Seeds": len(accs),
+            "Student acc std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "Seeds": len(accs), "Per-seed acc": json.dumps(accs),
             "Compression": m["compression/ratio"], "FLOPs ratio": m["compression/flops_ratio"], "Size ratio": m["compression/size_ratio"],
             "Latency speedup": m["compression/speedup"], "Student params": m["student/params"], "Student FLOPs": m["student/flops"],
             "Search s": searches[method]["seconds"], "Search trials": searches[method]["trials"],
@@ -150,7 +150,7 @@ def run(preset: str, out: Path, work: Path, data_dir: str | None, seeds: int | N
     table = pd.DataFrame(rows)
     base = table.loc[table["Method"] == "ce", "Student acc"].iloc[0]
     table["Gain over scratch (points)"] = 100 * (table["Student acc"] - base)
-    write(table, preset, out)
+    write(table, preset, out, p.get("goals"))
     return table
 
 
@@ -166,7 +166,7 @@ def _stage(path: Path, compute) -> dict:
     return result
 
 
-def write(table: pd.DataFrame, preset: str, out: Path) -> None:
+def write(table: pd.DataFrame, preset: str, out: Path, goals: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, " + (
@@ -182,9 +182,51 @@ def write(table: pd.DataFrame, preset: str, out: Path) -> None:
             f"| {r['Gain over scratch (points)']:+.2f} | {r['Compression']:.2f}x params, {r['FLOPs ratio']:.2f}x FLOPs, "
             f"{r['Latency speedup']:.2f}x CPU latency | {note} |"
         )
-    lines += ["", "Search and training time (s), best configs: see results.csv."]
+    lines += ["", "| Method | Student params | Student FLOPs | Size ratio | Search trials | Search s | Final training s (all seeds) | Best settings |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in table.to_dict("records"):
+        lines.append(f"| {r['Method']} | {r['Student params']:,.0f} | {r['Student FLOPs']:,.0f} | {r['Size ratio']:.2f}x | {r['Search trials']} "
+                     f"| {r['Search s']:.0f} | {r['Train s']:.0f} | `{r['Best config']}` |")  # fmt: skip
+    lines += ["", f"Teacher trained in {table['Teacher train s'].iloc[0]:.0f} s. Per-seed accuracies: results.csv.", "",
+              "![results](results.png)"]
+    if goals:
+        lines += ["", "## Goals", ""]
+        teacher_acc = table["Teacher acc"].iloc[0]
+        lines.append(f"- Teacher >= {100 * goals['teacher']:.1f}% test accuracy: {100 * teacher_acc:.2f}%, "
+                     f"**{'holds' if teacher_acc >= goals['teacher'] else 'MISSED'}**.")  # fmt: skip
+        distilled = table[table["Method"] != "ce"].sort_values("Student acc", ascending=False).iloc[0]
+        lines.append(f"- Distilled student >= {100 * goals['student']:.1f}% (mean of seeds): best is {distilled['Method']} with "
+                     f"{100 * distilled['Student acc']:.2f}%, **{'holds' if distilled['Student acc'] >= goals['student'] else 'MISSED'}**.")  # fmt: skip
+        lines.append(f"- At least {goals['gain']:+.1f} points over the same student trained alone: {distilled['Method']} "
+                     f"{distilled['Gain over scratch (points)']:+.2f}, **{'holds' if distilled['Gain over scratch (points)'] >= goals['gain'] else 'MISSED'}**.")  # fmt: skip
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(table, preset, out)
     print("\n".join(lines))
+
+
+def plot(table: pd.DataFrame, preset: str, out: Path) -> None:
+    """Test accuracy per method: each seed a dot, the mean a bar; the teacher and the baseline as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(table.to_dict("records")):
+        accs = [100 * a for a in json.loads(r["Per-seed acc"])]
+        ax.bar(i, statistics.mean(accs), color="tab:grey" if r["Method"] == "ce" else "tab:blue", alpha=0.6)
+        ax.scatter([i] * len(accs), accs, color="black", s=12, zorder=3)
+    ax.axhline(100 * table["Teacher acc"].iloc[0], color="tab:red", ls="--", label=f"teacher {table['Teacher'].iloc[0]}")
+    ax.axhline(100 * table.loc[table["Method"] == "ce", "Student acc"].iloc[0], color="tab:grey", ls=":", label="student alone (ce)")
+    ax.set_xticks(range(len(table)), table["Method"])
+    values = [100 * a for accs in table["Per-seed acc"] for a in json.loads(accs)] + [100 * table["Teacher acc"].iloc[0]]
+    ax.set_ylim(min(values) - 1, max(values) + 0.5)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{preset}: {table['Student'].iloc[0]} student, {table['Dataset'].iloc[0]}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
