@@ -89,7 +89,10 @@ class SweepSpec:
         method_args = dict(values.pop("method_args", {}))
         assembled = dict(sampled)
         for key, items in self.list_params.items():  # e.g. weights: [weights.0, weights.1, 1.0]
-            assembled[key] = [assembled.pop(i) if isinstance(i, str) and i in self.space else i for i in items]
+            drawn = [i for i in items if isinstance(i, str) and i in self.space]
+            if any(i not in assembled for i in drawn):
+                continue  # not drawn here (fixed_config): the method's default
+            assembled[key] = [assembled.pop(i) if i in drawn else i for i in items]
         for key, value in assembled.items():
             if key in _CONFIG_FIELDS:
                 values[key] = value

@@ -101,3 +101,12 @@ def test_the_teacher_is_trained_with_fixed_settings_not_sampled_ones():
     spec = parse_sweep({"fixed": {"method": "kd", "weight_decay": 1e-4}, "space": {"lr": {"loguniform": [1e-3, 1e-1]}}}, "t.yaml")
     assert spec.example_config().lr == 1e-3  # a trial's draw
     assert spec.fixed_config().lr == 0.05 and spec.fixed_config().weight_decay == 1e-4  # digits' default lr, the fixed decay
+
+
+def test_fixed_settings_of_a_space_with_drawn_list_items():
+    # The teacher is trained with the fixed settings alone; AT's per-stage weights, drawn per
+    # trial, are then left to the method's default instead of failing on the undrawn items.
+    spec = parse_sweep({"fixed": {"method": "at", "dataset": "digits"},
+                        "space": {"weights": [{"uniform": [0, 2]}, 1.0, {"uniform": [0, 2]}]}}, "w.yaml")  # fmt: skip
+    assert "weights" not in spec.fixed_config().method_args
+    assert spec.trial_config({"weights.0": 0.5, "weights.2": 1.5}).method_args["weights"] == [0.5, 1.0, 1.5]
