@@ -50,7 +50,9 @@ STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
 def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
     """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray for this process."""
     if ray.is_initialized():
-        return
+        if not address:
+            return  # the caller's own Ray (or ours, still up): use it
+        ray.shutdown()  # asked for a particular cluster: do not run on whatever Ray this process holds
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": True, "logging_level": "ERROR"}
     try:
         if address:
