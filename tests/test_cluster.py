@@ -9,7 +9,10 @@ from ray.cluster_utils import Cluster
 
 from kdsearch.sweep import SweepOptions, run_sweep
 
-EPOCHS = 30
+# Long enough that the first trial is still running when the second trial's actor has started on
+# the other node: Tune starts one pending trial at a time with a searcher, and with actor reuse a
+# trial that ends first hands its actor (on its node) to the next trial (seen with 4 s trials).
+EPOCHS = 80
 
 
 def _epochs_by_trial(folder):
@@ -28,6 +31,7 @@ def _epochs_by_trial(folder):
 def test_trials_use_both_nodes_and_survive_losing_one(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 * 1024**2})
     worker = cluster.add_node(num_cpus=1, object_store_memory=200 * 1024**2)
+    head_id = cluster.head_node.node_id
     space = tmp_path / "cl.yaml"
     space.write_text(f"""
 name: cl
@@ -59,7 +63,8 @@ search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
         killer.join(timeout=5)
         cluster.shutdown()
 
-    assert killed, "no trial ever ran on the worker node"
+    starts = {k: (v[0].get("trial/node", "")[:8], round(v[0]["timestamp"] - v[0]["time_this_iter_s"], 1)) for k, v in _epochs_by_trial(folder).items()}
+    assert killed, f"no trial ever ran on the worker node {worker.node_id[:8]} (head {head_id[:8]}); trials' first node and start: {starts}"
     histories = _epochs_by_trial(folder)
     nodes = {line.get("trial/node") for lines in histories.values() for line in lines}
     assert worker.node_id in nodes and len(nodes) == 2  # trials were placed on both nodes
