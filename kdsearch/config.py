@@ -77,7 +77,7 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False  # torch.compile the student's (and a live teacher's) forward pass
     threads: int | None = None  # None: the CPUs this process was given
-    eval_batch_size: int = 1024
+    eval_batch_size: int | None = None  # None: 1024 on a GPU, 64 on a CPU (see inference_batch_size)
     cache_dir: str | None = None  # where trained teachers are kept
 
     @classmethod
@@ -114,6 +114,8 @@ class TrainConfig:
             if choices and getattr(self, name) not in choices:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
         filled = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
+        if self.eval_batch_size is None:
+            filled["eval_batch_size"] = inference_batch_size(_device_type(self.device))
         cfg = dataclasses.replace(self, **filled)
         for name in ("epochs", "teacher_epochs", "batch_size", "eval_batch_size"):
             if getattr(cfg, name) < 1:
@@ -125,6 +127,21 @@ class TrainConfig:
         if not 0 < cfg.val_fraction < 1:
             raise UserError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
         return cfg
+
+
+def inference_batch_size(device_type: str) -> int:
+    """Batch size for forward-only passes (validation, test, the teacher cache). A GPU wants
+    large batches; on a CPU a batch of 1024 spills the caches and runs 2-4x slower than 64
+    (resnet8/20/56, 2 threads: benchmarks/results/speed-cpu.md)."""
+    return 1024 if device_type == "cuda" else 64
+
+
+def _device_type(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name.split(":")[0]
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

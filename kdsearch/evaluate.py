@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdsearch.config import inference_batch_size
 from kdsearch.data.pipeline import DeviceData
 
 
@@ -28,7 +29,8 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, multilab
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: DeviceData, batch_size: int, amp: bool = False) -> torch.Tensor:
+def predict(model: nn.Module, data: DeviceData, batch_size: int | None, amp: bool = False) -> torch.Tensor:
+    batch_size = batch_size or inference_batch_size(data.device.type)
     was_training = model.training
     model.eval()
     out = []
@@ -39,7 +41,7 @@ def predict(model: nn.Module, data: DeviceData, batch_size: int, amp: bool = Fal
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int, multilabel: bool, loss_fn=None, amp: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int | None, multilabel: bool, loss_fn=None, amp: bool = False) -> dict[str, float]:
     logits = predict(model, data, batch_size, amp)
     metrics = classification_metrics(logits, data.y, multilabel)
     if loss_fn is not None:

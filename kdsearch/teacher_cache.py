@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdsearch.config import inference_batch_size
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData, crop_flip, view_params
 from kdsearch.methods.at import attention_map
@@ -68,8 +69,9 @@ def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attenti
 
 @torch.no_grad()
 def compute_teacher_outputs(teacher: nn.Module, data: DatasetSplits, *, seed: int, epochs: int, crop_pad: int, flip: bool,
-                            attention: bool, device: torch.device, batch_size: int = 1024, amp: bool = False) -> TeacherOutputs:  # fmt: skip
+                            attention: bool, device: torch.device, batch_size: int | None = None, amp: bool = False) -> TeacherOutputs:  # fmt: skip
     """Run the teacher over every (epoch, image) view once; fp16 results on the CPU."""
+    batch_size = batch_size or inference_batch_size(device.type)
     teacher = teacher.to(device).eval()
     train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device)
     n = len(train)
