@@ -8,11 +8,10 @@ the ImageNet stem (7x7 stride 2 and max-pool) is for larger images such as Celeb
 from __future__ import annotations
 
 from torch import nn
-from torchvision import models as tv_models
 
 from kdsearch.models.staged import StagedNet
 
-ARCHS = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
+ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
 class TorchvisionResNet(StagedNet):
@@ -20,7 +19,13 @@ class TorchvisionResNet(StagedNet):
         super().__init__()
         if width != 1.0:
             raise ValueError(f"{arch} has a fixed width; width must be 1.0, got {width}")
-        net = ARCHS[arch](weights=None, num_classes=num_classes)
+        # Imported here: torchvision.models costs ~1 s to import, paid by every CLI command and
+        # every Ray trial process otherwise, and most runs use the small CIFAR ResNets.
+        from torchvision import models as tv_models
+
+        if arch not in ARCHS:
+            raise ValueError(f"unknown torchvision ResNet {arch!r}: choose one of {', '.join(ARCHS)}")
+        net = getattr(tv_models, arch)(weights=None, num_classes=num_classes)
         if stem == "cifar":
             net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
