@@ -9,7 +9,8 @@ Measures, on whatever device is there (the CPU here):
     Tune trial;
   - the data pipeline: torchvision DataLoader + PIL transforms against kdsearch's in-memory
     batched pipeline, producing augmented, normalised batches;
-  - sweep start-up: from `kdsearch sweep` starting to the first trial result.
+  - sweep start-up: from `kdsearch sweep` starting to the first trial result (median of 3;
+    a fresh MLflow database each time, the worst case).
 Writes benchmarks/results/speed-<device>[-quick].{md,json} with the goals and whether they hold.
 """
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,14 +153,16 @@ def main() -> None:
         teacher_arch = "resnet56"
     else:
         data = load_dataset("fashion_mnist", train_subset=6000, val_fraction=0.02)
-        base = dict(dataset="fashion_mnist", student="resnet8", teacher="resnet56", epochs=3, batch_size=128, train_subset=6000, val_fraction=0.02)
+        base = dict(dataset="fashion_mnist", student="resnet8", teacher="resnet56", epochs=5, batch_size=128, train_subset=6000, val_fraction=0.02)
         teacher_arch = "resnet56"
     results = {"device": str(device), "threads": threads, "quick": args.quick, "images": len(data.train_x), "dataset": data.name}
     results["train"] = measure_training(base, data, teacher_arch, threads)
     results["train"]["ce_in_trial"] = measure_in_trial(base, data, threads)
     results["pipeline"] = measure_pipeline(data, 128, 2, seconds=3 if args.quick else 8)
     with tempfile.TemporaryDirectory() as cache:
-        results["startup_s"] = measure_startup(args.quick, cache)
+        runs = [measure_startup(args.quick, cache) for _ in range(1 if args.quick else 3)]
+    results["startup_runs_s"] = runs
+    results["startup_s"] = statistics.median(runs)  # one start varies by ~0.5 s here
     write(results, Path(args.out))
 
 
@@ -172,7 +176,8 @@ def write(r: dict, out: Path) -> None:
         ("CE inside a Ray Tune trial", f"{t['ce_in_trial']:,.0f} img/s", f"{t['ce_in_trial'] / t['ce']:.2f}x bare fit", _goal(t["ce_in_trial"] / t["ce"] >= 0.95, ">= 0.95x")),
         (f"DataLoader + PIL ({p['dataloader_workers']} workers)", f"{p['dataloader_pil']:,.0f} img/s", "1.00x", "baseline"),
         ("in-memory batched pipeline", f"{p['in_memory']:,.0f} img/s", f"{p['in_memory'] / p['dataloader_pil']:.1f}x", _goal(p["in_memory"] / p["dataloader_pil"] >= 5, ">= 5x")),
-        ("sweep start to first trial result", f"{r['startup_s']:.1f} s", "", _goal(r["startup_s"] <= 10, "<= 10 s")),
+        ("sweep start to first trial result" + (f" (median of {len(r['startup_runs_s'])}: " + ", ".join(f"{x:.1f}" for x in r["startup_runs_s"]) + " s)" if len(r.get("startup_runs_s", [])) > 1 else ""),
+         f"{r['startup_s']:.1f} s", "", _goal(r["startup_s"] <= 10, "<= 10 s")),
     ]  # fmt: skip
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, device {r['device']}, {r['threads']} threads"
     title = f"Speed ({r['dataset']}, {r['images']} training images{', quick' if r['quick'] else ''})"
