@@ -237,7 +237,11 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
 
     setup_thread = threading.Thread(target=start_tracking, name="kdsearch-mlflow-start", daemon=True)
     setup_thread.start()
-    tune.start_ray(opts.address, quiet=opts.verbose < 2)
+    try:
+        tune.start_ray(opts.address, quiet=opts.verbose < 2)
+    except BaseException:
+        setup_thread.join()  # a cluster that cannot be reached: never leave MLflow half set up
+        raise
     try:
         setup_thread.join()
         if "error" in started:
