@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +55,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
             return  # the caller's own Ray (or ours, still up): use it
         ray.shutdown()  # asked for a particular cluster: do not run on whatever Ray this process holds
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": True, "logging_level": "ERROR"}
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -63,6 +66,19 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
             ray.init(address="local", num_cpus=num_cpus, object_store_memory=_object_store_bytes(), **kwargs)
     except ConnectionError as exc:
         raise UserError(f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}): start it with `ray start --head` or drop --address") from None
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is a one-line error in seconds (ray.init would retry
+    for minutes, printing warnings)."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot reach the Ray cluster at {address!r} ({reason}): start it with `ray start --head` or drop --address") from None
 
 
 def _object_store_bytes() -> int:

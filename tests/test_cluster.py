@@ -2,12 +2,17 @@
 nodes, and killing the worker node mid-trial moves its trial to the survivor, from its checkpoint."""
 
 import json
+import socket
 import threading
 import time
 
+import pytest
+import ray
 from ray.cluster_utils import Cluster
 
+from kdsearch.errors import UserError
 from kdsearch.sweep import SweepOptions, run_sweep
+from kdsearch.tune import start_ray
 
 # Long enough that the first trial is still running when the second trial's actor has started on
 # the other node: Tune starts one pending trial at a time with a searcher, and with actor reuse a
@@ -63,9 +68,9 @@ search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
         killer.join(timeout=5)
         cluster.shutdown()
 
-    starts = {k: (v[0].get("trial/node", "")[:8], round(v[0]["timestamp"] - v[0]["time_this_iter_s"], 1)) for k, v in _epochs_by_trial(folder).items()}
-    assert killed, f"no trial ever ran on the worker node {worker.node_id[:8]} (head {head_id[:8]}); trials' first node and start: {starts}"
     histories = _epochs_by_trial(folder)
+    starts = {k: (v[0].get("trial/node", "")[:8], round(v[0]["timestamp"] - v[0]["time_this_iter_s"], 1)) for k, v in histories.items()}
+    assert killed, f"no trial ever ran on the worker node {worker.node_id[:8]} (head {head_id[:8]}); trials' first node and start: {starts}"
     nodes = {line.get("trial/node") for lines in histories.values() for line in lines}
     assert worker.node_id in nodes and len(nodes) == 2  # trials were placed on both nodes
     moved = histories[killed["trial"]]
@@ -101,3 +106,13 @@ search: {{sampler: grid, scheduler: fifo}}
     spans = [(h[0]["timestamp"] - h[0]["time_this_iter_s"], h[-1]["timestamp"]) for h in histories]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # and held it at the same time
     assert set(summary.table["status"]) == {"ok"}
+
+
+def test_an_address_nothing_answers_on_is_a_one_line_error():
+    # ray.init would retry such an address for minutes; kdsearch says so at once.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nothing listens once this socket is closed
+    with pytest.raises(UserError, match=rf"cannot reach the Ray cluster at '127.0.0.1:{port}' \(Connection refused\): start it with `ray start --head`"):
+        start_ray(f"127.0.0.1:{port}")
+    assert not ray.is_initialized()
