@@ -113,9 +113,9 @@ def measure_pipeline(data, batch_size: int, pad: int, seconds: float) -> dict:
 
     workers = min(2, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(PILSet(), batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True)
-    device_data = DeviceData(data.train_x, data.train_y, mean, std, resolve_device("auto"))
+    device_data = DeviceData(data.train_x, data.train_y, mean, std, resolve_device("auto"), pad=pad)
     epoch = iter(range(10**9))
-    return {"dataloader_pil": rate(lambda: loader), "in_memory": rate(lambda: device_data.train_batches(batch_size, 0, next(epoch), pad, True)),
+    return {"dataloader_pil": rate(lambda: loader), "in_memory": rate(lambda: device_data.train_batches(batch_size, 0, next(epoch), True)),
             "dataloader_workers": workers}  # fmt: skip
 
 

@@ -120,6 +120,8 @@ class TrainConfig:
         for name in ("epochs", "teacher_epochs", "batch_size", "eval_batch_size"):
             if getattr(cfg, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+        if cfg.batch_size < 2:
+            raise UserError(f"batch_size must be at least 2 (batch norm needs two images per batch), got {cfg.batch_size}")
         if not cfg.lr > 0:
             raise UserError(f"lr must be > 0, got {cfg.lr}")
         if cfg.crop_pad < 0:

@@ -24,7 +24,7 @@ from torch import nn
 
 from kdsearch.config import inference_batch_size
 from kdsearch.data import DatasetSplits
-from kdsearch.data.pipeline import DeviceData, crop_flip, view_params
+from kdsearch.data.pipeline import DeviceData, view_params
 from kdsearch.methods.at import attention_map
 
 
@@ -73,14 +73,15 @@ def compute_teacher_outputs(teacher: nn.Module, data: DatasetSplits, *, seed: in
     """Run the teacher over every (epoch, image) view once; fp16 results on the CPU."""
     batch_size = batch_size or inference_batch_size(device.type)
     teacher = teacher.to(device).eval()
-    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device)
+    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, pad=crop_pad)
     n = len(train)
+    every = torch.arange(n, device=device)
     logits_out, maps_out = None, None
     for epoch in range(epochs):
         dy, dx, flips = (t.to(device) for t in view_params(n, seed, epoch, crop_pad, flip))
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
-            x = train.normalise(crop_flip(train.x[sl], dy[sl], dx[sl], flips[sl], crop_pad))
+            x = train.normalise(train.augmented(every[sl], dy[sl], dx[sl], flips[sl]))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits, features = teacher.forward_with_features(x)
             if logits_out is None:

@@ -185,14 +185,17 @@ def fit(
     student_forward = student.forward_with_features
     teacher_forward = teacher_model.forward_with_features if teacher_model is not None else None
     if cfg.compile:
-        # The forward passes only (the loss and optimiser step stay eager): compiled once for the
-        # training batch shape, once more for a smaller last batch. DML's peers compile as modules.
-        student_forward = torch.compile(student_forward)
+        # The forward passes only (the loss and optimiser step stay eager), with static shapes:
+        # one graph for the batch size, one for the epoch's last batch. Dynamo's cache is reset
+        # first: a reused Ray actor would otherwise pile entries onto the same code object until
+        # Dynamo silently falls back to eager. DML's peers compile as modules.
+        torch._dynamo.reset()
+        student_forward = torch.compile(student_forward, dynamic=False)
         if teacher_forward is not None and cache is None:
-            teacher_forward = torch.compile(teacher_forward)
+            teacher_forward = torch.compile(teacher_forward, dynamic=False)
         for peer in getattr(method, "peers", []):
-            peer.compile()
-    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last)
+            peer.compile(dynamic=False)
+    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
     steps = train.num_batches(cfg.batch_size)
     optimizer = build_optimizer(cfg, [*student.parameters(), *method.parameters()])
@@ -214,7 +217,7 @@ def fit(
         student.train()
         method.train()
         sums: dict[str, torch.Tensor] = {}
-        for x, y, idx in train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.crop_pad, cfg.flip):
+        for x, y, idx in train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.flip):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 student_out = Outputs(*student_forward(x))
                 teacher_out = None

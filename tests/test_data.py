@@ -9,7 +9,7 @@ import torch
 from conftest import write_celeba, write_cifar10, write_cifar100, write_fashion_mnist
 from kdsearch.data import DATASETS, load_dataset
 from kdsearch.data.fashion_mnist import read_idx
-from kdsearch.data.pipeline import DeviceData, crop_flip, view_params
+from kdsearch.data.pipeline import DeviceData, view_params
 from kdsearch.errors import UserError
 
 
@@ -114,12 +114,15 @@ def test_bad_data_dir_and_unknown_dataset():
         load_dataset("mnist")
 
 
-def test_crop_flip_matches_a_per_image_reference():
+@pytest.mark.parametrize("pad", [0, 2])
+def test_crop_flip_matches_a_per_image_reference(pad):
     torch.manual_seed(0)
     x = torch.randint(0, 256, (6, 3, 5, 7), dtype=torch.uint8)
-    pad = 2
     dy, dx, flips = view_params(6, seed=3, epoch=1, pad=pad, flip=True)
-    out = crop_flip(x, dy, dx, flips, pad)
+    data = DeviceData(x, torch.zeros(6), (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), pad=pad)
+    assert torch.equal(data.x, x)
+    out = data.augmented(torch.arange(6), dy, dx, flips)
+    assert out.shape == x.shape and bool(flips.any()) and not bool(flips.all())
     for i in range(6):
         padded = torch.nn.functional.pad(x[i], (pad, pad, pad, pad))
         ref = padded[:, dy[i] : dy[i] + 5, dx[i] : dx[i] + 7]
@@ -140,9 +143,20 @@ def test_views_are_a_function_of_seed_epoch_and_index():
 def test_device_batches_cover_each_image_once_per_epoch():
     x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
     data = DeviceData(x, torch.arange(10), (0.0,), (1 / 255,), torch.device("cpu"))
-    seen = torch.cat([idx for _, _, idx in data.train_batches(4, seed=0, epoch=0, pad=0, flip=False)])
+    seen = torch.cat([idx for _, _, idx in data.train_batches(4, seed=0, epoch=0, flip=False)])
     assert sorted(seen.tolist()) == list(range(10)) and data.num_batches(4) == 3  # last batch of 2 kept (>= half)
-    batches = list(data.train_batches(4, seed=0, epoch=0, pad=0, flip=False))
+    batches = list(data.train_batches(4, seed=0, epoch=0, flip=False))
     images, targets, idx = batches[0]
     assert torch.equal(images[:, 0, 0, 0], idx.float()) and torch.equal(targets, idx)
-    assert data.num_batches(3) == 3 and len(list(data.train_batches(3, 0, 0, 0, False))) == 3  # last one image dropped
+    # A last batch of one image joins the one before it: every image is seen, batch norm never sees 1.
+    sizes = [len(i) for _, _, i in data.train_batches(3, 0, 0, False)]
+    assert data.num_batches(3) == 3 and sizes == [3, 3, 4]
+
+
+@pytest.mark.parametrize("n, batch_size", [(10, 1), (10, 2), (10, 64), (7, 3), (1000, 128)])
+def test_every_epoch_sees_every_image_for_any_batch_size(n, batch_size):
+    x = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
+    data = DeviceData(x, torch.arange(n), (0.0,), (1.0,), torch.device("cpu"))
+    batches = [idx for _, _, idx in data.train_batches(batch_size, seed=0, epoch=0, flip=False)]
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))
+    assert len(batches) == data.num_batches(batch_size) and (batch_size == 1 or min(len(b) for b in batches) >= 2)

@@ -24,9 +24,9 @@ def test_cached_outputs_equal_the_live_teacher_for_the_same_views(digits):
     teacher = build_model("resnet20", 10, 1).eval()
     cache = compute_teacher_outputs(teacher, digits, seed=3, epochs=2, crop_pad=1, flip=True, attention=True, device=CPU, batch_size=200)
     assert cache.logits.shape == (2, len(digits.train_x), 10) and cache.logits.dtype == torch.float16
-    train = DeviceData(digits.train_x, digits.train_y, digits.mean, digits.std, CPU)
+    train = DeviceData(digits.train_x, digits.train_y, digits.mean, digits.std, CPU, pad=1)
     for epoch in range(2):  # the batches the student gets: shuffled, augmented, with their image indices
-        x, _, idx = next(iter(train.train_batches(64, seed=3, epoch=epoch, pad=1, flip=True)))
+        x, _, idx = next(iter(train.train_batches(64, seed=3, epoch=epoch, flip=True)))
         with torch.no_grad():
             logits, features = teacher.forward_with_features(x)
         cached_logits, cached_maps = cache.lookup(epoch, idx)

@@ -138,3 +138,8 @@ def test_teacher_checkpoint_for_another_dataset_is_refused(digits, tmp_path):
     cfg = TrainConfig(method="kd", teacher_checkpoint=str(path), **FAST).resolved()
     with pytest.raises(UserError, match="has 10 outputs .* but digits has 100 classes"):
         get_teacher(cfg, cifar_like)
+
+
+def test_batch_size_one_is_refused_with_the_reason():
+    with pytest.raises(UserError, match="batch_size must be at least 2 \\(batch norm"):
+        TrainConfig(method="ce", batch_size=1).resolved()

@@ -4,6 +4,10 @@ Augmentation (random crop with zero padding, horizontal flip) is applied to whol
 of tensors, not per sample through PIL in worker processes. Each image's view is a
 deterministic function of (seed, epoch, image index): the same run sees the same pixels,
 and a cached teacher can be computed for exactly those views.
+
+The split is zero-padded once and kept channels-last (N, H, W, C): one gather per batch
+does the crop and the flip together (a flipped image reads its columns in reverse), with
+no host-device synchronisation in the loop.
 """
 
 from __future__ import annotations
@@ -23,61 +27,69 @@ def view_params(n: int, seed: int, epoch: int, pad: int, flip: bool) -> tuple[to
     return dy, dx, flips
 
 
-def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
-    """Batched random crop of a zero-padded batch (N, C, H, W) and horizontal flip."""
-    if pad > 0:
-        n, _, h, w = x.shape
-        padded = F.pad(x, (pad, pad, pad, pad))
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        x = padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # advanced indexing puts C last
-    if flips.any():
-        x = torch.where(flips[:, None, None, None], x.flip(3), x)
-    return x
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of an epoch: every image once. A last batch under half a
+    batch joins the one before it, so batch norm never sees a batch of one."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < max(2, batch_size // 2):
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 class DeviceData:
     """One split held as uint8 on the device, yielding normalised float batches."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device, channels_last: bool = False):
-        self.x = x.to(device)
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device, channels_last: bool = False, pad: int = 0):
+        self.pad = int(pad)
+        self.height, self.width = int(x.shape[2]), int(x.shape[3])
+        # Padded once here rather than every step; NHWC so one gather reads whole pixels.
+        nhwc = x.permute(0, 2, 3, 1)
+        if self.pad:
+            nhwc = F.pad(nhwc, (0, 0, self.pad, self.pad, self.pad, self.pad))
+        self.padded = nhwc.contiguous().to(device)
         self.y = y.to(device)
         self.device = device
         self.channels_last = channels_last
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
 
+    @property
+    def x(self) -> torch.Tensor:
+        """The unpadded images (N, C, H, W), a view of the padded copy."""
+        p = self.pad
+        return self.padded[:, p : p + self.height, p : p + self.width, :].permute(0, 3, 1, 2)
+
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.padded)
 
     def num_batches(self, batch_size: int) -> int:
-        """Batches per epoch under the rule in ``train_batches``."""
-        full, rest = divmod(len(self.x), batch_size)
-        return max(1, full + (rest >= max(2, batch_size // 2)))
+        return len(batch_bounds(len(self), batch_size))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         out = (x.float() - self.mean) / self.std
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out.contiguous()
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int, pad: int, flip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Shuffled, augmented batches for one epoch: (images, targets, image indices).
+    def augmented(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """uint8 views (N, C, H, W) of images ``idx``: a crop at (dy, dx) of the zero-padded image
+        (offsets in [0, 2*pad]), mirrored where ``flips``. All arguments on this device."""
+        ar_h = torch.arange(self.height, device=self.device)
+        ar_w = torch.arange(self.width, device=self.device)
+        cols = torch.where(flips[:, None], self.width - 1 - ar_w, ar_w)  # a flip reads the columns backwards
+        rows = (dy[:, None] + ar_h)[:, :, None]  # (N, H, 1)
+        cols = (dx[:, None] + cols)[:, None, :]  # (N, 1, W)
+        return self.padded[idx[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
-        The last partial batch is dropped when it would be tiny (under half a batch), so
-        batch norm never sees a batch of one.
-        """
-        n = len(self.x)
+    def train_batches(self, batch_size: int, seed: int, epoch: int, flip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Shuffled, augmented batches for one epoch (crops within the split's ``pad``): (images, targets, image indices)."""
+        n, pad = len(self), self.pad
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7919)
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(n, generator=g).to(self.device)
         dy, dx, flips = (t.to(self.device) for t in view_params(n, seed, epoch, pad, flip))
-        order = order.to(self.device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            if start > 0 and len(idx) < max(2, batch_size // 2):
-                break
-            images = crop_flip(self.x[idx], dy[idx], dx[idx], flips[idx], pad)
-            yield self.normalise(images), self.y[idx], idx
+        for start, end in batch_bounds(n, batch_size):
+            idx = order[start:end]
+            yield self.normalise(self.augmented(idx, dy[idx], dx[idx], flips[idx])), self.y[idx], idx
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(self.x), batch_size):
-            yield self.normalise(self.x[start : start + batch_size]), self.y[start : start + batch_size]
+        x = self.x
+        for start in range(0, len(self), batch_size):
+            yield self.normalise(x[start : start + batch_size]), self.y[start : start + batch_size]
