@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast browser clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,8 +16,21 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/kdsearch train --method kd --dataset digits
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed   # the inner loop: no Ray, subprocess or browser tests
+	$(PY) -m pytest -q -m "not slow"
+
+# The MLflow UI test drives Debian's Chromium: installed here when missing and this is root on
+# Debian/Ubuntu, else make stops with one line saying how (a recipe's $(error) fires only when it runs).
+HAVE_BROWSER = $(shell command -v chromium >/dev/null && command -v chromedriver >/dev/null && echo yes)
+CAN_INSTALL = $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo yes)
+browser:
+	$(if $(HAVE_BROWSER),,$(if $(CAN_INSTALL),\
+	  @echo "make test: installing chromium and chromium-driver (the MLflow UI test drives them)" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null,\
+	  $(error the MLflow UI test needs Chromium: run 'sudo apt-get install chromium chromium-driver', then make test)))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

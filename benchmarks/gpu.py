@@ -37,7 +37,7 @@ from kdsearch import TrainConfig, fit  # noqa: E402
 from kdsearch.checkpoint import model_spec  # noqa: E402
 from kdsearch.data.splits import DatasetSplits  # noqa: E402
 from kdsearch.models import build_model  # noqa: E402
-from kdsearch.teacher_cache import compute_teacher_outputs  # noqa: E402
+from kdsearch.teacher_outputs import compute_teacher_outputs  # noqa: E402
 from kdsearch.teachers import Teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -105,7 +105,7 @@ def measure_training(size: dict, data: DatasetSplits, device: str) -> tuple[dict
     teacher = untrained_teacher(size["teacher"], data)
     kd = base_config(size, device, method="kd", **fast)
     out["kd_live"] = timed_fit(kd, data, memory, f"KD, live {size['teacher']} teacher", teacher=teacher)
-    r = kd.resolved()
+    r = kd
     started = time.perf_counter()
     cache = compute_teacher_outputs(teacher.model, data, seed=r.seed, epochs=r.epochs, crop_pad=r.crop_pad, flip=r.flip, attention=False,
                                     device=torch.device(device), amp=torch.device(device).type == "cuda")  # fmt: skip

@@ -31,7 +31,7 @@ import yaml
 from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
 from kdsearch.sweep import SweepOptions, run_sweep
-from kdsearch.teacher_cache import compute_teacher_outputs
+from kdsearch.teacher_outputs import compute_teacher_outputs
 from kdsearch.teachers import get_teacher
 
 ROOT = Path(__file__).resolve().parent
@@ -94,7 +94,7 @@ def run(preset: str, out: Path, work: Path, data_dir: str | None, seeds: int | N
     cache = str(work / "cache")
     data = load_dataset(p["dataset"], data_dir)
     teacher_cfg = TrainConfig(method="kd", dataset=p["dataset"], teacher=p["teacher"], student=p["student"], teacher_epochs=p["teacher_epochs"],
-                              cache_dir=cache, data_dir=data_dir).resolved()  # fmt: skip
+                              cache_dir=cache, data_dir=data_dir)  # fmt: skip
     started = time.perf_counter()
     teacher = get_teacher(teacher_cfg, data, log=print)
     teacher_s = _stage(state / "teacher.json", lambda: {"seconds": time.perf_counter() - started})["seconds"]
@@ -118,7 +118,7 @@ def run(preset: str, out: Path, work: Path, data_dir: str | None, seeds: int | N
         outputs = None  # the teacher's outputs for this seed's views, shared by kd and at
         for method in METHODS:
             best = TrainConfig.from_dict(searches[method]["config"], source=f"{method} best config")
-            best = dataclasses.replace(best, epochs=p["final_epochs"], train_subset=None, threads=None, seed=seed).resolved()
+            best = dataclasses.replace(best, epochs=p["final_epochs"], train_subset=None, threads=None, seed=seed)
 
             def train(method=method, best=best) -> dict:
                 nonlocal outputs

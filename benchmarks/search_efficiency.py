@@ -37,7 +37,7 @@ from kdsearch import TrainConfig
 from kdsearch.data import load_dataset
 from kdsearch.sweep import SweepOptions, run_sweep
 from kdsearch.teachers import get_teacher
-from kdsearch.trials import load_trials
+from kdsearch.sweep_folder import load_trials
 
 ROOT = Path(__file__).resolve().parent
 
@@ -101,7 +101,7 @@ def main() -> None:
     # The teacher trained on the full training split (the one reproduce.py's preset trains).
     data = load_dataset(s["dataset"])
     teacher_cfg = TrainConfig(method="kd", dataset=s["dataset"], teacher=s["teacher"], student=s["student"], teacher_epochs=s["teacher_epochs"],
-                              cache_dir=cache).resolved()  # fmt: skip
+                              cache_dir=cache)  # fmt: skip
     teacher = get_teacher(teacher_cfg, data, log=print)
 
     stamp = int(time.time())

@@ -33,9 +33,9 @@ from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
 from kdsearch.data.pipeline import DeviceData
 from kdsearch.models import build_model
-from kdsearch.teacher_cache import compute_teacher_outputs
+from kdsearch.teacher_outputs import compute_teacher_outputs
 from kdsearch.teachers import Teacher
-from kdsearch.train import resolve_device, set_threads
+from kdsearch.runtime import resolve_device, set_threads
 
 ROOT = Path(__file__).resolve().parent
 
@@ -61,7 +61,7 @@ def measure_training(base: dict, data, teacher_arch: str, threads: int) -> dict:
     out = {}
     out["ce"] = throughput(fit(TrainConfig(**{**cfg.to_dict(), "method": "ce"}), data=data, measure_speed=False, evaluate_test=False).history, n)
     out["kd_live"] = throughput(fit(cfg, data=data, teacher=teacher, measure_speed=False, evaluate_test=False).history, n)
-    r = cfg.resolved()
+    r = cfg
     started = time.perf_counter()
     cache = compute_teacher_outputs(teacher.model, data, seed=r.seed, epochs=r.epochs, crop_pad=r.crop_pad, flip=r.flip, attention=False,
                                     device=resolve_device(r.device))  # fmt: skip
@@ -71,18 +71,18 @@ def measure_training(base: dict, data, teacher_arch: str, threads: int) -> dict:
 
 
 def measure_in_trial(base: dict, data, threads: int) -> float:
-    """The CE run as a one-trial sweep through kdsearch.tune, with `threads` CPUs per trial."""
-    from kdsearch import tune
+    """The CE run as a one-trial sweep through kdsearch.ray_trials, with `threads` CPUs per trial."""
+    from kdsearch import ray_trials
     from kdsearch.search_space import parse_sweep
 
     spec = parse_sweep({"fixed": {**base, "method": "ce"}, "space": {"lr": {"choice": [base.get("lr", 0.05)]}},
                         "search": {"num_samples": 1, "scheduler": "fifo", "sampler": "random"}}, "speed-benchmark")  # fmt: skip
     with tempfile.TemporaryDirectory() as storage:
-        tune.start_ray(None, num_cpus=threads)
+        ray_trials.start_ray(None, num_cpus=threads)
         try:
-            trials = tune.run_sweep(spec, data, None, storage=storage, name="speed", resume=False, cpus_per_trial=threads, verbose=0)
+            trials = ray_trials.run_trials(spec, data, None, storage=storage, name="speed", resume=False, cpus_per_trial=threads, verbose=0)
         finally:
-            tune.stop_ray()
+            ray_trials.stop_ray()
     return throughput(trials[0].history, len(data.train_x))
 
 

@@ -11,62 +11,75 @@ import sys
 import typing
 from pathlib import Path
 
-from kdsearch.config import TrainConfig, parse_value
+from kdsearch.config import TrainConfig, parse_value, read_config_yaml
 from kdsearch.errors import UserError
 from kdsearch.summary import format_summary, format_sweep_summary
-
-# Flags that mean something other than their field, or that need a help text.
-_HELP = {
-    "method": "ce (no teacher), kd, at or dml",
-    "dataset": "digits (offline default), fashion_mnist, cifar10, cifar100, celeba",
-    "data_dir": "folder holding the dataset files (default $KDSEARCH_DATA or ./data)",
-    "download": "download the dataset through torchvision if it is not in --data-dir",
-    "teacher_checkpoint": "use this teacher checkpoint instead of the cached one",
-    "cache_dir": "where trained teachers are cached (default $KDSEARCH_CACHE or ~/.cache/kdsearch)",
-}
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_PATHS = ("data_dir", "cache_dir", "teacher_checkpoint")  # taken as written, never parsed as YAML
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """A flag per TrainConfig field, its help, choices and default read from the field."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip or f.name == "method_args":
             continue
         flag = "--" + f.name.replace("_", "-")
+        choices = f.metadata.get("choices")
+        text = f.metadata.get("help", "")
+        if choices:
+            text += f" ({', '.join(map(str, choices))})"
+        if f.default is not None and f.default is not dataclasses.MISSING and "default" not in text:
+            text += f" (default {f.default})"
         if bool in typing.get_args(hints[f.name]) or hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=_HELP.get(f.name))
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=_HELP.get(f.name))
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)
     parser.add_argument("--set", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
                         help="a method setting, e.g. --set temperature=4 --set alpha=0.9 (repeatable)")  # fmt: skip
     parser.add_argument("--config", metavar="YAML", help="read settings from a YAML file; flags override it")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def parse_assignments(items: list[str], flag: str = "--set") -> dict:
+    """``KEY=VALUE`` strings as a dict, each value read as YAML (numbers, lists, booleans)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}: e.g. {flag} temperature=4")
+        out[key.strip()] = parse_value(value)
+    return out
 
 
 def _config_from_args(args: argparse.Namespace, extra: dict | None = None) -> TrainConfig:
-    values = {}
+    """The YAML file's settings as written, then the flags over them; presets apply once, at the end."""
+    values = read_config_yaml(args.config) if args.config else {}
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
         if f.name == "method_args" or value is None:
             continue
-        values[f.name] = parse_value(value) if isinstance(value, str) and f.name not in ("data_dir", "cache_dir", "teacher_checkpoint") else value
-    method_args = {}
-    for item in args.method_args:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}: e.g. --set temperature=4")
-        method_args[key.strip()] = parse_value(value)
+        values[f.name] = parse_value(value) if isinstance(value, str) and f.name not in _PATHS else value
     values.update(extra or {})
-    if args.config:
-        base = TrainConfig.from_yaml(args.config)
-        merged = {**base.method_args, **method_args}
-        return TrainConfig.from_dict({**base.to_dict(), **values, "method_args": merged}, source=args.config)
-    if method_args:
-        values["method_args"] = method_args
-    return TrainConfig.from_dict(values, source="command line")
+    method_args = parse_assignments(args.method_args)
+    if method_args or "method_args" in values:
+        base = values.get("method_args") or {}
+        if not isinstance(base, dict):
+            raise UserError(f"{args.config}: method_args must be a mapping of the method's settings")
+        values["method_args"] = {**base, **method_args}
+    return TrainConfig.from_dict(values, source=args.config or "command line")
+
+
+def _print_config(cfg: TrainConfig) -> int:
+    import yaml
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
 
 
 def _log(quiet: bool):
@@ -74,9 +87,11 @@ def _log(quiet: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kdsearch.train import fit
-
     cfg = _config_from_args(args)
+    if args.print_config:
+        return _print_config(cfg)
+    from kdsearch.api import fit
+
     result = fit(cfg, log=_log(args.quiet or args.json))
     if args.save:
         try:
@@ -93,11 +108,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from kdsearch.data import load_dataset
+    cfg = _config_from_args(args, extra={"teacher": args.arch} if args.arch else None)
+    if args.print_config:
+        return _print_config(cfg)
+    from kdsearch.api import load_data
     from kdsearch.teachers import get_teacher
 
-    cfg = _config_from_args(args, extra={"teacher": args.arch} if args.arch else None).resolved()
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.train_subset)
+    data = load_data(cfg)
     teacher = get_teacher(cfg, data, log=_log(args.quiet or args.json))
     if args.json:
         print(json.dumps({"path": str(teacher.path), "arch": teacher.arch, "metrics": teacher.metrics}))
@@ -112,16 +129,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 share a GPU)")
+    overrides = parse_assignments(args.fixed)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
     opts = SweepOptions(num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                         gpus_per_trial=args.gpus_per_trial, address=args.address, storage=args.storage, tracking_uri=args.tracking_uri,
-                        name=args.name, resume=args.resume, smoke=args.smoke, verbose=0 if args.quiet else 1)  # fmt: skip
+                        name=args.name, resume=args.resume, overrides=overrides, smoke=args.smoke, verbose=0 if args.quiet else 1)  # fmt: skip
     summary = run_sweep(args.space, opts, log=_log(args.quiet))
     print(format_sweep_summary(summary))
     return 0
 
 
 def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, scratch: str) -> Path:
-    from kdsearch import sweep
+    from kdsearch.sweep_folder import resolve_sweep
 
     if Path(source).is_file():
         return Path(source)
@@ -129,11 +149,7 @@ def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, s
         from kdsearch import tracking
 
         return tracking.download_best_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
-    folder = sweep.resolve_sweep_dir(source, storage, tracking_uri)
-    path = folder / sweep.BEST_DIR / "student.pt"
-    if not path.is_file():
-        raise UserError(f"sweep {folder} has no best checkpoint ({path} is missing): let the sweep finish, or continue it with --resume")
-    return path
+    return resolve_sweep(source, storage, tracking_uri).best_checkpoint()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -156,11 +172,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kdsearch import sweep, tracking
+    from kdsearch import tracking
     from kdsearch.report import build_report
+    from kdsearch.sweep_folder import resolve_sweep
 
-    folder = sweep.resolve_sweep_dir(args.source, args.storage, args.tracking_uri)
-    result = build_report(folder, Path(args.out) if args.out else None)
+    folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
+    result = build_report(folder.path, Path(args.out) if args.out else None)
     manifest = result["manifest"]
     logged = ""
     if not args.no_mlflow and manifest.get("parent_run_id"):
@@ -175,11 +192,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from kdsearch import sweep
+    from kdsearch.sweep import sync_sweep
+    from kdsearch.sweep_folder import resolve_sweep
 
-    folder = sweep.resolve_sweep_dir(args.source, args.storage, args.tracking_uri)
-    result = sweep.sync_sweep(folder, args.tracking_uri, log=_log(False))
-    print(f"synced {result['trials']} trials of {folder} to {result['tracking_uri']} "
+    folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
+    result = sync_sweep(folder, args.tracking_uri, log=_log(False))
+    print(f"synced {result['trials']} trials of {folder.path} to {result['tracking_uri']} "
           f"({result['epochs_added']} epochs were missing); parent run {result['parent_run_id']}")  # fmt: skip
     return 0
 
@@ -241,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="search distillation settings with Ray Tune + Optuna, tracked in MLflow")
     sweep.add_argument("space", help="a search space YAML file, e.g. search_spaces/quickstart.yaml")
+    sweep.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
+                       help="fix a training or method setting over the file's, e.g. --set epochs=5 (repeatable; recorded for --resume)")
+    sweep.add_argument("--data-dir", help="folder holding the dataset files (default $KDSEARCH_DATA or ./data)")
     sweep.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
     sweep.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as resources allow)")
     sweep.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")

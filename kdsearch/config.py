@@ -1,7 +1,8 @@
 """One training run's settings: a frozen dataclass built from a dict or a YAML file.
 
 Unset fields (``None``) take the dataset's defaults from ``DATASET_DEFAULTS`` when the
-config is resolved, so ``TrainConfig(method="kd", dataset="digits")`` is a complete run.
+config is built, so ``TrainConfig(method="kd", dataset="digits")`` is a complete run. Each
+field carries its command-line help and choices as metadata (``kdsearch.cli`` reads them).
 """
 
 from __future__ import annotations
@@ -30,55 +31,86 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "celeba": dict(teacher="resnet50", student="resnet18", epochs=15, teacher_epochs=15, batch_size=256, lr=0.1, crop_pad=8, flip=True, image_size=128),
 }
 
-CHOICES = {
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("cosine", "onecycle", "constant"),
-    "stem": ("auto", "cifar", "imagenet"),
-    "device": None,  # free-form: auto, cpu, cuda, cuda:1, mps
-}
+def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A field with its command-line help (and choices) as metadata: one source for both."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_PRESET = "default: the dataset's"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every setting of one run. Unset (None) settings that the dataset presets cover are
+    filled in when the config is built, so ``TrainConfig(method="kd")`` is a complete run."""
+
     # What to distil
-    method: str = "kd"
-    method_args: dict = field(default_factory=dict)
-    dataset: str = "digits"
-    student: str | None = None
-    student_width: float = 1.0
-    teacher: str | None = None
-    teacher_width: float = 1.0
-    teacher_checkpoint: str | None = None
-    stem: str = "auto"  # auto: the CIFAR stem up to 64x64 images, the ImageNet stem above
+    method: str = _opt("kd", "distillation method: ce (the student alone), kd, at or dml")
+    method_args: dict = _opt({}, "the method's settings (--set KEY=VALUE)")
+    dataset: str = _opt("digits", "dataset", tuple(DATASET_DEFAULTS))
+    student: str | None = _opt(None, f"student architecture ({_PRESET})")
+    student_width: float = _opt(1.0, "channel multiplier of a small-ResNet student")
+    teacher: str | None = _opt(None, f"teacher architecture ({_PRESET})")
+    teacher_width: float = _opt(1.0, "channel multiplier of a small-ResNet teacher")
+    teacher_checkpoint: str | None = _opt(None, "use this teacher checkpoint instead of the cached one")
+    stem: str = _opt("auto", "auto: the CIFAR stem up to 64x64 images, the ImageNet stem above", ("auto", "cifar", "imagenet"))
     # Data
-    data_dir: str | None = None
-    download: bool = False
-    image_size: int | None = None  # CelebA's decode resolution
-    val_fraction: float = 0.1
-    split_seed: int = 0  # fixed apart from `seed`, so every run selects on the same images
-    train_subset: int | None = None  # search on a subset of the training split
-    crop_pad: int | None = None
-    flip: bool | None = None
+    data_dir: str | None = _opt(None, "folder holding the dataset files (default $KDSEARCH_DATA or ./data)")
+    download: bool = _opt(False, "download the dataset through torchvision if it is not in --data-dir")
+    image_size: int | None = _opt(None, f"CelebA's decode resolution ({_PRESET})")
+    val_fraction: float = _opt(0.1, "share of the training split held out for validation")
+    split_seed: int = _opt(0, "seed of the validation split, fixed apart from --seed so every run selects on the same images")
+    train_subset: int | None = _opt(None, "train (and search) on this many training images")
+    crop_pad: int | None = _opt(None, f"random-crop padding in pixels ({_PRESET})")
+    flip: bool | None = _opt(None, f"random horizontal flips ({_PRESET})")
     # Optimisation
-    epochs: int | None = None
-    teacher_epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str = "sgd"
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    label_smoothing: float = 0.0
-    seed: int = 0
-    teacher_seed: int = 0
+    epochs: int | None = _opt(None, f"student epochs ({_PRESET})")
+    teacher_epochs: int | None = _opt(None, f"epochs to train a missing teacher ({_PRESET})")
+    batch_size: int | None = _opt(None, f"training batch size ({_PRESET})")
+    optimizer: str = _opt("sgd", "optimiser", ("sgd", "adamw"))
+    lr: float | None = _opt(None, f"peak learning rate ({_PRESET})")
+    momentum: float = _opt(0.9, "SGD momentum (Nesterov when > 0)")
+    weight_decay: float = _opt(5e-4, "weight decay")
+    schedule: str = _opt("cosine", "learning-rate schedule", ("cosine", "onecycle", "constant"))
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss (never of validation or test)")
+    seed: int = _opt(0, "seed of initialisation, shuffling and augmentation")
+    teacher_seed: int = _opt(0, "seed of a teacher trained for this run")
     # Execution
-    device: str = "auto"
-    amp: bool | None = None  # None: bf16 autocast on CUDA, off on CPU
-    channels_last: bool | None = None  # None: on for CUDA
-    compile: bool = False  # torch.compile the student's (and a live teacher's) forward pass
-    threads: int | None = None  # None: the CPUs this process was given
-    eval_batch_size: int | None = None  # None: 1024 on a GPU, 64 on a CPU (see inference_batch_size)
-    cache_dir: str | None = None  # where trained teachers are kept
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool | None = _opt(None, "bf16 autocast (default: on for CUDA)")
+    channels_last: bool | None = _opt(None, "channels-last memory format (default: on for CUDA)")
+    compile: bool = _opt(False, "torch.compile the student's (and a live teacher's) forward pass")
+    threads: int | None = _opt(None, "CPU threads (default: the CPUs this process was given)")
+    eval_batch_size: int | None = _opt(None, "batch size of forward-only passes (default: 1024 on a GPU, 64 on a CPU)")
+    cache_dir: str | None = _opt(None, "where trained teachers are cached (default $KDSEARCH_CACHE or ~/.cache/kdsearch)")
+
+    def __post_init__(self) -> None:
+        defaults = DATASET_DEFAULTS.get(self.dataset)
+        if defaults is None:
+            raise UserError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(sorted(DATASET_DEFAULTS))}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UserError(f"unknown {f.name} {getattr(self, f.name)!r}: choose one of {', '.join(choices)}")
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen: filled once, here
+        for name in ("epochs", "teacher_epochs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise UserError(f"batch_size must be at least 2 (batch norm needs two images per batch), got {self.batch_size}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise UserError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be > 0, got {self.lr}")
+        if self.crop_pad < 0:
+            raise UserError(f"crop_pad must be >= 0, got {self.crop_pad}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
@@ -90,63 +122,28 @@ class TrainConfig:
         for key, value in values.items():
             if key not in names:
                 raise UserError(f"{source}: unknown key {key!r}; valid keys are {', '.join(names)}")
-            out[key] = _coerce(value, hints[key], f"{source}: {key}")
+            out[key] = coerce(value, hints[key], f"{source}: {key}")
         return cls(**out)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrainConfig:
-        values = load_yaml(path)
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: expected a mapping of settings at the top level")
-        return cls.from_dict({**values, **(overrides or {})}, source=str(path))
+        return cls.from_dict({**read_config_yaml(path), **(overrides or {})}, source=str(path))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def resolved(self) -> TrainConfig:
-        """Fill unset fields from the dataset's defaults and check the choices."""
-        defaults = DATASET_DEFAULTS.get(self.dataset)
-        if defaults is None:
-            raise UserError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(sorted(DATASET_DEFAULTS))}")
-        for name, choices in CHOICES.items():
-            if choices and getattr(self, name) not in choices:
-                raise UserError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
-        filled = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
-        if self.eval_batch_size is None:
-            filled["eval_batch_size"] = inference_batch_size(_device_type(self.device))
-        cfg = dataclasses.replace(self, **filled)
-        for name in ("epochs", "teacher_epochs", "batch_size", "eval_batch_size"):
-            if getattr(cfg, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-        if cfg.batch_size < 2:
-            raise UserError(f"batch_size must be at least 2 (batch norm needs two images per batch), got {cfg.batch_size}")
-        if not cfg.lr > 0:
-            raise UserError(f"lr must be > 0, got {cfg.lr}")
-        if cfg.crop_pad < 0:
-            raise UserError(f"crop_pad must be >= 0, got {cfg.crop_pad}")
-        if not 0 < cfg.val_fraction < 1:
-            raise UserError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
-        return cfg
+
+def read_config_yaml(path: str | Path) -> dict:
+    """A config file's settings as written (presets not yet applied), to merge flags into."""
+    values = load_yaml(path)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of settings at the top level")
+    return values
 
 
-def inference_batch_size(device_type: str) -> int:
-    """Batch size for forward-only passes (validation, test, the teacher cache). A GPU wants
-    large batches; on a CPU a batch of 1024 spills the caches and ran 2-4x slower than 64 here
-    (2 threads: resnet56 445 vs 1,690 img/s, resnet20 771 vs 3,345)."""
-    return 1024 if device_type == "cuda" else 64
-
-
-def _device_type(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name.split(":")[0]
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check a value against a field's type, accepting '1e-3' and 3 for a float."""
     args = typing.get_args(hint)
     if value is None:
@@ -154,6 +151,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         raise UserError(f"{where} must not be empty")
     base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if typing.get_origin(base) is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        (item,) = typing.get_args(base) or (Any,)
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if base is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where} must be a mapping, got {value!r}")
@@ -202,6 +204,8 @@ def load_yaml(path: str | Path) -> Any:
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 YAML") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     try:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdsearch.config import inference_batch_size
 from kdsearch.data.pipeline import DeviceData
+
+
+def inference_batch_size(device_type: str) -> int:
+    """Batch size for forward-only passes (validation, test, the teacher's outputs) when none is
+    set. A GPU wants large batches; on a CPU a batch of 1024 spills the caches and ran 2-4x
+    slower than 64 here (2 threads: resnet56 445 vs 1,690 img/s, resnet20 771 vs 3,345)."""
+    return 1024 if device_type == "cuda" else 64
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> dict[str, float]:

@@ -6,23 +6,15 @@ Reads the trial logs Ray Tune writes as plain JSON (``trial_*/params.json`` and
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from kdsearch.errors import UserError
-from kdsearch.trials import TrialRecord, load_trials
+from kdsearch.sweep_folder import SweepFolder, TrialRecord
 
 TABLE_CSV, TABLE_MD = "trials.csv", "trials.md"
-
-
-def read_manifest(sweep_dir: Path) -> dict:
-    path = sweep_dir / "sweep.json"
-    if not path.is_file():
-        raise UserError(f"{sweep_dir} has no sweep.json: pass a folder written by `kdsearch sweep`")
-    return json.loads(path.read_text())
 
 
 def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
@@ -154,9 +146,10 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
 
 def build_report(sweep_dir: Path, out: Path | None = None) -> dict:
     """Write the table and plots for a sweep; returns what was written."""
-    manifest = read_manifest(sweep_dir)
-    trials = load_trials(sweep_dir)
-    out = out or sweep_dir / "report"
+    folder = SweepFolder(Path(sweep_dir))
+    manifest = folder.read_manifest()
+    trials = folder.trials()
+    out = out or folder.report_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -28,6 +28,7 @@ here is validated before any trial starts; a mistake is one line naming the file
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,18 +36,20 @@ from typing import Any
 from kdsearch.config import TrainConfig, load_yaml
 from kdsearch.data import DATASETS
 from kdsearch.errors import UserError
-from kdsearch.methods import METHODS, method_settings
+from kdsearch.methods import METHODS, check_method, method_settings
 from kdsearch.models import MODELS
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "nsga2", "grid")
 SCHEDULERS = ("asha", "fifo")
 # One sweep shares one dataset and one teacher; these cannot vary between trials.
-NOT_SEARCHABLE = ("method", "dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "teacher",
+# The data (and its subset) and the teacher are prepared once in the driver for all trials:
+# a value drawn per trial would be recorded but never used.
+NOT_SEARCHABLE = ("method", "dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "train_subset", "teacher",
                   "teacher_width", "teacher_checkpoint", "teacher_epochs", "teacher_seed", "cache_dir", "device", "threads",
                   "epochs")  # fmt: skip
 # Metrics a trial reports that a search may optimise.
-METRICS = ("val/acc", "val/best_acc", "val/loss", "student/params", "student/flops", "student/size_mb", "latency/cpu_ms")
+METRICS = ("val/acc", "val/loss", "student/params", "student/flops", "student/size_mb", "latency/cpu_ms")
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,11 @@ class SweepSpec:
     def fixed_config(self) -> TrainConfig:
         """The resolved fixed settings alone (defaults where the space would vary them): what
         the shared teacher is trained with, so it does not depend on the search space."""
-        return self.trial_config({}).resolved()
+        return self.trial_config({})
 
     def example_config(self) -> TrainConfig:
         """The resolved config of a trial that draws the first value of every distribution."""
-        return self.trial_config({key: dist["args"][0] for key, dist in self.space.items()}).resolved()
+        return self.trial_config({key: dist["args"][0] for key, dist in self.space.items()})
 
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -150,6 +153,9 @@ def _objectives(search: dict, source: str) -> tuple[tuple[str, str], ...]:
         if not isinstance(item, dict) or len(item) != 1:
             raise UserError(f"{source}: search.objectives items look like {{val/acc: max}}, got {item!r}")
         metric, mode = next(iter(item.items()))
+        if metric == "val/best_acc":
+            raise UserError(f"{source}: search: val/best_acc never decreases, so it cannot tell which epoch's checkpoint is best; "
+                            "use metric: val/acc (each trial keeps its best epoch's checkpoint)")  # fmt: skip
         if metric not in METRICS:
             raise UserError(f"{source}: search: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         if mode not in ("max", "min"):
@@ -241,11 +247,25 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
     if search.sampler == "grid":
         search = _grid_settings(space, search, raw.get("search") or {}, source)
     name = raw.get("name") or Path(source).stem
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise UserError(f"{source}: name must be letters, digits, '-' and '_', got {name!r}")
+    try:
+        check_sweep_name(name)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     spec = SweepSpec(source=source, name=name, fixed=fixed, space=space, search=search, list_params=list_params)
     _check_names(spec)
     return spec
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_sweep_name(name: object) -> str:
+    """A sweep name is one folder name and an MLflow experiment: letters, digits, '_', '-' and '.'
+    (not first), at most 100 characters. '../x' or 'a/b' would write outside the storage folder."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise UserError(f"sweep name {name!r} must be letters, digits, '_', '-' and '.' (one folder name, not starting with '.'): "
+                        "pass e.g. --name cifar10-kd-2")  # fmt: skip
+    return name
 
 
 def grid_size(space: dict) -> int:
@@ -284,15 +304,19 @@ def _check_names(spec: SweepSpec) -> None:
             raise UserError(f"{spec.source}: {field_name}: unknown architecture {arch!r}; choose one of {', '.join(sorted(MODELS))}")
     if cfg.dataset not in DATASETS:
         raise UserError(f"{spec.source}: dataset: unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
-    from torch import nn
-
-    from kdsearch.methods import Objective, build_method
-
     try:
-        build_method(cfg.method, cfg.method_args, objective=Objective(), make_peer=nn.Identity)
+        check_method(cfg.method, cfg.method_args)
     except UserError as exc:
         raise UserError(f"{spec.source}: {exc}") from None
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    return parse_sweep(load_yaml(path), str(path))
+def load_sweep(path: str | Path, overrides: dict | None = None) -> SweepSpec:
+    """Parse a search-space file; ``overrides`` (``kdsearch sweep --set KEY=VALUE``, ``--data-dir``)
+    fix settings over the file's, a searched one included (it is then no longer searched)."""
+    raw = load_yaml(path)
+    if overrides and isinstance(raw, dict):
+        raw = dict(raw)
+        raw["fixed"] = {**(raw.get("fixed") or {}), **overrides}
+        if isinstance(raw.get("space"), dict):
+            raw["space"] = {k: v for k, v in raw["space"].items() if k not in overrides}
+    return parse_sweep(raw, str(path))

@@ -1,4 +1,5 @@
-"""Teachers are trained once and cached on disk, keyed by dataset, architecture and seed.
+"""Teacher models (their weights): trained once and cached on disk, keyed by dataset,
+architecture and seed. (The teacher's precomputed outputs are ``kdsearch.teacher_outputs``.)
 
 Every later run with the same teacher settings loads the cached file instead of
 training again. A user's own checkpoint (``teacher_checkpoint``) is checked against the
@@ -17,13 +18,15 @@ from pathlib import Path
 
 from torch import nn
 
-from kdsearch.checkpoint import load_model
+from kdsearch.checkpoint import build_from_spec, load_model, model_spec
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Objective
+from kdsearch.runtime import resolve_device
+from kdsearch.train import fit
 
 # The settings that change what teacher comes out of training (data, model, optimisation).
 _TEACHER_KEY_FIELDS = (
@@ -85,8 +88,6 @@ def load_teacher_checkpoint(path: str | Path, data: DatasetSplits) -> tuple[nn.M
 
 
 def _measure(model: nn.Module, data: DatasetSplits, cfg: TrainConfig) -> dict:
-    from kdsearch.train import resolve_device
-
     device = resolve_device(cfg.device)
     model.to(device).eval()
     objective = Objective(multilabel=data.multilabel)
@@ -107,8 +108,6 @@ def reference_teacher(cfg: TrainConfig, data: DatasetSplits, stem: str) -> Teach
     if path.is_file():
         model, payload = load_teacher_checkpoint(path, data)
         return Teacher(model, cfg.teacher, dict(payload["metrics"]), path, payload["model"])
-    from kdsearch.checkpoint import build_from_spec, model_spec
-
     spec = model_spec(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width)
     return Teacher(build_from_spec(spec), cfg.teacher, {}, None, spec)
 
@@ -126,10 +125,8 @@ def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None
         log(f"teacher {cfg.teacher} from cache {path}: test/acc {payload['metrics']['test/acc']:.4f}")
         return Teacher(model, cfg.teacher, dict(payload["metrics"]), path, payload["model"])
 
-    from kdsearch.train import fit
-
     log(f"training teacher {cfg.teacher} on {cfg.dataset} for {cfg.teacher_epochs} epochs (cached at {path})")
-    result = fit(teacher_training_config(cfg), data=data, log=lambda m: log(f"[teacher] {m}"), measure_speed=False)
+    result = fit(teacher_training_config(cfg), data, None, log=lambda m: log(f"[teacher] {m}"), measure_speed=False)
     metrics = {k: v for k, v in result.metrics.items() if k.startswith(("val/", "test/"))}
     result.metrics = metrics
     try:

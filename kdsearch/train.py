@@ -1,10 +1,15 @@
-"""One teacher-guided student training run, in plain PyTorch (no Ray, no MLflow)."""
+"""The training engine: one teacher-guided student run, in plain PyTorch.
+
+It imports neither Ray, MLflow nor the command line, and it fetches nothing: the caller
+passes the data and, when the method needs one, the teacher (``kdsearch.api.fit`` does
+that for a config alone). ``fit`` reads as the algorithm: build, then an epoch of training
+and a validation pass per epoch, then the final metrics.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,13 +21,13 @@ from torch import nn
 from kdsearch.checkpoint import model_spec, save_checkpoint
 from kdsearch.compression import compression_report
 from kdsearch.config import TrainConfig
-from kdsearch.data import DatasetSplits, load_dataset
+from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import Objective, Outputs, build_method
+from kdsearch.methods import Method, Objective, Outputs, build_method
 from kdsearch.models import build_model
-
+from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 
 
 @dataclass
@@ -68,43 +73,23 @@ class FitResult:
         return save_checkpoint(path, self.student, self.spec, dataset=self.data_info, metrics=self.metrics, config=self.config.to_dict())
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but no CUDA GPU is visible: use --device cpu")
-    return device
+@dataclass
+class Run:
+    """Everything ``fit`` builds before its first epoch."""
 
-
-def set_threads(threads: int | None) -> int:
-    """Use the CPUs this process was given: Ray sets OMP_NUM_THREADS per trial, and two
-    processes with 2 threads each on 2 cores run 3-5x slower than with one thread each."""
-    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, n))
-    return n
-
-
-def resolve_stem(stem: str, image_size: tuple[int, int]) -> str:
-    if stem != "auto":
-        return stem
-    return "cifar" if min(image_size) <= 64 else "imagenet"
-
-
-def data_info(data: DatasetSplits) -> dict:
-    """What a checkpoint needs to say about the data it expects."""
-    return {
-        "name": data.name,
-        "image_size": list(data.image_size),
-        "in_channels": data.in_channels,
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "class_names": data.class_names,
-        "multilabel": data.multilabel,
-    }
+    cfg: TrainConfig
+    device: torch.device
+    amp: bool
+    spec: dict
+    student: nn.Module
+    method: Method
+    train: DeviceData
+    val: DeviceData
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    student_forward: Callable
+    teacher_forward: Callable | None  # None: no teacher, or its outputs are looked up
+    teacher_outputs: object | None  # kdsearch.teacher_outputs.TeacherOutputs on the device
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -121,37 +106,12 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
 
 
-def fit(
-    config: TrainConfig | dict,
-    data: DatasetSplits | None = None,
-    teacher=None,
-    on_epoch_end: EpochCallback | None = None,
-    log: Callable[[str], None] = lambda _: None,
-    measure_speed: bool = True,
-    evaluate_test: bool = True,
-    resume: dict | None = None,
-    teacher_outputs=None,
-) -> FitResult:
-    """Train a student with the configured method; evaluate validation every epoch, test once at the end.
-
-    ``teacher`` is a ``kdsearch.teachers.Teacher``; when the method needs one and none is
-    given, it is loaded from the cache (or trained once and cached). ``on_epoch_end`` gets
-    each epoch's metrics and an ``EpochState``; ``resume`` is a saved
-    ``EpochState.training_state()`` to continue from. Sweeps pass ``evaluate_test=False``:
-    trials are selected on validation, and only the chosen student meets the test split.
-    ``teacher_outputs`` (a ``kdsearch.teacher_cache.TeacherOutputs`` for these views)
-    replaces the live teacher's forward pass by a lookup; one that does not fit this run
-    (other seed, augmentation or epochs, or AT without its maps) is ignored.
-    """
-    cfg = (TrainConfig.from_dict(config) if isinstance(config, dict) else config).resolved()
-    set_threads(cfg.threads)
+def build_run(cfg: TrainConfig, data: DatasetSplits, teacher, teacher_outputs, log: Callable[[str], None]) -> Run:
     device = resolve_device(cfg.device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.train_subset)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     stem = resolve_stem(cfg.stem, data.image_size)
-    objective = Objective(multilabel=data.multilabel, label_smoothing=cfg.label_smoothing)
 
     torch.manual_seed(cfg.seed)
     spec = model_spec(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
@@ -160,129 +120,154 @@ def fit(
         return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
 
     student = make_student()
-    method = build_method(cfg.method, cfg.method_args, objective=objective, make_peer=make_student)
+    method = build_method(cfg.method, cfg.method_args, objective=Objective(data.multilabel, cfg.label_smoothing), make_peer=make_student)
     if method.needs_teacher and teacher is None:
-        from kdsearch.teachers import get_teacher
-
-        teacher = get_teacher(cfg, data, log=log)
-    teacher_model = teacher.model if (teacher is not None and method.needs_teacher) else None
-
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
+        raise UserError(f"method {cfg.method!r} needs a teacher: pass one (kdsearch.fit finds or trains it for a config)")
     student.to(device, memory_format=memory_format)
     method.to(device, memory_format=memory_format)
-    if teacher_model is not None:
-        teacher_model.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
-    cache = teacher_outputs if teacher_model is not None else None
-    if cache is not None and not cache.matches(cfg.seed, cfg.crop_pad, cfg.flip, cfg.epochs):
-        cache = None
-    if cache is not None and getattr(method, "needs_teacher_features", False) and (cache.attention is None or getattr(method, "p", 2) != 2):
-        cache = None
-    if cache is not None:
-        cache = cache.to(device)  # lookups then stay on the training device
+    teacher_model = teacher.model if method.needs_teacher else None
+    outputs = teacher_outputs if teacher_model is not None else None
+    if outputs is not None and not (outputs.matches(cfg.seed, cfg.crop_pad, cfg.flip, cfg.epochs) and outputs.serves(method)):
+        outputs = None  # made for other views, or without what this method reads: run the teacher live
+    if outputs is not None:
+        outputs = outputs.to(device)  # lookups then stay on the training device
+    elif teacher_model is not None:
+        teacher_model.to(device, memory_format=memory_format).eval().requires_grad_(False)
     if teacher_model is not None:
-        log(f"teacher outputs: {'looked up in the shared cache' if cache is not None else 'computed live every step'}")
+        log(f"teacher outputs: {'looked up in the shared cache' if outputs is not None else 'computed live every step'}")
+
     student_forward = student.forward_with_features
-    teacher_forward = teacher_model.forward_with_features if teacher_model is not None else None
+    teacher_forward = teacher_model.forward_with_features if teacher_model is not None and outputs is None else None
     if cfg.compile:
         # The forward passes only (the loss and optimiser step stay eager), with static shapes:
         # one graph for the batch size, one for the epoch's last batch. Dynamo's cache is reset
         # first: a reused Ray actor would otherwise pile entries onto the same code object until
-        # Dynamo silently falls back to eager. DML's peers compile as modules.
+        # Dynamo silently falls back to eager.
         torch._dynamo.reset()
         student_forward = torch.compile(student_forward, dynamic=False)
-        if teacher_forward is not None and cache is None:
+        if teacher_forward is not None:
             teacher_forward = torch.compile(teacher_forward, dynamic=False)
-        for peer in getattr(method, "peers", []):
-            peer.compile(dynamic=False)
+        for module in method.extra_modules():
+            module.compile(dynamic=False)
+
     train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
-    steps = train.num_batches(cfg.batch_size)
     optimizer = build_optimizer(cfg, [*student.parameters(), *method.parameters()])
-    scheduler = build_schedule(cfg, optimizer, steps * cfg.epochs)
+    scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
+    return Run(cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, student_forward, teacher_forward, outputs)
 
-    history: list[dict] = []
-    best_val = -math.inf
-    first_epoch = 0
-    if resume is not None:
-        student.load_state_dict(resume["student"])
-        method.load_state_dict(resume["method"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        first_epoch, best_val = int(resume["epoch"]), float(resume["best_val"])
-        log(f"resuming after epoch {first_epoch}")
+
+def restore(run: Run, state: dict) -> tuple[int, float]:
+    """Load a saved ``EpochState.training_state()``; returns (epochs done, best validation accuracy)."""
+    run.student.load_state_dict(state["student"])
+    run.method.load_state_dict(state["method"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]), float(state["best_val"])
+
+
+def train_epoch(run: Run, epoch: int) -> dict:
+    """One pass over the training split; the mean of each loss term."""
+    cfg = run.cfg
     started = time.perf_counter()
-    for epoch in range(first_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        student.train()
-        method.train()
-        sums: dict[str, torch.Tensor] = {}
-        for x, y, idx in train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.flip):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                student_out = Outputs(*student_forward(x))
-                teacher_out = None
-                if cache is not None:
-                    logits, maps = cache.lookup(epoch, idx)
-                    teacher_out = Outputs(logits, [], maps)
-                elif teacher_model is not None:
-                    with torch.no_grad():
-                        teacher_out = Outputs(*teacher_forward(x))
-                terms = method(student_out, y, teacher_out, x)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            for k, v in terms.items():  # summed on the device: no host sync per step
-                sums[k] = sums.get(k, 0) + v.detach().float()
-        train_terms = {f"train/{k}": float(v) / steps for k, v in sums.items()}  # float() waits for the device
-        train_terms["time/epoch_train_s"] = time.perf_counter() - t0  # the training steps alone, without validation
-        if not math.isfinite(train_terms["train/loss"]):
-            raise TrainingDiverged(
-                f"training diverged: the loss became {train_terms['train/loss']} in epoch {epoch + 1}; "
-                f"lower lr (now {cfg.lr}) or the method's loss weights"
-            )
-        val_metrics = evaluate(student, val, cfg.eval_batch_size, data.multilabel, objective.hard, amp)
-        best_val = max(best_val, val_metrics["acc"])
-        metrics = {
-            "epoch": epoch + 1,
-            **train_terms,
-            **{f"val/{k}": v for k, v in val_metrics.items()},
-            "val/best_acc": best_val,
-            "lr": optimizer.param_groups[0]["lr"],
-            "time/epoch_s": time.perf_counter() - t0,
-        }
-        history.append(metrics)
-        log(
-            f"epoch {epoch + 1:>3}/{cfg.epochs}  train/loss {metrics['train/loss']:.4f}  "
-            f"val/acc {metrics['val/acc']:.4f}  ({metrics['time/epoch_s']:.1f}s)"
+    run.student.train()
+    run.method.train()
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    for x, y, idx in run.train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.flip):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            student_out = Outputs(*run.student_forward(x))
+            teacher_out = None
+            if run.teacher_outputs is not None:
+                logits, maps = run.teacher_outputs.lookup(epoch, idx)
+                teacher_out = Outputs(logits, [], maps)
+            elif run.teacher_forward is not None:
+                with torch.no_grad():
+                    teacher_out = Outputs(*run.teacher_forward(x))
+            try:
+                terms = run.method(student_out, y, teacher_out, x)
+            except ValueError as exc:  # a setting that does not fit these models (e.g. AT's stage weights)
+                raise UserError(f"method {cfg.method!r}: {exc}") from None
+        run.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        steps += 1
+        for k, v in terms.items():  # summed on the device: no host sync per step
+            sums[k] = sums.get(k, 0) + v.detach().float()
+    out = {f"train/{k}": float(v) / steps for k, v in sums.items()}  # float() waits for the device
+    out["time/epoch_train_s"] = time.perf_counter() - started  # the training steps alone, without validation
+    if not math.isfinite(out["train/loss"]):
+        raise TrainingDiverged(
+            f"training diverged: the loss became {out['train/loss']} in epoch {epoch + 1}; lower lr (now {cfg.lr}) or the method's loss weights"
         )
-        if on_epoch_end is not None:
-            on_epoch_end(metrics, EpochState(epoch + 1, best_val, student, method, optimizer, scheduler))
-    train_seconds = time.perf_counter() - started
+    return out
 
-    final = {k: v for k, v in history[-1].items() if k.startswith("val/")} if history else {}
-    final["time/train_s"] = train_seconds
-    if not evaluate_test:
-        return FitResult(config=cfg, student=student, spec=spec, data_info=data_info(data), metrics=final, history=history)
-    test = DeviceData(data.test_x, data.test_y, data.mean, data.std, device, channels_last)
-    test_metrics = evaluate(student, test, cfg.eval_batch_size, data.multilabel, objective.hard, amp)
-    final.update({f"test/{k}": v for k, v in test_metrics.items()})
-    if teacher is None and measure_speed:
-        from kdsearch.teachers import reference_teacher
 
-        teacher = reference_teacher(cfg, data, stem)
+def plain_loss(multilabel: bool):
+    """Validation and test losses: the task's loss without label smoothing, comparable across runs."""
+    return Objective(multilabel).hard
+
+
+def final_metrics(student: nn.Module, data: DatasetSplits, teacher, cfg: TrainConfig, *, amp: bool = False, measure_speed: bool = True) -> dict:
+    """The student on the test split, and what it costs next to its teacher (when there is one)."""
+    device = resolve_device(cfg.device)
+    test = DeviceData(data.test_x, data.test_y, data.mean, data.std, device)
+    metrics = {f"test/{k}": v for k, v in evaluate(student.to(device), test, cfg.eval_batch_size, data.multilabel, plain_loss(data.multilabel), amp).items()}
     teacher_test = None
     if teacher is not None:
-        final.update({f"teacher/{k.replace('/', '_')}": v for k, v in teacher.metrics.items() if k in ("val/acc", "test/acc")})
+        metrics.update({f"teacher/{k.replace('/', '_')}": v for k, v in teacher.metrics.items() if k in ("val/acc", "test/acc")})
         teacher_test = teacher.metrics.get("test/acc")
-    final.update(
-        compression_report(
-            student,
-            teacher.model if teacher is not None else None,
-            (data.in_channels, *data.image_size),
-            student_acc=final["test/acc"],
-            teacher_acc=teacher_test,
-            measure_speed=measure_speed,
-        )
-    )
-    return FitResult(config=cfg, student=student, spec=spec, data_info=data_info(data), metrics=final, history=history)
+    metrics.update(compression_report(student, teacher.model if teacher is not None else None, (data.in_channels, *data.image_size),
+                                      student_acc=metrics["test/acc"], teacher_acc=teacher_test, measure_speed=measure_speed))  # fmt: skip
+    return metrics
+
+
+def fit(
+    config: TrainConfig | dict,
+    data: DatasetSplits,
+    teacher=None,
+    on_epoch_end: EpochCallback | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    measure_speed: bool = True,
+    evaluate_test: bool = True,
+    resume: dict | None = None,
+    teacher_outputs=None,
+) -> FitResult:
+    """Train a student with the configured method; validate every epoch, test once at the end.
+
+    ``teacher`` (a ``kdsearch.teachers.Teacher``) is required by methods that need one and, if
+    given, is the reference of the compression metrics. ``on_epoch_end`` gets each epoch's
+    metrics and an ``EpochState``; ``resume`` is a saved ``EpochState.training_state()``.
+    Sweeps pass ``evaluate_test=False``: trials are selected on validation, and only the
+    chosen student meets the test split. ``teacher_outputs`` (precomputed for these views,
+    ``kdsearch.teacher_outputs``) replaces the live teacher by a lookup when it fits the run.
+    """
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    set_threads(cfg.threads)
+    run = build_run(cfg, data, teacher, teacher_outputs, log)
+    first_epoch, best_val = restore(run, resume) if resume is not None else (0, -math.inf)
+    if resume is not None:
+        log(f"resuming after epoch {first_epoch}")
+    history: list[dict] = []
+    started = time.perf_counter()
+    for epoch in range(first_epoch, cfg.epochs):
+        epoch_started = time.perf_counter()
+        metrics = {"epoch": epoch + 1, **train_epoch(run, epoch)}
+        if epoch == first_epoch and run.method.describe():
+            log(run.method.describe())
+        val = evaluate(run.student, run.val, cfg.eval_batch_size, data.multilabel, plain_loss(data.multilabel), run.amp)
+        best_val = max(best_val, val["acc"])
+        metrics.update({f"val/{k}": v for k, v in val.items()})
+        metrics.update({"val/best_acc": best_val, "lr": run.optimizer.param_groups[0]["lr"], "time/epoch_s": time.perf_counter() - epoch_started})
+        history.append(metrics)
+        log(f"epoch {epoch + 1:>3}/{cfg.epochs}  train/loss {metrics['train/loss']:.4f}  val/acc {metrics['val/acc']:.4f}  ({metrics['time/epoch_s']:.1f}s)")
+        if on_epoch_end is not None:
+            on_epoch_end(metrics, EpochState(epoch + 1, best_val, run.student, run.method, run.optimizer, run.scheduler))
+
+    final = {k: v for k, v in history[-1].items() if k.startswith("val/")} if history else {}
+    final["time/train_s"] = time.perf_counter() - started
+    if evaluate_test:
+        final.update(final_metrics(run.student, data, teacher, cfg, amp=run.amp, measure_speed=measure_speed))
+    return FitResult(config=cfg, student=run.student, spec=run.spec, data_info=data.info(), metrics=final, history=history)

@@ -3,14 +3,35 @@
 import gzip
 import os
 import pickle
+import socket
 import struct
 import tempfile
+import time
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("KDSEARCH_DATA", "/nonexistent-kdsearch-data")
 os.environ.setdefault("KDSEARCH_CACHE", tempfile.mkdtemp(prefix="kdsearch-test-cache-"))  # never the user's cache
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (returned); fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def write_cifar10(root, n_per_batch=20, seed=0):

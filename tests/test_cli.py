@@ -4,10 +4,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import write_fashion_mnist
+from conftest import free_port, wait_until, write_fashion_mnist
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
 
 def run(*args, cwd=None, env_extra=None):
@@ -72,6 +75,7 @@ def test_fashion_mnist_from_data_dir(tmp_path):
         (["train", "--dataset", "cifar10", "--data-dir", "/no/such"], ["data directory /no/such does not exist", "--download"]),
         (["train", "--set", "temp=3"], ["method 'kd' has no setting 'temp'", "temperature, alpha"]),
         (["train", "--set", "alpha"], ["--set expects KEY=VALUE"]),
+        (["train", "--set", "temperature=abc"], ["method 'kd': temperature must be a number, got 'abc'"]),
         (["train", "--epochs", "many"], ["epochs must be an integer"]),
         (["train", "--lr", "-1"], ["lr must be > 0"]),
         (["train", "--optimizer", "lion"], ["unknown optimizer 'lion'", "sgd, adamw"]),
@@ -84,6 +88,14 @@ def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
     assert_one_line_error(run(*args, "--cache-dir", str(tmp_path)), *fragments)
 
 
+def test_a_sweep_name_cannot_escape_the_storage_folder(tmp_path):
+    storage = tmp_path / "deep" / "S"
+    for name in ("../../escape", "a/b", ".hidden"):
+        proc = run("sweep", "search_spaces/quickstart.yaml", "--name", name, "--storage", str(storage), cwd=Path(__file__).parent.parent)
+        assert_one_line_error(proc, f"sweep name {name!r} must be letters")
+    assert not any(tmp_path.rglob("*sweep.json")) and not (tmp_path / "escape").exists()
+
+
 def test_bad_yaml_configs(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: kd\nlrr: 0.1\n")
@@ -92,21 +104,21 @@ def test_bad_yaml_configs(tmp_path):
     assert_one_line_error(run("train", "--config", str(bad)), f"{bad}: malformed YAML at line")
     bad.write_text("- kd\n- at\n")
     assert_one_line_error(run("train", "--config", str(bad)), "expected a mapping")
+    bad.write_text("method: kd\n", encoding="utf-16")
+    assert_one_line_error(run("train", "--config", str(bad)), f"{bad}: not UTF-8 text", "save it as UTF-8")
+    bad.write_bytes(bytes(range(256)))
+    assert_one_line_error(run("sweep", str(bad)), f"{bad}: not UTF-8 text")
 
 
 def test_ui_serves_on_loopback_and_stops_its_server_on_sigterm(tmp_path):
     import signal
-    import socket
-    import time
     import urllib.request
 
     from mlflow import MlflowClient
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(store).create_experiment("demo")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "kdsearch", "ui", "--tracking-uri", store, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -118,9 +130,15 @@ def test_ui_serves_on_loopback_and_stops_its_server_on_sigterm(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    time.sleep(1)
-    with pytest.raises(OSError):  # the MLflow server went with it
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+    def server_gone():  # the MLflow server went with it
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+        except OSError:
+            return True
+        return False
+
+    wait_until(server_gone, 30, f"the MLflow server on port {port} to stop")
 
 
 def _space(tmp_path, text):

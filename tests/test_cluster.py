@@ -12,7 +12,9 @@ from ray.cluster_utils import Cluster
 
 from kdsearch.errors import UserError
 from kdsearch.sweep import SweepOptions, run_sweep
-from kdsearch.tune import start_ray
+from kdsearch.ray_trials import start_ray
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
 # Long enough that the first trial is still running when the second trial's actor has started on
 # the other node: Tune starts one pending trial at a time with a searcher, and with actor reuse a

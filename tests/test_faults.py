@@ -5,13 +5,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
+import pytest
+from conftest import free_port, wait_until
 from mlflow import MlflowClient
 
 from kdsearch import tracking
 from kdsearch.sweep import SweepOptions, run_sweep
-from test_sweep import free_port
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
 
 def test_a_diverging_trial_is_marked_and_the_sweep_goes_on(tmp_path):
@@ -79,9 +81,7 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
     sweep = subprocess.Popen([sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", str(tmp_path / "s"), "--tracking-uri", uri,
                               "--max-concurrent", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    deadline = time.time() + 120
-    while not list((tmp_path / "s" / "down").glob("trial_*/result.json")) and time.time() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: list((tmp_path / "s" / "down").glob("trial_*/result.json")), 120, "the first trial's first result")
     os.killpg(server.pid, signal.SIGKILL)  # the tracking server dies while the first trial trains
     server.wait()
     out, err = sweep.communicate(timeout=300)

@@ -105,7 +105,7 @@ def test_attention_map_follows_the_paper():
     assert attention_distance(attention_map(f), attention_map(g)).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_at_pairs_stages_from_the_deepest_and_pools_mismatched_sizes():
+def test_at_pools_stages_that_cannot_match_in_size():
     torch.manual_seed(0)
     student = [torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
     teacher = [torch.randn(2, 8, 16, 16), torch.randn(2, 8, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
@@ -117,9 +117,9 @@ def test_at_pairs_stages_from_the_deepest_and_pools_mismatched_sizes():
     # A 4x4 teacher map against an 8x8 student map: pooled, or refused with resize="error".
     mismatched = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2), torch.randn(2, 8, 1, 1)]
     assert torch.isfinite(_at()(Outputs(logits, student), y, Outputs(logits, mismatched))["at"])
-    with pytest.raises(UserError, match="differ in size"):
+    with pytest.raises(ValueError, match="differ in size"):
         _at(resize="error")(Outputs(logits, student), y, Outputs(logits, mismatched))
-    with pytest.raises(UserError, match="3 matched stages: give 3 weights"):
+    with pytest.raises(ValueError, match="3 matched stages: give 3 weights"):
         _at(weights=[1.0, 1.0])(Outputs(logits, student), y, Outputs(logits, teacher))
 
 
@@ -181,3 +181,47 @@ def test_unknown_method_and_setting_are_one_line_errors():
         build_method("kd", {"temp": 4}, objective=SINGLE, make_peer=None)
     with pytest.raises(UserError, match="alpha must be in"):
         build_method("kd", {"alpha": 1.5}, objective=SINGLE, make_peer=None)
+
+
+def test_method_settings_are_checked_against_their_declared_types():
+    with pytest.raises(UserError, match="method 'kd': temperature must be a number, got 'abc'"):
+        build_method("kd", {"temperature": "abc"}, objective=Objective(), make_peer=lambda: None)
+    with pytest.raises(UserError, match=r"method 'at': weights\[1\] must be a number, got 'x'"):
+        build_method("at", {"weights": [1, "x"]}, objective=Objective(), make_peer=lambda: None)
+    assert build_method("kd", {"temperature": "8"}, objective=Objective(), make_peer=lambda: None).temperature == 8.0
+
+
+def test_methods_declare_what_they_need():
+    assert [METHODS[m].uses_teacher({}) for m in ("ce", "kd", "at", "dml")] == [False, True, True, False]
+    assert METHODS["dml"].uses_teacher({"use_teacher": True}) and METHODS["at"].needs_attention
+    dml = build_method("dml", {"num_peers": 3}, objective=Objective(), make_peer=lambda: torch.nn.Linear(2, 2))
+    assert len(dml.extra_modules()) == 2 and not dml.needs_teacher
+
+
+@pytest.mark.parametrize("student, teacher, expected", [
+    ("resnet20", "resnet50", [(0, 0), (1, 1), (2, 2)]),  # 32, 16, 8 each; the teacher's 4x4 stage is left out
+    ("resnet18", "resnet50", [(0, 0), (1, 1), (2, 2), (3, 3)]),
+    ("resnet8", "resnet56", [(0, 0), (1, 1), (2, 2)]),
+])  # fmt: skip
+def test_at_pairs_stages_of_the_same_spatial_size(student, teacher, expected):
+    from kdsearch.methods.at import pair_stages
+    from kdsearch.models import build_model
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        s_logits, s_feats = build_model(student, 10, 3, "cifar").eval().forward_with_features(x)
+        t_logits, t_feats = build_model(teacher, 10, 3, "cifar").eval().forward_with_features(x)
+    index = pair_stages([tuple(f.shape[-2:]) for f in s_feats], [tuple(f.shape[-2:]) for f in t_feats])
+    assert index == expected
+    assert all(s_feats[i].shape[-2:] == t_feats[j].shape[-2:] for i, j in index)  # never pooled
+    at = _at()
+    at(Outputs(s_logits, s_feats), torch.tensor([0, 1]), Outputs(t_logits, t_feats))
+    assert at.describe().startswith("AT pairs: teacher stage 1 (256x32x32) <-> student stage 1") if teacher == "resnet50" else at.describe()
+
+
+def test_at_pairing_keeps_order_and_falls_back_where_sizes_differ():
+    from kdsearch.methods.at import pair_stages
+
+    assert pair_stages([(8, 8), (4, 4), (2, 2)], [(4, 4), (2, 2), (1, 1)]) == [(0, 0), (1, 1), (2, 2)]  # nothing matches: positional
+    assert pair_stages([(32, 32), (16, 16), (8, 8), (4, 4)], [(32, 32), (16, 16), (8, 8)]) == [(0, 0), (1, 1), (2, 2)]  # more student stages
+    assert pair_stages([(16, 16), (8, 8)], [(32, 32), (16, 16), (8, 8), (4, 4)]) == [(0, 1), (1, 2)]

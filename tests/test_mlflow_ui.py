@@ -7,10 +7,10 @@ picture is made that way).
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from mlflow import MlflowClient
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -21,6 +21,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from kdsearch import tracking
 from kdsearch.sweep import SweepOptions, run_sweep
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
 QUICKSTART = Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -49,7 +51,7 @@ def quickstart(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     store = f"sqlite:///{root / 'mlflow.db'}"
     MlflowClient(store).search_experiments()  # create the store, so the server starts on it
-    proc, url = tracking.start_ui_server(store, port=_free_port())
+    proc, url = tracking.start_ui_server(store, port=free_port())
     try:
         opts = SweepOptions(storage=str(root / "sweeps"), tracking_uri=url, verbose=0)
         os.environ["KDSEARCH_CACHE"] = str(root / "cache")
@@ -58,14 +60,6 @@ def quickstart(tmp_path_factory):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_text(driver, *needles, timeout=30):
@@ -78,13 +72,24 @@ def _wait_text(driver, *needles, timeout=30):
     return driver.find_element(By.TAG_NAME, "body").text
 
 
+def _none_visible(driver, by, selector) -> bool:
+    try:
+        return not any(e.is_displayed() for e in driver.find_elements(by, selector))
+    except WebDriverException:  # an element went stale while we looked: look again
+        return False
+
+
 def _close_assistant(driver):
-    for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+    selector = "button[aria-label='Close']"
+    for button in driver.find_elements(By.CSS_SELECTOR, selector):
         try:
             button.click()
         except Exception:  # noqa: BLE001 - an overlay that is already gone
             pass
-    time.sleep(0.5)
+    try:
+        WebDriverWait(driver, 5).until(lambda d: _none_visible(d, By.CSS_SELECTOR, selector))
+    except TimeoutException:
+        pass  # a close button that belongs to the page itself, not an overlay
 
 
 def _shot(driver, tmp_path, name):
@@ -151,7 +156,7 @@ def _show_columns(driver, names):
     for name in names:
         _click(driver, By.XPATH, f"//span[@title='{name}']/preceding-sibling::span[contains(@class, 'checkbox')] | //span[@title='{name}']")
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-    time.sleep(1)
+    WebDriverWait(driver, 10).until(lambda d: _none_visible(d, By.XPATH, f"//span[@title='{names[0]}']/preceding-sibling::span[contains(@class, 'checkbox')]"))
 
 
 def _click(driver, by, selector):

@@ -80,6 +80,10 @@ def test_a_grid_runs_every_combination_once():
         ({"space": {"alpha": {"uniform": [0, 1]}}, "search": {"sampler": "grid"}}, "space.alpha: search.sampler grid needs every entry to be a choice list"),
         ({"space": {"alpha": {"choice": [0.1, 0.9]}}, "search": {"sampler": "grid", "num_samples": 3}}, "search.num_samples is 3 but the grid has 2"),
         ({"search": {"sampler": "grid"}}, "search.sampler grid needs a space of choice lists"),
+        ({"search": {"metric": "val/best_acc"}}, "val/best_acc never decreases, so it cannot tell which epoch's checkpoint is best; use metric: val/acc"),
+        ({"space": {"train_subset": {"choice": [500, 1000]}}}, "space.train_subset: train_subset cannot vary within a sweep"),
+        ({"name": "../../escape"}, "sweep name '../../escape' must be letters, digits"),
+        ({"name": "a/b"}, "sweep name 'a/b' must be letters"),
     ],
 )
 def test_mistakes_are_one_line_errors_naming_file_and_key(raw, message):

@@ -3,13 +3,12 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_until
 from mlflow import MlflowClient
 
 from kdsearch.checkpoint import load_model
@@ -17,6 +16,8 @@ from kdsearch import tracking
 from kdsearch.cli import main
 from kdsearch.errors import UserError
 from kdsearch.sweep import SweepOptions, run_sweep
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
 SPACE = """
 name: tiny
@@ -46,12 +47,6 @@ def write_space(tmp_path, epochs=3, samples=2, scheduler="asha"):
     path = tmp_path / "tiny.yaml"
     path.write_text(SPACE.format(epochs=epochs, samples=samples, cache=tmp_path / "cache", scheduler=scheduler))
     return path
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +134,11 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     cmd = [sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", str(storage), "--tracking-uri", db,
            "--max-concurrent", "1", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 240
-    while not _finished_trials(storage / "tiny", EPOCHS) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.5)  # into the second trial
+    def second_trial_training():  # one trial finished and another one has reported an epoch
+        results = [p for p in (storage / "tiny").glob("trial_*/result.json") if p.read_text().strip()]
+        return proc.poll() is not None or (_finished_trials(storage / "tiny", EPOCHS) and len(results) >= 2)
+
+    wait_until(second_trial_training, 240, "the second trial to report its first epoch")
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
     proc.wait()

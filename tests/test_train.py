@@ -35,7 +35,7 @@ def test_kd_learns_digits_and_reports_every_epoch(digits, cache_dir):
 
 
 def test_teacher_is_trained_once_then_loaded_from_cache(digits, cache_dir):
-    cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST).resolved()
+    cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST)
     logs = []
     first = get_teacher(cfg, digits, log=logs.append)
     assert any("training teacher" in line for line in logs) and first.path == teacher_cache_path(cfg)
@@ -135,11 +135,35 @@ def test_teacher_checkpoint_for_another_dataset_is_refused(digits, tmp_path):
     other.spec = {**other.spec, "num_outputs": 10}
     path = other.save(tmp_path / "t.pt")
     cifar_like = dataclasses.replace(digits, class_names=[str(i) for i in range(100)])
-    cfg = TrainConfig(method="kd", teacher_checkpoint=str(path), **FAST).resolved()
+    cfg = TrainConfig(method="kd", teacher_checkpoint=str(path), **FAST)
     with pytest.raises(UserError, match="has 10 outputs .* but digits has 100 classes"):
         get_teacher(cfg, cifar_like)
 
 
 def test_batch_size_one_is_refused_with_the_reason():
     with pytest.raises(UserError, match="batch_size must be at least 2 \\(batch norm"):
-        TrainConfig(method="ce", batch_size=1).resolved()
+        TrainConfig(method="ce", batch_size=1)
+
+
+def test_a_method_setting_that_does_not_fit_the_models_is_one_line(digits, cache_dir):
+    # AT's stage weights are checked when the maps meet; the engine turns the method's ValueError into a UserError.
+    cfg = TrainConfig(method="at", method_args={"weights": [1.0, 1.0]}, cache_dir=cache_dir, **{**FAST, "epochs": 1, "teacher_epochs": 1})
+    with pytest.raises(UserError, match="method 'at': AT has 2 stage weights"):
+        fit(cfg, data=digits, measure_speed=False)
+
+
+def test_validation_and_test_losses_leave_label_smoothing_out(digits):
+    # val/loss is the plain loss: recomputed by hand on the trained student, with no smoothing.
+    from kdsearch.data.pipeline import DeviceData
+    from kdsearch.evaluate import predict
+
+    result = fit(TrainConfig(method="ce", label_smoothing=0.3, **{**FAST, "epochs": 1}), data=digits, measure_speed=False)
+    logits = predict(result.student, DeviceData(digits.val_x, digits.val_y, digits.mean, digits.std, torch.device("cpu")), 64)
+    assert result.metrics["val/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, digits.val_y).item(), rel=1e-4)
+
+
+def test_the_engine_needs_its_teacher_passed_in(digits):
+    from kdsearch import train
+
+    with pytest.raises(UserError, match="method 'kd' needs a teacher"):
+        train.fit(TrainConfig(method="kd", **FAST), digits)

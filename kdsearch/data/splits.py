@@ -56,6 +56,18 @@ class DatasetSplits:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_x), "val": len(self.val_x), "test": len(self.test_x)}
 
+    def info(self) -> dict:
+        """What a checkpoint records about the data its model expects."""
+        return {
+            "name": self.name,
+            "image_size": list(self.image_size),
+            "in_channels": self.in_channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": self.class_names,
+            "multilabel": self.multilabel,
+        }
+
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units, computed in chunks."""

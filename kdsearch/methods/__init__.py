@@ -1,16 +1,18 @@
-"""Method registry. A method is an ``nn.Module`` whose constructor arguments are its
-hyperparameters and whose ``forward(student, targets, teacher, inputs)`` returns
-``{"loss": total, <term>: value, ...}``."""
+"""Method registry: a plain dict of ``kdsearch.methods.base.Method`` subclasses (the contract
+a method keeps with the trainer is written there)."""
 
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 
 from torch import nn
 
+from kdsearch.config import coerce
 from kdsearch.errors import UserError, lookup
 from kdsearch.methods.at import AttentionTransfer
+from kdsearch.methods.base import Method
 from kdsearch.methods.ce import CrossEntropy
 from kdsearch.methods.dml import DeepMutualLearning
 from kdsearch.methods.kd import HintonKD
@@ -32,20 +34,40 @@ def method_settings(name: str) -> dict[str, object]:
     }
 
 
-def build_method(name: str, args: Mapping[str, object], *, objective: Objective, make_peer: Callable[[], nn.Module]) -> nn.Module:
-    """Instantiate a method; unknown or invalid settings are a one-line UserError."""
-    cls = lookup(METHODS, name, "method")
+def method_class(name: str) -> type[Method]:
+    return lookup(METHODS, name, "method")
+
+
+def check_settings(name: str, args: Mapping[str, object]) -> dict:
+    """The settings, each checked against its declared type (``--set temperature=abc`` is a
+    one-line error naming the setting, the value and the type), unknown keys refused."""
     valid = method_settings(name)
-    for key in args:
+    hints = typing.get_type_hints(method_class(name).__init__)
+    out = {}
+    for key, value in args.items():
         if key not in valid:
             listed = ", ".join(valid) or "none"
             raise UserError(f"method {name!r} has no setting {key!r}: its settings are {listed}")
+        out[key] = coerce(value, hints[key], f"method {name!r}: {key}") if key in hints else value
+    return out
+
+
+def build_method(name: str, args: Mapping[str, object], *, objective: Objective, make_peer: Callable[[], nn.Module]) -> Method:
+    """Instantiate a method; unknown or invalid settings are a one-line UserError."""
+    cls = method_class(name)
+    settings = check_settings(name, args)
     context = {"objective": objective, "make_peer": make_peer}
     params = inspect.signature(cls).parameters
     try:
-        return cls(**args, **{k: v for k, v in context.items() if k in params})
+        return cls(**settings, **{k: v for k, v in context.items() if k in params})
     except (TypeError, ValueError) as exc:
         raise UserError(f"method {name!r}: {exc}") from None
 
 
-__all__ = ["METHODS", "Objective", "Outputs", "build_method", "method_settings"]
+def check_method(name: str, args: Mapping[str, object]) -> None:
+    """Build the method once with stand-in models, so that a bad setting is a one-line error
+    before any data is loaded or any teacher trained."""
+    build_method(name, args, objective=Objective(), make_peer=nn.Identity)
+
+
+__all__ = ["METHODS", "Method", "Objective", "Outputs", "build_method", "check_method", "check_settings", "method_class", "method_settings"]

@@ -5,35 +5,31 @@ attention map is the channel mean of |f|^p (p = 2), flattened and L2-normalised,
 ignores the scale of the features; the loss adds beta/2 * the mean squared difference
 of student and teacher maps for every matched stage, here with a weight per stage.
 
-How stages are matched: from the deepest backwards. The student's last stage pairs with
-the teacher's last stage, its second-to-last with the teacher's second-to-last, and so
-on; a 4-stage ResNet-50 teacher's first stage is unused by a 3-stage small student. The
-deepest stages are the ones both networks feed to their classifier, so they are the
-pairs that always mean the same thing. When a pair's maps differ in size (a ResNet-50
-stage at 4x4 against a student stage at 8x8), the larger map is average-pooled to the
-smaller one (``resize="pool"``), or the pair is refused (``resize="error"``).
+How stages are matched: by spatial size, the paper's convention. Walking from the
+deepest stage of the network with fewer stages backwards, each stage pairs with the
+deepest unused stage of the other network that has the same height and width and keeps
+the order (shallow with shallow); a resnet20 student under a CIFAR-stem ResNet-50 pairs
+32<->32, 16<->16, 8<->8 and leaves the teacher's 4x4 stage out. Where no stage of the
+same size is left, the next stage backwards is taken, and the larger map is
+average-pooled to the smaller one (``resize="pool"``) or the pair is refused
+(``resize="error"``). The pairing is described once per run (``describe()``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from kdsearch.errors import UserError
+from kdsearch.features import attention_map
+from kdsearch.methods.base import Method
 from kdsearch.methods.objective import Objective, Outputs
-
-
-def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """(N, C, H, W) -> (N, H, W): mean over channels of |f|^p, before normalisation."""
-    return features.float().abs().pow(p).mean(dim=1)
 
 
 def attention_distance(student_map: torch.Tensor, teacher_map: torch.Tensor, resize: str = "pool") -> torch.Tensor:
     """Mean squared difference of the L2-normalised maps, resizing the larger if asked."""
     if student_map.shape[-2:] != teacher_map.shape[-2:]:
         if resize != "pool":
-            raise UserError(
+            raise ValueError(
                 f"attention maps differ in size: student {tuple(student_map.shape[-2:])}, "
                 f"teacher {tuple(teacher_map.shape[-2:])}; use resize: pool, or students with matching stages"
             )
@@ -46,9 +42,23 @@ def attention_distance(student_map: torch.Tensor, teacher_map: torch.Tensor, res
     return (s - t).pow(2).mean()
 
 
-class AttentionTransfer(nn.Module):
+def pair_stages(student_sizes: list[tuple[int, int]], teacher_sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(student stage, teacher stage) index pairs, shallow to deep, one per stage of the network with fewer stages."""
+    swap = len(student_sizes) > len(teacher_sizes)
+    few, many = (teacher_sizes, student_sizes) if swap else (student_sizes, teacher_sizes)
+    pairs, limit = [], len(many)  # matches in `many` stay below `limit`, so the order is kept
+    for i in range(len(few) - 1, -1, -1):
+        same_size = [j for j in range(i, limit) if many[j] == few[i]]  # leave a stage of `many` for each shallower one of `few`
+        j = same_size[-1] if same_size else limit - 1
+        pairs.append((i, j))
+        limit = j
+    pairs.reverse()
+    return [(j, i) for i, j in pairs] if swap else pairs
+
+
+class AttentionTransfer(Method):
     needs_teacher = True
-    needs_teacher_features = True  # a teacher cache must hold attention maps (for p = 2) to serve it
+    needs_attention = True
 
     def __init__(
         self,
@@ -61,7 +71,7 @@ class AttentionTransfer(nn.Module):
         *,
         objective: Objective,
     ):
-        super().__init__()
+        super().__init__(objective=objective)
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if not 0.0 <= alpha <= 1.0:
@@ -72,19 +82,22 @@ class AttentionTransfer(nn.Module):
             raise ValueError(f"resize must be 'pool' or 'error', got {resize!r}")
         if weights is not None and (not isinstance(weights, (list, tuple)) or any(not w >= 0 for w in weights)):
             raise ValueError(f"weights must be a list of non-negative numbers, one per matched stage, got {weights!r}")
-        self.beta, self.p, self.alpha, self.temperature = float(beta), float(p), float(alpha), float(temperature)
+        self.beta, self.attention_p, self.alpha, self.temperature = float(beta), float(p), float(alpha), float(temperature)
         self.weights = None if weights is None else [float(w) for w in weights]
-        self.resize, self.objective = resize, objective
+        self.resize = resize
+        self._pairing: str | None = None
 
-    def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None = None, inputs: torch.Tensor | None = None) -> dict:
-        student_maps = [attention_map(f, self.p) for f in student.features]
-        teacher_maps = teacher.attention if teacher.attention is not None else [attention_map(f, self.p) for f in teacher.features]
-        k = min(len(student_maps), len(teacher_maps))
-        pairs = list(zip(student_maps[len(student_maps) - k :], teacher_maps[len(teacher_maps) - k :]))
+    def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, inputs: torch.Tensor | None = None) -> dict:
+        student_maps = [attention_map(f, self.attention_p) for f in student.features]
+        teacher_maps = teacher.attention if teacher.attention is not None else [attention_map(f, self.attention_p) for f in teacher.features]
+        index = pair_stages([tuple(m.shape[-2:]) for m in student_maps], [tuple(m.shape[-2:]) for m in teacher_maps])
+        k = len(index)
         weights = self.weights if self.weights is not None else [1.0] * k
         if len(weights) != k:
-            raise UserError(f"AT has {len(weights)} stage weights but the student and teacher share {k} matched stages: give {k} weights")
-        at = sum(w * attention_distance(s, t, self.resize) for w, (s, t) in zip(weights, pairs))
+            raise ValueError(f"AT has {len(weights)} stage weights but the student and teacher share {k} matched stages: give {k} weights")
+        if self._pairing is None:
+            self._pairing = self._describe_pairs(index, student.features, teacher)
+        at = sum(w * attention_distance(student_maps[i], teacher_maps[j], self.resize) for w, (i, j) in zip(weights, index))
         ce = self.objective.hard(student.logits, targets)
         terms = {"ce": ce, "at": at}
         loss = ce + self.beta / 2 * at
@@ -93,3 +106,15 @@ class AttentionTransfer(nn.Module):
             loss = (1.0 - self.alpha) * ce + self.alpha * kd + self.beta / 2 * at
             terms["kd"] = kd
         return {"loss": loss, **terms}
+
+    @staticmethod
+    def _describe_pairs(index, student_features, teacher: Outputs) -> str:
+        def shape(f):
+            return "x".join(str(d) for d in f.shape[1:])
+
+        teacher_shapes = [shape(f) for f in teacher.features] if teacher.features else ["x".join(map(str, a.shape[-2:])) for a in teacher.attention]
+        return "AT pairs: " + ", ".join(f"teacher stage {j + 1} ({teacher_shapes[j]}) <-> student stage {i + 1} ({shape(student_features[i])})"
+                                        for i, j in index)  # fmt: skip
+
+    def describe(self) -> str | None:
+        return self._pairing

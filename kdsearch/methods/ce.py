@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from kdsearch.methods.objective import Objective, Outputs
+from kdsearch.methods.base import Method
+from kdsearch.methods.objective import Outputs
 
 
-class CrossEntropy(nn.Module):
-    needs_teacher = False
-
-    def __init__(self, *, objective: Objective):
-        super().__init__()
-        self.objective = objective
-
+class CrossEntropy(Method):
     def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None = None, inputs: torch.Tensor | None = None) -> dict:
         ce = self.objective.hard(student.logits, targets)
         return {"loss": ce, "ce": ce}

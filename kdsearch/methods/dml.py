@@ -10,15 +10,16 @@ cohort frozen (``use_teacher``): it teaches every peer but learns nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
+from kdsearch.methods.base import Method
 from kdsearch.methods.objective import Objective, Outputs
 
 
-class DeepMutualLearning(nn.Module):
+class DeepMutualLearning(Method):
     def __init__(
         self,
         num_peers: int = 2,
@@ -29,16 +30,23 @@ class DeepMutualLearning(nn.Module):
         objective: Objective,
         make_peer: Callable[[], nn.Module],
     ):
-        super().__init__()
+        super().__init__(objective=objective)
         if int(num_peers) != num_peers or num_peers < 2:
             raise ValueError(f"num_peers must be an integer >= 2 (the student and at least one peer), got {num_peers}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
-        self.temperature, self.weight, self.objective = float(temperature), float(weight), objective
+        self.temperature, self.weight = float(temperature), float(weight)
         self.needs_teacher = bool(use_teacher)
         self.peers = nn.ModuleList(make_peer() for _ in range(int(num_peers) - 1))
+
+    @classmethod
+    def uses_teacher(cls, settings: Mapping[str, object]) -> bool:
+        return bool(settings.get("use_teacher", False))
+
+    def extra_modules(self) -> list[nn.Module]:
+        return list(self.peers)
 
     def mutual_losses(self, logits: list[torch.Tensor], targets: torch.Tensor, frozen: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(CE, mean KL to the others) for each learner; the others' predictions are constants."""
@@ -49,9 +57,9 @@ class DeepMutualLearning(nn.Module):
             out.append((self.objective.hard(own, targets), mutual))
         return out
 
-    def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None = None, inputs: torch.Tensor | None = None) -> dict:
+    def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None, inputs: torch.Tensor) -> dict:
         logits = [student.logits] + [peer(inputs) for peer in self.peers]
-        frozen = [teacher.logits.detach()] if (self.needs_teacher and teacher is not None) else []
+        frozen = [teacher.logits.detach()] if self.needs_teacher else []
         losses = self.mutual_losses(logits, targets, frozen)
         per_learner = [ce + self.weight * kl for ce, kl in losses]
         ce, mutual = losses[0]

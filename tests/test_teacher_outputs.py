@@ -8,7 +8,7 @@ from kdsearch.data import load_dataset
 from kdsearch.data.pipeline import DeviceData
 from kdsearch.methods.at import attention_map
 from kdsearch.models import build_model
-from kdsearch.teacher_cache import compute_teacher_outputs, estimate_bytes
+from kdsearch.teacher_outputs import compute_teacher_outputs, estimate_bytes
 from kdsearch.teachers import get_teacher
 
 CPU = torch.device("cpu")
@@ -38,7 +38,7 @@ def test_cached_outputs_equal_the_live_teacher_for_the_same_views(digits):
 
 
 def test_fit_with_the_cache_trains_like_the_live_teacher(digits, cache_dir):
-    cfg = TrainConfig(method="kd", epochs=2, teacher_epochs=2, teacher="resnet8", cache_dir=cache_dir, threads=2).resolved()
+    cfg = TrainConfig(method="kd", epochs=2, teacher_epochs=2, teacher="resnet8", cache_dir=cache_dir, threads=2)
     teacher = get_teacher(cfg, digits)
     outputs = compute_teacher_outputs(teacher.model, digits, seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip,
                                       attention=False, device=CPU)  # fmt: skip
@@ -55,7 +55,7 @@ def test_fit_with_the_cache_trains_like_the_live_teacher(digits, cache_dir):
 
 
 def test_at_uses_cached_attention_maps(digits, cache_dir):
-    cfg = TrainConfig(method="at", epochs=1, teacher_epochs=1, teacher="resnet8", cache_dir=cache_dir, threads=2).resolved()
+    cfg = TrainConfig(method="at", epochs=1, teacher_epochs=1, teacher="resnet8", cache_dir=cache_dir, threads=2)
     teacher = get_teacher(cfg, digits)
     with_maps = compute_teacher_outputs(teacher.model, digits, seed=0, epochs=1, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=True, device=CPU)
     logs = []

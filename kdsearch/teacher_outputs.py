@@ -19,13 +19,15 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kdsearch.config import inference_batch_size
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData, view_params
-from kdsearch.methods.at import attention_map
+from kdsearch.evaluate import inference_batch_size
+from kdsearch.features import normalised_attention
+from kdsearch.methods import Method
+
+CACHED_ATTENTION_P = 2.0  # the exponent of the attention maps stored (AT's default)
 
 
 @dataclass
@@ -45,6 +47,10 @@ class TeacherOutputs:
 
     def matches(self, seed: int, crop_pad: int, flip: bool, epochs: int) -> bool:
         return (self.seed, self.crop_pad, bool(self.flip)) == (seed, crop_pad, bool(flip)) and self.epochs >= epochs
+
+    def serves(self, method: Method) -> bool:
+        """Whether these outputs hold everything the method reads from its teacher."""
+        return not method.needs_attention or (self.attention is not None and method.attention_p == CACHED_ATTENTION_P)
 
     def to(self, device: torch.device) -> TeacherOutputs:
         moved = [a.to(device) for a in self.attention] if self.attention is not None else None
@@ -93,6 +99,5 @@ def compute_teacher_outputs(teacher: nn.Module, data: DatasetSplits, *, seed: in
                 for store, f in zip(maps_out, features):
                     # Normalised now (values in [0, 1], safe in fp16); AT's pooling is linear and it
                     # normalises again, so this is exactly the live computation.
-                    m = attention_map(f)
-                    store[epoch, sl] = F.normalize(m.flatten(1), dim=1).view_as(m).cpu().half()
+                    store[epoch, sl] = normalised_attention(f, CACHED_ATTENTION_P).cpu().half()
     return TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip)

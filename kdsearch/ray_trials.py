@@ -1,4 +1,4 @@
-"""Everything that touches Ray lives in this module (Ray 2.60 API).
+"""Everything that touches Ray lives in this module (Ray 2.60 API): the trials of a sweep.
 
 A function trainable wraps ``fit``: each epoch it reports the metrics and a checkpoint
 (the full training state for resuming, and the student alone for export). The teacher
@@ -40,9 +40,10 @@ from kdsearch.compression import compression_report  # noqa: E402
 from kdsearch.data import DatasetSplits  # noqa: E402
 from kdsearch.errors import UserError  # noqa: E402
 from kdsearch.search_space import SweepSpec  # noqa: E402
+from kdsearch.runtime import resolve_stem  # noqa: E402
+from kdsearch.sweep_folder import TrialRecord  # noqa: E402
 from kdsearch.teachers import Teacher  # noqa: E402
-from kdsearch.train import TrainingDiverged, data_info, fit, resolve_stem  # noqa: E402
-from kdsearch.trials import TrialRecord  # noqa: E402
+from kdsearch.train import TrainingDiverged, fit  # noqa: E402
 
 STATE_FILE = "state.pt"  # full training state, to resume the trial
 STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
@@ -161,7 +162,7 @@ def _static_metrics(student_spec: dict, data: DatasetSplits, needs_latency: bool
 
 def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payload: dict | None, threads: int, teacher_outputs=None) -> None:
     data = _unpack(data_payload)
-    cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads).resolved()
+    cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads)
     teacher = None
     if teacher_payload is not None:
         t = teacher_payload
@@ -177,7 +178,7 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
     static = _static_metrics(student_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
     static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
     static["trial/gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())  # the GPUs Ray gave it ("" for none)
-    info = data_info(data)
+    info = data.info()
 
     def on_epoch_end(metrics: dict, state) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -187,8 +188,7 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
             tune.report({**metrics, **static}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        fit(cfg, data=data, teacher=teacher, on_epoch_end=on_epoch_end, measure_speed=False, evaluate_test=False, resume=resume,
-            teacher_outputs=teacher_outputs)
+        fit(cfg, data, teacher, on_epoch_end=on_epoch_end, measure_speed=False, evaluate_test=False, resume=resume, teacher_outputs=teacher_outputs)
     except (TrainingDiverged, UserError) as exc:
         # Retrying the same settings would fail the same way (a divergence, or a setting that
         # cannot work, such as AT weights for stages the models do not have): end the trial
@@ -207,9 +207,7 @@ class _Progress(tune.CLIReporter):
 
 
 def _reporter(spec: SweepSpec) -> tune.CLIReporter:
-    metrics = {"epoch": "epochs", spec.search.metric: spec.search.metric}
-    if spec.search.metric != "val/best_acc":
-        metrics["val/best_acc"] = "best val/acc"
+    metrics = {"epoch": "epochs", spec.search.metric: spec.search.metric, "val/best_acc": "best val/acc"}
     return _Progress(metric_columns=metrics, parameter_columns=list(spec.space)[:6], max_report_frequency=20,
                      metric=spec.search.metric, mode=spec.search.mode, sort_by_metric=True, max_progress_rows=12)  # fmt: skip
 
@@ -241,7 +239,7 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
         raise UserError(f"--cpus-per-trial {cpus_per_trial} but the Ray cluster has {total.get('CPU', 0):g} CPUs: lower it")
 
 
-def run_sweep(
+def run_trials(
     spec: SweepSpec,
     data: DatasetSplits,
     teacher: Teacher | None,

@@ -1,0 +1,54 @@
+"""The Python API: ``kdsearch.fit(config)`` finds what a run needs and trains.
+
+The engine (``kdsearch.train.fit``) takes its data and teacher from the caller; this is
+the caller for a config alone: it loads the dataset, finds the cached teacher or trains it
+once, and, for methods without a teacher, picks the teacher the student is compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kdsearch import train
+from kdsearch.config import TrainConfig
+from kdsearch.data import DatasetSplits, load_dataset
+from kdsearch.methods import check_method, method_class
+from kdsearch.runtime import resolve_stem, set_threads
+from kdsearch.teachers import Teacher, get_teacher, reference_teacher
+
+
+def load_data(cfg: TrainConfig) -> DatasetSplits:
+    return load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.train_subset)
+
+
+def resolve_teacher(cfg: TrainConfig, data: DatasetSplits, *, reference: bool, log: Callable[[str], None] = lambda _: None) -> Teacher | None:
+    """The teacher the method trains with (cached, or trained now), else, if ``reference``, the
+    one its compression is measured against (trained or an untrained model of its architecture)."""
+    if method_class(cfg.method).uses_teacher(cfg.method_args):
+        return get_teacher(cfg, data, log=log)
+    return reference_teacher(cfg, data, resolve_stem(cfg.stem, data.image_size)) if reference else None
+
+
+def fit(
+    config: TrainConfig | dict,
+    data: DatasetSplits | None = None,
+    teacher: Teacher | None = None,
+    *,
+    log: Callable[[str], None] = lambda _: None,
+    measure_speed: bool = True,
+    evaluate_test: bool = True,
+    **engine_options,
+) -> train.FitResult:
+    """Train a student for ``config``; ``data`` and ``teacher`` are found when not given.
+
+    Other keyword arguments (``on_epoch_end``, ``resume``, ``teacher_outputs``) go to the
+    engine, ``kdsearch.train.fit``.
+    """
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    check_method(cfg.method, cfg.method_args)
+    set_threads(cfg.threads)
+    if data is None:
+        data = load_data(cfg)
+    if teacher is None:
+        teacher = resolve_teacher(cfg, data, reference=measure_speed and evaluate_test, log=log)
+    return train.fit(cfg, data, teacher, log=log, measure_speed=measure_speed, evaluate_test=evaluate_test, **engine_options)

@@ -1,0 +1,160 @@
+"""The sweep folder, and the one module that reads and writes it (no Ray, no MLflow).
+
+    <storage>/<name>/
+        sweep.json            the manifest: where results and MLflow runs are, the space, the best trial
+        trial_<id>/           Ray Tune's per-trial folder: params.json, result.json (a line per epoch), checkpoints
+        best/                 student.pt, config.yaml, metrics.json: the best trial's student, tested
+        report/               trials.csv/md and the plots
+
+Ray Tune's plain files are enough to report on a sweep or to sync it to MLflow without Ray.
+A trial as kdsearch sees it (``TrialRecord``) carries no Ray types.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kdsearch.errors import UserError
+
+MANIFEST = "sweep.json"
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict  # the sampled values
+    history: list[dict]  # one dict of metrics per epoch
+    status: str  # TERMINATED or ERROR
+    error: str | None = None
+    best_checkpoint: str | None = None  # folder holding student.pt at the trial's best epoch
+    path: str | None = None
+
+    def best(self, metric: str, mode: str) -> float:
+        values = [h[metric] for h in self.history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+        if not values:
+            return -math.inf if mode == "max" else math.inf
+        return max(values) if mode == "max" else min(values)
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.history and self.history[-1].get("trial/diverged"))
+
+    @property
+    def invalid(self) -> bool:
+        """Ended by a setting it drew that cannot work (a kdsearch.errors.UserError in the trial)."""
+        return bool(self.history and self.history[-1].get("trial/invalid"))
+
+    @property
+    def failure(self) -> str | None:
+        """Why the trial failed (diverged, invalid settings, or an error), else None."""
+        if self.diverged or self.invalid:
+            return str(self.history[-1].get("trial/error") or ("diverged" if self.diverged else "invalid settings"))
+        return (self.error or "error") if self.status == "ERROR" else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    path: Path
+
+    @property
+    def best_dir(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def best_student(self) -> Path:
+        return self.best_dir / "student.pt"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    def exists(self) -> bool:
+        return (self.path / MANIFEST).is_file()
+
+    def read_manifest(self) -> dict:
+        path = self.path / MANIFEST
+        if not path.is_file():
+            raise UserError(f"{self.path} has no {MANIFEST}: pass a folder written by `kdsearch sweep`")
+        return json.loads(path.read_text())
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str))
+
+    def update_manifest(self, **values) -> dict:
+        manifest = {**self.read_manifest(), **values}
+        self.write_manifest(manifest)
+        return manifest
+
+    def trials(self) -> list[TrialRecord]:
+        return load_trials(self.path)
+
+    def write_best(self, config: dict, metrics: dict) -> None:
+        """The best student's config and metrics beside its checkpoint (written first by the caller)."""
+        self.best_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.best_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        _write_atomic(self.best_dir / "metrics.json", json.dumps(metrics, indent=2))
+
+    def read_best(self) -> tuple[dict, dict] | None:
+        """(config, metrics) of the best student, or None before the sweep has finalised one."""
+        if not (self.best_student.is_file() and (self.best_dir / "metrics.json").is_file()):
+            return None
+        return yaml.safe_load((self.best_dir / "config.yaml").read_text()), json.loads((self.best_dir / "metrics.json").read_text())
+
+    def best_checkpoint(self) -> Path:
+        if not self.best_student.is_file():
+            raise UserError(f"sweep {self.path} has no best checkpoint ({self.best_student} is missing): "
+                            "let the sweep finish, or continue it with --resume")  # fmt: skip
+        return self.best_student
+
+
+def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | None = None) -> SweepFolder:
+    """A sweep from a folder, a sweep name (under --storage, default ./sweeps) or an MLflow run id."""
+    candidates = [SweepFolder(Path(source)), SweepFolder(Path(storage or Path.cwd() / "sweeps") / source)]
+    for folder in candidates:
+        if folder.exists():
+            return folder
+    if re.fullmatch(r"[0-9a-f]{32}", source):
+        from kdsearch import tracking  # MLflow only when asked for a run id
+
+        folder = SweepFolder(Path(tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri())))
+        if folder.exists():
+            return folder
+        raise UserError(f"MLflow run {source} belongs to the sweep in {folder.path}, which is not on this machine: run there, or copy it")
+    raise UserError(f"no sweep at {candidates[0].path} or {candidates[1].path} (no {MANIFEST}), and {source!r} is not an MLflow run id: "
+                    "pass a sweep folder, a sweep name or a parent run id")  # fmt: skip
+
+
+def load_trials(sweep_dir: Path) -> list[TrialRecord]:
+    trials = []
+    for folder in sorted(Path(sweep_dir).glob("trial_*")):
+        params_path, result_path = folder / "params.json", folder / "result.json"
+        if not params_path.is_file():
+            continue
+        history = []
+        if result_path.is_file():
+            for line in result_path.read_text().splitlines():
+                try:
+                    history.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut short by a kill: the epochs before it stand
+        error_file = folder / "error.txt"
+        error = error_file.read_text().strip().splitlines()[-1][:300] if error_file.is_file() and error_file.read_text().strip() else None
+        trials.append(TrialRecord(trial_id=folder.name.removeprefix("trial_"), params=json.loads(params_path.read_text()), history=history,
+                                  status="ERROR" if error_file.is_file() else "TERMINATED", error=error, path=str(folder)))  # fmt: skip
+    if not trials:
+        raise UserError(f"{sweep_dir} holds no trials yet: run the sweep first")
+    return trials
