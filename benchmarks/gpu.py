@@ -53,8 +53,19 @@ def synthetic(n: int, n_val: int, side: int, seed: int = 0) -> DatasetSplits:
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n + n_val, 3, side, side), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n + n_val,), generator=g)
-    return DatasetSplits("synthetic-cifar", x[:n], y[:n], x[n:], y[n:], x[n:], y[n:], [str(i) for i in range(10)], False,
-                         (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # fmt: skip
+    return DatasetSplits(
+        "synthetic-cifar",
+        x[:n],
+        y[:n],
+        x[n:],
+        y[n:],
+        x[n:],
+        y[n:],
+        [str(i) for i in range(10)],
+        False,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+    )
 
 
 def throughput(history: list[dict], n: int) -> float:
@@ -77,8 +88,20 @@ def memory_mb(device: torch.device) -> float:
 
 
 def base_config(size: dict, device: str, **extra) -> TrainConfig:
-    values = dict(method="ce", dataset="cifar10", student=size["student"], teacher=size["teacher"], epochs=size["epochs"],
-                  batch_size=size["batch"], lr=0.05, crop_pad=4, flip=True, device=device, eval_batch_size=1024, threads=None)  # fmt: skip
+    values = dict(
+        method="ce",
+        dataset="cifar10",
+        student=size["student"],
+        teacher=size["teacher"],
+        epochs=size["epochs"],
+        batch_size=size["batch"],
+        lr=0.05,
+        crop_pad=4,
+        flip=True,
+        device=device,
+        eval_batch_size=1024,
+        threads=None,
+    )
     return TrainConfig(**{**values, **extra})
 
 
@@ -97,18 +120,32 @@ def measure_training(size: dict, data: DatasetSplits, device: str) -> tuple[dict
     s = size["student"]
     out["fp32"] = timed_fit(base_config(size, device, amp=False, channels_last=False), data, memory, f"{s} fp32")
     out["bf16_cl"] = timed_fit(base_config(size, device, amp=True, channels_last=True), data, memory, f"{s} bf16 + channels_last")
-    out["bf16_cl_2x_batch"] = timed_fit(base_config(size, device, amp=True, channels_last=True, batch_size=2 * size["batch"]), data, memory,
-                                        f"{s} bf16 + channels_last, batch {2 * size['batch']}")  # fmt: skip
-    out["bf16_cl_compile"] = timed_fit(base_config(size, device, amp=True, channels_last=True, compile=True), data, memory,
-                                       f"{s} bf16 + channels_last + compile")  # fmt: skip
+    out["bf16_cl_2x_batch"] = timed_fit(
+        base_config(size, device, amp=True, channels_last=True, batch_size=2 * size["batch"]),
+        data,
+        memory,
+        f"{s} bf16 + channels_last, batch {2 * size['batch']}",
+    )
+    out["bf16_cl_compile"] = timed_fit(
+        base_config(size, device, amp=True, channels_last=True, compile=True), data, memory, f"{s} bf16 + channels_last + compile"
+    )
     fast = dict(amp=True, channels_last=True)
     teacher = untrained_teacher(size["teacher"], data)
     kd = base_config(size, device, method="kd", **fast)
     out["kd_live"] = timed_fit(kd, data, memory, f"KD, live {size['teacher']} teacher", teacher=teacher)
     r = kd
     started = time.perf_counter()
-    cache = compute_teacher_outputs(teacher.model, data, seed=r.seed, epochs=r.epochs, crop_pad=r.crop_pad, flip=r.flip, attention=False,
-                                    device=torch.device(device), amp=torch.device(device).type == "cuda")  # fmt: skip
+    cache = compute_teacher_outputs(
+        teacher.model,
+        data,
+        seed=r.seed,
+        epochs=r.epochs,
+        crop_pad=r.crop_pad,
+        flip=r.flip,
+        attention=False,
+        device=torch.device(device),
+        amp=torch.device(device).type == "cuda",
+    )
     out["cache_build_s"] = time.perf_counter() - started
     out["kd_cached"] = timed_fit(kd, data, memory, "KD, cached teacher", teacher=teacher, teacher_outputs=cache)
     del cache, teacher
@@ -123,8 +160,15 @@ def child(args: argparse.Namespace) -> None:
     if device.type == "cuda" and args.fraction < 1:
         torch.cuda.set_per_process_memory_fraction(args.fraction)
     data = synthetic(size["images"] // args.concurrent, size["val"], size["side"], seed=args.rank)
-    cfg = base_config(size, args.device, amp=device.type == "cuda", channels_last=device.type == "cuda", batch_size=size["share_batch"],
-                      epochs=size["share_epochs"], threads=max(1, (os.cpu_count() or 1) // args.concurrent))  # fmt: skip
+    cfg = base_config(
+        size,
+        args.device,
+        amp=device.type == "cuda",
+        channels_last=device.type == "cuda",
+        batch_size=size["share_batch"],
+        epochs=size["share_epochs"],
+        threads=max(1, (os.cpu_count() or 1) // args.concurrent),
+    )
     torch.backends.cudnn.benchmark = True
     Path(args.ready).touch()
     while len(list(Path(args.ready).parent.glob("ready-*"))) < args.concurrent:  # start together
@@ -140,9 +184,25 @@ def measure_sharing(size: dict, device: str, size_name: str) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             procs = []
             for rank in range(concurrent):
-                cmd = [sys.executable, __file__, "--child", "--size", size_name, "--device", device, "--concurrent", str(concurrent),
-                       "--rank", str(rank), "--fraction", str(1 / concurrent), "--ready", f"{tmp}/ready-{rank}",
-                       "--result", f"{tmp}/result-{rank}.json"]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--size",
+                    size_name,
+                    "--device",
+                    device,
+                    "--concurrent",
+                    str(concurrent),
+                    "--rank",
+                    str(rank),
+                    "--fraction",
+                    str(1 / concurrent),
+                    "--ready",
+                    f"{tmp}/ready-{rank}",
+                    "--result",
+                    f"{tmp}/result-{rank}.json",
+                ]
                 procs.append(subprocess.Popen(cmd))
             codes = [p.wait() for p in procs]
             if any(codes):
@@ -186,15 +246,24 @@ def write(r: dict, out: Path, tiny: bool) -> None:
         ("4 trainings sharing the GPU (0.25 of its memory each)", f"{s['x4']:,.0f} img/s", f"{s['x4'] / s['x1']:.2f}x",
          goal(s["x4"] / s["x1"] >= 1.5, ">= 1.5x")),
     ]  # fmt: skip
-    lines = [f"# GPU speed ({'tiny, ' if tiny else ''}{r['images']:,} synthetic {r['side']}x{r['side']}x3 images, "
-             f"{r['student']} student, {r['teacher']} teacher)", "", f"Machine: {r['machine']}.", "",
-             "| measurement | value | ratio | goal |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"# GPU speed ({'tiny, ' if tiny else ''}{r['images']:,} synthetic {r['side']}x{r['side']}x3 images, "
+        f"{r['student']} student, {r['teacher']} teacher)",
+        "",
+        f"Machine: {r['machine']}.",
+        "",
+        "| measurement | value | ratio | goal |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += ["", "GPU memory still allocated after each run (MB; a leak grows it run after run):", ""]
     lines += [f"- {label}: {mb:.1f}" for label, mb in r["memory_mb"]]
-    lines += ["", f"Training batch {r['batch']} for the single-training rows; each of the sharing runs trains "
-              f"{r['images'] // 4:,} images at batch {r['share_batch']} (the sweeps' default) in its own process.",
-              f"Wall time of the whole benchmark: {r['wall_s']:.0f} s."]  # fmt: skip
+    lines += [
+        "",
+        f"Training batch {r['batch']} for the single-training rows; each of the sharing runs trains "
+        f"{r['images'] // 4:,} images at batch {r['share_batch']} (the sweeps' default) in its own process.",
+        f"Wall time of the whole benchmark: {r['wall_s']:.0f} s.",
+    ]
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"speed-gpu{'-tiny' if tiny else ''}"
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -209,7 +278,14 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small models and data, a few seconds a part: the CI setting")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for flag, kind in (("--size", str), ("--concurrent", int), ("--rank", int), ("--fraction", float), ("--ready", str), ("--result", str)):
+    for flag, kind in (
+        ("--size", str),
+        ("--concurrent", int),
+        ("--rank", int),
+        ("--fraction", float),
+        ("--ready", str),
+        ("--result", str),
+    ):
         parser.add_argument(flag, type=kind, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -54,8 +54,11 @@ PRESETS = {
 }  # fmt: skip
 
 # The published table this project started from (a student project), for the Notes column.
-PUBLISHED = {("kd", "cifar10"): "published: teacher 91.8%, student 88.5%", ("at", "celeba"): "published: teacher 92.0%, student 89.7%",
-             ("dml", "cifar10"): "published: 89.3%"}  # fmt: skip
+PUBLISHED = {
+    ("kd", "cifar10"): "published: teacher 91.8%, student 88.5%",
+    ("at", "celeba"): "published: teacher 92.0%, student 89.7%",
+    ("dml", "cifar10"): "published: 89.3%",
+}
 
 
 def space_for(method: str, p: dict, data_dir: str | None, cache: str, teacher_path: Path | None = None) -> dict:
@@ -65,11 +68,23 @@ def space_for(method: str, p: dict, data_dir: str | None, cache: str, teacher_pa
     if p["spaces"] and method != "ce":
         raw = yaml.safe_load((SPACES / f"{p['spaces']}-{method}.yaml").read_text())
     else:
-        small = {"kd": {"temperature": {"loguniform": [1, 20]}, "alpha": {"uniform": [0, 1]}},
-                 "at": {"beta": {"loguniform": [1e1, 1e4]}}, "dml": {"weight": {"loguniform": [0.1, 10]}}, "ce": {}}  # fmt: skip
+        small = {
+            "kd": {"temperature": {"loguniform": [1, 20]}, "alpha": {"uniform": [0, 1]}},
+            "at": {"beta": {"loguniform": [1e1, 1e4]}},
+            "dml": {"weight": {"loguniform": [0.1, 10]}},
+            "ce": {},
+        }
         raw = {"space": {**small[method], "lr": {"loguniform": [1e-2, 2e-1]}, "weight_decay": {"loguniform": [1e-5, 1e-3]}}}
-    fixed = {**raw.get("fixed", {}), "method": method, "dataset": p["dataset"], "teacher": p["teacher"], "student": p["student"],
-             "epochs": p["search_epochs"], "teacher_epochs": p["teacher_epochs"], "cache_dir": cache}  # fmt: skip
+    fixed = {
+        **raw.get("fixed", {}),
+        "method": method,
+        "dataset": p["dataset"],
+        "teacher": p["teacher"],
+        "student": p["student"],
+        "epochs": p["search_epochs"],
+        "teacher_epochs": p["teacher_epochs"],
+        "cache_dir": cache,
+    }
     fixed.update(p.get("fixed", {}).get(method, {}))
     space = {k: v for k, v in raw["space"].items() if k not in fixed}
     if teacher_path:
@@ -78,8 +93,12 @@ def space_for(method: str, p: dict, data_dir: str | None, cache: str, teacher_pa
         fixed["data_dir"] = data_dir
     if p["search_subset"]:
         fixed["train_subset"] = p["search_subset"]
-    search = {**raw.get("search", {}), "num_samples": p["num_samples"], "grace_period": max(1, p["search_epochs"] // 3),
-              "n_startup_trials": max(1, p["num_samples"] // 3)}  # fmt: skip
+    search = {
+        **raw.get("search", {}),
+        "num_samples": p["num_samples"],
+        "grace_period": max(1, p["search_epochs"] // 3),
+        "n_startup_trials": max(1, p["num_samples"] // 3),
+    }
     return {"name": f"{p['dataset']}-{method}", "fixed": fixed, "space": space, "search": search}
 
 
@@ -93,23 +112,41 @@ def run(preset: str, out: Path, work: Path, data_dir: str | None, seeds: int | N
     state.mkdir(exist_ok=True)
     cache = str(work / "cache")
     data = load_dataset(p["dataset"], data_dir)
-    teacher_cfg = TrainConfig(method="kd", dataset=p["dataset"], teacher=p["teacher"], student=p["student"], teacher_epochs=p["teacher_epochs"],
-                              cache_dir=cache, data_dir=data_dir)  # fmt: skip
+    teacher_cfg = TrainConfig(
+        method="kd",
+        dataset=p["dataset"],
+        teacher=p["teacher"],
+        student=p["student"],
+        teacher_epochs=p["teacher_epochs"],
+        cache_dir=cache,
+        data_dir=data_dir,
+    )
     started = time.perf_counter()
     teacher = get_teacher(teacher_cfg, data, log=print)
     teacher_s = _stage(state / "teacher.json", lambda: {"seconds": time.perf_counter() - started})["seconds"]
 
     searches = {}
     for method in METHODS:
+
         def search(method=method) -> dict:
             space = work / f"{preset}-{method}.yaml"
             space.write_text(yaml.safe_dump(space_for(method, p, data_dir, cache, teacher.path), sort_keys=False))
             started = time.perf_counter()
-            opts = SweepOptions(storage=str(work / "sweeps"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                                name=f"{preset}-{method}-{int(time.time())}", verbose=0, register=False)  # fmt: skip
+            opts = SweepOptions(
+                storage=str(work / "sweeps"),
+                tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+                name=f"{preset}-{method}-{int(time.time())}",
+                verbose=0,
+                register=False,
+            )
             summary = run_sweep(space, opts, log=print)
-            return {"config": summary.best_config, "params": summary.best_params, "seconds": time.perf_counter() - started,
-                    "sweep": summary.name, "trials": len(summary.table)}  # fmt: skip
+            return {
+                "config": summary.best_config,
+                "params": summary.best_params,
+                "seconds": time.perf_counter() - started,
+                "sweep": summary.name,
+                "trials": len(summary.table),
+            }
 
         searches[method] = _stage(state / f"search-{method}.json", search)
 
@@ -124,8 +161,16 @@ def run(preset: str, out: Path, work: Path, data_dir: str | None, seeds: int | N
                 nonlocal outputs
                 if outputs is None and method in ("kd", "at"):
                     print(f"seed {seed}: teacher outputs for {best.epochs} epochs of views", flush=True)
-                    outputs = compute_teacher_outputs(teacher.model, data, seed=seed, epochs=best.epochs, crop_pad=best.crop_pad, flip=best.flip,
-                                                      attention=True, device=torch.device("cpu"))  # fmt: skip
+                    outputs = compute_teacher_outputs(
+                        teacher.model,
+                        data,
+                        seed=seed,
+                        epochs=best.epochs,
+                        crop_pad=best.crop_pad,
+                        flip=best.flip,
+                        attention=True,
+                        device=torch.device("cpu"),
+                    )
                 started = time.perf_counter()
                 result = fit(best, data=data, teacher=teacher, log=print, teacher_outputs=outputs)  # the full training split
                 return {"metrics": result.metrics, "seconds": time.perf_counter() - started}
@@ -172,33 +217,55 @@ def write(table: pd.DataFrame, preset: str, out: Path, goals: dict | None = None
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, " + (
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     )
-    lines = [f"# Results: {preset}", "", f"Machine: {machine}. Command: `python benchmarks/reproduce.py {' '.join(sys.argv[1:])}`.", "",
-             "| Method | Dataset | Teacher acc | Student acc (mean +/- std over seeds) | Gain over scratch | Compression | Notes |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"# Results: {preset}",
+        "",
+        f"Machine: {machine}. Command: `python benchmarks/reproduce.py {' '.join(sys.argv[1:])}`.",
+        "",
+        "| Method | Dataset | Teacher acc | Student acc (mean +/- std over seeds) | Gain over scratch | Compression | Notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in table.to_dict("records"):
-        note = "the same student trained alone (baseline)" if r["Method"] == "ce" else PUBLISHED.get((r["Method"], r["Dataset"]), "")
+        note = (
+            "the same student trained alone (baseline)" if r["Method"] == "ce" else PUBLISHED.get((r["Method"], r["Dataset"]), "")
+        )
         lines.append(
             f"| {r['Method']} | {r['Dataset']} | {100 * r['Teacher acc']:.2f}% | {100 * r['Student acc']:.2f} +/- {100 * r['Student acc std']:.2f}% "
             f"| {r['Gain over scratch (points)']:+.2f} | {r['Compression']:.2f}x params, {r['FLOPs ratio']:.2f}x FLOPs, "
             f"{r['Latency speedup']:.2f}x CPU latency | {note} |"
         )
-    lines += ["", "| Method | Student params | Student FLOPs | Size ratio | Search trials | Search s | Final training s (all seeds) | Best settings |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        "| Method | Student params | Student FLOPs | Size ratio | Search trials | Search s | Final training s (all seeds) | Best settings |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in table.to_dict("records"):
-        lines.append(f"| {r['Method']} | {r['Student params']:,.0f} | {r['Student FLOPs']:,.0f} | {r['Size ratio']:.2f}x | {r['Search trials']} "
-                     f"| {r['Search s']:.0f} | {r['Train s']:.0f} | `{r['Best config']}` |")  # fmt: skip
-    lines += ["", f"Teacher trained in {table['Teacher train s'].iloc[0]:.0f} s. Per-seed accuracies: results.csv.", "",
-              "![results](results.png)"]
+        lines.append(
+            f"| {r['Method']} | {r['Student params']:,.0f} | {r['Student FLOPs']:,.0f} | {r['Size ratio']:.2f}x | {r['Search trials']} "
+            f"| {r['Search s']:.0f} | {r['Train s']:.0f} | `{r['Best config']}` |"
+        )
+    lines += [
+        "",
+        f"Teacher trained in {table['Teacher train s'].iloc[0]:.0f} s. Per-seed accuracies: results.csv.",
+        "",
+        "![results](results.png)",
+    ]
     if goals:
         lines += ["", "## Goals", ""]
         teacher_acc = table["Teacher acc"].iloc[0]
-        lines.append(f"- Teacher >= {100 * goals['teacher']:.1f}% test accuracy: {100 * teacher_acc:.2f}%, "
-                     f"**{'holds' if teacher_acc >= goals['teacher'] else 'MISSED'}**.")  # fmt: skip
+        lines.append(
+            f"- Teacher >= {100 * goals['teacher']:.1f}% test accuracy: {100 * teacher_acc:.2f}%, "
+            f"**{'holds' if teacher_acc >= goals['teacher'] else 'MISSED'}**."
+        )
         distilled = table[table["Method"] != "ce"].sort_values("Student acc", ascending=False).iloc[0]
-        lines.append(f"- Distilled student >= {100 * goals['student']:.1f}% (mean of seeds): best is {distilled['Method']} with "
-                     f"{100 * distilled['Student acc']:.2f}%, **{'holds' if distilled['Student acc'] >= goals['student'] else 'MISSED'}**.")  # fmt: skip
-        lines.append(f"- At least {goals['gain']:+.1f} points over the same student trained alone: {distilled['Method']} "
-                     f"{distilled['Gain over scratch (points)']:+.2f}, **{'holds' if distilled['Gain over scratch (points)'] >= goals['gain'] else 'MISSED'}**.")  # fmt: skip
+        lines.append(
+            f"- Distilled student >= {100 * goals['student']:.1f}% (mean of seeds): best is {distilled['Method']} with "
+            f"{100 * distilled['Student acc']:.2f}%, **{'holds' if distilled['Student acc'] >= goals['student'] else 'MISSED'}**."
+        )
+        lines.append(
+            f"- At least {goals['gain']:+.1f} points over the same student trained alone: {distilled['Method']} "
+            f"{distilled['Gain over scratch (points)']:+.2f}, **{'holds' if distilled['Gain over scratch (points)'] >= goals['gain'] else 'MISSED'}**."
+        )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot(table, preset, out)
     print("\n".join(lines))
@@ -217,7 +284,9 @@ def plot(table: pd.DataFrame, preset: str, out: Path) -> None:
         ax.bar(i, statistics.mean(accs), color="tab:grey" if r["Method"] == "ce" else "tab:blue", alpha=0.6)
         ax.scatter([i] * len(accs), accs, color="black", s=12, zorder=3)
     ax.axhline(100 * table["Teacher acc"].iloc[0], color="tab:red", ls="--", label=f"teacher {table['Teacher'].iloc[0]}")
-    ax.axhline(100 * table.loc[table["Method"] == "ce", "Student acc"].iloc[0], color="tab:grey", ls=":", label="student alone (ce)")
+    ax.axhline(
+        100 * table.loc[table["Method"] == "ce", "Student acc"].iloc[0], color="tab:grey", ls=":", label="student alone (ce)"
+    )
     ax.set_xticks(range(len(table)), table["Method"])
     values = [100 * a for accs in table["Per-seed acc"] for a in json.loads(accs)] + [100 * table["Teacher acc"].iloc[0]]
     ax.set_ylim(min(values) - 1, max(values) + 0.5)

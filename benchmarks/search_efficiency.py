@@ -51,8 +51,17 @@ WITHIN = 0.003  # "within 0.3 points of the grid's best"
 
 
 def spaces(s: dict, teacher_path: Path, cache: str) -> dict[str, dict]:
-    fixed = {"method": "kd", "dataset": s["dataset"], "teacher": s["teacher"], "student": s["student"], "epochs": s["epochs"],
-             "teacher_epochs": s["teacher_epochs"], "teacher_checkpoint": str(teacher_path), "cache_dir": cache, "batch_size": 128}  # fmt: skip
+    fixed = {
+        "method": "kd",
+        "dataset": s["dataset"],
+        "teacher": s["teacher"],
+        "student": s["student"],
+        "epochs": s["epochs"],
+        "teacher_epochs": s["teacher_epochs"],
+        "teacher_checkpoint": str(teacher_path),
+        "cache_dir": cache,
+        "batch_size": 128,
+    }
     if s["train_subset"]:
         fixed["train_subset"] = s["train_subset"]
     grid = s["grid"]
@@ -90,7 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits and a 2 x 2 grid: a minute, checks the path")
     parser.add_argument("--out", help="results folder (default benchmarks/results/search-efficiency[-quick])")
-    parser.add_argument("--work", default="sweeps-reproduce", help="sweeps, MLflow store and the teacher cache (shared with reproduce.py)")
+    parser.add_argument(
+        "--work", default="sweeps-reproduce", help="sweeps, MLflow store and the teacher cache (shared with reproduce.py)"
+    )
     args = parser.parse_args()
     s = SETTINGS["quick" if args.quick else "full"]
     out = Path(args.out) if args.out else ROOT / "results" / ("search-efficiency-quick" if args.quick else "search-efficiency")
@@ -100,8 +111,14 @@ def main() -> None:
 
     # The teacher trained on the full training split (the one reproduce.py's preset trains).
     data = load_dataset(s["dataset"])
-    teacher_cfg = TrainConfig(method="kd", dataset=s["dataset"], teacher=s["teacher"], student=s["student"], teacher_epochs=s["teacher_epochs"],
-                              cache_dir=cache)  # fmt: skip
+    teacher_cfg = TrainConfig(
+        method="kd",
+        dataset=s["dataset"],
+        teacher=s["teacher"],
+        student=s["student"],
+        teacher_epochs=s["teacher_epochs"],
+        cache_dir=cache,
+    )
     teacher = get_teacher(teacher_cfg, data, log=print)
 
     stamp = int(time.time())
@@ -110,15 +127,31 @@ def main() -> None:
         path = work / f"search-efficiency-{strategy}.yaml"
         path.write_text(yaml.safe_dump({"name": f"efficiency-{strategy.replace('+', '-')}", **space}, sort_keys=False))
         started = time.perf_counter()
-        opts = SweepOptions(storage=str(work / "sweeps"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                            name=f"efficiency-{strategy.replace('+', '-')}-{stamp}", verbose=0, register=False)  # fmt: skip
+        opts = SweepOptions(
+            storage=str(work / "sweeps"),
+            tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+            name=f"efficiency-{strategy.replace('+', '-')}-{stamp}",
+            verbose=0,
+            register=False,
+        )
         summary = run_sweep(path, opts, log=print)
         seconds = time.perf_counter() - started
         curves[strategy] = curve(Path(summary.sweep_dir))
         c = curves[strategy]
-        rows.append({"strategy": strategy, "trials": len(summary.table), "epochs used": int(c["epochs"].iloc[-1]),
-                     "best val/acc": float(c["best_val_acc"].iloc[-1]), "wall s": seconds, "best settings": summary.best_params})  # fmt: skip
-        print(f"{strategy}: {rows[-1]['trials']} trials, {rows[-1]['epochs used']} epochs, best val/acc {rows[-1]['best val/acc']:.4f}", flush=True)
+        rows.append(
+            {
+                "strategy": strategy,
+                "trials": len(summary.table),
+                "epochs used": int(c["epochs"].iloc[-1]),
+                "best val/acc": float(c["best_val_acc"].iloc[-1]),
+                "wall s": seconds,
+                "best settings": summary.best_params,
+            }
+        )
+        print(
+            f"{strategy}: {rows[-1]['trials']} trials, {rows[-1]['epochs used']} epochs, best val/acc {rows[-1]['best val/acc']:.4f}",
+            flush=True,
+        )
 
     grid_epochs = rows[0]["epochs used"]
     target = rows[0]["best val/acc"] - WITHIN
@@ -164,18 +197,28 @@ def write(out: Path, rows: list[dict], curves: dict, s: dict, args) -> None:
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     )
     grid = " x ".join(f"{k} {v}" for k, v in s["grid"].items())
-    lines = [f"# Search efficiency: KD {s['teacher']} -> {s['student']} on {s['dataset']}", "",
-             f"Machine: {machine}. Command: `python benchmarks/search_efficiency.py {' '.join(sys.argv[1:])}`.",
-             f"Grid: {grid}; {s['epochs']} epochs per trial; training subset {s['train_subset'] or 'all'}; selection on validation accuracy.", "",
-             "| strategy | trials | epochs used | best val acc | best val acc at 1/3 of grid epochs | epochs to reach grid best - 0.3 | share of grid epochs | wall s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"# Search efficiency: KD {s['teacher']} -> {s['student']} on {s['dataset']}",
+        "",
+        f"Machine: {machine}. Command: `python benchmarks/search_efficiency.py {' '.join(sys.argv[1:])}`.",
+        f"Grid: {grid}; {s['epochs']} epochs per trial; training subset {s['train_subset'] or 'all'}; selection on validation accuracy.",
+        "",
+        "| strategy | trials | epochs used | best val acc | best val acc at 1/3 of grid epochs | epochs to reach grid best - 0.3 | share of grid epochs | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         reach = "never" if r["epochs to reach grid best - 0.3"] is None else str(r["epochs to reach grid best - 0.3"])
         share = "-" if r["fraction of grid epochs"] is None else f"{r['fraction of grid epochs']:.2f}"
-        lines.append(f"| {r['strategy']} | {r['trials']} | {r['epochs used']} | {100 * r['best val/acc']:.2f}% "
-                     f"| {100 * r['best val/acc at 1/3 of grid epochs']:.2f}% | {reach} | {share} | {r['wall s']:.0f} |")  # fmt: skip
-    lines += ["", f"Goal: TPE + ASHA within 0.3 points of the grid's best using <= 1/3 of the grid's epochs: **{'holds' if ok else 'MISSED'}**.",
-              "", "![best so far](curves.png)"]  # fmt: skip
+        lines.append(
+            f"| {r['strategy']} | {r['trials']} | {r['epochs used']} | {100 * r['best val/acc']:.2f}% "
+            f"| {100 * r['best val/acc at 1/3 of grid epochs']:.2f}% | {reach} | {share} | {r['wall s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Goal: TPE + ASHA within 0.3 points of the grid's best using <= 1/3 of the grid's epochs: **{'holds' if ok else 'MISSED'}**.",
+        "",
+        "![best so far](curves.png)",
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -59,14 +59,26 @@ def measure_training(base: dict, data, teacher_arch: str, threads: int) -> dict:
     teacher = untrained_teacher(teacher_arch, data)
     cfg = TrainConfig(**base, threads=threads)
     out = {}
-    out["ce"] = throughput(fit(TrainConfig(**{**cfg.to_dict(), "method": "ce"}), data=data, measure_speed=False, evaluate_test=False).history, n)
+    out["ce"] = throughput(
+        fit(TrainConfig(**{**cfg.to_dict(), "method": "ce"}), data=data, measure_speed=False, evaluate_test=False).history, n
+    )
     out["kd_live"] = throughput(fit(cfg, data=data, teacher=teacher, measure_speed=False, evaluate_test=False).history, n)
     r = cfg
     started = time.perf_counter()
-    cache = compute_teacher_outputs(teacher.model, data, seed=r.seed, epochs=r.epochs, crop_pad=r.crop_pad, flip=r.flip, attention=False,
-                                    device=resolve_device(r.device))  # fmt: skip
+    cache = compute_teacher_outputs(
+        teacher.model,
+        data,
+        seed=r.seed,
+        epochs=r.epochs,
+        crop_pad=r.crop_pad,
+        flip=r.flip,
+        attention=False,
+        device=resolve_device(r.device),
+    )
     out["cache_build_s"] = time.perf_counter() - started
-    out["kd_cached"] = throughput(fit(cfg, data=data, teacher=teacher, teacher_outputs=cache, measure_speed=False, evaluate_test=False).history, n)
+    out["kd_cached"] = throughput(
+        fit(cfg, data=data, teacher=teacher, teacher_outputs=cache, measure_speed=False, evaluate_test=False).history, n
+    )
     return out
 
 
@@ -75,12 +87,20 @@ def measure_in_trial(base: dict, data, threads: int) -> float:
     from kdsearch import ray_trials
     from kdsearch.search_space import parse_sweep
 
-    spec = parse_sweep({"fixed": {**base, "method": "ce"}, "space": {"lr": {"choice": [base.get("lr", 0.05)]}},
-                        "search": {"num_samples": 1, "scheduler": "fifo", "sampler": "random"}}, "speed-benchmark")  # fmt: skip
+    spec = parse_sweep(
+        {
+            "fixed": {**base, "method": "ce"},
+            "space": {"lr": {"choice": [base.get("lr", 0.05)]}},
+            "search": {"num_samples": 1, "scheduler": "fifo", "sampler": "random"},
+        },
+        "speed-benchmark",
+    )
     with tempfile.TemporaryDirectory() as storage:
         ray_trials.start_ray(None, num_cpus=threads)
         try:
-            trials = ray_trials.run_trials(spec, data, None, storage=storage, name="speed", resume=False, cpus_per_trial=threads, verbose=0)
+            trials = ray_trials.run_trials(
+                spec, data, None, storage=storage, name="speed", resume=False, cpus_per_trial=threads, verbose=0
+            )
         finally:
             ray_trials.stop_ray()
     return throughput(trials[0].history, len(data.train_x))
@@ -93,7 +113,9 @@ def measure_pipeline(data, batch_size: int, pad: int, seconds: float) -> dict:
 
     mean, std = data.mean, data.std
     images = [Image.fromarray(x[0].numpy()) for x in data.train_x]  # how torchvision's datasets hold them
-    transform = T.Compose([T.RandomCrop(data.image_size[0], padding=pad), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    transform = T.Compose(
+        [T.RandomCrop(data.image_size[0], padding=pad), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+    )
 
     class PILSet(torch.utils.data.Dataset):
         def __len__(self):
@@ -112,22 +134,43 @@ def measure_pipeline(data, batch_size: int, pad: int, seconds: float) -> dict:
         return done / (time.perf_counter() - started)
 
     workers = min(2, os.cpu_count() or 1)
-    loader = torch.utils.data.DataLoader(PILSet(), batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True)
+    loader = torch.utils.data.DataLoader(
+        PILSet(), batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True
+    )
     device_data = DeviceData(data.train_x, data.train_y, mean, std, resolve_device("auto"), pad=pad)
     epoch = iter(range(10**9))
-    return {"dataloader_pil": rate(lambda: loader), "in_memory": rate(lambda: device_data.train_batches(batch_size, 0, next(epoch), True)),
-            "dataloader_workers": workers}  # fmt: skip
+    return {
+        "dataloader_pil": rate(lambda: loader),
+        "in_memory": rate(lambda: device_data.train_batches(batch_size, 0, next(epoch), True)),
+        "dataloader_workers": workers,
+    }
 
 
 def measure_startup(quick: bool, cache: str) -> float:
     """Seconds from `kdsearch sweep` starting to the first trial result on disk (teacher already cached)."""
     with tempfile.TemporaryDirectory() as tmp:
         space = Path(tmp) / "startup.yaml"
-        space.write_text(f"fixed: {{method: kd, dataset: digits, epochs: 3, cache_dir: {cache}}}\n"
-                         "space: {alpha: {uniform: [0.5, 0.9]}}\nsearch: {num_samples: 1, scheduler: fifo}\n")  # fmt: skip
-        cmd = [sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", f"{tmp}/s", "--tracking-uri", f"sqlite:///{tmp}/m.db", "--quiet"]
-        subprocess.run([sys.executable, "-m", "kdsearch", "teacher", "--dataset", "digits", "--cache-dir", cache, "--quiet"], check=True,
-                       capture_output=True)  # fmt: skip
+        space.write_text(
+            f"fixed: {{method: kd, dataset: digits, epochs: 3, cache_dir: {cache}}}\n"
+            "space: {alpha: {uniform: [0.5, 0.9]}}\nsearch: {num_samples: 1, scheduler: fifo}\n"
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "kdsearch",
+            "sweep",
+            str(space),
+            "--storage",
+            f"{tmp}/s",
+            "--tracking-uri",
+            f"sqlite:///{tmp}/m.db",
+            "--quiet",
+        ]
+        subprocess.run(
+            [sys.executable, "-m", "kdsearch", "teacher", "--dataset", "digits", "--cache-dir", cache, "--quiet"],
+            check=True,
+            capture_output=True,
+        )
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = None
@@ -153,7 +196,15 @@ def main() -> None:
         teacher_arch = "resnet56"
     else:
         data = load_dataset("fashion_mnist", train_subset=6000, val_fraction=0.02)
-        base = dict(dataset="fashion_mnist", student="resnet8", teacher="resnet56", epochs=5, batch_size=128, train_subset=6000, val_fraction=0.02)
+        base = dict(
+            dataset="fashion_mnist",
+            student="resnet8",
+            teacher="resnet56",
+            epochs=5,
+            batch_size=128,
+            train_subset=6000,
+            val_fraction=0.02,
+        )
         teacher_arch = "resnet56"
     results = {"device": str(device), "threads": threads, "quick": args.quick, "images": len(data.train_x), "dataset": data.name}
     results["train"] = measure_training(base, data, teacher_arch, threads)

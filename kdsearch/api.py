@@ -18,10 +18,14 @@ from kdsearch.teachers import Teacher, get_teacher, reference_teacher
 
 
 def load_data(cfg: TrainConfig) -> DatasetSplits:
-    return load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.train_subset)
+    return load_dataset(
+        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.train_subset
+    )
 
 
-def resolve_teacher(cfg: TrainConfig, data: DatasetSplits, *, reference: bool, log: Callable[[str], None] = lambda _: None) -> Teacher | None:
+def resolve_teacher(
+    cfg: TrainConfig, data: DatasetSplits, *, reference: bool, log: Callable[[str], None] = lambda _: None
+) -> Teacher | None:
     """The teacher the method trains with (cached, or trained now), else, if ``reference``, the
     one its compression is measured against (trained or an untrained model of its architecture)."""
     if method_class(cfg.method).uses_teacher(cfg.method_args):

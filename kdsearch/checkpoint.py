@@ -56,7 +56,9 @@ def read_checkpoint(path: str | Path) -> dict:
         if "global" in text.lower():  # the weights-only unpickler met a callable it will not import
             found = re.search(r"GLOBAL ([\w.]+)", text)
             name = found.group(1) if found else "a callable"
-            raise UserError(f"refusing to load {path}: it carries code ({name}), not just weights; use checkpoints kdsearch wrote") from None
+            raise UserError(
+                f"refusing to load {path}: it carries code ({name}), not just weights; use checkpoints kdsearch wrote"
+            ) from None
         raise UserError(f"{path} is not a readable checkpoint (UnpicklingError): pass a checkpoint kdsearch wrote") from None
     except Exception as exc:  # torch raises many types (KeyError, RuntimeError, ...) on arbitrary bytes
         raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}): pass a checkpoint kdsearch wrote") from None

@@ -15,6 +15,7 @@ from kdsearch.config import TrainConfig, parse_value, read_config_yaml
 from kdsearch.errors import UserError
 from kdsearch.summary import format_summary, format_sweep_summary
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -40,8 +41,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)
-    parser.add_argument("--set", dest="method_args", action="append", default=[], metavar="KEY=VALUE",
-                        help="a method setting, e.g. --set temperature=4 --set alpha=0.9 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="method_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method setting, e.g. --set temperature=4 --set alpha=0.9 (repeatable)",
+    )
     parser.add_argument("--config", metavar="YAML", help="read settings from a YAML file; flags override it")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
@@ -119,7 +126,9 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"path": str(teacher.path), "arch": teacher.arch, "metrics": teacher.metrics}))
     else:
-        print(f"teacher {teacher.arch} on {cfg.dataset}: val/acc {teacher.metrics['val/acc']:.4f}  test/acc {teacher.metrics['test/acc']:.4f}")
+        print(
+            f"teacher {teacher.arch} on {cfg.dataset}: val/acc {teacher.metrics['val/acc']:.4f}  test/acc {teacher.metrics['test/acc']:.4f}"
+        )
         print(f"checkpoint: {teacher.path}")
     return 0
 
@@ -132,9 +141,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = parse_assignments(args.fixed)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
-    opts = SweepOptions(num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                        gpus_per_trial=args.gpus_per_trial, address=args.address, storage=args.storage, tracking_uri=args.tracking_uri,
-                        name=args.name, resume=args.resume, overrides=overrides, smoke=args.smoke, verbose=0 if args.quiet else 1)  # fmt: skip
+    opts = SweepOptions(
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        address=args.address,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        name=args.name,
+        resume=args.resume,
+        overrides=overrides,
+        smoke=args.smoke,
+        verbose=0 if args.quiet else 1,
+    )
     summary = run_sweep(args.space, opts, log=_log(args.quiet))
     print(format_sweep_summary(summary))
     return 0
@@ -163,10 +183,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"exported {checkpoint} to {args.out} (verified on {report['images']} validation images, "
-          f"tolerance atol={report['tolerance']['atol']:g} rtol={report['tolerance']['rtol']:g}):")  # fmt: skip
+    print(
+        f"exported {checkpoint} to {args.out} (verified on {report['images']} validation images, "
+        f"tolerance atol={report['tolerance']['atol']:g} rtol={report['tolerance']['rtol']:g}):"
+    )
     for fmt, entry in report["formats"].items():
-        print(f"  {fmt:12} {entry['file']:22} {entry['bytes'] / 1e6:8.2f} MB  max |diff| {entry['max_abs_diff']:.1e}  val/acc {entry['val/acc']:.4f}")
+        print(
+            f"  {fmt:12} {entry['file']:22} {entry['bytes'] / 1e6:8.2f} MB  max |diff| {entry['max_abs_diff']:.1e}  val/acc {entry['val/acc']:.4f}"
+        )
     print(f"  model card   model.json  (load with kdsearch.load_student({str(args.out)!r}))")
     return 0
 
@@ -197,8 +221,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
     result = sync_sweep(folder, args.tracking_uri, log=_log(False))
-    print(f"synced {result['trials']} trials of {folder.path} to {result['tracking_uri']} "
-          f"({result['epochs_added']} epochs were missing); parent run {result['parent_run_id']}")  # fmt: skip
+    print(
+        f"synced {result['trials']} trials of {folder.path} to {result['tracking_uri']} "
+        f"({result['epochs_added']} epochs were missing); parent run {result['parent_run_id']}"
+    )
     return 0
 
 
@@ -259,8 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="search distillation settings with Ray Tune + Optuna, tracked in MLflow")
     sweep.add_argument("space", help="a search space YAML file, e.g. search_spaces/quickstart.yaml")
-    sweep.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
-                       help="fix a training or method setting over the file's, e.g. --set epochs=5 (repeatable; recorded for --resume)")
+    sweep.add_argument(
+        "--set",
+        dest="fixed",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a training or method setting over the file's, e.g. --set epochs=5 (repeatable; recorded for --resume)",
+    )
     sweep.add_argument("--data-dir", help="folder holding the dataset files (default $KDSEARCH_DATA or ./data)")
     sweep.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
     sweep.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as resources allow)")
@@ -277,8 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export the best student of a sweep, verified, with a model card")
     export.add_argument("source", help="a sweep folder, a sweep name, an MLflow parent run id, or a student .pt checkpoint")
-    export.add_argument("--format", nargs="+", default=["safetensors"], metavar="FORMAT",
-                        help="one or more of safetensors, pt, torchscript, onnx (default safetensors)")  # fmt: skip
+    export.add_argument(
+        "--format",
+        nargs="+",
+        default=["safetensors"],
+        metavar="FORMAT",
+        help="one or more of safetensors, pt, torchscript, onnx (default safetensors)",
+    )
     export.add_argument("--out", required=True, help="folder to write the student and model.json into")
     export.add_argument("--data-dir", help="where the dataset is, to verify the export on validation images")
     _add_source_flags(export)

@@ -21,15 +21,34 @@ from kdsearch.errors import UserError
 # Per-dataset defaults: the models, schedule and augmentation that work for that data.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     # 8x8 digits: a resnet20 teacher trains to ~98% in seconds; no flips (a flipped 2 is not a 2).
-    "digits": dict(teacher="resnet20", student="resnet8", epochs=30, teacher_epochs=30, batch_size=64, lr=0.05, crop_pad=1, flip=False),
+    "digits": dict(
+        teacher="resnet20", student="resnet8", epochs=30, teacher_epochs=30, batch_size=64, lr=0.05, crop_pad=1, flip=False
+    ),
     # 28x28 grey: the CPU-scale reference setting (pad-2 crop + flip, as in STACK-FACTS' reference runs).
-    "fashion_mnist": dict(teacher="resnet56", student="resnet8", epochs=15, teacher_epochs=15, batch_size=128, lr=0.1, crop_pad=2, flip=True),
+    "fashion_mnist": dict(
+        teacher="resnet56", student="resnet8", epochs=15, teacher_epochs=15, batch_size=128, lr=0.1, crop_pad=2, flip=True
+    ),
     # 32x32 colour: the published table's setting, ResNet-50 teacher, ResNet-18 student (GPU work).
-    "cifar10": dict(teacher="resnet50", student="resnet18", epochs=60, teacher_epochs=60, batch_size=128, lr=0.1, crop_pad=4, flip=True),
-    "cifar100": dict(teacher="resnet50", student="resnet18", epochs=60, teacher_epochs=60, batch_size=128, lr=0.1, crop_pad=4, flip=True),
+    "cifar10": dict(
+        teacher="resnet50", student="resnet18", epochs=60, teacher_epochs=60, batch_size=128, lr=0.1, crop_pad=4, flip=True
+    ),
+    "cifar100": dict(
+        teacher="resnet50", student="resnet18", epochs=60, teacher_epochs=60, batch_size=128, lr=0.1, crop_pad=4, flip=True
+    ),
     # Faces decoded once at 128x128; the ImageNet stem brings them to 32x32 after the stem.
-    "celeba": dict(teacher="resnet50", student="resnet18", epochs=15, teacher_epochs=15, batch_size=256, lr=0.1, crop_pad=8, flip=True, image_size=128),
+    "celeba": dict(
+        teacher="resnet50",
+        student="resnet18",
+        epochs=15,
+        teacher_epochs=15,
+        batch_size=256,
+        lr=0.1,
+        crop_pad=8,
+        flip=True,
+        image_size=128,
+    ),
 }
+
 
 def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
     """A field with its command-line help (and choices) as metadata: one source for both."""
@@ -205,7 +224,9 @@ def load_yaml(path: str | Path) -> Any:
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 YAML") from None
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 YAML"
+        ) from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     try:

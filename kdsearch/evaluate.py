@@ -47,7 +47,9 @@ def predict(model: nn.Module, data: DeviceData, batch_size: int | None, amp: boo
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int | None, multilabel: bool, loss_fn=None, amp: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: DeviceData, batch_size: int | None, multilabel: bool, loss_fn=None, amp: bool = False
+) -> dict[str, float]:
     logits = predict(model, data, batch_size, amp)
     metrics = classification_metrics(logits, data.y, multilabel)
     if loss_fn is not None:

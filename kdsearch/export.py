@@ -64,8 +64,17 @@ def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path) -> Non
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-                torch.onnx.export(model, (example,), str(p), input_names=["images"], output_names=["logits"],
-                                  dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)  # fmt: skip
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(p),
+                    input_names=["images"],
+                    output_names=["logits"],
+                    dynamic_shapes={"x": {0: batch}},
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
 
         _atomic_write(path, export)
 
@@ -114,8 +123,12 @@ def model_card(payload: dict) -> dict:
         "task": "multi-label (one sigmoid per attribute)" if data.get("multilabel") else "single-label (softmax over classes)",
         "class_names": data.get("class_names"),
         "dataset": data.get("name"),
-        "distillation": {"method": config.get("method"), "method_args": config.get("method_args"), "teacher": config.get("teacher"),
-                         "teacher_width": config.get("teacher_width")},  # fmt: skip
+        "distillation": {
+            "method": config.get("method"),
+            "method_args": config.get("method_args"),
+            "teacher": config.get("teacher"),
+            "teacher_width": config.get("teacher_width"),
+        },
         "config": config,
         "metrics": payload.get("metrics", {}),
     }
@@ -127,8 +140,14 @@ def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor
 
     data, config = payload.get("dataset", {}), payload.get("config", {})
     try:
-        splits = load_dataset(data["name"], data_dir or config.get("data_dir"), False, config.get("val_fraction", 0.1),
-                              config.get("split_seed", 0), config.get("image_size"))  # fmt: skip
+        splits = load_dataset(
+            data["name"],
+            data_dir or config.get("data_dir"),
+            False,
+            config.get("val_fraction", 0.1),
+            config.get("split_seed", 0),
+            config.get("image_size"),
+        )
     except (UserError, KeyError) as exc:
         raise UserError(f"cannot load the validation data to verify the export ({exc}); pass --data-dir") from None
     x = splits.val_x[:VERIFY_IMAGES].float()
@@ -163,7 +182,9 @@ def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Pa
         ok = torch.allclose(logits, reference, atol=ATOL, rtol=RTOL)
         if not ok:
             path.unlink()
-            raise UserError(f"{fmt} export does not reproduce the checkpoint (max |diff| {diff:.2e} > {ATOL}); nothing written for it")
+            raise UserError(
+                f"{fmt} export does not reproduce the checkpoint (max |diff| {diff:.2e} > {ATOL}); nothing written for it"
+            )
         entry = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": diff}
         entry.update({f"val/{k}": v for k, v in classification_metrics(logits, y, multilabel).items()})
         report["formats"][fmt] = entry

@@ -55,7 +55,12 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         if not address:
             return  # the caller's own Ray (or ours, still up): use it
         ray.shutdown()  # asked for a particular cluster: do not run on whatever Ray this process holds
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": True, "logging_level": "ERROR"}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": not quiet,
+        "configure_logging": True,
+        "logging_level": "ERROR",
+    }
     if address:
         _check_reachable(address)
     try:
@@ -66,7 +71,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
             # binds them to the node IP): on a shared network, firewall the Ray ports.
             ray.init(address="local", num_cpus=num_cpus, object_store_memory=_object_store_bytes(), **kwargs)
     except ConnectionError as exc:
-        raise UserError(f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}): start it with `ray start --head` or drop --address") from None
+        raise UserError(
+            f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}): start it with `ray start --head` or drop --address"
+        ) from None
 
 
 def _check_reachable(address: str) -> None:
@@ -79,7 +86,9 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise UserError(f"cannot reach the Ray cluster at {address!r} ({reason}): start it with `ray start --head` or drop --address") from None
+        raise UserError(
+            f"cannot reach the Ray cluster at {address!r} ({reason}): start it with `ray start --head` or drop --address"
+        ) from None
 
 
 def _object_store_bytes() -> int:
@@ -138,13 +147,20 @@ def _scheduler(spec: SweepSpec, max_epochs: int):
     # Several objectives: ASHA stops on the first one (accuracy, usually); the rest are
     # fixed by the architecture and do not change with training.
     return ASHAScheduler(
-        time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs,
-        grace_period=min(s.grace_period, max_epochs), reduction_factor=s.reduction_factor,
-    )  # fmt: skip
+        time_attr="training_iteration",
+        metric=s.metric,
+        mode=s.mode,
+        max_t=max_epochs,
+        grace_period=min(s.grace_period, max_epochs),
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def _payload(data: DatasetSplits) -> dict:
-    return {k: getattr(data, k) for k in ("name", "train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "class_names", "multilabel", "mean", "std")}
+    return {
+        k: getattr(data, k)
+        for k in ("name", "train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "class_names", "multilabel", "mean", "std")
+    }
 
 
 def _unpack(payload: dict) -> DatasetSplits:
@@ -156,11 +172,15 @@ def _unpack(payload: dict) -> DatasetSplits:
 def _static_metrics(student_spec: dict, data: DatasetSplits, needs_latency: bool) -> dict:
     """Size metrics of the student architecture (constant over training), reported each epoch
     so that Optuna can optimise them alongside accuracy."""
-    report = compression_report(build_from_spec(student_spec), None, (data.in_channels, *data.image_size), measure_speed=needs_latency)
+    report = compression_report(
+        build_from_spec(student_spec), None, (data.in_channels, *data.image_size), measure_speed=needs_latency
+    )
     return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
 
 
-def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payload: dict | None, threads: int, teacher_outputs=None) -> None:
+def _trial(
+    sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payload: dict | None, threads: int, teacher_outputs=None
+) -> None:
     data = _unpack(data_payload)
     cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads)
     teacher = None
@@ -174,7 +194,9 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    student_spec = model_spec(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
+    student_spec = model_spec(
+        cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width
+    )
     static = _static_metrics(student_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
     static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
     static["trial/gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())  # the GPUs Ray gave it ("" for none)
@@ -183,12 +205,22 @@ def _trial(sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payloa
     def on_epoch_end(metrics: dict, state) -> None:
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state.training_state(), Path(folder) / STATE_FILE)
-            save_checkpoint(Path(folder) / STUDENT_FILE, state.student, student_spec, dataset=info,
-                            metrics=metrics, config=cfg.to_dict())  # fmt: skip
+            save_checkpoint(
+                Path(folder) / STUDENT_FILE, state.student, student_spec, dataset=info, metrics=metrics, config=cfg.to_dict()
+            )
             tune.report({**metrics, **static}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        fit(cfg, data, teacher, on_epoch_end=on_epoch_end, measure_speed=False, evaluate_test=False, resume=resume, teacher_outputs=teacher_outputs)
+        fit(
+            cfg,
+            data,
+            teacher,
+            on_epoch_end=on_epoch_end,
+            measure_speed=False,
+            evaluate_test=False,
+            resume=resume,
+            teacher_outputs=teacher_outputs,
+        )
     except (TrainingDiverged, UserError) as exc:
         # Retrying the same settings would fail the same way (a divergence, or a setting that
         # cannot work, such as AT weights for stages the models do not have): end the trial
@@ -208,8 +240,15 @@ class _Progress(tune.CLIReporter):
 
 def _reporter(spec: SweepSpec) -> tune.CLIReporter:
     metrics = {"epoch": "epochs", spec.search.metric: spec.search.metric, "val/best_acc": "best val/acc"}
-    return _Progress(metric_columns=metrics, parameter_columns=list(spec.space)[:6], max_report_frequency=20,
-                     metric=spec.search.metric, mode=spec.search.mode, sort_by_metric=True, max_progress_rows=12)  # fmt: skip
+    return _Progress(
+        metric_columns=metrics,
+        parameter_columns=list(spec.space)[:6],
+        max_report_frequency=20,
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        sort_by_metric=True,
+        max_progress_rows=12,
+    )
 
 
 class _ForwardResults(tune.Callback):
@@ -234,7 +273,9 @@ class _ForwardResults(tune.Callback):
 def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
     total = ray.cluster_resources()
     if gpus_per_trial > total.get("GPU", 0):
-        raise UserError(f"--gpus-per-trial {gpus_per_trial} but the Ray cluster has {total.get('GPU', 0):g} GPUs: lower it, or join a cluster with GPUs (--address)")
+        raise UserError(
+            f"--gpus-per-trial {gpus_per_trial} but the Ray cluster has {total.get('GPU', 0):g} GPUs: lower it, or join a cluster with GPUs (--address)"
+        )
     if cpus_per_trial > total.get("CPU", 0):
         raise UserError(f"--cpus-per-trial {cpus_per_trial} but the Ray cluster has {total.get('CPU', 0):g} CPUs: lower it")
 
@@ -265,7 +306,11 @@ def run_trials(
             "metrics": teacher.metrics,
         }
     trainable = tune.with_parameters(
-        _trial, spec=spec, data_payload=_payload(data), teacher_payload=teacher_payload, threads=max(1, math.ceil(cpus_per_trial)),
+        _trial,
+        spec=spec,
+        data_payload=_payload(data),
+        teacher_payload=teacher_payload,
+        threads=max(1, math.ceil(cpus_per_trial)),
         teacher_outputs=teacher_outputs,
     )
     trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
@@ -293,7 +338,9 @@ def run_trials(
                 callbacks=callbacks,
                 verbose=verbose,
                 progress_reporter=_reporter(spec) if verbose else None,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.search.metric, checkpoint_score_order=spec.search.mode),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=spec.search.metric, checkpoint_score_order=spec.search.mode
+                ),
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             ),
         )

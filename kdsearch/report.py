@@ -25,13 +25,29 @@ def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
         best = t.best(metric, mode)
         last = t.history[-1] if t.history else {}
         failed = t.status == "ERROR"
-        rows.append({
-            "trial": t.trial_id, **t.params, f"best {metric}": best if math.isfinite(best) else float("nan"), "epochs run": len(t.history),
-            "stopped early": (t.failure is None and 0 < len(t.history) < epochs),
-            "status": "error" if failed else ("diverged" if t.diverged else ("invalid" if t.invalid else
-                      ("running" if not last.get("done", True) and len(t.history) < epochs else "ok"))),
-            "student/params": last.get("student/params"), "student/flops": last.get("student/flops"), "latency/cpu_ms": last.get("latency/cpu_ms"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "trial": t.trial_id,
+                **t.params,
+                f"best {metric}": best if math.isfinite(best) else float("nan"),
+                "epochs run": len(t.history),
+                "stopped early": (t.failure is None and 0 < len(t.history) < epochs),
+                "status": "error"
+                if failed
+                else (
+                    "diverged"
+                    if t.diverged
+                    else (
+                        "invalid"
+                        if t.invalid
+                        else ("running" if not last.get("done", True) and len(t.history) < epochs else "ok")
+                    )
+                ),
+                "student/params": last.get("student/params"),
+                "student/flops": last.get("student/flops"),
+                "latency/cpu_ms": last.get("latency/cpu_ms"),
+            }
+        )
     table = pd.DataFrame(rows)
     return table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
 

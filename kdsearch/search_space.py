@@ -45,9 +45,25 @@ SCHEDULERS = ("asha", "fifo")
 # One sweep shares one dataset and one teacher; these cannot vary between trials.
 # The data (and its subset) and the teacher are prepared once in the driver for all trials:
 # a value drawn per trial would be recorded but never used.
-NOT_SEARCHABLE = ("method", "dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "train_subset", "teacher",
-                  "teacher_width", "teacher_checkpoint", "teacher_epochs", "teacher_seed", "cache_dir", "device", "threads",
-                  "epochs")  # fmt: skip
+NOT_SEARCHABLE = (
+    "method",
+    "dataset",
+    "data_dir",
+    "download",
+    "image_size",
+    "val_fraction",
+    "split_seed",
+    "train_subset",
+    "teacher",
+    "teacher_width",
+    "teacher_checkpoint",
+    "teacher_epochs",
+    "teacher_seed",
+    "cache_dir",
+    "device",
+    "threads",
+    "epochs",
+)
 # Metrics a trial reports that a search may optimise.
 METRICS = ("val/acc", "val/loss", "student/params", "student/flops", "student/size_mb", "latency/cpu_ms")
 
@@ -154,8 +170,10 @@ def _objectives(search: dict, source: str) -> tuple[tuple[str, str], ...]:
             raise UserError(f"{source}: search.objectives items look like {{val/acc: max}}, got {item!r}")
         metric, mode = next(iter(item.items()))
         if metric == "val/best_acc":
-            raise UserError(f"{source}: search: val/best_acc never decreases, so it cannot tell which epoch's checkpoint is best; "
-                            "use metric: val/acc (each trial keeps its best epoch's checkpoint)")  # fmt: skip
+            raise UserError(
+                f"{source}: search: val/best_acc never decreases, so it cannot tell which epoch's checkpoint is best; "
+                "use metric: val/acc (each trial keeps its best epoch's checkpoint)"
+            )
         if metric not in METRICS:
             raise UserError(f"{source}: search: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         if mode not in ("max", "min"):
@@ -180,7 +198,9 @@ def _search_settings(raw: Any, source: str) -> SearchSettings:
             choices = SAMPLERS if key == "sampler" else SCHEDULERS
             if value not in choices:
                 raise UserError(f"{source}: search.{key} {value!r} is unknown; choose one of {', '.join(choices)}")
-        elif value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (0 if key in ("seed", "max_failures") else 1)):
+        elif value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < (0 if key in ("seed", "max_failures") else 1)
+        ):
             raise UserError(f"{source}: search.{key} must be a positive integer, got {value!r}")
         values[key] = value
     settings = SearchSettings(**values)
@@ -211,7 +231,9 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
             return "config"
         if key in settings:
             return "method"
-        raise UserError(f"{where}: unknown key {key!r}; not a training setting nor a setting of method {method!r} ({', '.join(settings) or 'none'})")
+        raise UserError(
+            f"{where}: unknown key {key!r}; not a training setting nor a setting of method {method!r} ({', '.join(settings) or 'none'})"
+        )
 
     fixed: dict[str, Any] = {"method_args": dict(fixed_raw.get("method_args") or {})}
     for key, value in fixed_raw.items():
@@ -263,8 +285,10 @@ def check_sweep_name(name: object) -> str:
     """A sweep name is one folder name and an MLflow experiment: letters, digits, '_', '-' and '.'
     (not first), at most 100 characters. '../x' or 'a/b' would write outside the storage folder."""
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
-        raise UserError(f"sweep name {name!r} must be letters, digits, '_', '-' and '.' (one folder name, not starting with '.'): "
-                        "pass e.g. --name cifar10-kd-2")  # fmt: skip
+        raise UserError(
+            f"sweep name {name!r} must be letters, digits, '_', '-' and '.' (one folder name, not starting with '.'): "
+            "pass e.g. --name cifar10-kd-2"
+        )
     return name
 
 
@@ -279,14 +303,18 @@ def _grid_settings(space: dict, search: SearchSettings, raw: dict, source: str) 
     """A grid runs every combination of the choice lists once: num_samples is its size."""
     for key, dist in space.items():
         if dist["kind"] != "choice":
-            raise UserError(f"{source}: space.{key}: search.sampler grid needs every entry to be a choice list, got {dist['kind']}; "
-                            f"write {{choice: [...]}} or use sampler tpe or random")  # fmt: skip
+            raise UserError(
+                f"{source}: space.{key}: search.sampler grid needs every entry to be a choice list, got {dist['kind']}; "
+                f"write {{choice: [...]}} or use sampler tpe or random"
+            )
     if not space:
         raise UserError(f"{source}: search.sampler grid needs a space of choice lists to enumerate")
     size = grid_size(space)
     if "num_samples" in raw and raw["num_samples"] != size:
-        raise UserError(f"{source}: search.num_samples is {raw['num_samples']} but the grid has {size} combinations; "
-                        "drop num_samples (a grid runs each combination once)")  # fmt: skip
+        raise UserError(
+            f"{source}: search.num_samples is {raw['num_samples']} but the grid has {size} combinations; "
+            "drop num_samples (a grid runs each combination once)"
+        )
     return dataclasses.replace(search, num_samples=size)
 
 
@@ -301,7 +329,9 @@ def _check_names(spec: SweepSpec) -> None:
     for field_name in ("student", "teacher"):
         arch = getattr(cfg, field_name)
         if arch not in MODELS:
-            raise UserError(f"{spec.source}: {field_name}: unknown architecture {arch!r}; choose one of {', '.join(sorted(MODELS))}")
+            raise UserError(
+                f"{spec.source}: {field_name}: unknown architecture {arch!r}; choose one of {', '.join(sorted(MODELS))}"
+            )
     if cfg.dataset not in DATASETS:
         raise UserError(f"{spec.source}: dataset: unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
     try:

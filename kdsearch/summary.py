@@ -24,7 +24,9 @@ def format_summary(result) -> str:
             f"{human(m['student/flops'])} vs {human(m['teacher/flops'])} FLOPs ({m['compression/flops_ratio']:.2f}x)"
         )
     else:
-        lines.append(f"student: {human(m['student/params'])} params, {m['student/size_mb']:.2f} MB, {human(m['student/flops'])} FLOPs")
+        lines.append(
+            f"student: {human(m['student/params'])} params, {m['student/size_mb']:.2f} MB, {human(m['student/flops'])} FLOPs"
+        )
     if "latency/cpu_ms" in m:
         speed = f"CPU latency {m['latency/cpu_ms']:.2f} ms at batch 1"
         if "compression/speedup" in m:
@@ -47,21 +49,30 @@ def format_sweep_summary(summary, top: int = 5) -> str:
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         table = summary.table[shown].head(top).to_string(index=False)
     lines = [f"top trials of {summary.name} ({len(summary.table)} in all):", table, ""]
-    lines.append("best config: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_params.items()))
+    lines.append(
+        "best config: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_params.items())
+    )
     acc = f"best student: {metric} {m.get(metric, float('nan')):.4f}  test/acc {m['test/acc']:.4f}"
     if "teacher/test_acc" in m:
         acc += f"  (teacher test/acc {m['teacher/test_acc']:.4f}, drop {100 * m['accuracy/drop']:+.2f} points)"
     lines.append(acc)
     if "compression/ratio" in m:
-        lines.append(f"compression: {m['compression/ratio']:.2f}x parameters ({human(m['student/params'])}), "
-                     f"{m['compression/flops_ratio']:.2f}x FLOPs, {m['compression/speedup']:.2f}x CPU latency")  # fmt: skip
+        lines.append(
+            f"compression: {m['compression/ratio']:.2f}x parameters ({human(m['student/params'])}), "
+            f"{m['compression/flops_ratio']:.2f}x FLOPs, {m['compression/speedup']:.2f}x CPU latency"
+        )
     if summary.failures:
         lines.append("failed trials: " + "; ".join(f"{t}: {why}" for t, why in summary.failures))
     lines.append(f"checkpoint: {summary.checkpoint}")
     if (summary.out_dir / "report").is_dir():
         lines.append(f"report (table and plots, also on the MLflow parent run): {summary.out_dir / 'report'}")
     if summary.synced:
-        lines.append(f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri, summary.name)}")
+        lines.append(
+            f"MLflow: experiment {summary.name!r}, parent run {summary.parent_run_id}; open it with: {ui_command(summary.tracking_uri, summary.name)}"
+        )
     else:
-        lines.append(f"MLflow: NOT up to date ({summary.tracking_uri} failed); run `kdsearch sync {summary.name}` once it is back")
+        lines.append(
+            f"MLflow: NOT up to date ({summary.tracking_uri} failed); run `kdsearch sync {summary.name}` once it is back"
+        )
     return "\n".join(lines)

@@ -73,7 +73,9 @@ def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
         if opts.num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, got {opts.num_samples}")
         if search.sampler == "grid" and opts.num_samples != search.num_samples:
-            raise UserError(f"--num-samples {opts.num_samples} but {spec.source} is a grid of {search.num_samples} combinations: drop --num-samples")
+            raise UserError(
+                f"--num-samples {opts.num_samples} but {spec.source} is a grid of {search.num_samples} combinations: drop --num-samples"
+            )
         search = dataclasses.replace(search, num_samples=opts.num_samples)
     if opts.smoke:
         # Two short trials: checks the whole path (data, teacher, Ray, MLflow, export) in seconds.
@@ -93,8 +95,12 @@ def needs_teacher(spec: SweepSpec) -> bool:
     cls = method_class(cfg.method)
     if cls.uses_teacher(cfg.method_args):
         return True
-    return any(cls.uses_teacher({**cfg.method_args, key: value})
-               for key, dist in spec.space.items() if dist["kind"] == "choice" for value in dist["args"])  # fmt: skip
+    return any(
+        cls.uses_teacher({**cfg.method_args, key: value})
+        for key, dist in spec.space.items()
+        if dist["kind"] == "choice"
+        for value in dist["args"]
+    )
 
 
 def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], None]):
@@ -104,14 +110,27 @@ def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], Non
     attention = method_class(cfg.method).needs_attention
     size = estimate_bytes(teacher.model, data, cfg.epochs, attention)
     if size > budget_bytes():
-        log(f"teacher outputs would take {size / 1e9:.1f} GB, over the budget (KDSEARCH_TEACHER_CACHE_GB): trials run the teacher live")
+        log(
+            f"teacher outputs would take {size / 1e9:.1f} GB, over the budget (KDSEARCH_TEACHER_CACHE_GB): trials run the teacher live"
+        )
         return None
     device = resolve_device(cfg.device)
     started = time.perf_counter()
-    outputs = compute_teacher_outputs(teacher.model, data, seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip,
-                                      attention=attention, device=device, amp=device.type == "cuda")  # fmt: skip
-    log(f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
-        f"({outputs.nbytes() / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")  # fmt: skip
+    outputs = compute_teacher_outputs(
+        teacher.model,
+        data,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        crop_pad=cfg.crop_pad,
+        flip=cfg.flip,
+        attention=attention,
+        device=device,
+        amp=device.type == "cuda",
+    )
+    log(
+        f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
+        f"({outputs.nbytes() / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)"
+    )
     return outputs
 
 
@@ -122,8 +141,12 @@ def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> b
         return True
     except Exception as exc:  # noqa: BLE001 - any failure of the tracking store
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        print(f"kdsearch: warning: MLflow at {tracking_uri} failed ({first}); every result is in the sweep folder: "
-              f"run `kdsearch sync {name}` once it is back", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"kdsearch: warning: MLflow at {tracking_uri} failed ({first}); every result is in the sweep folder: "
+            f"run `kdsearch sync {name}` once it is back",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
 
 
@@ -133,8 +156,12 @@ def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None, log: Callab
 
     manifest = folder.read_manifest()
     uri = tracking_uri or manifest["tracking_uri"]
-    tracker = tracking.SweepTracker(uri, experiment=manifest["name"], sweep_dir=manifest["sweep_dir"],
-                                    tags={k: manifest[k] for k in ("method", "dataset", "teacher", "student")})  # fmt: skip
+    tracker = tracking.SweepTracker(
+        uri,
+        experiment=manifest["name"],
+        sweep_dir=manifest["sweep_dir"],
+        tags={k: manifest[k] for k in ("method", "dataset", "teacher", "student")},
+    )
     tracker.start({})
     trials = folder.trials()
     added = tracker.sync(trials)
@@ -185,15 +212,21 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
     if opts.resume and folder.exists():
         recorded = folder.read_manifest().get("overrides") or {}
         if overrides and overrides != recorded:
-            raise UserError(f"--resume with other settings than the sweep started with ({recorded or 'none'}): "
-                            "drop --set/--data-dir to continue with the recorded ones")  # fmt: skip
+            raise UserError(
+                f"--resume with other settings than the sweep started with ({recorded or 'none'}): "
+                "drop --set/--data-dir to continue with the recorded ones"
+            )
         overrides = recorded
     spec = apply_options(load_sweep(path, overrides), opts)
-    plan = SweepPlan(spec, str(path), name, storage, sweep_dir, folder, opts.tracking_uri or tracking.default_tracking_uri(), overrides)
+    plan = SweepPlan(
+        spec, str(path), name, storage, sweep_dir, folder, opts.tracking_uri or tracking.default_tracking_uri(), overrides
+    )
     if plan.local and opts.resume and not Path(sweep_dir).exists():
         raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
     if plan.local and not opts.resume and Path(sweep_dir).exists():
-        raise UserError(f"a sweep named {name!r} already exists in {storage}: add --resume to continue it, or pass another --name")
+        raise UserError(
+            f"a sweep named {name!r} already exists in {storage}: add --resume to continue it, or pass another --name"
+        )
     return plan
 
 
@@ -203,8 +236,15 @@ def _sweep_params(spec: SweepSpec) -> dict:
     params = {k: v for k, v in base.to_dict().items() if k not in spec.space and k != "method_args"}
     params.update({f"method_args.{k}": v for k, v in base.method_args.items() if k not in spec.space})
     params.update({f"space.{k}": json.dumps(v) for k, v in spec.space.items()})
-    params.update({"search.sampler": spec.search.sampler, "search.scheduler": spec.search.scheduler, "search.num_samples": spec.search.num_samples,
-                   "search.objectives": json.dumps(spec.search.objectives), "search.seed": spec.search.seed})  # fmt: skip
+    params.update(
+        {
+            "search.sampler": spec.search.sampler,
+            "search.scheduler": spec.search.scheduler,
+            "search.num_samples": spec.search.num_samples,
+            "search.objectives": json.dumps(spec.search.objectives),
+            "search.seed": spec.search.seed,
+        }
+    )
     return params
 
 
@@ -215,8 +255,12 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     from kdsearch import ray_trials, tracking
 
     base = plan.spec.example_config()
-    tracker = tracking.SweepTracker(plan.tracking_uri, experiment=plan.name, sweep_dir=plan.sweep_dir,
-                                    tags={"method": base.method, "dataset": base.dataset, "teacher": base.teacher, "student": base.student})  # fmt: skip
+    tracker = tracking.SweepTracker(
+        plan.tracking_uri,
+        experiment=plan.name,
+        sweep_dir=plan.sweep_dir,
+        tags={"method": base.method, "dataset": base.dataset, "teacher": base.teacher, "student": base.student},
+    )
     failed: dict = {}
 
     def start_tracking():
@@ -251,19 +295,30 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     spec = plan.spec
     base = spec.example_config()
     manifest = {
-        "name": plan.name, "sweep_dir": plan.sweep_dir, "space_file": plan.space_file, "tracking_uri": plan.tracking_uri,
-        "parent_run_id": tracker.parent_id, "method": base.method, "dataset": base.dataset, "teacher": base.teacher,
-        "student": base.student, "epochs": base.epochs, "space": spec.space, "objectives": [list(o) for o in spec.search.objectives],
+        "name": plan.name,
+        "sweep_dir": plan.sweep_dir,
+        "space_file": plan.space_file,
+        "tracking_uri": plan.tracking_uri,
+        "parent_run_id": tracker.parent_id,
+        "method": base.method,
+        "dataset": base.dataset,
+        "teacher": base.teacher,
+        "student": base.student,
+        "epochs": base.epochs,
+        "space": spec.space,
+        "objectives": [list(o) for o in spec.search.objectives],
         "overrides": plan.overrides,
-    }  # fmt: skip
+    }
     plan.folder.write_manifest(manifest)
     set_threads(None)
     data = load_data(base)
     fixed = spec.fixed_config()
     teacher = get_teacher(fixed, data, log=log) if needs_teacher(spec) else None
     outputs = compute_shared_outputs(teacher, data, fixed, log) if teacher is not None and opts.teacher_cache else None
-    log(f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
-        f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}")  # fmt: skip
+    log(
+        f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
+        f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
+    )
     return Shared(data, teacher, outputs, manifest)
 
 
@@ -295,12 +350,24 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
         teacher = reference_teacher(fixed, data, resolve_stem(fixed.stem, data.image_size))
     checkpoint = ray_trials.copy_from_checkpoint(best.best_checkpoint, ray_trials.STUDENT_FILE, plan.folder.best_student)
     model, payload = load_model(checkpoint)
-    metrics = {**final_metrics(model, data, teacher, best_cfg), **{k: v for k, v in payload["metrics"].items() if k.startswith("val/")}}
+    metrics = {
+        **final_metrics(model, data, teacher, best_cfg),
+        **{k: v for k, v in payload["metrics"].items() if k.startswith("val/")},
+    }
     # Rewritten so the checkpoint carries its test and compression metrics.
-    save_checkpoint(checkpoint, model, payload["model"], dataset=payload["dataset"], metrics=metrics, config=best_cfg.to_dict(),
-                    sweep={"name": plan.name, "trial": best.trial_id, "params": best.params})  # fmt: skip
+    save_checkpoint(
+        checkpoint,
+        model,
+        payload["model"],
+        dataset=payload["dataset"],
+        metrics=metrics,
+        config=best_cfg.to_dict(),
+        sweep={"name": plan.name, "trial": best.trial_id, "params": best.params},
+    )
     plan.folder.write_best(best_cfg.to_dict(), metrics)
-    plan.folder.write_manifest({**shared.manifest, "best_trial": best.trial_id, "best_params": best.params, "best_metrics": metrics})
+    plan.folder.write_manifest(
+        {**shared.manifest, "best_trial": best.trial_id, "best_params": best.params, "best_metrics": metrics}
+    )
     report = build_report(plan.folder.path) if plan.local else None  # the report reads the trial logs in the sweep folder
     return Best(best, best_cfg.to_dict(), metrics, checkpoint, model, report)
 
@@ -310,8 +377,15 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
 
     def mirror():
         tracker.sync(trials)
-        tracker.log_best(best.trial.params, best.config, best.metrics, best.checkpoint, model=best.model if register else None,
-                         input_shape=(data.in_channels, *data.image_size), registered_name=f"{plan.name}-student")  # fmt: skip
+        tracker.log_best(
+            best.trial.params,
+            best.config,
+            best.metrics,
+            best.checkpoint,
+            model=best.model if register else None,
+            input_shape=(data.in_channels, *data.image_size),
+            registered_name=f"{plan.name}-student",
+        )
         if best.report is not None:
             tracking.log_report_to_run(tracker.parent_id, plan.tracking_uri, best.report["files"])
         tracker.finish()
@@ -326,10 +400,20 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     tracker = start_services(plan, opts)
     try:
         shared = prepare_shared(plan, tracker, opts, log)
-        trials = ray_trials.run_trials(plan.spec, shared.data, shared.teacher, storage=plan.storage, name=plan.name, resume=opts.resume,
-                                       cpus_per_trial=opts.cpus_per_trial, gpus_per_trial=opts.gpus_per_trial,
-                                       max_concurrent=opts.max_concurrent, tracker=tracker, verbose=opts.verbose,
-                                       teacher_outputs=shared.teacher_outputs)  # fmt: skip
+        trials = ray_trials.run_trials(
+            plan.spec,
+            shared.data,
+            shared.teacher,
+            storage=plan.storage,
+            name=plan.name,
+            resume=opts.resume,
+            cpus_per_trial=opts.cpus_per_trial,
+            gpus_per_trial=opts.gpus_per_trial,
+            max_concurrent=opts.max_concurrent,
+            tracker=tracker,
+            verbose=opts.verbose,
+            teacher_outputs=shared.teacher_outputs,
+        )
     finally:
         ray_trials.stop_ray()
 
@@ -341,5 +425,18 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     best = finalise_best(plan, shared, trials, winner)
     synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
     failures = [(t.trial_id, t.failure) for t in trials if t.failure is not None]
-    return SweepSummary(plan.name, plan.sweep_dir, plan.folder.path, trial_table(trials, shared.manifest), dict(winner.params), best.config,
-                        best.metrics, best.checkpoint, plan.tracking_uri, tracker.parent_id, shared.manifest["objectives"], failures, synced)  # fmt: skip
+    return SweepSummary(
+        plan.name,
+        plan.sweep_dir,
+        plan.folder.path,
+        trial_table(trials, shared.manifest),
+        dict(winner.params),
+        best.config,
+        best.metrics,
+        best.checkpoint,
+        plan.tracking_uri,
+        tracker.parent_id,
+        shared.manifest["objectives"],
+        failures,
+        synced,
+    )

@@ -112,12 +112,16 @@ class SweepFolder:
         """(config, metrics) of the best student, or None before the sweep has finalised one."""
         if not (self.best_student.is_file() and (self.best_dir / "metrics.json").is_file()):
             return None
-        return yaml.safe_load((self.best_dir / "config.yaml").read_text()), json.loads((self.best_dir / "metrics.json").read_text())
+        return yaml.safe_load((self.best_dir / "config.yaml").read_text()), json.loads(
+            (self.best_dir / "metrics.json").read_text()
+        )
 
     def best_checkpoint(self) -> Path:
         if not self.best_student.is_file():
-            raise UserError(f"sweep {self.path} has no best checkpoint ({self.best_student} is missing): "
-                            "let the sweep finish, or continue it with --resume")  # fmt: skip
+            raise UserError(
+                f"sweep {self.path} has no best checkpoint ({self.best_student} is missing): "
+                "let the sweep finish, or continue it with --resume"
+            )
         return self.best_student
 
 
@@ -133,9 +137,13 @@ def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | N
         folder = SweepFolder(Path(tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri())))
         if folder.exists():
             return folder
-        raise UserError(f"MLflow run {source} belongs to the sweep in {folder.path}, which is not on this machine: run there, or copy it")
-    raise UserError(f"no sweep at {candidates[0].path} or {candidates[1].path} (no {MANIFEST}), and {source!r} is not an MLflow run id: "
-                    "pass a sweep folder, a sweep name or a parent run id")  # fmt: skip
+        raise UserError(
+            f"MLflow run {source} belongs to the sweep in {folder.path}, which is not on this machine: run there, or copy it"
+        )
+    raise UserError(
+        f"no sweep at {candidates[0].path} or {candidates[1].path} (no {MANIFEST}), and {source!r} is not an MLflow run id: "
+        "pass a sweep folder, a sweep name or a parent run id"
+    )
 
 
 def load_trials(sweep_dir: Path) -> list[TrialRecord]:
@@ -152,9 +160,21 @@ def load_trials(sweep_dir: Path) -> list[TrialRecord]:
                 except json.JSONDecodeError:
                     break  # a line cut short by a kill: the epochs before it stand
         error_file = folder / "error.txt"
-        error = error_file.read_text().strip().splitlines()[-1][:300] if error_file.is_file() and error_file.read_text().strip() else None
-        trials.append(TrialRecord(trial_id=folder.name.removeprefix("trial_"), params=json.loads(params_path.read_text()), history=history,
-                                  status="ERROR" if error_file.is_file() else "TERMINATED", error=error, path=str(folder)))  # fmt: skip
+        error = (
+            error_file.read_text().strip().splitlines()[-1][:300]
+            if error_file.is_file() and error_file.read_text().strip()
+            else None
+        )
+        trials.append(
+            TrialRecord(
+                trial_id=folder.name.removeprefix("trial_"),
+                params=json.loads(params_path.read_text()),
+                history=history,
+                status="ERROR" if error_file.is_file() else "TERMINATED",
+                error=error,
+                path=str(folder),
+            )
+        )
     if not trials:
         raise UserError(f"{sweep_dir} holds no trials yet: run the sweep first")
     return trials

@@ -74,8 +74,19 @@ def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attenti
 
 
 @torch.no_grad()
-def compute_teacher_outputs(teacher: nn.Module, data: DatasetSplits, *, seed: int, epochs: int, crop_pad: int, flip: bool,
-                            attention: bool, device: torch.device, batch_size: int | None = None, amp: bool = False) -> TeacherOutputs:  # fmt: skip
+def compute_teacher_outputs(
+    teacher: nn.Module,
+    data: DatasetSplits,
+    *,
+    seed: int,
+    epochs: int,
+    crop_pad: int,
+    flip: bool,
+    attention: bool,
+    device: torch.device,
+    batch_size: int | None = None,
+    amp: bool = False,
+) -> TeacherOutputs:
     """Run the teacher over every (epoch, image) view once; fp16 results on the CPU."""
     batch_size = batch_size or inference_batch_size(device.type)
     teacher = teacher.to(device).eval()

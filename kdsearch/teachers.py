@@ -30,10 +30,26 @@ from kdsearch.train import fit
 
 # The settings that change what teacher comes out of training (data, model, optimisation).
 _TEACHER_KEY_FIELDS = (
-    "dataset", "image_size", "val_fraction", "split_seed", "train_subset", "crop_pad", "flip", "stem",
-    "teacher", "teacher_width", "teacher_epochs", "batch_size", "optimizer", "lr", "momentum",
-    "weight_decay", "schedule", "label_smoothing", "teacher_seed",
-)  # fmt: skip
+    "dataset",
+    "image_size",
+    "val_fraction",
+    "split_seed",
+    "train_subset",
+    "crop_pad",
+    "flip",
+    "stem",
+    "teacher",
+    "teacher_width",
+    "teacher_epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "label_smoothing",
+    "teacher_seed",
+)
 
 
 @dataclass
@@ -93,7 +109,9 @@ def _measure(model: nn.Module, data: DatasetSplits, cfg: TrainConfig) -> dict:
     objective = Objective(multilabel=data.multilabel)
     out = {}
     for split, (x, y) in {"val": (data.val_x, data.val_y), "test": (data.test_x, data.test_y)}.items():
-        metrics = evaluate(model, DeviceData(x, y, data.mean, data.std, device), cfg.eval_batch_size, data.multilabel, objective.hard)
+        metrics = evaluate(
+            model, DeviceData(x, y, data.mean, data.std, device), cfg.eval_batch_size, data.multilabel, objective.hard
+        )
         out.update({f"{split}/{k}": v for k, v in metrics.items()})
     return out
 

@@ -49,7 +49,15 @@ def _metrics(values: dict, step: int, timestamp: int) -> list[Metric]:
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        if key in ("training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore", "iterations_since_restore", "pid"):
+        if key in (
+            "training_iteration",
+            "time_this_iter_s",
+            "time_total_s",
+            "timestamp",
+            "time_since_restore",
+            "iterations_since_restore",
+            "pid",
+        ):
             continue  # Ray's bookkeeping, not the trial's metrics
         out.append(Metric(key, float(value), timestamp, step))
     return out
@@ -102,15 +110,25 @@ class SweepTracker:
             exp = self.client.get_experiment_by_name(self.experiment)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"MLflow tracking at {self.tracking_uri} is unreachable ({first}): start the server or pass another --tracking-uri") from None
+            raise UserError(
+                f"MLflow tracking at {self.tracking_uri} is unreachable ({first}): start the server or pass another --tracking-uri"
+            ) from None
         # Tagged as model training, the MLflow 3 UI opens it on its runs table, not its GenAI overview.
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment, tags={"mlflow.experimentKind": "custom_model_development"})
-        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{self.sweep_dir}' and tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
+        self.experiment_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(self.experiment, tags={"mlflow.experimentKind": "custom_model_development"})
+        )
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`{SWEEP_TAG}` = '{self.sweep_dir}' and tags.`{ROLE_TAG}` = 'sweep'", max_results=1
+        )
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
-            run = self.client.create_run(self.experiment_id, run_name=self.experiment, tags={**self.tags, SWEEP_TAG: self.sweep_dir, ROLE_TAG: "sweep"})
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.experiment, tags={**self.tags, SWEEP_TAG: self.sweep_dir, ROLE_TAG: "sweep"}
+            )
             self.parent_id = run.info.run_id
             self.client.log_batch(self.parent_id, params=[Param(k, _str(v)[:6000]) for k, v in params.items()])
         return self.parent_id
@@ -200,8 +218,16 @@ class SweepTracker:
             self.client.set_terminated(run_id, "FAILED" if trial.status == "ERROR" else "FINISHED")
         return added
 
-    def log_best(self, best_params: dict, best_config: dict, metrics: dict, student_path: Path, model=None,
-                 input_shape: tuple[int, ...] | None = None, registered_name: str | None = None) -> None:  # fmt: skip
+    def log_best(
+        self,
+        best_params: dict,
+        best_config: dict,
+        metrics: dict,
+        student_path: Path,
+        model=None,
+        input_shape: tuple[int, ...] | None = None,
+        registered_name: str | None = None,
+    ) -> None:
         """The best config (params + YAML), its compression metrics and its student, on the parent run."""
         import yaml
 
@@ -229,8 +255,13 @@ class SweepTracker:
             warnings.simplefilter("ignore")
             logging.getLogger("torch._export").setLevel(logging.ERROR)
             with mlflow.start_run(run_id=self.parent_id):
-                mlflow.pytorch.log_model(model.eval().cpu(), name="registered_student", registered_model_name=name,
-                                         pip_requirements=["torch", "kdsearch"], input_example=example)  # fmt: skip
+                mlflow.pytorch.log_model(
+                    model.eval().cpu(),
+                    name="registered_student",
+                    registered_model_name=name,
+                    pip_requirements=["torch", "kdsearch"],
+                    input_example=example,
+                )
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)
@@ -242,7 +273,9 @@ def _client_for_run(run_id: str, tracking_uri: str):
         return client, client.get_run(run_id)
     except Exception as exc:  # noqa: BLE001 - not found, or the store is unreachable
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"no MLflow run {run_id} at {tracking_uri} ({first}): pass a sweep folder, a sweep name, or --tracking-uri") from None
+        raise UserError(
+            f"no MLflow run {run_id} at {tracking_uri} ({first}): pass a sweep folder, a sweep name, or --tracking-uri"
+        ) from None
 
 
 def download_best_student(run_id: str, tracking_uri: str, dest_dir: Path) -> Path:
@@ -276,7 +309,9 @@ def experiment_urls(tracking_uri: str, base_url: str, name: str | None = None) -
     if name is not None:
         experiments = [e for e in experiments if e.name == name]
         if not experiments:
-            raise UserError(f"no experiment named {name!r} at {tracking_uri}: pass the sweep's --name, or leave it out to list all")
+            raise UserError(
+                f"no experiment named {name!r} at {tracking_uri}: pass the sweep's --name, or leave it out to list all"
+            )
     return {e.name: f"{base_url}/#/experiments/{e.experiment_id}/runs" for e in experiments}
 
 
@@ -298,8 +333,11 @@ def start_ui_server(tracking_uri: str, port: int, host: str = "127.0.0.1", timeo
         args += ["--artifacts-destination", str(Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
     url = f"http://{host}:{port}"
     deadline = time.time() + timeout_s
     while time.time() < deadline:

@@ -43,14 +43,16 @@ class EpochState:
 
     def training_state(self) -> dict:
         """A snapshot of plain state dicts (loadable with weights_only=True) for ``fit(resume=...)``."""
-        return copy.deepcopy({
-            "epoch": self.epoch,
-            "best_val": self.best_val,
-            "student": self.student.state_dict(),
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        })
+        return copy.deepcopy(
+            {
+                "epoch": self.epoch,
+                "best_val": self.best_val,
+                "student": self.student.state_dict(),
+                "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            }
+        )
 
 
 EpochCallback = Callable[[dict, EpochState], None]
@@ -70,7 +72,9 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
     def save(self, path: str | Path) -> Path:
-        return save_checkpoint(path, self.student, self.spec, dataset=self.data_info, metrics=self.metrics, config=self.config.to_dict())
+        return save_checkpoint(
+            path, self.student, self.spec, dataset=self.data_info, metrics=self.metrics, config=self.config.to_dict()
+        )
 
 
 @dataclass
@@ -120,7 +124,9 @@ def build_run(cfg: TrainConfig, data: DatasetSplits, teacher, teacher_outputs, l
         return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
 
     student = make_student()
-    method = build_method(cfg.method, cfg.method_args, objective=Objective(data.multilabel, cfg.label_smoothing), make_peer=make_student)
+    method = build_method(
+        cfg.method, cfg.method_args, objective=Objective(data.multilabel, cfg.label_smoothing), make_peer=make_student
+    )
     if method.needs_teacher and teacher is None:
         raise UserError(f"method {cfg.method!r} needs a teacher: pass one (kdsearch.fit finds or trains it for a config)")
     student.to(device, memory_format=memory_format)
@@ -155,7 +161,9 @@ def build_run(cfg: TrainConfig, data: DatasetSplits, teacher, teacher_outputs, l
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
     optimizer = build_optimizer(cfg, [*student.parameters(), *method.parameters()])
     scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
-    return Run(cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, student_forward, teacher_forward, outputs)
+    return Run(
+        cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, student_forward, teacher_forward, outputs
+    )
 
 
 def restore(run: Run, state: dict) -> tuple[int, float]:
@@ -210,17 +218,32 @@ def plain_loss(multilabel: bool):
     return Objective(multilabel).hard
 
 
-def final_metrics(student: nn.Module, data: DatasetSplits, teacher, cfg: TrainConfig, *, amp: bool = False, measure_speed: bool = True) -> dict:
+def final_metrics(
+    student: nn.Module, data: DatasetSplits, teacher, cfg: TrainConfig, *, amp: bool = False, measure_speed: bool = True
+) -> dict:
     """The student on the test split, and what it costs next to its teacher (when there is one)."""
     device = resolve_device(cfg.device)
     test = DeviceData(data.test_x, data.test_y, data.mean, data.std, device)
-    metrics = {f"test/{k}": v for k, v in evaluate(student.to(device), test, cfg.eval_batch_size, data.multilabel, plain_loss(data.multilabel), amp).items()}
+    metrics = {
+        f"test/{k}": v
+        for k, v in evaluate(
+            student.to(device), test, cfg.eval_batch_size, data.multilabel, plain_loss(data.multilabel), amp
+        ).items()
+    }
     teacher_test = None
     if teacher is not None:
         metrics.update({f"teacher/{k.replace('/', '_')}": v for k, v in teacher.metrics.items() if k in ("val/acc", "test/acc")})
         teacher_test = teacher.metrics.get("test/acc")
-    metrics.update(compression_report(student, teacher.model if teacher is not None else None, (data.in_channels, *data.image_size),
-                                      student_acc=metrics["test/acc"], teacher_acc=teacher_test, measure_speed=measure_speed))  # fmt: skip
+    metrics.update(
+        compression_report(
+            student,
+            teacher.model if teacher is not None else None,
+            (data.in_channels, *data.image_size),
+            student_acc=metrics["test/acc"],
+            teacher_acc=teacher_test,
+            measure_speed=measure_speed,
+        )
+    )
     return metrics
 
 
@@ -260,9 +283,17 @@ def fit(
         val = evaluate(run.student, run.val, cfg.eval_batch_size, data.multilabel, plain_loss(data.multilabel), run.amp)
         best_val = max(best_val, val["acc"])
         metrics.update({f"val/{k}": v for k, v in val.items()})
-        metrics.update({"val/best_acc": best_val, "lr": run.optimizer.param_groups[0]["lr"], "time/epoch_s": time.perf_counter() - epoch_started})
+        metrics.update(
+            {
+                "val/best_acc": best_val,
+                "lr": run.optimizer.param_groups[0]["lr"],
+                "time/epoch_s": time.perf_counter() - epoch_started,
+            }
+        )
         history.append(metrics)
-        log(f"epoch {epoch + 1:>3}/{cfg.epochs}  train/loss {metrics['train/loss']:.4f}  val/acc {metrics['val/acc']:.4f}  ({metrics['time/epoch_s']:.1f}s)")
+        log(
+            f"epoch {epoch + 1:>3}/{cfg.epochs}  train/loss {metrics['train/loss']:.4f}  val/acc {metrics['val/acc']:.4f}  ({metrics['time/epoch_s']:.1f}s)"
+        )
         if on_epoch_end is not None:
             on_epoch_end(metrics, EpochState(epoch + 1, best_val, run.student, run.method, run.optimizer, run.scheduler))
 

@@ -40,8 +40,12 @@ def write_cifar10(root, n_per_batch=20, seed=0):
     folder.mkdir(parents=True)
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     for i in range(1, 6):
-        batch = {b"batch_label": b"training batch", b"labels": rng.integers(0, 10, n_per_batch).tolist(),
-                 b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n_per_batch}  # fmt: skip
+        batch = {
+            b"batch_label": b"training batch",
+            b"labels": rng.integers(0, 10, n_per_batch).tolist(),
+            b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * n_per_batch,
+        }
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
     test = {b"labels": list(range(10)) * 2, b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8)}
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
@@ -54,8 +58,11 @@ def write_cifar100(root, n=60, seed=0):
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     for split, count in (("train", n), ("test", 20)):
-        entry = {b"fine_labels": rng.integers(0, 100, count).tolist(), b"coarse_labels": rng.integers(0, 20, count).tolist(),
-                 b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8)}  # fmt: skip
+        entry = {
+            b"fine_labels": rng.integers(0, 100, count).tolist(),
+            b"coarse_labels": rng.integers(0, 20, count).tolist(),
+            b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+        }
         (folder / split).write_bytes(pickle.dumps(entry, protocol=2))
     meta = {b"fine_label_names": [f"class{i}".encode() for i in range(100)], b"coarse_label_names": []}
     (folder / "meta").write_bytes(pickle.dumps(meta))
@@ -82,11 +89,48 @@ def write_fashion_mnist(root, n_train=50, n_test=20, gz=True, seed=0):
     return root
 
 
-CELEBA_ATTRS = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
-    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee",
-    "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
-    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
-    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young"]  # fmt: skip
+CELEBA_ATTRS = [
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
+]
 
 
 def write_celeba(root, n=24, seed=0):

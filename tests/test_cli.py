@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not
 
 def run(*args, cwd=None, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "kdsearch", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kdsearch", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def assert_one_line_error(proc, *fragments):
@@ -28,15 +30,41 @@ def assert_one_line_error(proc, *fragments):
 
 
 def test_train_json_prints_final_metrics(tmp_path):
-    proc = run("train", "--method", "kd", "--dataset", "digits", "--epochs", "3", "--teacher-epochs", "3",
-               "--set", "temperature=4", "--set", "alpha=0.5", "--cache-dir", str(tmp_path), "--json",
-               "--save", str(tmp_path / "s.pt"))  # fmt: skip
+    proc = run(
+        "train",
+        "--method",
+        "kd",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "3",
+        "--teacher-epochs",
+        "3",
+        "--set",
+        "temperature=4",
+        "--set",
+        "alpha=0.5",
+        "--cache-dir",
+        str(tmp_path),
+        "--json",
+        "--save",
+        str(tmp_path / "s.pt"),
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["config"]["method_args"] == {"temperature": 4, "alpha": 0.5}
     assert out["config"]["student"] == "resnet8" and out["config"]["teacher"] == "resnet20"
-    for key in ("val/acc", "test/acc", "student/params", "compression/ratio", "student/flops", "latency/cpu_ms",
-                "throughput/cpu_img_s", "accuracy/drop", "student/size_mb"):  # fmt: skip
+    for key in (
+        "val/acc",
+        "test/acc",
+        "student/params",
+        "compression/ratio",
+        "student/flops",
+        "latency/cpu_ms",
+        "throughput/cpu_img_s",
+        "accuracy/drop",
+        "student/size_mb",
+    ):
         assert key in out["metrics"]
     assert (tmp_path / "s.pt").is_file()
 
@@ -51,7 +79,18 @@ def test_train_with_yaml_config_and_human_summary(tmp_path):
 
 
 def test_teacher_command_caches(tmp_path):
-    args = ("teacher", "--dataset", "digits", "--arch", "resnet8", "--teacher-epochs", "2", "--cache-dir", str(tmp_path), "--json")
+    args = (
+        "teacher",
+        "--dataset",
+        "digits",
+        "--arch",
+        "resnet8",
+        "--teacher-epochs",
+        "2",
+        "--cache-dir",
+        str(tmp_path),
+        "--json",
+    )
     first = json.loads(run(*args).stdout)
     assert first["path"].startswith(str(tmp_path)) and os.path.isfile(first["path"])
     second = run(*args[:-1])
@@ -60,8 +99,22 @@ def test_teacher_command_caches(tmp_path):
 
 def test_fashion_mnist_from_data_dir(tmp_path):
     write_fashion_mnist(tmp_path / "fm", n_train=60)
-    proc = run("train", "--method", "ce", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "fm"),
-               "--epochs", "1", "--batch-size", "16", "--json", "--cache-dir", str(tmp_path))  # fmt: skip
+    proc = run(
+        "train",
+        "--method",
+        "ce",
+        "--dataset",
+        "fashion_mnist",
+        "--data-dir",
+        str(tmp_path / "fm"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--json",
+        "--cache-dir",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["metrics"]["student/params"] < 100_000
 
@@ -91,7 +144,9 @@ def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
 def test_a_sweep_name_cannot_escape_the_storage_folder(tmp_path):
     storage = tmp_path / "deep" / "S"
     for name in ("../../escape", "a/b", ".hidden"):
-        proc = run("sweep", "search_spaces/quickstart.yaml", "--name", name, "--storage", str(storage), cwd=Path(__file__).parent.parent)
+        proc = run(
+            "sweep", "search_spaces/quickstart.yaml", "--name", name, "--storage", str(storage), cwd=Path(__file__).parent.parent
+        )
         assert_one_line_error(proc, f"sweep name {name!r} must be letters")
     assert not any(tmp_path.rglob("*sweep.json")) and not (tmp_path / "escape").exists()
 
@@ -119,8 +174,12 @@ def test_ui_serves_on_loopback_and_stops_its_server_on_sigterm(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(store).create_experiment("demo")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kdsearch", "ui", "--tracking-uri", store, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdsearch", "ui", "--tracking-uri", store, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
         assert f"at http://127.0.0.1:{port}" in lines[0] and f"demo: http://127.0.0.1:{port}/#/experiments/" in lines[1]
@@ -156,8 +215,16 @@ def _space(tmp_path, text):
         ("fixed: [kd\n", [], ["malformed YAML at line"]),
         ("", [], ["a search space is a mapping"]),
         ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--resume"], ["nothing to resume at"]),
-        ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--storage", "/proc/kdsearch-sweeps"], ["cannot create the sweep storage"]),
-        ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--num-samples", "0"], ["--num-samples must be at least 1"]),
+        (
+            "fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n",
+            ["--storage", "/proc/kdsearch-sweeps"],
+            ["cannot create the sweep storage"],
+        ),
+        (
+            "fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n",
+            ["--num-samples", "0"],
+            ["--num-samples must be at least 1"],
+        ),
         ("fixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n", ["--gpus-per-trial", "-1"], ["--gpus-per-trial >= 0"]),
     ],
 )
@@ -174,9 +241,13 @@ def test_bad_data_and_checkpoints_through_the_cli(tmp_path):
     write_fashion_mnist(tmp_path / "fm", gz=False)
     images = tmp_path / "fm" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:1000])  # a corrupted (truncated) dataset file
-    assert_one_line_error(run("train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "fm")), "is truncated", "re-download")
+    assert_one_line_error(
+        run("train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "fm")), "is truncated", "re-download"
+    )
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    assert_one_line_error(run("train", "--teacher-checkpoint", str(tmp_path / "notes.pt"), "--cache-dir", str(tmp_path)),
-                          "is not a readable checkpoint")  # fmt: skip
+    assert_one_line_error(
+        run("train", "--teacher-checkpoint", str(tmp_path / "notes.pt"), "--cache-dir", str(tmp_path)),
+        "is not a readable checkpoint",
+    )
     assert_one_line_error(run("export", str(tmp_path / "notes.pt"), "--out", str(tmp_path / "o")), "is not a readable checkpoint")
     assert not (tmp_path / "o").exists()

@@ -42,7 +42,7 @@ def test_trials_use_both_nodes_and_survive_losing_one(tmp_path):
     space = tmp_path / "cl.yaml"
     space.write_text(f"""
 name: cl
-fixed: {{method: ce, dataset: digits, epochs: {EPOCHS}, cache_dir: {tmp_path / 'cache'}}}
+fixed: {{method: ce, dataset: digits, epochs: {EPOCHS}, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{loguniform: [3e-2, 1e-1]}}
 search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
@@ -63,16 +63,25 @@ search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
     killer = threading.Thread(target=kill_worker_node_mid_trial, daemon=True)
     killer.start()
     try:
-        opts = SweepOptions(address=cluster.address, storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                            verbose=0, register=False)  # fmt: skip
+        opts = SweepOptions(
+            address=cluster.address,
+            storage=str(tmp_path / "s"),
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+            verbose=0,
+            register=False,
+        )
         summary = run_sweep(space, opts, log=lambda _: None)
     finally:
         killer.join(timeout=5)
         cluster.shutdown()
 
     histories = _epochs_by_trial(folder)
-    starts = {k: (v[0].get("trial/node", "")[:8], round(v[0]["timestamp"] - v[0]["time_this_iter_s"], 1)) for k, v in histories.items()}
-    assert killed, f"no trial ever ran on the worker node {worker.node_id[:8]} (head {head_id[:8]}); trials' first node and start: {starts}"
+    starts = {
+        k: (v[0].get("trial/node", "")[:8], round(v[0]["timestamp"] - v[0]["time_this_iter_s"], 1)) for k, v in histories.items()
+    }
+    assert killed, (
+        f"no trial ever ran on the worker node {worker.node_id[:8]} (head {head_id[:8]}); trials' first node and start: {starts}"
+    )
     nodes = {line.get("trial/node") for lines in histories.values() for line in lines}
     assert worker.node_id in nodes and len(nodes) == 2  # trials were placed on both nodes
     moved = histories[killed["trial"]]
@@ -91,14 +100,20 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path):
     space = tmp_path / "gpu.yaml"
     space.write_text(f"""
 name: gpu
-fixed: {{method: ce, dataset: digits, epochs: 12, threads: 1, cache_dir: {tmp_path / 'cache'}}}
+fixed: {{method: ce, dataset: digits, epochs: 12, threads: 1, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{choice: [0.05, 0.1]}}
 search: {{sampler: grid, scheduler: fifo}}
 """)
     try:
-        opts = SweepOptions(address=cluster.address, gpus_per_trial=0.5, storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                            verbose=0, register=False)  # fmt: skip
+        opts = SweepOptions(
+            address=cluster.address,
+            gpus_per_trial=0.5,
+            storage=str(tmp_path / "s"),
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+            verbose=0,
+            register=False,
+        )
         summary = run_sweep(space, opts, log=lambda _: None)
     finally:
         cluster.shutdown()
@@ -115,6 +130,9 @@ def test_an_address_nothing_answers_on_is_a_one_line_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # free, and nothing listens once this socket is closed
-    with pytest.raises(UserError, match=rf"cannot reach the Ray cluster at '127.0.0.1:{port}' \(Connection refused\): start it with `ray start --head`"):
+    with pytest.raises(
+        UserError,
+        match=rf"cannot reach the Ray cluster at '127.0.0.1:{port}' \(Connection refused\): start it with `ray start --head`",
+    ):
         start_ray(f"127.0.0.1:{port}")
     assert not ray.is_initialized()

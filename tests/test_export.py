@@ -80,27 +80,43 @@ def test_sources_without_a_checkpoint_are_clear_errors(tmp_path, capsys):
 def _fake_sweep(folder, rows):
     """A finished sweep folder as Ray Tune and kdsearch leave it (trial logs + sweep.json)."""
     space = {"temperature": {"kind": "loguniform", "args": [1.0, 20.0]}, "alpha": {"kind": "uniform", "args": [0.0, 1.0]}}
-    (folder / "sweep.json").write_text(json.dumps({"name": "fake", "epochs": 3, "space": space, "objectives": [["val/acc", "max"]]}))
+    (folder / "sweep.json").write_text(
+        json.dumps({"name": "fake", "epochs": 3, "space": space, "objectives": [["val/acc", "max"]]})
+    )
     for i, (params, accs) in enumerate(rows):
         trial = folder / f"trial_t{i}"
         trial.mkdir()
         (trial / "params.json").write_text(json.dumps(params))
-        lines = [json.dumps({"epoch": e + 1, "val/acc": a, "timestamp": 100 * i + e, "student/params": 1000 + i, "done": e + 1 == len(accs)})
-                 for e, a in enumerate(accs)]  # fmt: skip
+        lines = [
+            json.dumps(
+                {"epoch": e + 1, "val/acc": a, "timestamp": 100 * i + e, "student/params": 1000 + i, "done": e + 1 == len(accs)}
+            )
+            for e, a in enumerate(accs)
+        ]
         (trial / "result.json").write_text("\n".join(lines) + "\n")
 
 
 def test_report_table_and_plots(tmp_path):
     rng = np.random.default_rng(0)
-    rows = [({"temperature": float(t), "alpha": float(a)}, [0.5, 0.6 + a / 10, 0.7 + a / 5][: 3 if i % 2 else 1])
-            for i, (t, a) in enumerate(zip(rng.uniform(1, 20, 6), rng.uniform(0, 1, 6)))]  # fmt: skip
+    rows = [
+        ({"temperature": float(t), "alpha": float(a)}, [0.5, 0.6 + a / 10, 0.7 + a / 5][: 3 if i % 2 else 1])
+        for i, (t, a) in enumerate(zip(rng.uniform(1, 20, 6), rng.uniform(0, 1, 6)))
+    ]
     _fake_sweep(tmp_path, rows)
     result = build_report(tmp_path)
     table = result["table"]
     assert len(table) == 6 and list(table["best val/acc"]) == sorted(table["best val/acc"], reverse=True)
     assert table["stopped early"].sum() == 3 and set(table["epochs run"]) == {1, 3}
     names = {p.name for p in result["files"]}
-    assert {"trials.csv", "trials.md", "acc_vs_temperature.png", "acc_vs_alpha.png", "best_so_far.png", "pareto.png", "importances.png"} <= names
+    assert {
+        "trials.csv",
+        "trials.md",
+        "acc_vs_temperature.png",
+        "acc_vs_alpha.png",
+        "best_so_far.png",
+        "pareto.png",
+        "importances.png",
+    } <= names
     for path in result["files"]:
         assert path.stat().st_size > 0
     assert (tmp_path / "report" / "trials.md").read_text().startswith("| trial")

@@ -20,13 +20,15 @@ def test_a_diverging_trial_is_marked_and_the_sweep_goes_on(tmp_path):
     space = tmp_path / "nan.yaml"
     space.write_text(f"""
 name: nan
-fixed: {{method: ce, dataset: digits, epochs: 3, cache_dir: {tmp_path / 'cache'}}}
+fixed: {{method: ce, dataset: digits, epochs: 3, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{choice: [1.0e+12, 0.05]}}
 search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
 """)
     db = f"sqlite:///{tmp_path / 'm.db'}"
-    summary = run_sweep(space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=db, verbose=0, register=False), log=lambda _: None)
+    summary = run_sweep(
+        space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=db, verbose=0, register=False), log=lambda _: None
+    )
     statuses = dict(zip(summary.table["lr"], summary.table["status"]))
     assert statuses[1e12] == "diverged" and statuses[0.05] == "ok"
     assert summary.failures and all("diverged" in why for _, why in summary.failures)
@@ -43,16 +45,20 @@ def test_a_trial_with_settings_that_cannot_work_fails_once_with_its_reason(tmp_p
     space = tmp_path / "bad.yaml"
     space.write_text(f"""
 name: bad
-fixed: {{method: at, dataset: digits, epochs: 2, cache_dir: {tmp_path / 'cache'}}}
+fixed: {{method: at, dataset: digits, epochs: 2, cache_dir: {tmp_path / "cache"}}}
 space:
   weights: {{choice: [[1.0, 1.0], [1.0, 1.0, 1.0]]}}
 search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 0, max_failures: 3}}
 """)
     db = f"sqlite:///{tmp_path / 'm.db'}"
-    summary = run_sweep(space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=db, verbose=0, register=False), log=lambda _: None)
+    summary = run_sweep(
+        space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=db, verbose=0, register=False), log=lambda _: None
+    )
     table = summary.table
     bad = table[table["weights"].map(len) == 2]
-    assert len(bad) and set(bad["status"]) == {"invalid"} and set(bad["epochs run"]) == {1}  # one report, no retry, no epoch trained
+    assert (
+        len(bad) and set(bad["status"]) == {"invalid"} and set(bad["epochs run"]) == {1}
+    )  # one report, no retry, no epoch trained
     assert set(table[table["weights"].map(len) == 3]["status"]) == {"ok"}
     assert len(summary.failures) == len(bad) and all("give 3 weights" in why for _, why in summary.failures)
     assert summary.best_params["weights"] == [1.0, 1.0, 1.0]
@@ -72,15 +78,33 @@ def test_mlflow_down_mid_sweep_loses_nothing_and_sync_catches_up(tmp_path):
     space = tmp_path / "down.yaml"
     space.write_text(f"""
 name: down
-fixed: {{method: ce, dataset: digits, epochs: 20, cache_dir: {tmp_path / 'cache'}}}
+fixed: {{method: ce, dataset: digits, epochs: 20, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{loguniform: [3e-2, 1e-1]}}
 search: {{num_samples: 3, scheduler: fifo, seed: 0}}
 """)
     server = _server(db, port)
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
-    sweep = subprocess.Popen([sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", str(tmp_path / "s"), "--tracking-uri", uri,
-                              "--max-concurrent", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdsearch",
+            "sweep",
+            str(space),
+            "--storage",
+            str(tmp_path / "s"),
+            "--tracking-uri",
+            uri,
+            "--max-concurrent",
+            "1",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     wait_until(lambda: list((tmp_path / "s" / "down").glob("trial_*/result.json")), 120, "the first trial's first result")
     os.killpg(server.pid, signal.SIGKILL)  # the tracking server dies while the first trial trains
     server.wait()
@@ -97,8 +121,12 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
 
     server = _server(db, port)  # back up
     try:
-        synced = subprocess.run([sys.executable, "-m", "kdsearch", "sync", "down", "--storage", str(tmp_path / "s")],
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        synced = subprocess.run(
+            [sys.executable, "-m", "kdsearch", "sync", "down", "--storage", str(tmp_path / "s")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert synced.returncode == 0, synced.stderr[-2000:]
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("down")

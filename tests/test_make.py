@@ -16,8 +16,13 @@ def test_make_test_without_chromium_and_without_root_says_how_in_one_line(tmp_pa
     (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")
     (bin_dir / "id").chmod(0o755)
     make = shutil.which("make")
-    proc = subprocess.run([make, "-s", "-C", str(ROOT), "browser"], capture_output=True, text=True, env={**os.environ, "PATH": str(bin_dir)})
+    proc = subprocess.run(
+        [make, "-s", "-C", str(ROOT), "browser"], capture_output=True, text=True, env={**os.environ, "PATH": str(bin_dir)}
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "the MLflow UI test needs Chromium: run 'sudo apt-get install chromium chromium-driver', then make test" in lines[0]
+    assert (
+        len(lines) == 1
+        and "the MLflow UI test needs Chromium: run 'sudo apt-get install chromium chromium-driver', then make test" in lines[0]
+    )
     assert "Traceback" not in proc.stderr and proc.stdout == ""

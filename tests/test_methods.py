@@ -167,7 +167,9 @@ def test_dml_each_peer_learns_only_from_its_own_loss():
 
 def test_dml_cohort_size_and_frozen_teacher():
     peers = []
-    dml = build_method("dml", {"num_peers": 3, "use_teacher": True}, objective=SINGLE, make_peer=lambda: peers.append(1) or nn.Linear(2, 2))
+    dml = build_method(
+        "dml", {"num_peers": 3, "use_teacher": True}, objective=SINGLE, make_peer=lambda: peers.append(1) or nn.Linear(2, 2)
+    )
     assert len(dml.peers) == 2 and dml.needs_teacher
     with pytest.raises(UserError, match="num_peers"):
         build_method("dml", {"num_peers": 1}, objective=SINGLE, make_peer=lambda: nn.Linear(2, 2))
@@ -216,12 +218,24 @@ def test_at_pairs_stages_of_the_same_spatial_size(student, teacher, expected):
     assert all(s_feats[i].shape[-2:] == t_feats[j].shape[-2:] for i, j in index)  # never pooled
     at = _at()
     at(Outputs(s_logits, s_feats), torch.tensor([0, 1]), Outputs(t_logits, t_feats))
-    assert at.describe().startswith("AT pairs: teacher stage 1 (256x32x32) <-> student stage 1") if teacher == "resnet50" else at.describe()
+    assert (
+        at.describe().startswith("AT pairs: teacher stage 1 (256x32x32) <-> student stage 1")
+        if teacher == "resnet50"
+        else at.describe()
+    )
 
 
 def test_at_pairing_keeps_order_and_falls_back_where_sizes_differ():
     from kdsearch.methods.at import pair_stages
 
-    assert pair_stages([(8, 8), (4, 4), (2, 2)], [(4, 4), (2, 2), (1, 1)]) == [(0, 0), (1, 1), (2, 2)]  # nothing matches: positional
-    assert pair_stages([(32, 32), (16, 16), (8, 8), (4, 4)], [(32, 32), (16, 16), (8, 8)]) == [(0, 0), (1, 1), (2, 2)]  # more student stages
+    assert pair_stages([(8, 8), (4, 4), (2, 2)], [(4, 4), (2, 2), (1, 1)]) == [
+        (0, 0),
+        (1, 1),
+        (2, 2),
+    ]  # nothing matches: positional
+    assert pair_stages([(32, 32), (16, 16), (8, 8), (4, 4)], [(32, 32), (16, 16), (8, 8)]) == [
+        (0, 0),
+        (1, 1),
+        (2, 2),
+    ]  # more student stages
     assert pair_stages([(16, 16), (8, 8)], [(32, 32), (16, 16), (8, 8), (4, 4)]) == [(0, 1), (1, 2)]

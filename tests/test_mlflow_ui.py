@@ -36,9 +36,19 @@ def browser(tmp_path_factory):
     opts.binary_location = CHROMIUM
     profile = tmp_path_factory.mktemp("chromium-profile")
     # No background traffic: this machine has no network, and Chromium would retry forever.
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
-                "--window-size=1500,950", f"--user-data-dir={profile}"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-dev-shm-usage",
+        "--window-size=1500,950",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
@@ -141,7 +151,9 @@ def test_parent_run_shows_best_config_metrics_and_report_plots(browser, quicksta
         _click_artifact(browser, plot)
         _wait_text(browser, f"report/{plot}")
         WebDriverWait(browser, 30).until(
-            lambda d: any(d.execute_script("return arguments[0].naturalWidth", img) > 300 for img in d.find_elements(By.TAG_NAME, "img"))
+            lambda d: any(
+                d.execute_script("return arguments[0].naturalWidth", img) > 300 for img in d.find_elements(By.TAG_NAME, "img")
+            )
         )  # the PNG was fetched from the server and decoded
         if plot == "best_so_far.png":
             _close_assistant(browser)
@@ -154,9 +166,15 @@ def _show_columns(driver, names):
     """Tick metric and parameter columns in the runs table's "Columns" menu."""
     _click(driver, By.XPATH, "//button[normalize-space()='Columns']")
     for name in names:
-        _click(driver, By.XPATH, f"//span[@title='{name}']/preceding-sibling::span[contains(@class, 'checkbox')] | //span[@title='{name}']")
+        _click(
+            driver,
+            By.XPATH,
+            f"//span[@title='{name}']/preceding-sibling::span[contains(@class, 'checkbox')] | //span[@title='{name}']",
+        )
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-    WebDriverWait(driver, 10).until(lambda d: _none_visible(d, By.XPATH, f"//span[@title='{names[0]}']/preceding-sibling::span[contains(@class, 'checkbox')]"))
+    WebDriverWait(driver, 10).until(
+        lambda d: _none_visible(d, By.XPATH, f"//span[@title='{names[0]}']/preceding-sibling::span[contains(@class, 'checkbox')]")
+    )
 
 
 def _click(driver, by, selector):

@@ -33,8 +33,11 @@ def test_flat_keys_route_to_config_or_method_and_lists_reassemble():
     spec = parse_sweep(
         {
             "fixed": {"method": "at", "dataset": "digits", "epochs": 2, "p": 2.0},
-            "space": {"beta": {"loguniform": [1e1, 1e4]},
-                      "weights": [{"uniform": [0, 2]}, 1.0, {"uniform": [0, 2]}], "lr": {"loguniform": [1e-3, 1e-1]}},  # fmt: skip
+            "space": {
+                "beta": {"loguniform": [1e1, 1e4]},
+                "weights": [{"uniform": [0, 2]}, 1.0, {"uniform": [0, 2]}],
+                "lr": {"loguniform": [1e-3, 1e-1]},
+            },
         },
         "t.yaml",
     )
@@ -44,26 +47,44 @@ def test_flat_keys_route_to_config_or_method_and_lists_reassemble():
 
 
 def test_two_objectives_switch_to_nsga2():
-    spec = parse_sweep({"fixed": {"method": "kd"}, "space": {"alpha": {"uniform": [0, 1]}},
-                        "search": {"objectives": [{"val/acc": "max"}, {"latency/cpu_ms": "min"}]}}, "m.yaml")  # fmt: skip
+    spec = parse_sweep(
+        {
+            "fixed": {"method": "kd"},
+            "space": {"alpha": {"uniform": [0, 1]}},
+            "search": {"objectives": [{"val/acc": "max"}, {"latency/cpu_ms": "min"}]},
+        },
+        "m.yaml",
+    )
     assert spec.search.sampler == "nsga2" and spec.search.metric == "val/acc"
 
 
 def test_a_grid_runs_every_combination_once():
-    spec = parse_sweep({"fixed": {"method": "kd"}, "space": {"alpha": {"choice": [0.1, 0.5, 0.9]}, "temperature": {"choice": [2, 8]}},
-                        "search": {"sampler": "grid"}}, "g.yaml")  # fmt: skip
+    spec = parse_sweep(
+        {
+            "fixed": {"method": "kd"},
+            "space": {"alpha": {"choice": [0.1, 0.5, 0.9]}, "temperature": {"choice": [2, 8]}},
+            "search": {"sampler": "grid"},
+        },
+        "g.yaml",
+    )
     assert spec.search.num_samples == 6
 
 
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"space": {"alpha": {"uniform": [1, 0]}}}, "space.alpha: uniform bounds must be [low, high] with low < high, got [1, 0]"),
+        (
+            {"space": {"alpha": {"uniform": [1, 0]}}},
+            "space.alpha: uniform bounds must be [low, high] with low < high, got [1, 0]",
+        ),
         ({"space": {"temperature": {"loguniform": [0, 20]}}}, "space.temperature: loguniform bounds must be > 0"),
         ({"space": {"temperature": {"normal": [0, 1]}}}, "space.temperature: a distribution is one of"),
         ({"space": {"alpha": {"uniform": [0]}}}, "space.alpha: uniform needs two numbers"),
         ({"space": {"alpha": {"uniform": ["a", 1]}}}, "space.alpha: uniform needs two numbers"),
-        ({"space": {"num_peers": {"int": [2, 4]}}}, "unknown key 'num_peers'; not a training setting nor a setting of method 'kd'"),
+        (
+            {"space": {"num_peers": {"int": [2, 4]}}},
+            "unknown key 'num_peers'; not a training setting nor a setting of method 'kd'",
+        ),
         ({"space": {"lrr": {"uniform": [0, 1]}}}, "space: unknown key 'lrr'"),
         ({"space": {"dataset": {"choice": ["digits"]}}}, "space.dataset: dataset cannot vary within a sweep"),
         ({"space": {"alpha": 0.5}}, "space.alpha: expected a distribution"),
@@ -77,10 +98,19 @@ def test_a_grid_runs_every_combination_once():
         ({"search": {"num_samples": 0}}, "search.num_samples must be a positive integer"),
         ({"search": {"metric": "test/acc"}}, "unknown metric 'test/acc'"),
         ({"search": {"budget": 3}}, "unknown key 'search.budget'"),
-        ({"space": {"alpha": {"uniform": [0, 1]}}, "search": {"sampler": "grid"}}, "space.alpha: search.sampler grid needs every entry to be a choice list"),
-        ({"space": {"alpha": {"choice": [0.1, 0.9]}}, "search": {"sampler": "grid", "num_samples": 3}}, "search.num_samples is 3 but the grid has 2"),
+        (
+            {"space": {"alpha": {"uniform": [0, 1]}}, "search": {"sampler": "grid"}},
+            "space.alpha: search.sampler grid needs every entry to be a choice list",
+        ),
+        (
+            {"space": {"alpha": {"choice": [0.1, 0.9]}}, "search": {"sampler": "grid", "num_samples": 3}},
+            "search.num_samples is 3 but the grid has 2",
+        ),
         ({"search": {"sampler": "grid"}}, "search.sampler grid needs a space of choice lists"),
-        ({"search": {"metric": "val/best_acc"}}, "val/best_acc never decreases, so it cannot tell which epoch's checkpoint is best; use metric: val/acc"),
+        (
+            {"search": {"metric": "val/best_acc"}},
+            "val/best_acc never decreases, so it cannot tell which epoch's checkpoint is best; use metric: val/acc",
+        ),
         ({"space": {"train_subset": {"choice": [500, 1000]}}}, "space.train_subset: train_subset cannot vary within a sweep"),
         ({"name": "../../escape"}, "sweep name '../../escape' must be letters, digits"),
         ({"name": "a/b"}, "sweep name 'a/b' must be letters"),
@@ -110,7 +140,9 @@ def test_the_teacher_is_trained_with_fixed_settings_not_sampled_ones():
 def test_fixed_settings_of_a_space_with_drawn_list_items():
     # The teacher is trained with the fixed settings alone; AT's per-stage weights, drawn per
     # trial, are then left to the method's default instead of failing on the undrawn items.
-    spec = parse_sweep({"fixed": {"method": "at", "dataset": "digits"},
-                        "space": {"weights": [{"uniform": [0, 2]}, 1.0, {"uniform": [0, 2]}]}}, "w.yaml")  # fmt: skip
+    spec = parse_sweep(
+        {"fixed": {"method": "at", "dataset": "digits"}, "space": {"weights": [{"uniform": [0, 2]}, 1.0, {"uniform": [0, 2]}]}},
+        "w.yaml",
+    )
     assert "weights" not in spec.fixed_config().method_args
     assert spec.trial_config({"weights.0": 0.5, "weights.2": 1.5}).method_args["weights"] == [0.5, 1.0, 1.5]

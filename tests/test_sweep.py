@@ -91,7 +91,13 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     versions = client.search_model_versions("name='tiny-student'")
     assert len(versions) == 1 and versions[0].run_id == parent.info.run_id
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/trials.csv", "report/trials.md", "report/best_so_far.png", "report/pareto.png", "report/acc_vs_temperature.png"} <= report
+    assert {
+        "report/trials.csv",
+        "report/trials.md",
+        "report/best_so_far.png",
+        "report/pareto.png",
+        "report/acc_vs_temperature.png",
+    } <= report
 
     # What users do next: export the best student, from the sweep folder or from the parent run.
     out = tmp_path / "export"
@@ -99,7 +105,10 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     card = json.loads((out / "model.json").read_text())
     assert card["metrics"]["test/acc"] == summary.best_metrics["test/acc"] and "compression/ratio" in card["metrics"]
     assert set(card["files"]) == {"safetensors", "pt", "torchscript", "onnx"}
-    assert main(["export", parent.info.run_id, "--tracking-uri", mlflow_server, "--format", "onnx", "--out", str(tmp_path / "e2")]) == 0
+    assert (
+        main(["export", parent.info.run_id, "--tracking-uri", mlflow_server, "--format", "onnx", "--out", str(tmp_path / "e2")])
+        == 0
+    )
     assert (tmp_path / "e2" / "model.onnx").is_file()
     assert main(["report", "tiny", "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "best_so_far.png").is_file() and (tmp_path / "r" / "trials.md").is_file()
@@ -131,9 +140,22 @@ EPOCHS = 25  # about 5 s a trial here: long enough to interrupt the second one
 def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
     space = write_space(tmp_path, epochs=EPOCHS, samples=3, scheduler="fifo")
     storage, db = tmp_path / "sweeps", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "kdsearch", "sweep", str(space), "--storage", str(storage), "--tracking-uri", db,
-           "--max-concurrent", "1", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdsearch",
+        "sweep",
+        str(space),
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        db,
+        "--max-concurrent",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
     def second_trial_training():  # one trial finished and another one has reported an epoch
         results = [p for p in (storage / "tiny").glob("trial_*/result.json") if p.read_text().strip()]
         return proc.poll() is not None or (_finished_trials(storage / "tiny", EPOCHS) and len(results) >= 2)
@@ -174,7 +196,7 @@ def test_two_objectives_run_nsga2_and_report_both(tmp_path):
     space = tmp_path / "mo.yaml"
     space.write_text(f"""
 name: mo
-fixed: {{method: ce, dataset: digits, epochs: 2, cache_dir: {tmp_path / 'cache'}}}
+fixed: {{method: ce, dataset: digits, epochs: 2, cache_dir: {tmp_path / "cache"}}}
 space:
   student_width: {{choice: [0.5, 1.0]}}
   lr: {{loguniform: [3e-2, 1e-1]}}
@@ -182,7 +204,11 @@ search:
   num_samples: 2
   objectives: [{{val/acc: max}}, {{student/params: min}}]
 """)
-    summary = run_sweep(space, SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False), log=lambda _: None)
+    summary = run_sweep(
+        space,
+        SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False),
+        log=lambda _: None,
+    )
     assert "student/params" in summary.table.columns and summary.table["student/params"].notna().all()
     assert len(summary.table) == 2
 

@@ -22,7 +22,9 @@ def digits():
 def test_cached_outputs_equal_the_live_teacher_for_the_same_views(digits):
     torch.manual_seed(0)
     teacher = build_model("resnet20", 10, 1).eval()
-    cache = compute_teacher_outputs(teacher, digits, seed=3, epochs=2, crop_pad=1, flip=True, attention=True, device=CPU, batch_size=200)
+    cache = compute_teacher_outputs(
+        teacher, digits, seed=3, epochs=2, crop_pad=1, flip=True, attention=True, device=CPU, batch_size=200
+    )
     assert cache.logits.shape == (2, len(digits.train_x), 10) and cache.logits.dtype == torch.float16
     train = DeviceData(digits.train_x, digits.train_y, digits.mean, digits.std, CPU, pad=1)
     for epoch in range(2):  # the batches the student gets: shuffled, augmented, with their image indices
@@ -40,8 +42,9 @@ def test_cached_outputs_equal_the_live_teacher_for_the_same_views(digits):
 def test_fit_with_the_cache_trains_like_the_live_teacher(digits, cache_dir):
     cfg = TrainConfig(method="kd", epochs=2, teacher_epochs=2, teacher="resnet8", cache_dir=cache_dir, threads=2)
     teacher = get_teacher(cfg, digits)
-    outputs = compute_teacher_outputs(teacher.model, digits, seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip,
-                                      attention=False, device=CPU)  # fmt: skip
+    outputs = compute_teacher_outputs(
+        teacher.model, digits, seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=False, device=CPU
+    )
     logs = []
     live = fit(cfg, data=digits, teacher=teacher, measure_speed=False, log=logs.append)
     cached = fit(cfg, data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, log=logs.append)
@@ -50,20 +53,31 @@ def test_fit_with_the_cache_trains_like_the_live_teacher(digits, cache_dir):
     assert abs(cached.metrics["val/acc"] - live.metrics["val/acc"]) < 0.05
     # a cache for other views is not used
     logs.clear()
-    other = fit(TrainConfig(**{**cfg.to_dict(), "seed": 1}), data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, log=logs.append)
+    other = fit(
+        TrainConfig(**{**cfg.to_dict(), "seed": 1}),
+        data=digits,
+        teacher=teacher,
+        teacher_outputs=outputs,
+        measure_speed=False,
+        log=logs.append,
+    )
     assert "teacher outputs: computed live every step" in logs and other.metrics["val/acc"] > 0
 
 
 def test_at_uses_cached_attention_maps(digits, cache_dir):
     cfg = TrainConfig(method="at", epochs=1, teacher_epochs=1, teacher="resnet8", cache_dir=cache_dir, threads=2)
     teacher = get_teacher(cfg, digits)
-    with_maps = compute_teacher_outputs(teacher.model, digits, seed=0, epochs=1, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=True, device=CPU)
+    with_maps = compute_teacher_outputs(
+        teacher.model, digits, seed=0, epochs=1, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=True, device=CPU
+    )
     logs = []
     live = fit(cfg, data=digits, teacher=teacher, measure_speed=False)
     cached = fit(cfg, data=digits, teacher=teacher, teacher_outputs=with_maps, measure_speed=False, log=logs.append)
     assert "teacher outputs: looked up in the shared cache" in logs
     assert cached.history[0]["train/at"] == pytest.approx(live.history[0]["train/at"], rel=2e-2)
-    no_maps = compute_teacher_outputs(teacher.model, digits, seed=0, epochs=1, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=False, device=CPU)
+    no_maps = compute_teacher_outputs(
+        teacher.model, digits, seed=0, epochs=1, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=False, device=CPU
+    )
     logs.clear()
     fit(cfg, data=digits, teacher=teacher, teacher_outputs=no_maps, measure_speed=False, log=logs.append)
     assert "teacher outputs: computed live every step" in logs  # AT needs the maps

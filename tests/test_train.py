@@ -29,7 +29,9 @@ def test_kd_learns_digits_and_reports_every_epoch(digits, cache_dir):
     assert all(model is result.student for _, model in seen)
     assert {"train/loss", "train/ce", "train/kd", "val/acc", "val/best_acc", "lr"} <= set(seen[0][0])
     assert result.metrics["val/acc"] > 0.8 and result.metrics["test/acc"] > 0.8
-    assert result.metrics["compression/ratio"] == pytest.approx(result.metrics["teacher/params"] / result.metrics["student/params"])
+    assert result.metrics["compression/ratio"] == pytest.approx(
+        result.metrics["teacher/params"] / result.metrics["student/params"]
+    )
     assert 3.5 < result.metrics["compression/ratio"] < 4.5
     assert result.metrics["accuracy/drop"] == pytest.approx(result.metrics["teacher/test_acc"] - result.metrics["test/acc"])
 
@@ -50,9 +52,20 @@ def test_teacher_is_trained_once_then_loaded_from_cache(digits, cache_dir):
 
 
 def test_at_between_different_families_and_dml_run(digits, cache_dir):
-    at = fit(TrainConfig(method="at", method_args={"beta": 100.0}, cache_dir=cache_dir, **{**FAST, "teacher": "resnet18", "teacher_width": 1.0, "epochs": 1, "teacher_epochs": 1}), data=digits, measure_speed=False)
+    at = fit(
+        TrainConfig(
+            method="at",
+            method_args={"beta": 100.0},
+            cache_dir=cache_dir,
+            **{**FAST, "teacher": "resnet18", "teacher_width": 1.0, "epochs": 1, "teacher_epochs": 1},
+        ),
+        data=digits,
+        measure_speed=False,
+    )
     assert "train/at" in at.history[0] and at.metrics["val/acc"] > 0.1
-    dml = fit(TrainConfig(method="dml", method_args={"num_peers": 3}, cache_dir=cache_dir, **FAST), data=digits, measure_speed=False)
+    dml = fit(
+        TrainConfig(method="dml", method_args={"num_peers": 3}, cache_dir=cache_dir, **FAST), data=digits, measure_speed=False
+    )
     assert "train/mutual" in dml.history[-1] and dml.metrics["val/acc"] > 0.8
 
 
@@ -76,7 +89,9 @@ def test_resuming_from_a_saved_state_gives_the_uninterrupted_result(digits):
 
 def test_gpu_code_paths_bf16_and_channels_last_run_on_cpu(digits, cache_dir):
     # The GPU fast path (bf16 autocast, channels_last) is the same code; here it runs on the CPU.
-    cfg = TrainConfig(method="kd", amp=True, channels_last=True, cache_dir=cache_dir, **{**FAST, "epochs": 2, "teacher_epochs": 1})
+    cfg = TrainConfig(
+        method="kd", amp=True, channels_last=True, cache_dir=cache_dir, **{**FAST, "epochs": 2, "teacher_epochs": 1}
+    )
     result = fit(cfg, data=digits, measure_speed=False)
     assert result.metrics["val/acc"] > 0.3
     assert next(result.student.parameters()).dtype == torch.float32  # weights stay fp32 under autocast
@@ -98,7 +113,9 @@ def test_compile_wraps_the_forward_passes_and_trains_the_same_model(digits, cach
     eager = fit(cfg, data=digits, measure_speed=False, evaluate_test=False)
     monkeypatch.setattr(torch, "compile", spy)
     compiled = fit(dataclasses.replace(cfg, compile=True), data=digits, measure_speed=False, evaluate_test=False)
-    expected = {"kd": ["StagedNet.forward_with_features"] * 2, "dml": ["StagedNet.forward_with_features", "Module._call_impl"]}[method]
+    expected = {"kd": ["StagedNet.forward_with_features"] * 2, "dml": ["StagedNet.forward_with_features", "Module._call_impl"]}[
+        method
+    ]
     assert sorted(wrapped) == sorted(expected)
     assert compiled.metrics["val/acc"] == pytest.approx(eager.metrics["val/acc"], abs=0.01)
     for name, value in eager.student.state_dict().items():
@@ -112,8 +129,19 @@ def test_divergence_is_reported_not_hidden(digits):
 
 def test_multilabel_celeba_fit_reports_attribute_metrics(tmp_path, cache_dir):
     write_celeba(tmp_path, n=40)
-    cfg = TrainConfig(method="kd", dataset="celeba", data_dir=str(tmp_path), image_size=16, student="resnet8", teacher="resnet8",
-                      epochs=2, teacher_epochs=2, batch_size=16, cache_dir=cache_dir, threads=2)  # fmt: skip
+    cfg = TrainConfig(
+        method="kd",
+        dataset="celeba",
+        data_dir=str(tmp_path),
+        image_size=16,
+        student="resnet8",
+        teacher="resnet8",
+        epochs=2,
+        teacher_epochs=2,
+        batch_size=16,
+        cache_dir=cache_dir,
+        threads=2,
+    )
     result = fit(cfg, measure_speed=False)
     assert {"val/acc", "val/balanced_acc", "val/macro_f1", "test/acc", "test/macro_f1"} <= set(result.metrics)
     assert 0.0 <= result.metrics["test/balanced_acc"] <= 1.0
@@ -147,7 +175,9 @@ def test_batch_size_one_is_refused_with_the_reason():
 
 def test_a_method_setting_that_does_not_fit_the_models_is_one_line(digits, cache_dir):
     # AT's stage weights are checked when the maps meet; the engine turns the method's ValueError into a UserError.
-    cfg = TrainConfig(method="at", method_args={"weights": [1.0, 1.0]}, cache_dir=cache_dir, **{**FAST, "epochs": 1, "teacher_epochs": 1})
+    cfg = TrainConfig(
+        method="at", method_args={"weights": [1.0, 1.0]}, cache_dir=cache_dir, **{**FAST, "epochs": 1, "teacher_epochs": 1}
+    )
     with pytest.raises(UserError, match="method 'at': AT has 2 stage weights"):
         fit(cfg, data=digits, measure_speed=False)
 

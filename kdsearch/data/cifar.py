@@ -115,8 +115,6 @@ def load_cifar100(data_dir: Path, download: bool = False, **_: object) -> RawDat
     if not test_path.is_file():
         raise UserError(f"CIFAR-100 is incomplete: {test_path} is missing; re-extract the dataset archive")
     names = (
-        [n.decode() for n in _read_batch(meta_path)["fine_label_names"]]
-        if meta_path.is_file()
-        else [str(i) for i in range(100)]
+        [n.decode() for n in _read_batch(meta_path)["fine_label_names"]] if meta_path.is_file() else [str(i) for i in range(100)]
     )
     return _to_raw([(_read_batch(train_path), train_path)], (_read_batch(test_path), test_path), "fine_labels", names)

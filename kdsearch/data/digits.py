@@ -21,9 +21,7 @@ def load_digits(data_dir: Path | None = None, download: bool = False, **_: objec
     # Pixel values are 0..16; scale to the 0..255 range every other dataset uses.
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=0.2, random_state=0, stratify=labels
-    )
+    x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
     return RawDataset(
         train_x=torch.from_numpy(x_train.copy()),
         train_y=torch.from_numpy(y_train.copy()),

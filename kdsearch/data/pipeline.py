@@ -39,7 +39,9 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 class DeviceData:
     """One split held as uint8 on the device, yielding normalised float batches."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device, channels_last: bool = False, pad: int = 0):
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device, channels_last: bool = False, pad: int = 0
+    ):
         self.pad = int(pad)
         self.height, self.width = int(x.shape[2]), int(x.shape[3])
         # Padded once here rather than every step; NHWC so one gather reads whole pixels.
@@ -79,7 +81,9 @@ class DeviceData:
         cols = (dx[:, None] + cols)[:, None, :]  # (N, 1, W)
         return self.padded[idx[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int, flip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, batch_size: int, seed: int, epoch: int, flip: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled, augmented batches for one epoch (crops within the split's ``pad``): (images, targets, image indices)."""
         n, pad = len(self), self.pad
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7919)

@@ -85,7 +85,9 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def make_splits(name: str, raw: RawDataset, val_fraction: float, split_seed: int, train_subset: int | None = None) -> DatasetSplits:
+def make_splits(
+    name: str, raw: RawDataset, val_fraction: float, split_seed: int, train_subset: int | None = None
+) -> DatasetSplits:
     """Hold a fixed-seed validation split out of train (unless the dataset has its own).
 
     ``split_seed`` is separate from the training seed so that every trial and every

@@ -70,4 +70,14 @@ def check_method(name: str, args: Mapping[str, object]) -> None:
     build_method(name, args, objective=Objective(), make_peer=nn.Identity)
 
 
-__all__ = ["METHODS", "Method", "Objective", "Outputs", "build_method", "check_method", "check_settings", "method_class", "method_settings"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "Objective",
+    "Outputs",
+    "build_method",
+    "check_method",
+    "check_settings",
+    "method_class",
+    "method_settings",
+]

@@ -89,12 +89,16 @@ class AttentionTransfer(Method):
 
     def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, inputs: torch.Tensor | None = None) -> dict:
         student_maps = [attention_map(f, self.attention_p) for f in student.features]
-        teacher_maps = teacher.attention if teacher.attention is not None else [attention_map(f, self.attention_p) for f in teacher.features]
+        teacher_maps = (
+            teacher.attention if teacher.attention is not None else [attention_map(f, self.attention_p) for f in teacher.features]
+        )
         index = pair_stages([tuple(m.shape[-2:]) for m in student_maps], [tuple(m.shape[-2:]) for m in teacher_maps])
         k = len(index)
         weights = self.weights if self.weights is not None else [1.0] * k
         if len(weights) != k:
-            raise ValueError(f"AT has {len(weights)} stage weights but the student and teacher share {k} matched stages: give {k} weights")
+            raise ValueError(
+                f"AT has {len(weights)} stage weights but the student and teacher share {k} matched stages: give {k} weights"
+            )
         if self._pairing is None:
             self._pairing = self._describe_pairs(index, student.features, teacher)
         at = sum(w * attention_distance(student_maps[i], teacher_maps[j], self.resize) for w, (i, j) in zip(weights, index))
@@ -112,9 +116,15 @@ class AttentionTransfer(Method):
         def shape(f):
             return "x".join(str(d) for d in f.shape[1:])
 
-        teacher_shapes = [shape(f) for f in teacher.features] if teacher.features else ["x".join(map(str, a.shape[-2:])) for a in teacher.attention]
-        return "AT pairs: " + ", ".join(f"teacher stage {j + 1} ({teacher_shapes[j]}) <-> student stage {i + 1} ({shape(student_features[i])})"
-                                        for i, j in index)  # fmt: skip
+        teacher_shapes = (
+            [shape(f) for f in teacher.features]
+            if teacher.features
+            else ["x".join(map(str, a.shape[-2:])) for a in teacher.attention]
+        )
+        return "AT pairs: " + ", ".join(
+            f"teacher stage {j + 1} ({teacher_shapes[j]}) <-> student stage {i + 1} ({shape(student_features[i])})"
+            for i, j in index
+        )
 
     def describe(self) -> str | None:
         return self._pairing

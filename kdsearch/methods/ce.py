@@ -9,6 +9,8 @@ from kdsearch.methods.objective import Outputs
 
 
 class CrossEntropy(Method):
-    def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None = None, inputs: torch.Tensor | None = None) -> dict:
+    def forward(
+        self, student: Outputs, targets: torch.Tensor, teacher: Outputs | None = None, inputs: torch.Tensor | None = None
+    ) -> dict:
         ce = self.objective.hard(student.logits, targets)
         return {"loss": ce, "ce": ce}

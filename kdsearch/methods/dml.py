@@ -48,7 +48,9 @@ class DeepMutualLearning(Method):
     def extra_modules(self) -> list[nn.Module]:
         return list(self.peers)
 
-    def mutual_losses(self, logits: list[torch.Tensor], targets: torch.Tensor, frozen: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def mutual_losses(
+        self, logits: list[torch.Tensor], targets: torch.Tensor, frozen: list[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(CE, mean KL to the others) for each learner; the others' predictions are constants."""
         out = []
         for i, own in enumerate(logits):
