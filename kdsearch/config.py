@@ -75,6 +75,9 @@ class TrainConfig:
     teacher: str | None = _opt(None, f"teacher architecture ({_PRESET})")
     teacher_width: float = _opt(1.0, "channel multiplier of a small-ResNet teacher")
     teacher_checkpoint: str | None = _opt(None, "use this teacher checkpoint instead of the cached one")
+    teacher_sha256: str | None = _opt(
+        None, "the SHA-256 the teacher checkpoint must have (a sweep's best/config.yaml pins its teacher so)"
+    )
     stem: str = _opt("auto", "auto: the CIFAR stem up to 64x64 images, the ImageNet stem above", ("auto", "cifar", "imagenet"))
     # Data
     data_dir: str | None = _opt(None, "folder holding the dataset files (default $KDSEARCH_DATA or ./data)")
@@ -88,6 +91,8 @@ class TrainConfig:
     # Optimisation
     epochs: int | None = _opt(None, f"student epochs ({_PRESET})")
     teacher_epochs: int | None = _opt(None, f"epochs to train a missing teacher ({_PRESET})")
+    teacher_lr: float | None = _opt(None, f"learning rate of a teacher trained for this run ({_PRESET} lr)")
+    teacher_batch_size: int | None = _opt(None, f"batch size of a teacher trained for this run ({_PRESET} batch size)")
     batch_size: int | None = _opt(None, f"training batch size ({_PRESET})")
     optimizer: str = _opt("sgd", "optimiser", ("sgd", "adamw"))
     lr: float | None = _opt(None, f"peak learning rate ({_PRESET})")
@@ -117,11 +122,19 @@ class TrainConfig:
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)  # frozen: filled once, here
+        # A teacher has its own optimisation settings, the dataset's presets unless given: a
+        # student's lr or batch size never changes which teacher it is distilled from.
+        for name, preset in (("teacher_lr", "lr"), ("teacher_batch_size", "batch_size")):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[preset])
         for name in ("epochs", "teacher_epochs"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise UserError(f"batch_size must be at least 2 (batch norm needs two images per batch), got {self.batch_size}")
+        for name in ("batch_size", "teacher_batch_size"):
+            if getattr(self, name) < 2:
+                raise UserError(f"{name} must be at least 2 (batch norm needs two images per batch), got {getattr(self, name)}")
+        if not self.teacher_lr > 0:
+            raise UserError(f"teacher_lr must be > 0, got {self.teacher_lr}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise UserError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if not self.lr > 0:

@@ -46,23 +46,9 @@ SCHEDULERS = ("asha", "fifo")
 # The data (and its subset) and the teacher are prepared once in the driver for all trials:
 # a value drawn per trial would be recorded but never used.
 NOT_SEARCHABLE = (
-    "method",
-    "dataset",
-    "data_dir",
-    "download",
-    "image_size",
-    "val_fraction",
-    "split_seed",
-    "train_subset",
-    "teacher",
-    "teacher_width",
-    "teacher_checkpoint",
-    "teacher_epochs",
-    "teacher_seed",
-    "cache_dir",
-    "device",
-    "threads",
-    "epochs",
+    *("method", "dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "train_subset"),
+    *("teacher", "teacher_width", "teacher_checkpoint", "teacher_sha256", "teacher_epochs", "teacher_lr"),
+    *("teacher_batch_size", "teacher_seed", "cache_dir", "device", "threads", "epochs"),
 )
 # Metrics a trial reports that a search may optimise.
 METRICS = ("val/acc", "val/loss", "student/params", "student/flops", "student/size_mb", "latency/cpu_ms")

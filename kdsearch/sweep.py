@@ -23,7 +23,7 @@ from kdsearch.report import build_report, trial_table
 from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
 from kdsearch.sweep_folder import SweepFolder, TrialRecord
-from kdsearch.teachers import Teacher, get_teacher, reference_teacher
+from kdsearch.teachers import Teacher, file_sha256, get_teacher, reference_teacher
 from kdsearch.train import final_metrics
 
 
@@ -346,6 +346,9 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
     best_cfg = dataclasses.replace(plan.spec.trial_config(dict(best.params)), threads=None)
     fixed = plan.spec.fixed_config()
     data, teacher = shared.data, shared.teacher
+    if teacher is not None and teacher.path is not None:
+        # best/config.yaml names the exact teacher the trials distilled from, so a rerun uses it.
+        best_cfg = dataclasses.replace(best_cfg, teacher_checkpoint=str(teacher.path), teacher_sha256=file_sha256(teacher.path))
     if teacher is None:
         teacher = reference_teacher(fixed, data, resolve_stem(fixed.stem, data.image_size))
     checkpoint = ray_trials.copy_from_checkpoint(best.best_checkpoint, ray_trials.STUDENT_FILE, plan.folder.best_student)

@@ -15,12 +15,14 @@ so such runs keep the live teacher for AT.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData, view_params
 from kdsearch.evaluate import inference_batch_size
@@ -30,6 +32,15 @@ from kdsearch.methods import Method
 CACHED_ATTENTION_P = 2.0  # the exponent of the attention maps stored (AT's default)
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights: which teacher the outputs came from."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class TeacherOutputs:
     logits: torch.Tensor  # (epochs, N, outputs), fp16
@@ -37,6 +48,8 @@ class TeacherOutputs:
     seed: int
     crop_pad: int
     flip: bool
+    data_fingerprint: str  # the training images they were computed on (DatasetSplits.fingerprint)
+    teacher_fingerprint: str  # the teacher's weights (weights_fingerprint)
 
     @property
     def epochs(self) -> int:
@@ -45,12 +58,21 @@ class TeacherOutputs:
     def nbytes(self) -> int:
         return self.logits.numel() * 2 + sum(a.numel() * 2 for a in self.attention or [])
 
-    def matches(self, seed: int, crop_pad: int, flip: bool, epochs: int) -> bool:
-        return (self.seed, self.crop_pad, bool(self.flip)) == (seed, crop_pad, bool(flip)) and self.epochs >= epochs
-
-    def serves(self, method: Method) -> bool:
-        """Whether these outputs hold everything the method reads from its teacher."""
-        return not method.needs_attention or (self.attention is not None and method.attention_p == CACHED_ATTENTION_P)
+    def fits(self, cfg: TrainConfig, data: DatasetSplits, teacher: nn.Module, method: Method) -> bool:
+        """Whether these outputs are this run's teacher on this run's views of these images,
+        holding everything the method reads: else the run computes its teacher live."""
+        same_views = (self.seed, self.crop_pad, bool(self.flip)) == (
+            cfg.seed,
+            cfg.crop_pad,
+            bool(cfg.flip),
+        ) and self.epochs >= cfg.epochs
+        serves = not method.needs_attention or (self.attention is not None and method.attention_p == CACHED_ATTENTION_P)
+        return (
+            same_views
+            and serves
+            and self.data_fingerprint == data.fingerprint()
+            and self.teacher_fingerprint == weights_fingerprint(teacher)
+        )
 
     def to(self, device: torch.device) -> TeacherOutputs:
         moved = [a.to(device) for a in self.attention] if self.attention is not None else None
@@ -111,4 +133,4 @@ def compute_teacher_outputs(
                     # Normalised now (values in [0, 1], safe in fp16); AT's pooling is linear and it
                     # normalises again, so this is exactly the live computation.
                     store[epoch, sl] = normalised_attention(f, CACHED_ATTENTION_P).cpu().half()
-    return TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip)
+    return TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip, data.fingerprint(), weights_fingerprint(teacher))

@@ -28,27 +28,11 @@ from kdsearch.methods import Objective
 from kdsearch.runtime import resolve_device
 from kdsearch.train import fit
 
-# The settings that change what teacher comes out of training (data, model, optimisation).
+# The settings of a teacher's own training run that change what teacher comes out of it.
 _TEACHER_KEY_FIELDS = (
-    "dataset",
-    "image_size",
-    "val_fraction",
-    "split_seed",
-    "train_subset",
-    "crop_pad",
-    "flip",
-    "stem",
-    "teacher",
-    "teacher_width",
-    "teacher_epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "label_smoothing",
-    "teacher_seed",
+    *("dataset", "image_size", "val_fraction", "split_seed", "train_subset", "crop_pad", "flip", "stem"),
+    *("student", "student_width", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay"),
+    *("schedule", "label_smoothing", "seed"),
 )
 
 
@@ -66,21 +50,37 @@ def default_cache_dir() -> Path:
 
 
 def teacher_training_config(cfg: TrainConfig) -> TrainConfig:
-    """The config that trains ``cfg``'s teacher: the teacher architecture alone on the labels."""
-    return dataclasses.replace(
-        cfg,
+    """The run that trains ``cfg``'s teacher: its architecture alone on the labels, with the
+    teacher's own settings (``teacher_*``, else the dataset's presets) on the same data and
+    execution settings. Nothing of the student's optimisation enters it."""
+    same = ("dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "train_subset", "stem")
+    execution = ("device", "amp", "channels_last", "compile", "threads", "eval_batch_size", "cache_dir")
+    return TrainConfig(
         method="ce",
-        method_args={},
+        **{name: getattr(cfg, name) for name in (*same, *execution)},
         student=cfg.teacher,
         student_width=cfg.teacher_width,
+        teacher=cfg.teacher,
+        teacher_width=cfg.teacher_width,
         epochs=cfg.teacher_epochs,
+        teacher_epochs=cfg.teacher_epochs,
+        lr=cfg.teacher_lr,
+        batch_size=cfg.teacher_batch_size,
         seed=cfg.teacher_seed,
-        teacher_checkpoint=None,
     )
 
 
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def teacher_cache_path(cfg: TrainConfig) -> Path:
-    key = {name: getattr(cfg, name) for name in _TEACHER_KEY_FIELDS}
+    run = teacher_training_config(cfg)
+    key = {name: getattr(run, name) for name in _TEACHER_KEY_FIELDS}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     return root / "teachers" / f"{cfg.dataset}-{cfg.teacher}-seed{cfg.teacher_seed}-{digest}.pt"
@@ -133,6 +133,13 @@ def reference_teacher(cfg: TrainConfig, data: DatasetSplits, stem: str) -> Teach
 def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None] = lambda _: None) -> Teacher:
     """The user's checkpoint, else the cached teacher, else train one now and cache it."""
     if cfg.teacher_checkpoint:
+        if cfg.teacher_sha256 and Path(cfg.teacher_checkpoint).is_file():
+            actual = file_sha256(cfg.teacher_checkpoint)
+            if actual != cfg.teacher_sha256:
+                raise UserError(
+                    f"teacher checkpoint {cfg.teacher_checkpoint} is not the teacher this config names (sha256 {actual[:12]}..., "
+                    f"expected {cfg.teacher_sha256[:12]}...): pass the file the run used, or drop teacher_sha256"
+                )
         model, payload = load_teacher_checkpoint(cfg.teacher_checkpoint, data)
         metrics = _measure(model, data, cfg)
         log(f"teacher {payload['model']['arch']} from {cfg.teacher_checkpoint}: val/acc {metrics['val/acc']:.4f}")

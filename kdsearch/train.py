@@ -134,8 +134,8 @@ def build_run(cfg: TrainConfig, data: DatasetSplits, teacher, teacher_outputs, l
 
     teacher_model = teacher.model if method.needs_teacher else None
     outputs = teacher_outputs if teacher_model is not None else None
-    if outputs is not None and not (outputs.matches(cfg.seed, cfg.crop_pad, cfg.flip, cfg.epochs) and outputs.serves(method)):
-        outputs = None  # made for other views, or without what this method reads: run the teacher live
+    if outputs is not None and not outputs.fits(cfg, data, teacher_model, method):
+        outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
     if outputs is not None:
         outputs = outputs.to(device)  # lookups then stay on the training device
     elif teacher_model is not None:
@@ -192,7 +192,10 @@ def train_epoch(run: Run, epoch: int) -> dict:
                 teacher_out = Outputs(logits, [], maps)
             elif run.teacher_forward is not None:
                 with torch.no_grad():
-                    teacher_out = Outputs(*run.teacher_forward(x))
+                    logits, features = run.teacher_forward(x)
+                # Rounded as the shared teacher outputs store them, so a run with the live teacher
+                # trains like a sweep's trial that looked them up.
+                teacher_out = Outputs(logits.half().float(), features)
             try:
                 terms = run.method(student_out, y, teacher_out, x)
             except ValueError as exc:  # a setting that does not fit these models (e.g. AT's stage weights)

@@ -113,6 +113,24 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     assert main(["report", "tiny", "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "best_so_far.png").is_file() and (tmp_path / "r" / "trials.md").is_file()
 
+    # Re-running the best config trains no teacher (it names the sweep's, by path and hash) and
+    # repeats the best trial epoch by epoch (same seed, one thread as the trial had).
+    best_config = summary.out_dir / "best" / "config.yaml"
+    assert "teacher_sha256" in best_config.read_text()
+    rerun = subprocess.run(
+        [sys.executable, "-m", "kdsearch", "train", "--config", str(best_config), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0 and "training teacher" not in rerun.stderr, rerun.stderr
+    best_id = json.loads((summary.out_dir / "sweep.json").read_text())["best_trial"]
+    trial_epochs = [
+        json.loads(line)["val/acc"] for line in (summary.out_dir / f"trial_{best_id}" / "result.json").read_text().splitlines()
+    ]
+    rerun_epochs = [line.split("val/acc ")[1].split()[0] for line in rerun.stderr.splitlines() if line.startswith("epoch")]
+    assert rerun_epochs[: len(trial_epochs)] == [f"{v:.4f}" for v in trial_epochs], (rerun_epochs, trial_epochs)
+
 
 def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=f"http://127.0.0.1:{free_port()}", verbose=0)

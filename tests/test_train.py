@@ -51,6 +51,29 @@ def test_teacher_is_trained_once_then_loaded_from_cache(digits, cache_dir):
     assert teacher_cache_path(dataclasses.replace(cfg, teacher_seed=1)) != first.path
 
 
+def test_a_teacher_is_identified_by_its_own_settings_not_the_students():
+    base = TrainConfig(method="kd", dataset="digits")
+    student_only = dict(lr=0.2, batch_size=32, weight_decay=1e-3, optimizer="adamw", schedule="onecycle", label_smoothing=0.1)
+    student_only.update(epochs=3, seed=5, method_args={"alpha": 0.5}, student="resnet14")
+    assert teacher_cache_path(dataclasses.replace(base, **student_only)) == teacher_cache_path(base)
+    for teacher_setting in (dict(teacher_lr=0.2), dict(teacher_batch_size=32), dict(teacher_epochs=3), dict(teacher="resnet14")):
+        assert teacher_cache_path(dataclasses.replace(base, **teacher_setting)) != teacher_cache_path(base), teacher_setting
+    assert (base.teacher_lr, base.teacher_batch_size) == (0.05, 64)  # the dataset's presets, whatever the student's
+
+
+def test_a_pinned_teacher_checkpoint_must_be_the_same_file(digits, cache_dir, tmp_path):
+    cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST)
+    path = get_teacher(cfg, digits).path
+    from kdsearch.teachers import file_sha256
+
+    pinned = dataclasses.replace(cfg, teacher_checkpoint=str(path), teacher_sha256=file_sha256(path))
+    logs = []
+    assert get_teacher(pinned, digits, log=logs.append).path == path
+    other = get_teacher(dataclasses.replace(cfg, teacher_seed=1), digits).path
+    with pytest.raises(UserError, match="is not the teacher this config names"):
+        get_teacher(dataclasses.replace(pinned, teacher_checkpoint=str(other)), digits)
+
+
 def test_at_between_different_families_and_dml_run(digits, cache_dir):
     at = fit(
         TrainConfig(

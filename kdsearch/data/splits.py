@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,16 @@ class DatasetSplits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_x), "val": len(self.val_x), "test": len(self.test_x)}
+
+    def fingerprint(self) -> str:
+        """A short hash of the training split: its shape, its labels and up to 4,096 of its images
+        spread over it (cheap for CelebA's 160,000, and any other subset or split differs)."""
+        digest = hashlib.blake2b(digest_size=12)
+        digest.update(repr((tuple(self.train_x.shape), tuple(self.train_y.shape))).encode())
+        step = max(1, len(self.train_x) // 4096)
+        digest.update(self.train_x[::step].contiguous().numpy().tobytes())
+        digest.update(self.train_y.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def info(self) -> dict:
         """What a checkpoint records about the data its model expects."""
