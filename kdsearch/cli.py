@@ -184,12 +184,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     print(
-        f"exported {checkpoint} to {args.out} (verified on {report['images']} validation images, "
+        f"exported {checkpoint} to {args.out} (verified on {report['images_note'].split(';')[0]}, "
         f"tolerance atol={report['tolerance']['atol']:g} rtol={report['tolerance']['rtol']:g}):"
     )
     for fmt, entry in report["formats"].items():
         print(
-            f"  {fmt:12} {entry['file']:22} {entry['bytes'] / 1e6:8.2f} MB  max |diff| {entry['max_abs_diff']:.1e}  val/acc {entry['val/acc']:.4f}"
+            f"  {fmt:12} {entry['file']:22} {entry['bytes'] / 1e6:8.2f} MB  max |diff| {entry['max_abs_diff']:.1e}  "
+            f"acc on those {report['images']} images {entry['verify/acc']:.4f}"
         )
     print(f"  model card   model.json  (load with kdsearch.load_student({str(args.out)!r}))")
     return 0

@@ -99,6 +99,9 @@ class TrainConfig:
     momentum: float = _opt(0.9, "SGD momentum (Nesterov when > 0)")
     weight_decay: float = _opt(5e-4, "weight decay")
     schedule: str = _opt("cosine", "learning-rate schedule", ("cosine", "onecycle", "constant"))
+    warmup: float = _opt(
+        0.0, "share of the training steps over which the lr rises linearly from 0 (cosine and constant schedules)"
+    )
     label_smoothing: float = _opt(0.0, "label smoothing of the training loss (never of validation or test)")
     seed: int = _opt(0, "seed of initialisation, shuffling and augmentation")
     teacher_seed: int = _opt(0, "seed of a teacher trained for this run")
@@ -141,6 +144,8 @@ class TrainConfig:
             raise UserError(f"lr must be > 0, got {self.lr}")
         if self.crop_pad < 0:
             raise UserError(f"crop_pad must be >= 0, got {self.crop_pad}")
+        if not 0 <= self.warmup < 1:
+            raise UserError(f"warmup is a share of the training steps in [0, 1), got {self.warmup}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 

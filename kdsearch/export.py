@@ -134,8 +134,8 @@ def model_card(payload: dict) -> dict:
     }
 
 
-def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Up to VERIFY_IMAGES normalised validation images (and labels) for the checkpoint's data."""
+def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The first VERIFY_IMAGES normalised validation images, their labels, and the split's size."""
     from kdsearch.data import load_dataset
 
     data, config = payload.get("dataset", {}), payload.get("config", {})
@@ -153,7 +153,7 @@ def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor
     x = splits.val_x[:VERIFY_IMAGES].float()
     mean = torch.tensor(data["mean"]).view(1, -1, 1, 1) * 255
     std = torch.tensor(data["std"]).view(1, -1, 1, 1) * 255
-    return (x - mean) / std, splits.val_y[:VERIFY_IMAGES]
+    return (x - mean) / std, splits.val_y[:VERIFY_IMAGES], len(splits.val_x)
 
 
 def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Path, data_dir: str | None = None) -> dict:
@@ -168,11 +168,17 @@ def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Pa
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out} ({exc.strerror}): pass a writable --out") from None
-    x, y = _validation_batch(payload, data_dir)
+    x, y, total = _validation_batch(payload, data_dir)
     with torch.no_grad():
         reference = model(x)
     multilabel = bool(payload.get("dataset", {}).get("multilabel"))
-    report = {"checkpoint": str(checkpoint), "tolerance": {"atol": ATOL, "rtol": RTOL}, "images": len(x), "formats": {}}
+    report = {
+        "checkpoint": str(checkpoint),
+        "tolerance": {"atol": ATOL, "rtol": RTOL},
+        "images": len(x),
+        "images_note": f"the first {len(x)} of the {total} validation images; verify/* metrics are on these alone",
+        "formats": {},
+    }
     card = model_card(payload)
     for fmt in dict.fromkeys(formats):
         path = out / FILES[fmt]
@@ -186,7 +192,7 @@ def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Pa
                 f"{fmt} export does not reproduce the checkpoint (max |diff| {diff:.2e} > {ATOL}); nothing written for it"
             )
         entry = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": diff}
-        entry.update({f"val/{k}": v for k, v in classification_metrics(logits, y, multilabel).items()})
+        entry.update({f"verify/{k}": v for k, v in classification_metrics(logits, y, multilabel).items()})
         report["formats"][fmt] = entry
     card["files"] = report["formats"]
     card["verification"] = {k: v for k, v in report.items() if k != "formats"}

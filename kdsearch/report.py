@@ -17,32 +17,32 @@ from kdsearch.sweep_folder import SweepFolder, TrialRecord
 TABLE_CSV, TABLE_MD = "trials.csv", "trials.md"
 
 
+def _status(t: TrialRecord, epochs: int) -> str:
+    if t.status == "ERROR":
+        return "error"
+    if t.diverged:
+        return "diverged"
+    if t.invalid:
+        return "invalid"
+    last = t.history[-1] if t.history else {}
+    return "running" if not last.get("done", True) and len(t.history) < epochs else "ok"
+
+
 def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
     metric, mode = manifest["objectives"][0]
     epochs = manifest["epochs"]
     rows = []
     for t in trials:
-        best = t.best(metric, mode)
+        best = t.best(metric, mode) if t.failure is None else math.nan  # a failed trial's score is a sentinel, not a result
         last = t.history[-1] if t.history else {}
-        failed = t.status == "ERROR"
         rows.append(
             {
                 "trial": t.trial_id,
                 **t.params,
-                f"best {metric}": best if math.isfinite(best) else float("nan"),
+                f"best {metric}": best if math.isfinite(best) else math.nan,
                 "epochs run": len(t.history),
                 "stopped early": (t.failure is None and 0 < len(t.history) < epochs),
-                "status": "error"
-                if failed
-                else (
-                    "diverged"
-                    if t.diverged
-                    else (
-                        "invalid"
-                        if t.invalid
-                        else ("running" if not last.get("done", True) and len(t.history) < epochs else "ok")
-                    )
-                ),
+                "status": _status(t, epochs),
                 "student/params": last.get("student/params"),
                 "student/flops": last.get("student/flops"),
                 "latency/cpu_ms": last.get("latency/cpu_ms"),
@@ -52,14 +52,29 @@ def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
     return table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
 
 
-def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points no other point beats on both size (lower) and accuracy (higher)."""
+def _pareto(points: list[tuple[float, float]], mode: str = "max") -> list[tuple[float, float]]:
+    """Points no other point beats on both size (lower) and the objective (higher for max, lower for min)."""
+    sign = 1 if mode == "max" else -1
     front, best = [], -math.inf
-    for size, acc in sorted(points, key=lambda p: (p[0], -p[1])):
-        if acc > best:
-            front.append((size, acc))
-            best = acc
+    for size, value in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if sign * value > best:
+            front.append((size, value))
+            best = sign * value
     return front
+
+
+def best_so_far(trials: list[TrialRecord], metric: str, mode: str) -> tuple[list[int], list[float]]:
+    """The best value of ``metric`` after each epoch consumed, over the trials that did not fail
+    (a diverged or invalid trial reports a sentinel score, not a result)."""
+    events = sorted((h.get("timestamp", 0), h.get(metric)) for t in trials if t.failure is None for h in t.history)
+    pick = max if mode == "max" else min
+    best, xs, ys = None, [], []
+    for consumed, (_, value) in enumerate(events, start=1):
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            best = value if best is None else pick(best, value)
+        xs.append(consumed)
+        ys.append(best if best is not None else float("nan"))
+    return xs, ys
 
 
 def _importances(trials: list[dict], manifest: dict) -> dict[str, float]:
@@ -79,7 +94,7 @@ def _importances(trials: list[dict], manifest: dict) -> dict[str, float]:
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for t in trials:
         best = t.best(metric, mode)
-        if math.isfinite(best) and all(k in t.params for k in dists):
+        if t.failure is None and math.isfinite(best) and all(k in t.params for k in dists):
             study.add_trial(optuna.trial.create_trial(params={k: t.params[k] for k in dists}, distributions=dists, value=best))
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
 
@@ -90,7 +105,7 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric, _ = manifest["objectives"][0]
+    metric, mode = manifest["objectives"][0]
     best_col = f"best {metric}"
     written, notes = [], []
 
@@ -113,14 +128,7 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
         ax.grid(alpha=0.3)
         save(fig, f"acc_vs_{key.replace('/', '_').replace('.', '_')}.png")
 
-    events = sorted((h.get("timestamp", 0), h.get(metric)) for t in trials for h in t.history)
-    consumed, best, xs, ys = 0, -math.inf, [], []
-    for _, value in events:
-        consumed += 1
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            best = max(best, value)
-        xs.append(consumed)
-        ys.append(best if math.isfinite(best) else float("nan"))
+    xs, ys = best_so_far(trials, metric, mode)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.step(xs, ys, where="post")
     ax.set_xlabel("epochs consumed (all trials)")
@@ -132,7 +140,7 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
     size_col = "latency/cpu_ms" if table["latency/cpu_ms"].notna().any() else "student/params"
     points = [(s, a) for s, a in zip(table[size_col], table[best_col]) if pd.notna(s) and pd.notna(a)]
     if points:
-        front = _pareto(points)
+        front = _pareto(points, mode)
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         ax.scatter([p[0] for p in points], [p[1] for p in points], alpha=0.7, label="trials")
         ax.plot([p[0] for p in front], [p[1] for p in front], "r.-", label="Pareto front")

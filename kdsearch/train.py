@@ -97,11 +97,21 @@ class Run:
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    """The lr factor per step: a linear rise over ``warmup`` of the steps, then cosine to 0 (or
+    constant); one-cycle brings its own rise."""
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    rise = int(cfg.warmup * total_steps)
+    decay = max(1, total_steps - rise)
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return (step + 1) / rise
+        if cfg.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - rise, decay) / decay))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:

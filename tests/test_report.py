@@ -1,0 +1,78 @@
+"""Reports of a sweep folder: the table, the plots, and which way each objective points."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kdsearch.report import _pareto, best_so_far, build_report
+from kdsearch.sweep_folder import load_trials
+
+
+def _fake_sweep(folder, rows, objective=("val/acc", "max"), failed=()):
+    """A finished sweep folder as Ray Tune and kdsearch leave it (trial logs + sweep.json);
+    trials listed in ``failed`` diverged and end with the sentinel score."""
+    space = {"temperature": {"kind": "loguniform", "args": [1.0, 20.0]}, "alpha": {"kind": "uniform", "args": [0.0, 1.0]}}
+    (folder / "sweep.json").write_text(json.dumps({"name": "fake", "epochs": 3, "space": space, "objectives": [list(objective)]}))
+    metric = objective[0]
+    for i, (params, accs) in enumerate(rows):
+        trial = folder / f"trial_t{i}"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps(params))
+        lines = [
+            json.dumps(
+                {"epoch": e + 1, metric: a, "timestamp": 100 * i + e, "student/params": 1000 + i, "done": e + 1 == len(accs)}
+            )
+            for e, a in enumerate(accs)
+        ]
+        if i in failed:
+            sentinel = 0.0 if objective[1] == "max" else 1e30
+            lines.append(
+                json.dumps({metric: sentinel, "trial/diverged": 1.0, "trial/error": "diverged", "timestamp": 100 * i + 50})
+            )
+        (trial / "result.json").write_text("\n".join(lines) + "\n")
+
+
+def test_report_table_and_plots(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [
+        ({"temperature": float(t), "alpha": float(a)}, [0.5, 0.6 + a / 10, 0.7 + a / 5][: 3 if i % 2 else 1])
+        for i, (t, a) in enumerate(zip(rng.uniform(1, 20, 6), rng.uniform(0, 1, 6)))
+    ]
+    _fake_sweep(tmp_path, rows)
+    result = build_report(tmp_path)
+    table = result["table"]
+    assert len(table) == 6 and list(table["best val/acc"]) == sorted(table["best val/acc"], reverse=True)
+    assert table["stopped early"].sum() == 3 and set(table["epochs run"]) == {1, 3}
+    names = {p.name for p in result["files"]}
+    assert {
+        "trials.csv",
+        "trials.md",
+        "acc_vs_temperature.png",
+        "acc_vs_alpha.png",
+        "best_so_far.png",
+        "pareto.png",
+        "importances.png",
+    } <= names
+    for path in result["files"]:
+        assert path.stat().st_size > 0
+    assert (tmp_path / "report" / "trials.md").read_text().startswith("| trial")
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1, 0.80), (2, 0.85), (2, 0.70), (3, 0.84), (4, 0.90), (5, 0.89)]
+    assert _pareto(points) == [(1, 0.80), (2, 0.85), (4, 0.90)]
+
+
+def test_min_objectives_are_minimised_and_failed_trials_leave_no_mark(tmp_path):
+    # val/loss is minimised: the best-so-far curve falls, the table sorts ascending, the Pareto
+    # front keeps lower values; a diverged trial's sentinel enters neither curve nor importances.
+    rows = [({"temperature": 2.0 + i, "alpha": 0.1 * i}, [1.0 - 0.1 * i, 0.9 - 0.1 * i]) for i in range(5)]
+    _fake_sweep(tmp_path, rows, objective=("val/loss", "min"), failed=(4,))
+    trials = load_trials(tmp_path)
+    xs, ys = best_so_far(trials, "val/loss", "min")
+    assert len(xs) == 8 and ys == sorted(ys, reverse=True) and min(ys) == pytest.approx(0.6)
+    table = build_report(tmp_path)["table"]
+    assert list(table["best val/loss"][:4]) == sorted(table["best val/loss"][:4]) and table["best val/loss"].isna().sum() == 1
+    assert table.set_index("trial").loc["t4", "status"] == "diverged"
+    assert _pareto([(1, 0.5), (2, 0.4), (3, 0.6)], "min") == [(1, 0.5), (2, 0.4)]
