@@ -60,8 +60,8 @@ def main() -> None:
                     f"{run} | {name} | seed {seed}: test {accs[-1]:.4f}, epoch-1 loss {first[-1]:.3f} ({time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
-            rows.append({"run": run, "schedule": name, "test_acc_mean": statistics.mean(accs), "test_acc_min": min(accs),
-                         "first_epoch_loss": statistics.mean(first), "seeds": args.seeds})  # fmt: skip
+            row = {"run": run, "schedule": name, "test_acc_mean": statistics.mean(accs), "test_acc_min": min(accs)}
+            rows.append({**row, "first_epoch_loss": statistics.mean(first), "seeds": args.seeds})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "schedule.csv", "w", newline="") as f:
