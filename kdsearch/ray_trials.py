@@ -10,6 +10,8 @@ objectives) picks the next settings and ASHA stops bad trials early.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
 import os
 import socket
@@ -120,6 +122,47 @@ def tune_space(spec: SweepSpec) -> dict:
     return out
 
 
+def _settings_key(config: dict) -> tuple:
+    return tuple(sorted((k, round(v, 10) if isinstance(v, float) else repr(v)) for k, v in config.items()))
+
+
+class DistinctOptunaSearch(OptunaSearch):
+    """Optuna's suggestions, never the same settings twice. A repeat of a finished trial is told
+    that trial's result and drawn again; a repeat of a running trial is drawn again (NSGA-II with
+    a small population repeated itself; so can any sampler over a few choices). After
+    ``MAX_REDRAWS`` repeats in a row (a small discrete space, used up) the repeat is run."""
+
+    MAX_REDRAWS = 200  # an ask and a tell each: milliseconds
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._results_by_settings: dict[tuple, dict | None] = {}  # None while the trial runs
+        self._settings_of: dict[str, tuple] = {}
+
+    def suggest(self, trial_id: str):
+        for attempt in range(self.MAX_REDRAWS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config  # Tune's "wait" or "finished"
+            key = _settings_key(config)
+            if key not in self._results_by_settings or attempt == self.MAX_REDRAWS - 1:
+                break
+            earlier = self._results_by_settings[key]
+            super().on_trial_complete(trial_id, result=earlier, error=earlier is None)
+            self._completed_trials.discard(trial_id)  # the same Tune trial draws again,
+            del self._ot_trials[trial_id]  # as a new Optuna trial
+        self._results_by_settings.setdefault(key, None)
+        self._settings_of[trial_id] = key
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result=result, error=error)
+        key = self._settings_of.get(trial_id)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if key is not None and result and all(m in result for m in metrics):
+            self._results_by_settings[key] = {m: result[m] for m in metrics}
+
+
 def _searcher(spec: SweepSpec):
     import optuna
 
@@ -136,8 +179,8 @@ def _searcher(spec: SweepSpec):
         sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if len(metrics) == 1:
-        return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
-    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+        return DistinctOptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
+    return DistinctOptunaSearch(metric=metrics, mode=modes, sampler=sampler)
 
 
 def _scheduler(spec: SweepSpec, max_epochs: int):
@@ -178,8 +221,45 @@ def _static_metrics(student_spec: dict, data: DatasetSplits, needs_latency: bool
     return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
 
 
+_ARCHITECTURE_KEYS = ("student", "student_width", "stem")
+
+
+def _student_spec(cfg, data: DatasetSplits) -> dict:
+    return model_spec(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
+
+
+def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict]:
+    """Size metrics (and latency, when it is an objective) of every student architecture the
+    space can draw, measured once in the driver before any trial trains: a latency timed inside
+    a trial shares the cores with the other trials and differs for the same architecture. A
+    space that draws the architecture from a continuous range gets {} (trials measure it)."""
+    choices = {}
+    for key in _ARCHITECTURE_KEYS:
+        dist = spec.space.get(key)
+        if dist is not None and dist["kind"] != "choice":
+            return {}
+        choices[key] = dist["args"] if dist is not None else [None]
+    needs_latency = any(m == "latency/cpu_ms" for m, _ in spec.search.objectives)
+    first = {key: dist["args"][0] for key, dist in spec.space.items()}
+    out = {}
+    for combo in itertools.product(*choices.values()):
+        drawn = {k: v for k, v in zip(_ARCHITECTURE_KEYS, combo) if v is not None}
+        student = _student_spec(spec.trial_config({**first, **drawn}), data)
+        key = json.dumps(student, sort_keys=True)
+        if key not in out:
+            out[key] = _static_metrics(student, data, needs_latency)
+    return out
+
+
 def _trial(
-    sampled: dict, *, spec: SweepSpec, data_payload: dict, teacher_payload: dict | None, threads: int, teacher_outputs=None
+    sampled: dict,
+    *,
+    spec: SweepSpec,
+    data_payload: dict,
+    teacher_payload: dict | None,
+    threads: int,
+    teacher_outputs=None,
+    static_by_architecture: dict | None = None,
 ) -> None:
     data = _unpack(data_payload)
     cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads)
@@ -194,10 +274,10 @@ def _trial(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    student_spec = model_spec(
-        cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width
-    )
-    static = _static_metrics(student_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
+    student_spec = _student_spec(cfg, data)
+    static = dict((static_by_architecture or {}).get(json.dumps(student_spec, sort_keys=True)) or {})
+    if not static:
+        static = _static_metrics(student_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
     static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
     static["trial/gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())  # the GPUs Ray gave it ("" for none)
     info = data.info()
@@ -312,6 +392,7 @@ def run_trials(
         teacher_payload=teacher_payload,
         threads=max(1, math.ceil(cpus_per_trial)),
         teacher_outputs=teacher_outputs,
+        static_by_architecture=architecture_metrics(spec, data),
     )
     trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     path = os.path.join(storage, name)
