@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from kdsearch.config import TrainConfig, parse_value, read_config_yaml
-from kdsearch.errors import UserError
+from kdsearch.errors import Interrupted, UserError
 from kdsearch.summary import format_summary, format_sweep_summary
 
 
@@ -351,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"kdsearch: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"kdsearch: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("kdsearch: interrupted", file=sys.stderr)
         return 130

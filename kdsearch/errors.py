@@ -17,6 +17,11 @@ class UserError(Exception):
     """A problem the user can fix; its message is one line naming the fix."""
 
 
+class Interrupted(Exception):
+    """The user stopped the run (Ctrl-C); the message says what was kept and how to go on.
+    The command line prints it and exits with status 130, as a shell does for SIGINT."""
+
+
 def lookup(registry: Mapping[str, V], name: str, what: str) -> V:
     """``registry[name]``, or a UserError listing the valid names."""
     try:

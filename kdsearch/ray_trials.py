@@ -9,14 +9,17 @@ objectives) picks the next settings and ASHA stops bad trials early.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,8 @@ for _key, _value in {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # kdsearch takes Ctrl-C itself (run_trials) and hands it to Tune as SIGUSR1, so it knows.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
     # The legacy reporter prints one compact status table now and then; the new output
     # engine prints a box per trial start and result, too much for a sweep of many trials.
     "RAY_AIR_NEW_OUTPUT": "0",
@@ -425,8 +430,48 @@ def run_trials(
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             ),
         )
-    grid = tuner.fit()
-    return [_record(result, spec) for result in grid]
+    with _graceful_ctrl_c() as interrupted:
+        grid = tuner.fit()
+    records = [_record(result, spec) for result in grid]
+    if interrupted.is_set():
+        raise TrialsInterrupted(records)
+    return records
+
+
+class TrialsInterrupted(Exception):
+    """Ctrl-C during the trials: Tune stopped them and saved its state; ``records`` as far as they got."""
+
+    def __init__(self, records: list[TrialRecord]):
+        super().__init__(f"interrupted with {len(records)} trials started")
+        self.records = records
+
+
+@contextlib.contextmanager
+def _graceful_ctrl_c():
+    """The first Ctrl-C stops the trials the way Tune stops on its own signal (SIGUSR1): the
+    experiment state is saved and unfinished trials resume later. A second one stops at once."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_sigint(signum, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        print("kdsearch: stopping the trials and saving their state (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def can_resume(path: str) -> bool:
+    """Whether Tune saved enough of the sweep at ``path`` to continue it."""
+    return tune.Tuner.can_restore(path)
 
 
 def _record(result, spec: SweepSpec) -> TrialRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from kdsearch.api import load_data
 from kdsearch.checkpoint import load_model, save_checkpoint
-from kdsearch.errors import UserError
+from kdsearch.errors import Interrupted, UserError
 from kdsearch.methods import method_class
 from kdsearch.report import build_report, trial_table
 from kdsearch.runtime import resolve_device, resolve_stem, set_threads
@@ -396,12 +397,47 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
     return _guard_mlflow(mirror, plan.tracking_uri, plan.name)
 
 
+def resume_command(plan: SweepPlan, opts: SweepOptions) -> str:
+    parts = ["kdsearch sweep", plan.space_file, "--resume"]
+    if opts.name:
+        parts += ["--name", opts.name]
+    if opts.storage:
+        parts += ["--storage", opts.storage]
+    if opts.tracking_uri:
+        parts += ["--tracking-uri", opts.tracking_uri]
+    return " ".join(parts)
+
+
+def interrupted(plan: SweepPlan, opts: SweepOptions, tracker, exc: BaseException) -> Interrupted:
+    """Ctrl-C: nothing is finalised (no best/, no best config or model in MLflow), the parent
+    run is marked KILLED, and the message says how to go on. A new sweep stopped before its
+    trials had any state leaves no folder behind, so the same command starts it again."""
+    from kdsearch import ray_trials
+
+    if tracker is not None and tracker.parent_id is not None:
+        _guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
+    total = plan.spec.search.num_samples
+    if plan.local and ray_trials.can_resume(plan.sweep_dir):
+        started = len(exc.records) if isinstance(exc, ray_trials.TrialsInterrupted) else "some"
+        return Interrupted(
+            f"sweep {plan.name!r} interrupted with {started} of {total} trials started; nothing was finalised: "
+            f"continue it with `{resume_command(plan, opts)}`"
+        )
+    if plan.local and not opts.resume:
+        shutil.rmtree(plan.sweep_dir, ignore_errors=True)
+        return Interrupted(
+            f"sweep {plan.name!r} interrupted before its trials started; nothing was kept: run the same command again"
+        )
+    return Interrupted(f"sweep {plan.name!r} interrupted; continue it with `{resume_command(plan, opts)}`")
+
+
 def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
     from kdsearch import ray_trials
 
     plan = plan_sweep(path, opts)
-    tracker = start_services(plan, opts)
+    tracker = None
     try:
+        tracker = start_services(plan, opts)
         shared = prepare_shared(plan, tracker, opts, log)
         trials = ray_trials.run_trials(
             plan.spec,
@@ -417,6 +453,8 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
             verbose=opts.verbose,
             teacher_outputs=shared.teacher_outputs,
         )
+    except (ray_trials.TrialsInterrupted, KeyboardInterrupt) as exc:
+        raise interrupted(plan, opts, tracker, exc) from None
     finally:
         ray_trials.stop_ray()
 

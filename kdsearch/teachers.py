@@ -8,7 +8,6 @@ data before use: the wrong number of classes or input channels is a clear error.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os

@@ -228,14 +228,16 @@ class SweepTracker:
         input_shape: tuple[int, ...] | None = None,
         registered_name: str | None = None,
     ) -> None:
-        """The best config (params + YAML), its compression metrics and its student, on the parent run."""
+        """The best config (``best.*`` tags + YAML), its compression metrics and its student, on the
+        parent run. Tags, not params: a resumed sweep that finds a better trial replaces them
+        (MLflow refuses to change a param)."""
         import yaml
 
         run_id = self.parent_id
         self.client.log_batch(
             run_id,
             metrics=_metrics(metrics, 0, int(time.time() * 1000)),
-            params=[Param(f"best.{k}", _str(v)[:6000]) for k, v in best_params.items()],
+            tags=[RunTag(f"best.{k}", _str(v)[:5000]) for k, v in best_params.items()],
         )
         with tempfile.TemporaryDirectory() as folder:
             config_path = Path(folder) / "best_config.yaml"

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import free_port, wait_until
@@ -138,9 +139,88 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
             assert sorted(steps) == list(range(1, 21))
         parent = parents[0]
-        assert "best.lr" in parent.data.params and "test/acc" in parent.data.metrics
+        assert "best.lr" in parent.data.tags and "test/acc" in parent.data.metrics
         assert "best_student" in [a.path for a in client.list_artifacts(parent.info.run_id)]
         assert tracking.experiment_urls(uri, uri, "down")  # and the UI can list it
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _start_sweep(space, *args):
+    """A sweep in its own process group, its stderr collected line by line while it runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdsearch", "sweep", str(space), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
+def test_ctrl_c_during_the_trials_finalises_nothing_and_resume_finishes_the_sweep(tmp_path):
+    space = tmp_path / "cc.yaml"
+    space.write_text(f"""
+name: cc
+fixed: {{method: kd, dataset: digits, epochs: 25, teacher: resnet8, teacher_epochs: 3, cache_dir: {tmp_path / "cache"}}}
+space:
+  alpha: {{uniform: [0.3, 0.9]}}
+search: {{num_samples: 3, scheduler: fifo, seed: 0}}
+""")
+    db, storage = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "s"
+    args = ("--storage", str(storage), "--tracking-uri", db, "--max-concurrent", "1")
+    proc, lines, reader = _start_sweep(space, *args)
+    wait_until(lambda: proc.poll() is not None or list((storage / "cc").glob("trial_*/result.json")), 180, "the first epoch")
+    assert proc.poll() is None, "".join(lines)[-2000:]
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, _ = proc.communicate(timeout=120)
+    reader.join(timeout=10)
+    assert proc.returncode == 130, "".join(lines)[-2000:]
+    last = [line for line in lines if line.strip()][-1]
+    assert last.startswith("kdsearch: sweep 'cc' interrupted with ") and "nothing was finalised" in last, lines[-8:]
+    assert f"`kdsearch sweep {space} --resume --storage {storage} --tracking-uri {db}`" in last
+    assert "top trials" not in out and not (storage / "cc" / "best").exists()
+    client = MlflowClient(db)
+    parent = client.search_runs([client.get_experiment_by_name("cc").experiment_id], "tags.`kdsearch.role` = 'sweep'")[0]
+    assert parent.info.status == "KILLED" and not any(k.startswith("best.") for k in parent.data.tags)
+    assert not client.search_model_versions("name='cc-student'")
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kdsearch", "sweep", str(space), "--resume", *args], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    best = json.loads((storage / "cc" / "sweep.json").read_text())["best_params"]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and float(parent.data.tags["best.alpha"]) == best["alpha"]
+    assert len(client.search_model_versions("name='cc-student'")) == 1
+    trials = client.search_runs([parent.info.experiment_id], "tags.`kdsearch.role` = 'trial'")
+    assert len(trials) == 3
+
+
+def test_ctrl_c_while_the_teacher_trains_stops_at_once_and_keeps_nothing(tmp_path):
+    space = tmp_path / "ct.yaml"
+    space.write_text(f"""
+name: ct
+fixed: {{method: kd, dataset: digits, epochs: 2, teacher_epochs: 500, cache_dir: {tmp_path / "cache"}}}
+space:
+  alpha: {{uniform: [0.3, 0.9]}}
+search: {{num_samples: 2, scheduler: fifo}}
+""")
+    storage = tmp_path / "s"
+    proc, lines, reader = _start_sweep(space, "--storage", str(storage), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    wait_until(
+        lambda: proc.poll() is not None or any("[teacher] epoch" in line for line in lines), 120, "the teacher's first epoch"
+    )
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)  # at once, not after 500 epochs
+    reader.join(timeout=10)
+    assert proc.returncode == 130, "".join(lines)[-2000:]
+    assert (
+        lines[-1].strip()
+        == "kdsearch: sweep 'ct' interrupted before its trials started; nothing was kept: run the same command again"
+    )
+    assert not (storage / "ct").exists()

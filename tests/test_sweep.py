@@ -83,7 +83,7 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
         assert sorted(m.step for m in history) == list(range(1, int(run.data.metrics["epoch"]) + 1))  # each epoch once
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert {"best.temperature", "best.alpha", "best.lr"} <= set(parent.data.params)
+    assert {"best.temperature", "best.alpha", "best.lr"} <= set(parent.data.tags)
     for key in ("test/acc", "compression/ratio", "student/params", "student/flops", "latency/cpu_ms", "accuracy/drop"):
         assert key in parent.data.metrics
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
