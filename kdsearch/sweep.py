@@ -23,7 +23,7 @@ from kdsearch.methods import method_class
 from kdsearch.report import build_report, trial_table
 from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
-from kdsearch.sweep_folder import SweepFolder, TrialRecord
+from kdsearch.sweep_folder import SweepFolder, SweepLock, TrialRecord
 from kdsearch.teachers import Teacher, file_sha256, get_teacher, reference_teacher
 from kdsearch.train import final_metrics
 
@@ -188,6 +188,7 @@ class SweepPlan:
     folder: SweepFolder  # the local folder with sweep.json and best/ (the sweep folder itself for local storage)
     tracking_uri: str
     overrides: dict  # fixed settings given on the command line
+    lock: SweepLock  # held from planning to the end of the sweep
 
     @property
     def local(self) -> bool:
@@ -195,8 +196,6 @@ class SweepPlan:
 
 
 def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
-    from kdsearch import tracking
-
     overrides = dict(opts.overrides or {})
     if "data_dir" in overrides and overrides["data_dir"] is not None:
         overrides["data_dir"] = str(Path(str(overrides["data_dir"])).expanduser().resolve())  # the same data from any folder
@@ -210,6 +209,17 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
             raise UserError(f"cannot create the sweep storage {storage} ({exc.strerror}): pass a writable --storage") from None
     sweep_dir = f"{storage.rstrip('/')}/{name}"
     folder = SweepFolder(Path(sweep_dir) if not _is_uri(storage) else Path.cwd() / "sweeps" / name)
+    lock = SweepLock(folder.path.parent / f".{name}.lock").acquire(name)
+    try:
+        return _check_plan(path, opts, name, storage, sweep_dir, folder, overrides, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, overrides, lock) -> SweepPlan:
+    from kdsearch import tracking
+
     if opts.resume and folder.exists():
         recorded = folder.read_manifest().get("overrides") or {}
         if overrides and overrides != recorded:
@@ -220,7 +230,7 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
         overrides = recorded
     spec = apply_options(load_sweep(path, overrides), opts)
     plan = SweepPlan(
-        spec, str(path), name, storage, sweep_dir, folder, opts.tracking_uri or tracking.default_tracking_uri(), overrides
+        spec, str(path), name, storage, sweep_dir, folder, opts.tracking_uri or tracking.default_tracking_uri(), overrides, lock
     )
     if plan.local and opts.resume and not Path(sweep_dir).exists():
         raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
@@ -432,9 +442,16 @@ def interrupted(plan: SweepPlan, opts: SweepOptions, tracker, exc: BaseException
 
 
 def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
+    plan = plan_sweep(path, opts)
+    try:
+        return _run_planned(plan, opts, log)
+    finally:
+        plan.lock.release()
+
+
+def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]) -> SweepSummary:
     from kdsearch import ray_trials
 
-    plan = plan_sweep(path, opts)
     tracker = None
     try:
         tracker = start_services(plan, opts)

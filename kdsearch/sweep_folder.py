@@ -12,10 +12,13 @@ A trial as kdsearch sees it (``TrialRecord``) carries no Ray types.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import re
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +126,38 @@ class SweepFolder:
                 "let the sweep finish, or continue it with --resume"
             )
         return self.best_student
+
+
+class SweepLock:
+    """One process at a time runs a sweep: an exclusive ``flock`` on ``.<name>.lock`` beside the
+    sweep folder, held while the sweep runs. The kernel releases it when the process ends,
+    however it ends, so a killed sweep never leaves it behind. (flock is local to a machine:
+    two machines sharing storage over NFS are not kept apart by it.)"""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, name: str) -> SweepLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"sweep {name!r} is already running ({holder}): wait for it to finish, or stop it (Ctrl-C) and then add --resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | None = None) -> SweepFolder:

@@ -67,6 +67,28 @@ def _str(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def probe_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """One short request to an HTTP tracking server before anything else: MLflow's client
+    retries a refused connection for minutes (7 retries, backing off), which is right for a
+    server that blinks mid-sweep but not for one that is not there at all. Any HTTP answer,
+    even an error status, means a server is there."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        text = getattr(reason, "strerror", None) or str(reason) or type(exc).__name__
+        raise UserError(
+            f"MLflow tracking at {tracking_uri} is unreachable ({text}): start the server or pass another --tracking-uri"
+        ) from None
+
+
 class SweepTracker:
     """Logs a sweep to MLflow. Picklable (Ray stores it with the experiment): the client
     and caches are rebuilt after unpickling."""
@@ -106,6 +128,7 @@ class SweepTracker:
 
     def start(self, params: dict[str, Any]) -> str:
         """Check the server answers, then find or create the experiment and the parent run."""
+        probe_server(self.tracking_uri)
         try:
             exp = self.client.get_experiment_by_name(self.experiment)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -224,3 +225,38 @@ search: {{num_samples: 2, scheduler: fifo}}
         == "kdsearch: sweep 'ct' interrupted before its trials started; nothing was kept: run the same command again"
     )
     assert not (storage / "ct").exists()
+
+
+def test_a_second_start_of_a_running_sweep_is_refused_naming_the_process(tmp_path):
+    space = tmp_path / "two.yaml"
+    space.write_text(f"""
+name: two
+fixed: {{method: ce, dataset: digits, epochs: 200, cache_dir: {tmp_path / "cache"}}}
+space:
+  lr: {{loguniform: [3e-2, 1e-1]}}
+search: {{num_samples: 2, scheduler: fifo}}
+""")
+    storage, db = tmp_path / "s", f"sqlite:///{tmp_path / 'm.db'}"
+    args = ("--storage", str(storage), "--tracking-uri", db)
+    first, lines, reader = _start_sweep(space, *args)
+    try:
+        wait_until(
+            lambda: first.poll() is not None or list((storage / "two").glob("trial_*/result.json")), 180, "the first epoch"
+        )
+        for extra in ((), ("--resume",)):
+            second = subprocess.run(
+                [sys.executable, "-m", "kdsearch", "sweep", str(space), *args, *extra],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 2, second.stderr
+            [line] = second.stderr.strip().splitlines()
+            assert line.startswith(
+                f"kdsearch: error: sweep 'two' is already running (process {first.pid} on {socket.gethostname()}"
+            )
+            assert line.endswith("wait for it to finish, or stop it (Ctrl-C) and then add --resume")
+        assert len(list((storage / "two").glob("trial_*"))) <= 2  # the second start added no trial
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # a killed sweep leaves no lock: the resume test resumes after a SIGKILL
+        first.wait()
