@@ -62,6 +62,8 @@ def format_sweep_summary(summary, top: int = 5) -> str:
             f"compression: {m['compression/ratio']:.2f}x parameters ({human(m['student/params'])}), "
             f"{m['compression/flops_ratio']:.2f}x FLOPs, {m['compression/speedup']:.2f}x CPU latency"
         )
+    if summary.smoke_check:
+        lines.append(summary.smoke_check)
     if summary.failures:
         lines.append("failed trials: " + "; ".join(f"{t}: {why}" for t, why in summary.failures))
     lines.append(f"checkpoint: {summary.checkpoint}")

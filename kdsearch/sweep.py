@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from kdsearch.api import load_data
 from kdsearch.checkpoint import load_model, save_checkpoint
 from kdsearch.errors import Interrupted, UserError
@@ -61,6 +63,7 @@ class SweepSummary:
     objectives: list
     failures: list[tuple[str, str]]
     synced: bool = True  # False: MLflow was unreachable at the end; `kdsearch sync` catches up
+    smoke_check: str | None = None  # --smoke: the line that says the set-up learns
 
 
 def _is_uri(path: str) -> bool:
@@ -79,14 +82,43 @@ def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
             )
         search = dataclasses.replace(search, num_samples=opts.num_samples)
     if opts.smoke:
-        # Two short trials: checks the whole path (data, teacher, Ray, MLflow, export) in seconds.
-        epochs = min(2, spec.example_config().epochs)
-        fixed.update(epochs=epochs, teacher_epochs=min(2, spec.example_config().teacher_epochs))
+        # Two short trials: checks the whole path (data, teacher, Ray, MLflow, export) in a minute
+        # or two, long enough that a working set-up learns (smoke_check says whether it did).
+        example = spec.example_config()
+        fixed.update(epochs=min(3, example.epochs), teacher_epochs=min(5, example.teacher_epochs))
         if spec.example_config().dataset != "digits":
             fixed["train_subset"] = min(2000, fixed.get("train_subset") or 2000)
         samples = search.num_samples if search.sampler == "grid" else min(search.num_samples, 2)  # a grid is its combinations
         search = dataclasses.replace(search, num_samples=samples, grace_period=1, n_startup_trials=1)
     return dataclasses.replace(spec, fixed=fixed, search=search)
+
+
+def chance_accuracy(data) -> float:
+    """The accuracy of always answering the most frequent class (per attribute, for attributes)."""
+    if data.multilabel:
+        p = data.train_y.float().mean(0)
+        return float(torch.maximum(p, 1 - p).mean())
+    counts = torch.bincount(data.train_y, minlength=data.num_outputs)
+    return float(counts.max() / counts.sum())
+
+
+def smoke_check(shared, best_metrics: dict) -> str:
+    """Whether a --smoke run learned: the teacher (if any) and the best student well above chance
+    on validation; else a one-line UserError, since a set-up that learns nothing is broken."""
+    chance = chance_accuracy(shared.data)
+    margin = 0.05 + 0.1 * (1 - chance)  # well clear of chance, on a few hundred validation images
+    scores = {"best student": best_metrics.get("val/acc", 0.0)}
+    if shared.teacher is not None and "val/acc" in shared.teacher.metrics:
+        scores = {"teacher": shared.teacher.metrics["val/acc"], **scores}
+    text = ", ".join(f"{who} val/acc {acc:.3f}" for who, acc in scores.items())
+    stuck = [who for who, acc in scores.items() if acc < chance + margin]
+    images = len(shared.data.train_x)
+    if stuck:
+        raise UserError(
+            f"smoke check: {text} on {images:,} training images, not above chance ({chance:.3f}, the most frequent class) "
+            f"for the {' and the '.join(stuck)}: nothing learns; check the data files, their labels and lr"
+        )
+    return f"smoke check: {text} on {images:,} training images, chance {chance:.3f}: the set-up learns"
 
 
 def needs_teacher(spec: SweepSpec) -> bool:
@@ -482,6 +514,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
     best = finalise_best(plan, shared, trials, winner)
     synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
+    checked = smoke_check(shared, best.metrics) if opts.smoke else None
     failures = [(t.trial_id, t.failure) for t in trials if t.failure is not None]
     return SweepSummary(
         plan.name,
@@ -497,4 +530,5 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         shared.manifest["objectives"],
         failures,
         synced,
+        checked,
     )

@@ -1,0 +1,84 @@
+"""The README's commands and flags are the CLI's: a command it shows that the CLI refuses, or a
+flag it names that no command has, fails here (the README once showed a sweep --data-dir that did not exist)."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_cifar10, write_fashion_mnist
+
+from kdsearch.cli import build_parser
+from kdsearch.search_space import load_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+COMMANDS = [
+    line.strip()
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    for line in block.splitlines()
+    if line.strip().startswith("kdsearch ")
+]
+# Flags the README names that belong to other programs (benchmarks, Ray, pip, make).
+OTHER_TOOLS = {"--work", "--tiny", "--quick", "--out", "--head", "--num-cpus", "--smoke-test"}
+
+
+def test_the_readme_shows_commands():
+    assert len(COMMANDS) >= 20 and any(c.startswith("kdsearch sweep") for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_the_readme_shows_parses(command):
+    args = shlex.split(command, comments=True)[1:]
+    try:
+        build_parser().parse_args(args)
+    except SystemExit as exc:
+        pytest.fail(f"README command refused by the CLI (exit {exc.code}): {command}")
+    for space in [a for a in args if a.startswith("search_spaces/")]:
+        overrides = {"data_dir": "/data"} if "--data-dir" in args else None
+        assert load_sweep(ROOT / space, overrides).space
+
+
+def _all_flags() -> set[str]:
+    flags = set()
+    parser = build_parser()
+    for action in parser._subparsers._group_actions:  # the subcommands
+        for sub in action.choices.values():
+            for option in sub._actions:
+                flags.update(option.option_strings)
+    return flags
+
+
+def test_every_flag_the_readme_names_exists():
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", README))
+    unknown = sorted(named - _all_flags() - OTHER_TOOLS)
+    assert not unknown, f"the README names flags no kdsearch command has: {unknown}"
+
+
+@pytest.mark.slow
+def test_the_readme_train_and_teacher_commands_run_on_stand_in_data(tmp_path):
+    # Each `kdsearch train` / `teacher` command as shown, shortened to one epoch, with small
+    # files in the real formats where it reads ~/data.
+    write_cifar10(tmp_path / "data")
+    write_fashion_mnist(tmp_path / "fashion_mnist", n_train=120)
+    (tmp_path / "run.yaml").write_text("method: ce\ndataset: digits\nepochs: 1\n")
+    env_data = {"KDSEARCH_DATA": str(tmp_path / "fashion_mnist"), "KDSEARCH_CACHE": str(tmp_path / "cache")}
+    for command in [c for c in COMMANDS if c.startswith(("kdsearch train", "kdsearch teacher"))]:
+        args = [a.replace("~/data", str(tmp_path / "data")) for a in shlex.split(command, comments=True)[1:]]
+        args += (
+            ["--epochs", "1", "--teacher-epochs", "1", "--quiet"]
+            if "--json" not in args
+            else ["--epochs", "1", "--teacher-epochs", "1"]
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "kdsearch", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, **env_data},
+            timeout=600,
+        )
+        assert proc.returncode == 0, f"{command}\n{proc.stderr[-1500:]}"
