@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import signal
@@ -20,6 +21,7 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         if not address:
             return  # the caller's own Ray (or ours, still up): use it
         ray.shutdown()  # asked for a particular cluster: do not run on whatever Ray this process holds
+    if quiet:
+        # A trial that fails is listed with its reason in the summary, its error.txt and MLflow;
+        # Tune's own log of it is a traceback per failure on the user's terminal.
+        for name in ("ray.tune", "ray.air", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": not quiet,
@@ -379,8 +386,11 @@ def run_trials(
     tracker=None,
     verbose: int = 1,
     teacher_outputs=None,
+    stop_check: Callable[[], str | None] | None = None,
 ) -> list[TrialRecord]:
-    """Run (or resume) the sweep in ``storage/name`` and return every trial."""
+    """Run (or resume) the sweep in ``storage/name`` and return every trial. ``stop_check`` is
+    asked every second while the trials run; a reason it returns stops them gracefully (state
+    saved, resumable) and raises ``TrialsStopped``."""
     check_resources(cpus_per_trial, gpus_per_trial)
     epochs = spec.example_config().epochs
     teacher_payload = None
@@ -430,11 +440,13 @@ def run_trials(
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             ),
         )
-    with _graceful_ctrl_c() as interrupted:
+    with _graceful_ctrl_c() as interrupted, _stop_when(stop_check) as stopped:
         grid = tuner.fit()
     records = [_record(result, spec) for result in grid]
     if interrupted.is_set():
         raise TrialsInterrupted(records)
+    if stopped:
+        raise TrialsStopped(stopped[0], records)
     return records
 
 
@@ -444,6 +456,43 @@ class TrialsInterrupted(Exception):
     def __init__(self, records: list[TrialRecord]):
         super().__init__(f"interrupted with {len(records)} trials started")
         self.records = records
+
+
+class TrialsStopped(Exception):
+    """The caller's ``stop_check`` stopped the trials (say, the storage filled up); state saved."""
+
+    def __init__(self, reason: str, records: list[TrialRecord]):
+        super().__init__(reason)
+        self.reason, self.records = reason, records
+
+
+def _stop_tune() -> None:
+    os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop: experiment state saved, trials resumable
+
+
+@contextlib.contextmanager
+def _stop_when(check: Callable[[], str | None] | None):
+    """A thread that asks ``check`` every second and stops Tune gracefully on the first reason."""
+    reasons: list[str] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(1.0):
+            reason = check()
+            if reason:
+                reasons.append(reason)
+                _stop_tune()
+                return
+
+    watcher = threading.Thread(target=watch, name="kdsearch-stop-check", daemon=True)
+    if check is not None:
+        watcher.start()
+    try:
+        yield reasons
+    finally:
+        done.set()
+        if check is not None:
+            watcher.join()
 
 
 @contextlib.contextmanager
@@ -460,7 +509,7 @@ def _graceful_ctrl_c():
             raise KeyboardInterrupt
         interrupted.set()
         print("kdsearch: stopping the trials and saving their state (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        _stop_tune()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:

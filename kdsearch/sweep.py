@@ -324,6 +324,93 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     return tracker
 
 
+def trial_bytes(spec: SweepSpec, data) -> int:
+    """About what one trial writes: two checkpoints (its best and its latest), each the student
+    alone plus the training state (student, the method's modules such as DML's peers, and SGD's
+    momentum for all of them), and its logs."""
+    from torch import nn
+
+    from kdsearch.methods import Objective, build_method
+    from kdsearch.models import build_model
+
+    cfg = spec.example_config()
+    stem = resolve_stem(cfg.stem, data.image_size)
+
+    def student() -> nn.Module:
+        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
+
+    def nbytes(module: nn.Module) -> int:
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+    method = build_method(cfg.method, cfg.method_args, objective=Objective(), make_peer=student)
+    one = nbytes(student())
+    return 2 * (one + 2 * (one + nbytes(method))) + (256 << 10)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+class StorageGuard:
+    """Keeps a sweep's local storage from filling up under it. Before the trials: refuse a sweep
+    the free space cannot hold. While they run: a reserve file (room for two trials, at least
+    4 MB) sits in the sweep folder; when free space drops below one trial's worth, the reserve
+    is deleted and the trials are stopped, so Ray Tune's own state files, which it does not
+    write atomically, are written whole into the room it leaves, and --resume works."""
+
+    NAME = ".kdsearch-reserve"
+
+    def __init__(self, plan: SweepPlan, data):
+        self.storage = plan.storage
+        self.per_trial = trial_bytes(plan.spec, data)
+        self.reserve_bytes = max(2 * self.per_trial, 4 << 20)
+        self.reserve = Path(plan.sweep_dir) / self.NAME
+        self.trials = plan.spec.search.num_samples
+
+    def free(self) -> int:
+        return shutil.disk_usage(self.storage).free
+
+    def check_room(self) -> None:
+        need = self.trials * self.per_trial + self.reserve_bytes
+        if self.free() + self.held() < need:
+            raise UserError(
+                f"the sweep storage {self.storage} has {_mb(self.free())} free but {self.trials} trials need about {_mb(need)}: "
+                "free space there, or pass another --storage"
+            )
+
+    def held(self) -> int:
+        return self.reserve.stat().st_size if self.reserve.is_file() else 0
+
+    def place(self) -> None:
+        self.reserve.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(self.reserve, "wb") as f:
+                f.truncate(0)
+                for _ in range(self.reserve_bytes >> 20):
+                    f.write(bytes(1 << 20))  # real blocks: truncate() alone would reserve nothing
+        except OSError:
+            self.release()
+
+    def release(self) -> None:
+        self.reserve.unlink(missing_ok=True)
+
+    def full(self) -> bool:
+        return self.free() < self.per_trial
+
+    def stop_reason(self) -> str | None:
+        """Asked every second while the trials run."""
+        if not self.full():
+            return None
+        self.release()
+        return "storage full"
+
+    def error(self, plan: SweepPlan, opts: SweepOptions) -> UserError:
+        return UserError(
+            f"the sweep storage {self.storage} is full ({_mb(self.free())} free after releasing kdsearch's reserve; a trial needs "
+            f"about {_mb(self.per_trial)}): what was written is whole; free space there, then continue with `{resume_command(plan, opts)}`"
+        )
+
+
 @dataclass
 class Shared:
     """What every trial shares, prepared once in the driver."""
@@ -332,6 +419,7 @@ class Shared:
     teacher: Teacher | None
     teacher_outputs: object | None
     manifest: dict
+    guard: StorageGuard | None  # local storage only
 
 
 def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[str], None]) -> Shared:
@@ -352,9 +440,14 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         "objectives": [list(o) for o in spec.search.objectives],
         "overrides": plan.overrides,
     }
-    plan.folder.write_manifest(manifest)
     set_threads(None)
     data = load_data(base)
+    guard = StorageGuard(plan, data) if plan.local else None
+    if guard is not None:
+        guard.check_room()
+    plan.folder.write_manifest(manifest)
+    if guard is not None:
+        guard.place()
     fixed = spec.fixed_config()
     teacher = get_teacher(fixed, data, log=log) if needs_teacher(spec) else None
     outputs = compute_shared_outputs(teacher, data, fixed, log) if teacher is not None and opts.teacher_cache else None
@@ -362,7 +455,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
     )
-    return Shared(data, teacher, outputs, manifest)
+    return Shared(data, teacher, outputs, manifest, guard)
 
 
 @dataclass
@@ -466,11 +559,22 @@ def interrupted(plan: SweepPlan, opts: SweepOptions, tracker, exc: BaseException
             f"continue it with `{resume_command(plan, opts)}`"
         )
     if plan.local and not opts.resume:
-        shutil.rmtree(plan.sweep_dir, ignore_errors=True)
+        _forget_unstarted(plan, opts, None)
         return Interrupted(
             f"sweep {plan.name!r} interrupted before its trials started; nothing was kept: run the same command again"
         )
     return Interrupted(f"sweep {plan.name!r} interrupted; continue it with `{resume_command(plan, opts)}`")
+
+
+def _forget_unstarted(plan: SweepPlan, opts: SweepOptions, tracker) -> None:
+    """A new sweep that stopped before any trial state was saved leaves no folder behind, so
+    the same command can simply be run again."""
+    from kdsearch import ray_trials
+
+    if tracker is not None and tracker.parent_id is not None:
+        _guard_mlflow(lambda: tracker.finish("FAILED"), plan.tracking_uri, plan.name)
+    if plan.local and not opts.resume and not ray_trials.can_resume(plan.sweep_dir):
+        shutil.rmtree(plan.sweep_dir, ignore_errors=True)
 
 
 def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
@@ -484,7 +588,7 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
 def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]) -> SweepSummary:
     from kdsearch import ray_trials
 
-    tracker = None
+    tracker, shared = None, None
     try:
         tracker = start_services(plan, opts)
         shared = prepare_shared(plan, tracker, opts, log)
@@ -501,11 +605,24 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
             tracker=tracker,
             verbose=opts.verbose,
             teacher_outputs=shared.teacher_outputs,
+            stop_check=shared.guard.stop_reason if shared.guard is not None else None,
         )
     except (ray_trials.TrialsInterrupted, KeyboardInterrupt) as exc:
         raise interrupted(plan, opts, tracker, exc) from None
+    except ray_trials.TrialsStopped:
+        _guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
+        raise shared.guard.error(plan, opts) from None
+    except UserError:
+        _forget_unstarted(plan, opts, tracker)
+        raise
+    except Exception:
+        if shared is not None and shared.guard is not None and shared.guard.full():  # the disk filled faster than the watch
+            raise shared.guard.error(plan, opts) from None
+        raise
     finally:
         ray_trials.stop_ray()
+        if shared is not None and shared.guard is not None:
+            shared.guard.release()
 
     winner = best_trial(plan, trials)
     if winner is None:

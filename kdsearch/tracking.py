@@ -29,6 +29,7 @@ TRIAL_TAG = "kdsearch.trial_id"
 SWEEP_TAG = "kdsearch.sweep_dir"
 ROLE_TAG = "kdsearch.role"
 _LOG = logging.getLogger("kdsearch.tracking")
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
 
 def default_tracking_uri() -> str:

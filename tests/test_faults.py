@@ -260,3 +260,65 @@ search: {{num_samples: 2, scheduler: fifo}}
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # a killed sweep leaves no lock: the resume test resumes after a SIGKILL
         first.wait()
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_path):
+    # Storage on a real 30 MB filesystem (tmpfs; mounting needs root, as CI runs): first a sweep
+    # that cannot fit is refused up front, then a disk that fills up mid-sweep.
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(mount)], check=True)
+    try:
+        space = tmp_path / "full.yaml"
+        space.write_text(f"""
+name: full
+fixed: {{method: ce, dataset: digits, epochs: 40, cache_dir: {tmp_path / "cache"}}}
+space:
+  lr: {{loguniform: [3.0e-2, 1.0e-1]}}
+search: {{num_samples: 2, scheduler: fifo}}
+""")
+        storage, db = mount / "s", f"sqlite:///{tmp_path / 'm.db'}"
+        args = ("--storage", str(storage), "--tracking-uri", db, "--max-concurrent", "1", "--quiet")
+        too_many = subprocess.run(
+            [sys.executable, "-m", "kdsearch", "sweep", str(space), *args, "--num-samples", "100"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert too_many.returncode == 2
+        [line] = too_many.stderr.strip().splitlines()
+        assert line.startswith(f"kdsearch: error: the sweep storage {storage} has ") and "but 100 trials need about" in line
+        assert not (storage / "full").exists()
+
+        proc, lines, reader = _start_sweep(space, *args)
+        wait_until(
+            lambda: proc.poll() is not None or [p for p in storage.glob("full/trial_*/result.json") if p.stat().st_size],
+            180,
+            "an epoch",
+        )
+        hog = mount / "hog"
+        with open(hog, "wb") as f:  # another program fills the disk
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 16))
+                    f.flush()
+            except OSError:
+                pass
+        proc.communicate(timeout=300)
+        reader.join(timeout=10)
+        assert proc.returncode == 2, "".join(lines)[-3000:]
+        assert "Traceback" not in "".join(lines), "".join(lines)[-3000:]
+        last = [line for line in lines if line.strip()][-1]
+        assert last.startswith(f"kdsearch: error: the sweep storage {storage} is full (") and "--resume" in last
+
+        hog.unlink()  # space freed: the same sweep goes on
+        resumed = subprocess.run(
+            [sys.executable, "-m", "kdsearch", "sweep", str(space), *args, "--resume"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert (storage / "full" / "best" / "student.pt").is_file() and len(list(storage.glob("full/trial_*"))) == 2
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
