@@ -2,7 +2,7 @@
 best config over several seeds on the full training split, and evaluate on test.
 
     python benchmarks/reproduce.py smoke                    # digits, about 3 minutes on 2 CPU cores (CI runs it)
-    python benchmarks/reproduce.py fashion-cpu              # Fashion-MNIST, resnet56 -> resnet8, hours on a CPU
+    python benchmarks/reproduce.py fashion-cpu              # Fashion-MNIST, resnet20 -> resnet8, about 2 h on a CPU
     python benchmarks/reproduce.py cifar10 --data-dir DIR   # ResNet-50 -> ResNet-18, for a GPU
     python benchmarks/reproduce.py celeba --data-dir DIR
 

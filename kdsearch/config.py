@@ -98,7 +98,11 @@ class TrainConfig:
     lr: float | None = _opt(None, f"peak learning rate ({_PRESET})")
     momentum: float = _opt(0.9, "SGD momentum (Nesterov when > 0)")
     weight_decay: float = _opt(5e-4, "weight decay")
-    schedule: str = _opt("cosine", "learning-rate schedule", ("cosine", "onecycle", "constant"))
+    schedule: str = _opt(
+        "onecycle",
+        "learning-rate schedule (onecycle: measured best, benchmarks/results/schedule.md)",
+        ("onecycle", "cosine", "constant"),
+    )
     warmup: float = _opt(
         0.0, "share of the training steps over which the lr rises linearly from 0 (cosine and constant schedules)"
     )

@@ -140,22 +140,32 @@ class SweepLock:
 
     def acquire(self, name: str) -> SweepLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise UserError(
-                f"sweep {name!r} is already running ({holder}): wait for it to finish, or stop it (Ctrl-C) and then add --resume"
-            ) from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise UserError(
+                    f"sweep {name!r} is already running ({holder}): wait for it to finish, or stop it (Ctrl-C) and then add --resume"
+                ) from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break  # still the file at the path: ours
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed it as we opened it: take the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         self._fd = fd
         return self
 
     def release(self) -> None:
+        """Remove the lock file while still holding it (a waiting process then sees a removed
+        file and retries), then let go: nothing is left beside the sweep."""
         if self._fd is not None:
+            self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 

@@ -53,7 +53,7 @@ def test_teacher_is_trained_once_then_loaded_from_cache(digits, cache_dir):
 
 def test_a_teacher_is_identified_by_its_own_settings_not_the_students():
     base = TrainConfig(method="kd", dataset="digits")
-    student_only = dict(lr=0.2, batch_size=32, weight_decay=1e-3, optimizer="adamw", schedule="onecycle", label_smoothing=0.1)
+    student_only = dict(lr=0.2, batch_size=32, weight_decay=1e-3, optimizer="adamw", schedule="cosine", label_smoothing=0.1)
     student_only.update(epochs=3, seed=5, method_args={"alpha": 0.5}, student="resnet14")
     assert teacher_cache_path(dataclasses.replace(base, **student_only)) == teacher_cache_path(base)
     for teacher_setting in (dict(teacher_lr=0.2), dict(teacher_batch_size=32), dict(teacher_epochs=3), dict(teacher="resnet14")):
@@ -80,7 +80,7 @@ def test_at_between_different_families_and_dml_run(digits, cache_dir):
             method="at",
             method_args={"beta": 100.0},
             cache_dir=cache_dir,
-            **{**FAST, "teacher": "resnet18", "teacher_width": 1.0, "epochs": 1, "teacher_epochs": 1},
+            **{**FAST, "teacher": "resnet18", "teacher_width": 1.0, "epochs": 3, "teacher_epochs": 1},
         ),
         data=digits,
         measure_speed=False,
