@@ -160,9 +160,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, scratch: str) -> Path:
+def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, scratch: str, trial: str | None = None) -> Path:
     from kdsearch.sweep_folder import resolve_sweep
 
+    if trial is not None:
+        return resolve_sweep(source, storage, tracking_uri).trial_checkpoint(trial)
     if Path(source).is_file():
         return Path(source)
     if re.fullmatch(r"[0-9a-f]{32}", source) and not Path(source).exists():
@@ -178,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from kdsearch.export import export_student
 
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = _checkpoint_of(args.source, args.storage, args.tracking_uri, scratch)
+        checkpoint = _checkpoint_of(args.source, args.storage, args.tracking_uri, scratch, args.trial)
         report = export_student(checkpoint, args.format, args.out, data_dir=args.data_dir)
     if args.json:
         print(json.dumps(report))
@@ -318,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="one or more of safetensors, pt, torchscript, onnx (default safetensors)",
     )
     export.add_argument("--out", required=True, help="folder to write the student and model.json into")
-    export.add_argument("--data-dir", help="where the dataset is, to verify the export on validation images")
+    export.add_argument("--data-dir", help="verify on the data set there (default: the images the checkpoint carries)")
+    export.add_argument("--trial", metavar="ID", help="export this trial's student instead of the best (e.g. a Pareto point)")
     _add_source_flags(export)
     export.add_argument("--json", action="store_true", help="print the verification report as JSON")
     export.set_defaults(func=cmd_export)

@@ -134,11 +134,21 @@ def model_card(payload: dict) -> dict:
     }
 
 
+def _normalise(x: torch.Tensor, data: dict) -> torch.Tensor:
+    mean = torch.tensor(data["mean"]).view(1, -1, 1, 1) * 255
+    std = torch.tensor(data["std"]).view(1, -1, 1, 1) * 255
+    return (x.float() - mean) / std
+
+
 def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The first VERIFY_IMAGES normalised validation images, their labels, and the split's size."""
+    """The first VERIFY_IMAGES normalised validation images, their labels, and the split's size:
+    the sample the checkpoint carries (a sweep's best student does), else read from the data."""
     from kdsearch.data import load_dataset
 
     data, config = payload.get("dataset", {}), payload.get("config", {})
+    sample = payload.get("verify")
+    if sample is not None and data_dir is None:
+        return _normalise(sample["x"], data), sample["y"], int(sample["of"])
     try:
         splits = load_dataset(
             data["name"],
@@ -150,10 +160,7 @@ def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor
         )
     except (UserError, KeyError) as exc:
         raise UserError(f"cannot load the validation data to verify the export ({exc}); pass --data-dir") from None
-    x = splits.val_x[:VERIFY_IMAGES].float()
-    mean = torch.tensor(data["mean"]).view(1, -1, 1, 1) * 255
-    std = torch.tensor(data["std"]).view(1, -1, 1, 1) * 255
-    return (x - mean) / std, splits.val_y[:VERIFY_IMAGES], len(splits.val_x)
+    return _normalise(splits.val_x[:VERIFY_IMAGES], data), splits.val_y[:VERIFY_IMAGES], len(splits.val_x)
 
 
 def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Path, data_dir: str | None = None) -> dict:

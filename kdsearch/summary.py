@@ -62,6 +62,11 @@ def format_sweep_summary(summary, top: int = 5) -> str:
             f"compression: {m['compression/ratio']:.2f}x parameters ({human(m['student/params'])}), "
             f"{m['compression/flops_ratio']:.2f}x FLOPs, {m['compression/speedup']:.2f}x CPU latency"
         )
+    if summary.pareto:
+        lines.append(
+            f"Pareto front ({', '.join(o for o, _ in summary.objectives)}): trials {', '.join(summary.pareto)}; "
+            f"export one with `kdsearch export {summary.name} --trial ID`"
+        )
     if summary.smoke_check:
         lines.append(summary.smoke_check)
     if summary.failures:

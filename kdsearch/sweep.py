@@ -22,6 +22,7 @@ from kdsearch.api import load_data
 from kdsearch.checkpoint import load_model, save_checkpoint
 from kdsearch.errors import Interrupted, UserError
 from kdsearch.methods import method_class
+from kdsearch.provenance import as_tags, provenance
 from kdsearch.report import build_report, trial_table
 from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
@@ -64,6 +65,7 @@ class SweepSummary:
     failures: list[tuple[str, str]]
     synced: bool = True  # False: MLflow was unreachable at the end; `kdsearch sync` catches up
     smoke_check: str | None = None  # --smoke: the line that says the set-up learns
+    pareto: list[str] | None = None  # several objectives: the undominated trials, to export with --trial
 
 
 def _is_uri(path: str) -> bool:
@@ -91,6 +93,23 @@ def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
         samples = search.num_samples if search.sampler == "grid" else min(search.num_samples, 2)  # a grid is its combinations
         search = dataclasses.replace(search, num_samples=samples, grace_period=1, n_startup_trials=1)
     return dataclasses.replace(spec, fixed=fixed, search=search)
+
+
+def pareto_trials(table, objectives) -> list[str] | None:
+    """Trials no other trial beats on every objective (None for a single objective)."""
+    if len(objectives) < 2:
+        return None
+    columns = [f"best {objectives[0][0]}", *(m for m, _ in objectives[1:])]
+    if any(c not in table for c in columns):
+        return None
+    rows = table.dropna(subset=columns)
+    signs = [1 if mode == "max" else -1 for _, mode in objectives]
+    points = {row["trial"]: [s * float(row[c]) for s, c in zip(signs, columns)] for _, row in rows.iterrows()}
+
+    def dominated(p):
+        return any(all(a >= b for a, b in zip(q, p)) and q != p for q in points.values())
+
+    return [t for t, p in points.items() if not dominated(p)]
 
 
 def chance_accuracy(data) -> float:
@@ -302,7 +321,8 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
         plan.tracking_uri,
         experiment=plan.name,
         sweep_dir=plan.sweep_dir,
-        tags={"method": base.method, "dataset": base.dataset, "teacher": base.teacher, "student": base.student},
+        tags={"method": base.method, "dataset": base.dataset, "teacher": base.teacher, "student": base.student}
+        | as_tags(provenance()),
     )
     failed: dict = {}
 
@@ -439,6 +459,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         "space": spec.space,
         "objectives": [list(o) for o in spec.search.objectives],
         "overrides": plan.overrides,
+        "provenance": provenance(),
     }
     set_threads(None)
     data = load_data(base)
@@ -480,6 +501,10 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
     from kdsearch import ray_trials
 
     best_cfg = dataclasses.replace(plan.spec.trial_config(dict(best.params)), threads=None)
+    if best_cfg.data_dir is None and best_cfg.dataset != "digits":  # the folder read, so a rerun elsewhere finds it
+        from kdsearch.data import default_data_dir
+
+        best_cfg = dataclasses.replace(best_cfg, data_dir=str(default_data_dir().resolve()))
     fixed = plan.spec.fixed_config()
     data, teacher = shared.data, shared.teacher
     if teacher is not None and teacher.path is not None:
@@ -493,7 +518,8 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
         **final_metrics(model, data, teacher, best_cfg),
         **{k: v for k, v in payload["metrics"].items() if k.startswith("val/")},
     }
-    # Rewritten so the checkpoint carries its test and compression metrics.
+    # Rewritten so the checkpoint carries its test and compression metrics, a sample of validation
+    # images to verify exports against where the data is not, and how to reproduce it.
     save_checkpoint(
         checkpoint,
         model,
@@ -502,8 +528,10 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
         metrics=metrics,
         config=best_cfg.to_dict(),
         sweep={"name": plan.name, "trial": best.trial_id, "params": best.params},
+        verify=data.verify_sample(),
+        provenance=shared.manifest["provenance"],
     )
-    plan.folder.write_best(best_cfg.to_dict(), metrics)
+    plan.folder.write_best(best_cfg.to_dict(), metrics, shared.manifest["provenance"])
     plan.folder.write_manifest(
         {**shared.manifest, "best_trial": best.trial_id, "best_params": best.params, "best_metrics": metrics}
     )
@@ -648,4 +676,5 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         failures,
         synced,
         checked,
+        pareto_trials(trial_table(trials, shared.manifest), plan.spec.search.objectives),
     )

@@ -105,11 +105,14 @@ class SweepFolder:
     def trials(self) -> list[TrialRecord]:
         return load_trials(self.path)
 
-    def write_best(self, config: dict, metrics: dict) -> None:
-        """The best student's config and metrics beside its checkpoint (written first by the caller)."""
+    def write_best(self, config: dict, metrics: dict, provenance: dict | None = None) -> None:
+        """The best student's config, metrics and how to reproduce it, beside its checkpoint
+        (written first by the caller)."""
         self.best_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.best_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         _write_atomic(self.best_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if provenance is not None:
+            _write_atomic(self.best_dir / "provenance.json", json.dumps(provenance, indent=2))
 
     def read_best(self) -> tuple[dict, dict] | None:
         """(config, metrics) of the best student, or None before the sweep has finalised one."""
@@ -118,6 +121,14 @@ class SweepFolder:
         return yaml.safe_load((self.best_dir / "config.yaml").read_text()), json.loads(
             (self.best_dir / "metrics.json").read_text()
         )
+
+    def trial_checkpoint(self, trial_id: str) -> Path:
+        """The student a trial kept (its best epoch's checkpoint, as Tune keeps one a trial)."""
+        found = sorted((self.path / f"trial_{trial_id}").glob("checkpoint_*/student.pt"))
+        if not found:
+            trials = ", ".join(sorted(p.name.removeprefix("trial_") for p in self.path.glob("trial_*"))) or "none"
+            raise UserError(f"sweep {self.path} has no checkpoint for trial {trial_id!r}: its trials are {trials}")
+        return found[-1]
 
     def best_checkpoint(self) -> Path:
         if not self.best_student.is_file():

@@ -149,6 +149,9 @@ class SweepTracker:
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
+            self.client.log_batch(
+                self.parent_id, tags=[RunTag(k, str(v)) for k, v in self.tags.items()]
+            )  # e.g. this run's command
         else:
             run = self.client.create_run(
                 self.experiment_id, run_name=self.experiment, tags={**self.tags, SWEEP_TAG: self.sweep_dir, ROLE_TAG: "sweep"}

@@ -70,10 +70,20 @@ class FitResult:
     data_info: dict
     metrics: dict
     history: list[dict] = field(default_factory=list)
+    verify: dict | None = None  # DatasetSplits.verify_sample(): exports are checked against it
 
     def save(self, path: str | Path) -> Path:
+        from kdsearch.provenance import provenance
+
         return save_checkpoint(
-            path, self.student, self.spec, dataset=self.data_info, metrics=self.metrics, config=self.config.to_dict()
+            path,
+            self.student,
+            self.spec,
+            dataset=self.data_info,
+            metrics=self.metrics,
+            config=self.config.to_dict(),
+            verify=self.verify,
+            provenance=provenance(),
         )
 
 
@@ -314,4 +324,4 @@ def fit(
     final["time/train_s"] = time.perf_counter() - started
     if evaluate_test:
         final.update(final_metrics(run.student, data, teacher, cfg, amp=run.amp, measure_speed=measure_speed))
-    return FitResult(config=cfg, student=run.student, spec=run.spec, data_info=data.info(), metrics=final, history=history)
+    return FitResult(cfg, run.student, run.spec, data.info(), final, history, verify=data.verify_sample())

@@ -75,3 +75,21 @@ def test_sources_without_a_checkpoint_are_clear_errors(tmp_path, capsys):
         export_student(tmp_path / "x.pt", ["tflite"], tmp_path / "o")
     with pytest.raises(UserError, match="holds no model.json"):
         load_student(tmp_path)
+
+
+def test_export_works_where_the_data_is_not(tmp_path):
+    # A student trained on data that is then gone (a copied sweep folder, another machine): the
+    # checkpoint carries a sample of validation images and the export is verified on it.
+    import shutil
+
+    from conftest import write_fashion_mnist
+
+    write_fashion_mnist(tmp_path / "fm", n_train=120, n_test=20)
+    cfg = TrainConfig(method="ce", dataset="fashion_mnist", data_dir=str(tmp_path / "fm"), epochs=1, threads=2)
+    path = fit(cfg, measure_speed=False).save(tmp_path / "student.pt")
+    shutil.rmtree(tmp_path / "fm")
+    report = export_student(path, ["onnx"], tmp_path / "out")
+    assert report["images"] == 12 and report["images_note"].startswith("the first 12 of the 12 validation images")
+    assert report["formats"]["onnx"]["max_abs_diff"] <= 1e-4
+    with pytest.raises(UserError, match="cannot load the validation data to verify the export"):
+        export_student(path, ["onnx"], tmp_path / "out2", data_dir=str(tmp_path / "fm"))  # asked for data that is gone

@@ -110,6 +110,14 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
         == 0
     )
     assert (tmp_path / "e2" / "model.onnx").is_file()
+    # Any trial, not only the best: its kept checkpoint; an unknown id lists the trials.
+    some_trial = summary.table["trial"].iloc[-1]
+    assert main(["export", str(summary.out_dir), "--trial", some_trial, "--format", "pt", "--out", str(tmp_path / "t")]) == 0
+    assert main(["export", str(summary.out_dir), "--trial", "nope", "--format", "pt", "--out", str(tmp_path / "t2")]) == 2
+    # How to reproduce it: beside the best student and on the parent run.
+    record = json.loads((summary.out_dir / "best" / "provenance.json").read_text())
+    assert record["versions"]["torch"] and parent.data.tags["kdsearch.version.torch"] == record["versions"]["torch"]
+    assert "kdsearch.command" in parent.data.tags
     assert main(["report", "tiny", "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "best_so_far.png").is_file() and (tmp_path / "r" / "trials.md").is_file()
 
@@ -249,6 +257,11 @@ search:
     )
     table = summary.table
     assert table["student/params"].notna().all() and table["latency/cpu_ms"].notna().all() and len(table) == 3
+    # The Pareto front is listed with the ids to export.
+    assert summary.pareto and set(summary.pareto) <= set(table["trial"])
+    from kdsearch.summary import format_sweep_summary
+
+    assert "Pareto front (val/acc, latency/cpu_ms): trials " in format_sweep_summary(summary)
     # Latency is timed once per architecture in the driver: trials of one width report one value.
     for _, group in table.groupby("student_width"):
         assert group["latency/cpu_ms"].nunique() == 1, table

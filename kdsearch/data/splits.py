@@ -67,6 +67,13 @@ class DatasetSplits:
         digest.update(self.train_y.contiguous().numpy().tobytes())
         return digest.hexdigest()
 
+    def verify_sample(self, max_images: int = 512, max_bytes: int = 4 << 20) -> dict:
+        """The first validation images (uint8) and labels, at most ``max_images`` or ``max_bytes``:
+        what an export is checked against where the data set is not (a copied sweep folder)."""
+        per_image = max(1, self.val_x[:1].numel())
+        n = max(1, min(max_images, len(self.val_x), max_bytes // per_image))
+        return {"x": self.val_x[:n].clone(), "y": self.val_y[:n].clone(), "of": len(self.val_x)}
+
     def info(self) -> dict:
         """What a checkpoint records about the data its model expects."""
         return {

@@ -1,0 +1,18 @@
+"""What a student costs next to its teacher: parameters, bytes, FLOPs, CPU speed."""
+
+import pytest
+from torch import nn
+
+from kdsearch.compression import compression_report, count_flops, count_params, state_dict_bytes
+
+
+def test_compression_metrics_on_known_models():
+    small, big = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Linear(8, 2))
+    assert count_params(small) == 26 and count_params(big) == 122
+    assert count_flops(small, (3, 2, 2)) == 2 * 12 * 2  # one multiply-add per weight counts as 2 FLOPs
+    assert state_dict_bytes(big) > state_dict_bytes(small) > 26 * 4
+    report = compression_report(small, big, (3, 2, 2), student_acc=0.9, teacher_acc=0.95)
+    assert report["compression/ratio"] == pytest.approx(122 / 26)
+    assert report["compression/flops_ratio"] == pytest.approx((2 * 12 * 8 + 2 * 8 * 2) / 48)
+    assert report["accuracy/drop"] == pytest.approx(0.05)
+    assert report["latency/cpu_ms"] > 0 and report["throughput/cpu_img_s"] > 0 and report["compression/speedup"] > 0

@@ -1,0 +1,69 @@
+"""SweepTracker against a real MLflow sqlite store: each trial once, each epoch once, and a best
+config that a resumed sweep can replace."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from kdsearch import tracking
+from kdsearch.checkpoint import save_checkpoint
+from kdsearch.errors import UserError
+from kdsearch.sweep_folder import TrialRecord
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    t = tracking.SweepTracker(
+        f"sqlite:///{tmp_path / 'm.db'}", experiment="exp", sweep_dir=str(tmp_path / "s"), tags={"method": "kd"}
+    )
+    t.start({"epochs": 3, "space.alpha": "[0, 1]"})
+    return t
+
+
+def _runs(t, role):
+    client = MlflowClient(t.tracking_uri)
+    return client.search_runs([t.experiment_id], f"tags.`kdsearch.role` = '{role}'")
+
+
+def test_live_logging_then_sync_logs_each_epoch_once(tracker):
+    tracker.trial_started("a", {"alpha": 0.5})
+    for epoch in (1, 2):
+        tracker.trial_result("a", {"alpha": 0.5}, {"epoch": epoch, "val/acc": 0.5 + epoch / 10, "training_iteration": epoch})
+    history = [{"epoch": e, "val/acc": 0.5 + e / 10} for e in (1, 2, 3)]
+    added = tracker.sync(
+        [TrialRecord("a", {"alpha": 0.5}, history, "TERMINATED"), TrialRecord("b", {"alpha": 0.2}, history, "TERMINATED")]
+    )
+    assert added == 1 + 3  # trial a's third epoch, and all of trial b
+    assert tracker.sync([TrialRecord("a", {"alpha": 0.5}, history, "TERMINATED")]) == 0  # nothing twice
+    client = MlflowClient(tracker.tracking_uri)
+    trials = _runs(tracker, "trial")
+    assert sorted(r.data.tags["kdsearch.trial_id"] for r in trials) == ["a", "b"]
+    for run in trials:
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == [1, 2, 3]
+
+
+def test_a_resumed_sweep_finds_its_parent_run_and_can_replace_the_best(tracker, tmp_path):
+    student = torch.nn.Linear(2, 2)
+    path = save_checkpoint(tmp_path / "student.pt", student, {"arch": "x"})
+    tracker.log_best({"alpha": 0.5}, {"method": "kd"}, {"test/acc": 0.8}, Path(path))
+    tracker.finish("KILLED")
+    again = tracking.SweepTracker(tracker.tracking_uri, experiment="exp", sweep_dir=tracker.sweep_dir, tags={"method": "kd"})
+    assert again.start({"epochs": 3}) == tracker.parent_id  # the same parent run, running again
+    again.log_best({"alpha": 0.7}, {"method": "kd"}, {"test/acc": 0.9}, Path(path))  # a param would refuse the change
+    again.finish()
+    parent = MlflowClient(tracker.tracking_uri).get_run(tracker.parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["best.alpha"] == "0.7" and parent.data.metrics["test/acc"] == 0.9
+    assert len(_runs(tracker, "sweep")) == 1
+
+
+def test_an_http_server_that_is_not_there_is_one_line_at_once():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError, match=f"MLflow tracking at http://127.0.0.1:{port} is unreachable"):
+        tracking.probe_server(f"http://127.0.0.1:{port}")
+    tracking.probe_server("sqlite:///x.db")  # a local store needs no probe
