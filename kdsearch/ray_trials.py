@@ -175,7 +175,9 @@ class DistinctOptunaSearch(OptunaSearch):
             self._results_by_settings[key] = {m: result[m] for m in metrics}
 
 
-def _searcher(spec: SweepSpec):
+def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None):
+    """Optuna behind Tune; ``study`` (a name and an SQLite file) keeps every trial it saw on disk,
+    for optuna-dashboard and later analysis."""
     import optuna
 
     s = spec.search
@@ -190,9 +192,13 @@ def _searcher(spec: SweepSpec):
     else:
         sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kept = {}
+    if study is not None:
+        name, path = study
+        kept = {"study_name": name, "storage": optuna.storages.RDBStorage(f"sqlite:///{Path(path).resolve()}")}
     if len(metrics) == 1:
-        return DistinctOptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
-    return DistinctOptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+        return DistinctOptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler, **kept)
+    return DistinctOptunaSearch(metric=metrics, mode=modes, sampler=sampler, **kept)
 
 
 def _scheduler(spec: SweepSpec, max_epochs: int):
@@ -387,6 +393,7 @@ def run_trials(
     verbose: int = 1,
     teacher_outputs=None,
     stop_check: Callable[[], str | None] | None = None,
+    study_db: Path | None = None,
 ) -> list[TrialRecord]:
     """Run (or resume) the sweep in ``storage/name`` and return every trial. ``stop_check`` is
     asked every second while the trials run; a reason it returns stops them gracefully (state
@@ -421,7 +428,7 @@ def run_trials(
             trainable,
             param_space=tune_space(spec),
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec),
+                search_alg=_searcher(spec, (name, study_db) if study_db is not None else None),
                 scheduler=_scheduler(spec, epochs),
                 num_samples=1 if spec.search.sampler == "grid" else spec.search.num_samples,
                 max_concurrent_trials=max_concurrent or spec.search.max_concurrent,

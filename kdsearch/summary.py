@@ -62,6 +62,8 @@ def format_sweep_summary(summary, top: int = 5) -> str:
             f"compression: {m['compression/ratio']:.2f}x parameters ({human(m['student/params'])}), "
             f"{m['compression/flops_ratio']:.2f}x FLOPs, {m['compression/speedup']:.2f}x CPU latency"
         )
+    if (summary.out_dir / "optuna.db").is_file():
+        lines.append(f"Optuna study: optuna-dashboard sqlite:///{summary.out_dir / 'optuna.db'}")
     if summary.pareto:
         lines.append(
             f"Pareto front ({', '.join(o for o, _ in summary.objectives)}): trials {', '.join(summary.pareto)}; "

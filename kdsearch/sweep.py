@@ -634,6 +634,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
             verbose=opts.verbose,
             teacher_outputs=shared.teacher_outputs,
             stop_check=shared.guard.stop_reason if shared.guard is not None else None,
+            study_db=plan.folder.study_db,
         )
     except (ray_trials.TrialsInterrupted, KeyboardInterrupt) as exc:
         raise interrupted(plan, opts, tracker, exc) from None

@@ -81,6 +81,11 @@ class SweepFolder:
         return self.best_dir / "student.pt"
 
     @property
+    def study_db(self) -> Path:
+        """The Optuna study (SQLite): `optuna-dashboard sqlite:///<this path>` opens it."""
+        return self.path / "optuna.db"
+
+    @property
     def report_dir(self) -> Path:
         return self.path / "report"
 

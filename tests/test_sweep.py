@@ -114,6 +114,11 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     some_trial = summary.table["trial"].iloc[-1]
     assert main(["export", str(summary.out_dir), "--trial", some_trial, "--format", "pt", "--out", str(tmp_path / "t")]) == 0
     assert main(["export", str(summary.out_dir), "--trial", "nope", "--format", "pt", "--out", str(tmp_path / "t2")]) == 2
+    # The Optuna study is kept in the sweep folder, every trial in it.
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{summary.out_dir / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
     # How to reproduce it: beside the best student and on the parent run.
     record = json.loads((summary.out_dir / "best" / "provenance.json").read_text())
     assert record["versions"]["torch"] and parent.data.tags["kdsearch.version.torch"] == record["versions"]["torch"]
