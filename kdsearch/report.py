@@ -63,6 +63,23 @@ def _pareto(points: list[tuple[float, float]], mode: str = "max") -> list[tuple[
     return front
 
 
+def pareto_trials(table, objectives) -> list[str] | None:
+    """Trials no other trial beats on every objective (None for a single objective)."""
+    if len(objectives) < 2:
+        return None
+    columns = [f"best {objectives[0][0]}", *(m for m, _ in objectives[1:])]
+    if any(c not in table for c in columns):
+        return None
+    rows = table.dropna(subset=columns)
+    signs = [1 if mode == "max" else -1 for _, mode in objectives]
+    points = {row["trial"]: [s * float(row[c]) for s, c in zip(signs, columns)] for _, row in rows.iterrows()}
+
+    def dominated(p):
+        return any(all(a >= b for a, b in zip(q, p)) and q != p for q in points.values())
+
+    return [t for t, p in points.items() if not dominated(p)]
+
+
 def best_so_far(trials: list[TrialRecord], metric: str, mode: str) -> tuple[list[int], list[float]]:
     """The best value of ``metric`` after each epoch consumed, over the trials that did not fail
     (a diverged or invalid trial reports a sentinel score, not a result)."""

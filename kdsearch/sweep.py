@@ -16,16 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from kdsearch.api import load_data
 from kdsearch.checkpoint import load_model, save_checkpoint
 from kdsearch.errors import Interrupted, UserError
 from kdsearch.methods import method_class
 from kdsearch.provenance import as_tags, provenance
-from kdsearch.report import build_report, trial_table
+from kdsearch.report import build_report, pareto_trials, trial_table
 from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
+from kdsearch.smoke import smoke_check
+from kdsearch.storage_guard import StorageGuard
 from kdsearch.sweep_folder import SweepFolder, SweepLock, TrialRecord
 from kdsearch.teachers import Teacher, file_sha256, get_teacher, reference_teacher
 from kdsearch.train import final_metrics
@@ -93,51 +94,6 @@ def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
         samples = search.num_samples if search.sampler == "grid" else min(search.num_samples, 2)  # a grid is its combinations
         search = dataclasses.replace(search, num_samples=samples, grace_period=1, n_startup_trials=1)
     return dataclasses.replace(spec, fixed=fixed, search=search)
-
-
-def pareto_trials(table, objectives) -> list[str] | None:
-    """Trials no other trial beats on every objective (None for a single objective)."""
-    if len(objectives) < 2:
-        return None
-    columns = [f"best {objectives[0][0]}", *(m for m, _ in objectives[1:])]
-    if any(c not in table for c in columns):
-        return None
-    rows = table.dropna(subset=columns)
-    signs = [1 if mode == "max" else -1 for _, mode in objectives]
-    points = {row["trial"]: [s * float(row[c]) for s, c in zip(signs, columns)] for _, row in rows.iterrows()}
-
-    def dominated(p):
-        return any(all(a >= b for a, b in zip(q, p)) and q != p for q in points.values())
-
-    return [t for t, p in points.items() if not dominated(p)]
-
-
-def chance_accuracy(data) -> float:
-    """The accuracy of always answering the most frequent class (per attribute, for attributes)."""
-    if data.multilabel:
-        p = data.train_y.float().mean(0)
-        return float(torch.maximum(p, 1 - p).mean())
-    counts = torch.bincount(data.train_y, minlength=data.num_outputs)
-    return float(counts.max() / counts.sum())
-
-
-def smoke_check(shared, best_metrics: dict) -> str:
-    """Whether a --smoke run learned: the teacher (if any) and the best student well above chance
-    on validation; else a one-line UserError, since a set-up that learns nothing is broken."""
-    chance = chance_accuracy(shared.data)
-    margin = 0.05 + 0.1 * (1 - chance)  # well clear of chance, on a few hundred validation images
-    scores = {"best student": best_metrics.get("val/acc", 0.0)}
-    if shared.teacher is not None and "val/acc" in shared.teacher.metrics:
-        scores = {"teacher": shared.teacher.metrics["val/acc"], **scores}
-    text = ", ".join(f"{who} val/acc {acc:.3f}" for who, acc in scores.items())
-    stuck = [who for who, acc in scores.items() if acc < chance + margin]
-    images = len(shared.data.train_x)
-    if stuck:
-        raise UserError(
-            f"smoke check: {text} on {images:,} training images, not above chance ({chance:.3f}, the most frequent class) "
-            f"for the {' and the '.join(stuck)}: nothing learns; check the data files, their labels and lr"
-        )
-    return f"smoke check: {text} on {images:,} training images, chance {chance:.3f}: the set-up learns"
 
 
 def needs_teacher(spec: SweepSpec) -> bool:
@@ -344,93 +300,6 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     return tracker
 
 
-def trial_bytes(spec: SweepSpec, data) -> int:
-    """About what one trial writes: two checkpoints (its best and its latest), each the student
-    alone plus the training state (student, the method's modules such as DML's peers, and SGD's
-    momentum for all of them), and its logs."""
-    from torch import nn
-
-    from kdsearch.methods import Objective, build_method
-    from kdsearch.models import build_model
-
-    cfg = spec.example_config()
-    stem = resolve_stem(cfg.stem, data.image_size)
-
-    def student() -> nn.Module:
-        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
-
-    def nbytes(module: nn.Module) -> int:
-        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-    method = build_method(cfg.method, cfg.method_args, objective=Objective(), make_peer=student)
-    one = nbytes(student())
-    return 2 * (one + 2 * (one + nbytes(method))) + (256 << 10)
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
-
-
-class StorageGuard:
-    """Keeps a sweep's local storage from filling up under it. Before the trials: refuse a sweep
-    the free space cannot hold. While they run: a reserve file (room for two trials, at least
-    4 MB) sits in the sweep folder; when free space drops below one trial's worth, the reserve
-    is deleted and the trials are stopped, so Ray Tune's own state files, which it does not
-    write atomically, are written whole into the room it leaves, and --resume works."""
-
-    NAME = ".kdsearch-reserve"
-
-    def __init__(self, plan: SweepPlan, data):
-        self.storage = plan.storage
-        self.per_trial = trial_bytes(plan.spec, data)
-        self.reserve_bytes = max(2 * self.per_trial, 4 << 20)
-        self.reserve = Path(plan.sweep_dir) / self.NAME
-        self.trials = plan.spec.search.num_samples
-
-    def free(self) -> int:
-        return shutil.disk_usage(self.storage).free
-
-    def check_room(self) -> None:
-        need = self.trials * self.per_trial + self.reserve_bytes
-        if self.free() + self.held() < need:
-            raise UserError(
-                f"the sweep storage {self.storage} has {_mb(self.free())} free but {self.trials} trials need about {_mb(need)}: "
-                "free space there, or pass another --storage"
-            )
-
-    def held(self) -> int:
-        return self.reserve.stat().st_size if self.reserve.is_file() else 0
-
-    def place(self) -> None:
-        self.reserve.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(self.reserve, "wb") as f:
-                f.truncate(0)
-                for _ in range(self.reserve_bytes >> 20):
-                    f.write(bytes(1 << 20))  # real blocks: truncate() alone would reserve nothing
-        except OSError:
-            self.release()
-
-    def release(self) -> None:
-        self.reserve.unlink(missing_ok=True)
-
-    def full(self) -> bool:
-        return self.free() < self.per_trial
-
-    def stop_reason(self) -> str | None:
-        """Asked every second while the trials run."""
-        if not self.full():
-            return None
-        self.release()
-        return "storage full"
-
-    def error(self, plan: SweepPlan, opts: SweepOptions) -> UserError:
-        return UserError(
-            f"the sweep storage {self.storage} is full ({_mb(self.free())} free after releasing kdsearch's reserve; a trial needs "
-            f"about {_mb(self.per_trial)}): what was written is whole; free space there, then continue with `{resume_command(plan, opts)}`"
-        )
-
-
 @dataclass
 class Shared:
     """What every trial shares, prepared once in the driver."""
@@ -463,7 +332,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     }
     set_threads(None)
     data = load_data(base)
-    guard = StorageGuard(plan, data) if plan.local else None
+    guard = StorageGuard(plan.storage, plan.sweep_dir, plan.spec, data) if plan.local else None
     if guard is not None:
         guard.check_room()
     plan.folder.write_manifest(manifest)
@@ -640,13 +509,13 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         raise interrupted(plan, opts, tracker, exc) from None
     except ray_trials.TrialsStopped:
         _guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
-        raise shared.guard.error(plan, opts) from None
+        raise shared.guard.error(resume_command(plan, opts)) from None
     except UserError:
         _forget_unstarted(plan, opts, tracker)
         raise
     except Exception:
         if shared is not None and shared.guard is not None and shared.guard.full():  # the disk filled faster than the watch
-            raise shared.guard.error(plan, opts) from None
+            raise shared.guard.error(resume_command(plan, opts)) from None
         raise
     finally:
         ray_trials.stop_ray()
@@ -660,7 +529,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
     best = finalise_best(plan, shared, trials, winner)
     synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
-    checked = smoke_check(shared, best.metrics) if opts.smoke else None
+    checked = smoke_check(shared.data, shared.teacher, best.metrics) if opts.smoke else None
     failures = [(t.trial_id, t.failure) for t in trials if t.failure is not None]
     return SweepSummary(
         plan.name,

@@ -13,6 +13,7 @@ from conftest import free_port, wait_until
 from mlflow import MlflowClient
 
 from kdsearch import tracking
+from kdsearch.errors import UserError
 from kdsearch.sweep import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
@@ -148,19 +149,35 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
         server.wait(timeout=30)
 
 
-def _start_sweep(space, *args):
-    """A sweep in its own process group, its stderr collected line by line while it runs."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kdsearch", "sweep", str(space), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    return proc, lines, reader
+class _Sweep:
+    """`kdsearch sweep` in its own process group; stdout and stderr read line by line while it
+    runs (by one reader each: a second reader of the same pipe would steal lines)."""
+
+    def __init__(self, space, *args):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kdsearch", "sweep", str(space), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [
+            threading.Thread(target=lambda: self.out.extend(iter(self.proc.stdout.readline, "")), daemon=True),
+            threading.Thread(target=lambda: self.err.extend(iter(self.proc.stderr.readline, "")), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def finish(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=30)  # the pipes close when the process ends
+        return code
+
+    def last_line(self) -> str:
+        return [line for line in self.err if line.strip()][-1].strip()
 
 
 def test_ctrl_c_during_the_trials_finalises_nothing_and_resume_finishes_the_sweep(tmp_path):
@@ -174,17 +191,31 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
 """)
     db, storage = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "s"
     args = ("--storage", str(storage), "--tracking-uri", db, "--max-concurrent", "1")
-    proc, lines, reader = _start_sweep(space, *args)
-    wait_until(lambda: proc.poll() is not None or list((storage / "cc").glob("trial_*/result.json")), 180, "the first epoch")
-    assert proc.poll() is None, "".join(lines)[-2000:]
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    out, _ = proc.communicate(timeout=120)
-    reader.join(timeout=10)
-    assert proc.returncode == 130, "".join(lines)[-2000:]
-    last = [line for line in lines if line.strip()][-1]
-    assert last.startswith("kdsearch: sweep 'cc' interrupted with ") and "nothing was finalised" in last, lines[-8:]
+    sweep = _Sweep(space, *args)
+    wait_until(
+        lambda: sweep.proc.poll() is not None or list((storage / "cc").glob("trial_*/result.json")), 180, "the first epoch"
+    )
+    assert sweep.proc.poll() is None, "".join(sweep.err)[-2000:]
+
+    # A second start while it runs, with or without --resume, is refused naming the process.
+    for extra in ((), ("--resume",)):
+        second = subprocess.run(
+            [sys.executable, "-m", "kdsearch", "sweep", str(space), *args, *extra], capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 2, second.stderr
+        [line] = second.stderr.strip().splitlines()
+        assert line.startswith(
+            f"kdsearch: error: sweep 'cc' is already running (process {sweep.proc.pid} on {socket.gethostname()}"
+        )
+        assert line.endswith("wait for it to finish, or stop it (Ctrl-C) and then add --resume")
+
+    sweep.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert sweep.finish(timeout=180) == 130, "".join(sweep.err)[-2000:]
+    last = sweep.last_line()
+    assert last.startswith("kdsearch: sweep 'cc' interrupted with ") and "nothing was finalised" in last, sweep.err[-8:]
     assert f"`kdsearch sweep {space} --resume --storage {storage} --tracking-uri {db}`" in last
-    assert "top trials" not in out and not (storage / "cc" / "best").exists()
+    assert "top trials" not in "".join(sweep.out) and not (storage / "cc" / "best").exists()
+    assert len(list((storage / "cc").glob("trial_*"))) <= 3  # the refused starts added no trial
     client = MlflowClient(db)
     parent = client.search_runs([client.get_experiment_by_name("cc").experiment_id], "tags.`kdsearch.role` = 'sweep'")[0]
     assert parent.info.status == "KILLED" and not any(k.startswith("best.") for k in parent.data.tags)
@@ -206,60 +237,25 @@ def test_ctrl_c_while_the_teacher_trains_stops_at_once_and_keeps_nothing(tmp_pat
     space = tmp_path / "ct.yaml"
     space.write_text(f"""
 name: ct
-fixed: {{method: kd, dataset: digits, epochs: 2, teacher_epochs: 500, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: kd, dataset: digits, epochs: 2, teacher_epochs: 5000, cache_dir: {tmp_path / "cache"}}}
 space:
   alpha: {{uniform: [0.3, 0.9]}}
 search: {{num_samples: 2, scheduler: fifo}}
 """)
     storage = tmp_path / "s"
-    proc, lines, reader = _start_sweep(space, "--storage", str(storage), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    sweep = _Sweep(space, "--storage", str(storage), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
     wait_until(
-        lambda: proc.poll() is not None or any("[teacher] epoch" in line for line in lines), 120, "the teacher's first epoch"
+        lambda: sweep.proc.poll() is not None or any("[teacher] epoch" in line for line in sweep.err),
+        240,
+        "the teacher's first epoch",
     )
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)  # at once, not after 500 epochs
-    reader.join(timeout=10)
-    assert proc.returncode == 130, "".join(lines)[-2000:]
+    sweep.proc.send_signal(signal.SIGINT)
+    assert sweep.finish(timeout=180) == 130, "".join(sweep.err)[-2000:]  # at once, not after 5,000 epochs
     assert (
-        lines[-1].strip()
+        sweep.last_line()
         == "kdsearch: sweep 'ct' interrupted before its trials started; nothing was kept: run the same command again"
     )
     assert not (storage / "ct").exists()
-
-
-def test_a_second_start_of_a_running_sweep_is_refused_naming_the_process(tmp_path):
-    space = tmp_path / "two.yaml"
-    space.write_text(f"""
-name: two
-fixed: {{method: ce, dataset: digits, epochs: 200, cache_dir: {tmp_path / "cache"}}}
-space:
-  lr: {{loguniform: [3e-2, 1e-1]}}
-search: {{num_samples: 2, scheduler: fifo}}
-""")
-    storage, db = tmp_path / "s", f"sqlite:///{tmp_path / 'm.db'}"
-    args = ("--storage", str(storage), "--tracking-uri", db)
-    first, lines, reader = _start_sweep(space, *args)
-    try:
-        wait_until(
-            lambda: first.poll() is not None or list((storage / "two").glob("trial_*/result.json")), 180, "the first epoch"
-        )
-        for extra in ((), ("--resume",)):
-            second = subprocess.run(
-                [sys.executable, "-m", "kdsearch", "sweep", str(space), *args, *extra],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert second.returncode == 2, second.stderr
-            [line] = second.stderr.strip().splitlines()
-            assert line.startswith(
-                f"kdsearch: error: sweep 'two' is already running (process {first.pid} on {socket.gethostname()}"
-            )
-            assert line.endswith("wait for it to finish, or stop it (Ctrl-C) and then add --resume")
-        assert len(list((storage / "two").glob("trial_*"))) <= 2  # the second start added no trial
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # a killed sweep leaves no lock: the resume test resumes after a SIGKILL
-        first.wait()
 
 
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_path):
@@ -279,20 +275,16 @@ search: {{num_samples: 2, scheduler: fifo}}
 """)
         storage, db = mount / "s", f"sqlite:///{tmp_path / 'm.db'}"
         args = ("--storage", str(storage), "--tracking-uri", db, "--max-concurrent", "1", "--quiet")
-        too_many = subprocess.run(
-            [sys.executable, "-m", "kdsearch", "sweep", str(space), *args, "--num-samples", "100"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert too_many.returncode == 2
-        [line] = too_many.stderr.strip().splitlines()
-        assert line.startswith(f"kdsearch: error: the sweep storage {storage} has ") and "but 100 trials need about" in line
+        # Refused up front (in this process: the same code path, without a second interpreter start).
+        opts = SweepOptions(storage=str(storage), tracking_uri=db, num_samples=100, verbose=0, register=False)
+        with pytest.raises(UserError) as err:
+            run_sweep(space, opts, log=lambda _: None)
+        assert str(err.value).startswith(f"the sweep storage {storage} has ") and "but 100 trials need about" in str(err.value)
         assert not (storage / "full").exists()
 
-        proc, lines, reader = _start_sweep(space, *args)
+        sweep = _Sweep(space, *args)
         wait_until(
-            lambda: proc.poll() is not None or [p for p in storage.glob("full/trial_*/result.json") if p.stat().st_size],
+            lambda: sweep.proc.poll() is not None or [p for p in storage.glob("full/trial_*/result.json") if p.stat().st_size],
             180,
             "an epoch",
         )
@@ -304,11 +296,9 @@ search: {{num_samples: 2, scheduler: fifo}}
                     f.flush()
             except OSError:
                 pass
-        proc.communicate(timeout=300)
-        reader.join(timeout=10)
-        assert proc.returncode == 2, "".join(lines)[-3000:]
-        assert "Traceback" not in "".join(lines), "".join(lines)[-3000:]
-        last = [line for line in lines if line.strip()][-1]
+        assert sweep.finish(timeout=300) == 2, "".join(sweep.err)[-3000:]
+        assert "Traceback" not in "".join(sweep.err), "".join(sweep.err)[-3000:]
+        last = sweep.last_line()
         assert last.startswith(f"kdsearch: error: the sweep storage {storage} is full (") and "--resume" in last
 
         hog.unlink()  # space freed: the same sweep goes on

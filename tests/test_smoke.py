@@ -11,7 +11,7 @@ from conftest import write_fashion_mnist
 
 from kdsearch.data import load_dataset
 from kdsearch.errors import UserError
-from kdsearch.sweep import chance_accuracy, smoke_check
+from kdsearch.smoke import chance_accuracy, smoke_check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +26,12 @@ def test_chance_is_the_most_frequent_class_or_attribute_value():
 def test_the_verdict_names_who_did_not_learn():
     digits = load_dataset("digits")
     teacher = SimpleNamespace(metrics={"val/acc": 0.9})
-    ok = smoke_check(SimpleNamespace(data=digits, teacher=teacher), {"val/acc": 0.7})
+    ok = smoke_check(digits, teacher, {"val/acc": 0.7})
     assert ok.startswith("smoke check: teacher val/acc 0.900, best student val/acc 0.700") and ok.endswith("the set-up learns")
     with pytest.raises(UserError, match="not above chance .* for the teacher and the best student: nothing learns"):
-        smoke_check(SimpleNamespace(data=digits, teacher=SimpleNamespace(metrics={"val/acc": 0.11})), {"val/acc": 0.1})
+        smoke_check(digits, SimpleNamespace(metrics={"val/acc": 0.11}), {"val/acc": 0.1})
     with pytest.raises(UserError, match="for the best student: nothing learns"):
-        smoke_check(SimpleNamespace(data=digits, teacher=None), {"val/acc": 0.12})
+        smoke_check(digits, None, {"val/acc": 0.12})
 
 
 @pytest.mark.slow
