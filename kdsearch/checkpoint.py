@@ -22,13 +22,32 @@ from kdsearch.models import build_model
 FORMAT = "kdsearch-checkpoint/1"
 
 
-def model_spec(arch: str, num_outputs: int, in_channels: int, stem: str, width: float) -> dict:
-    return {"arch": arch, "num_outputs": num_outputs, "in_channels": in_channels, "stem": stem, "width": width}
+def model_spec(
+    arch: str,
+    num_outputs: int,
+    in_channels: int,
+    stem: str,
+    width: float,
+    args: dict | None = None,
+    features: list[str] | None = None,
+) -> dict:
+    """How to build a model: its architecture (a built-in name or an import path), the keyword
+    arguments of an import path (``args``), and the modules Attention Transfer reads (``features``,
+    None: the built-in stages)."""
+    return {
+        "arch": arch,
+        "num_outputs": num_outputs,
+        "in_channels": in_channels,
+        "stem": stem,
+        "width": width,
+        "args": dict(args or {}),
+        "features": list(features) if features else None,
+    }
 
 
 def build_from_spec(spec: dict) -> nn.Module:
     """A freshly initialised model of the architecture a ``model_spec`` describes."""
-    return build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"])
+    return build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"], spec.get("args"))
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, **meta) -> Path:

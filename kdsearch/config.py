@@ -47,7 +47,20 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         flip=True,
         image_size=128,
     ),
+    # The user's own images (data_dir/train/<class>/*): small CPU-scale models at 32x32 to start.
+    "imagefolder": dict(
+        teacher="resnet20",
+        student="resnet8",
+        epochs=15,
+        teacher_epochs=15,
+        batch_size=64,
+        lr=0.05,
+        crop_pad=2,
+        flip=True,
+        image_size=32,
+    ),
 }
+_ARCH_HELP = "a built-in name (resnet8/14/20/32/56, resnet18/34/50) or your own as module:Name"
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -70,19 +83,28 @@ class TrainConfig:
     method: str = _opt("kd", "distillation method: ce (the student alone), kd, at or dml")
     method_args: dict = _opt({}, "the method's settings (--set KEY=VALUE)")
     dataset: str = _opt("digits", "dataset", tuple(DATASET_DEFAULTS))
-    student: str | None = _opt(None, f"student architecture ({_PRESET})")
+    student: str | None = _opt(None, f"student architecture: {_ARCH_HELP} ({_PRESET})")
+    student_args: dict = _opt({}, "keyword arguments of an import-path student, besides num_classes and in_channels")
     student_width: float = _opt(1.0, "channel multiplier of a small-ResNet student")
-    teacher: str | None = _opt(None, f"teacher architecture ({_PRESET})")
+    teacher: str | None = _opt(None, f"teacher architecture: {_ARCH_HELP} ({_PRESET})")
+    teacher_args: dict = _opt({}, "keyword arguments of an import-path teacher, besides num_classes and in_channels")
     teacher_width: float = _opt(1.0, "channel multiplier of a small-ResNet teacher")
-    teacher_checkpoint: str | None = _opt(None, "use this teacher checkpoint instead of the cached one")
+    teacher_weights: str | None = _opt(
+        None, "torchvision pretrained weights of the teacher, e.g. IMAGENET1K_V2, read from the torch hub cache ($TORCH_HOME)"
+    )
+    teacher_checkpoint: str | None = _opt(
+        None, "the teacher's weights: a kdsearch checkpoint, a state dict (.pt, .pth, .safetensors) or a TorchScript file"
+    )
     teacher_sha256: str | None = _opt(
         None, "the SHA-256 the teacher checkpoint must have (a sweep's best/config.yaml pins its teacher so)"
     )
+    features: dict = _opt({}, "modules Attention Transfer reads, by name: {student: [layer1, layer2], teacher: [layer2, layer3]}")
     stem: str = _opt("auto", "auto: the CIFAR stem up to 64x64 images, the ImageNet stem above", ("auto", "cifar", "imagenet"))
     # Data
     data_dir: str | None = _opt(None, "folder holding the dataset files (default $KDSEARCH_DATA or ./data)")
     download: bool = _opt(False, "download the dataset through torchvision if it is not in --data-dir")
-    image_size: int | None = _opt(None, f"CelebA's decode resolution ({_PRESET})")
+    image_size: int | None = _opt(None, f"decode resolution of CelebA and image folders ({_PRESET})")
+    data_memory_gb: float | None = _opt(None, "most GiB an image folder may take decoded (default: half the memory)")
     val_fraction: float = _opt(0.1, "share of the training split held out for validation")
     split_seed: int = _opt(0, "seed of the validation split, fixed apart from --seed so every run selects on the same images")
     train_subset: int | None = _opt(None, "train (and search) on this many training images")
@@ -92,10 +114,14 @@ class TrainConfig:
     epochs: int | None = _opt(None, f"student epochs ({_PRESET})")
     teacher_epochs: int | None = _opt(None, f"epochs to train a missing teacher ({_PRESET})")
     teacher_lr: float | None = _opt(None, f"learning rate of a teacher trained for this run ({_PRESET} lr)")
+    teacher_head_lr: float | None = _opt(
+        None, "learning rate of a pretrained teacher's new head while it is fine-tuned (default teacher_lr)"
+    )
     teacher_batch_size: int | None = _opt(None, f"batch size of a teacher trained for this run ({_PRESET} batch size)")
     batch_size: int | None = _opt(None, f"training batch size ({_PRESET})")
     optimizer: str = _opt("sgd", "optimiser", ("sgd", "adamw"))
     lr: float | None = _opt(None, f"peak learning rate ({_PRESET})")
+    head_lr: float | None = _opt(None, "learning rate of the model's last linear layer (default lr)")
     momentum: float = _opt(0.9, "SGD momentum (Nesterov when > 0)")
     weight_decay: float = _opt(5e-4, "weight decay")
     schedule: str = _opt(
@@ -152,6 +178,16 @@ class TrainConfig:
             raise UserError(f"warmup is a share of the training steps in [0, 1), got {self.warmup}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name in ("head_lr", "teacher_head_lr", "data_memory_gb"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+        for role, names in self.features.items():
+            if role not in ("student", "teacher"):
+                raise UserError(f"features: unknown key {role!r}: use features: {{student: [...], teacher: [...]}}")
+            if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+                raise UserError(f"features: {role} must be a list of module names, e.g. [layer1, layer2], got {names!r}")
+        if self.dataset == "imagefolder" and self.data_dir is None:
+            raise UserError("dataset imagefolder reads your images: pass --data-dir FOLDER holding train/<class>/*.png")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:

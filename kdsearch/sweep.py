@@ -115,8 +115,11 @@ def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], Non
     """The teacher's outputs for every view of every epoch, once, if they fit the budget."""
     from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes
 
+    from kdsearch.train import teacher_feature_names
+
     attention = method_class(cfg.method).needs_attention
-    size = estimate_bytes(teacher.model, data, cfg.epochs, attention)
+    names = teacher_feature_names(cfg, teacher) if attention else None
+    size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
     if size > budget_bytes():
         log(
             f"teacher outputs would take {size / 1e9:.1f} GB, over the budget (KDSEARCH_TEACHER_CACHE_GB): trials run the teacher live"
@@ -134,6 +137,7 @@ def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], Non
         attention=attention,
         device=device,
         amp=device.type == "cuda",
+        names=names,
     )
     log(
         f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "

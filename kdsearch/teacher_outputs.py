@@ -28,6 +28,7 @@ from kdsearch.data.pipeline import DeviceData, view_params
 from kdsearch.evaluate import inference_batch_size
 from kdsearch.features import normalised_attention
 from kdsearch.methods import Method
+from kdsearch.models.taps import feature_forward
 
 CACHED_ATTENTION_P = 2.0  # the exponent of the attention maps stored (AT's default)
 
@@ -50,6 +51,7 @@ class TeacherOutputs:
     flip: bool
     data_fingerprint: str  # the training images they were computed on (DatasetSplits.fingerprint)
     teacher_fingerprint: str  # the teacher's weights (weights_fingerprint)
+    feature_names: list[str] | None = None  # the teacher modules the attention maps came from (None: its stages)
 
     @property
     def epochs(self) -> int:
@@ -58,7 +60,9 @@ class TeacherOutputs:
     def nbytes(self) -> int:
         return self.logits.numel() * 2 + sum(a.numel() * 2 for a in self.attention or [])
 
-    def fits(self, cfg: TrainConfig, data: DatasetSplits, teacher: nn.Module, method: Method) -> bool:
+    def fits(
+        self, cfg: TrainConfig, data: DatasetSplits, teacher: nn.Module, method: Method, names: list[str] | None = None
+    ) -> bool:
         """Whether these outputs are this run's teacher on this run's views of these images,
         holding everything the method reads: else the run computes its teacher live."""
         same_views = (self.seed, self.crop_pad, bool(self.flip)) == (
@@ -66,7 +70,9 @@ class TeacherOutputs:
             cfg.crop_pad,
             bool(cfg.flip),
         ) and self.epochs >= cfg.epochs
-        serves = not method.needs_attention or (self.attention is not None and method.attention_p == CACHED_ATTENTION_P)
+        serves = not method.needs_attention or (
+            self.attention is not None and method.attention_p == CACHED_ATTENTION_P and self.feature_names == names
+        )
         return (
             same_views
             and serves
@@ -88,9 +94,11 @@ def budget_bytes() -> int:
     return int(float(os.environ.get("KDSEARCH_TEACHER_CACHE_GB", "2")) * 1024**3)
 
 
-def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attention: bool) -> int:
+def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attention: bool, names: list[str] | None = None) -> int:
+    forward = feature_forward(teacher.eval().cpu(), names, "teacher")
     with torch.no_grad():
-        logits, features = teacher.eval().cpu().forward_with_features(torch.zeros(1, data.in_channels, *data.image_size))
+        logits, features = forward(torch.zeros(1, data.in_channels, *data.image_size))
+    forward.close()
     per_image = logits.shape[1] + (sum(f.shape[-2] * f.shape[-1] for f in features) if attention else 0)
     return epochs * len(data.train_x) * per_image * 2
 
@@ -108,10 +116,12 @@ def compute_teacher_outputs(
     device: torch.device,
     batch_size: int | None = None,
     amp: bool = False,
+    names: list[str] | None = None,
 ) -> TeacherOutputs:
     """Run the teacher over every (epoch, image) view once; fp16 results on the CPU."""
     batch_size = batch_size or inference_batch_size(device.type)
     teacher = teacher.to(device).eval()
+    forward = feature_forward(teacher, names, "teacher")
     train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, pad=crop_pad)
     n = len(train)
     every = torch.arange(n, device=device)
@@ -122,7 +132,7 @@ def compute_teacher_outputs(
             sl = slice(start, start + batch_size)
             x = train.normalise(train.augmented(every[sl], dy[sl], dx[sl], flips[sl]))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, features = teacher.forward_with_features(x)
+                logits, features = forward(x)
             if logits_out is None:
                 logits_out = torch.empty(epochs, n, logits.shape[1], dtype=torch.float16)
                 if attention:
@@ -133,4 +143,7 @@ def compute_teacher_outputs(
                     # Normalised now (values in [0, 1], safe in fp16); AT's pooling is linear and it
                     # normalises again, so this is exactly the live computation.
                     store[epoch, sl] = normalised_attention(f, CACHED_ATTENTION_P).cpu().half()
-    return TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip, data.fingerprint(), weights_fingerprint(teacher))
+    forward.close()
+    return TeacherOutputs(
+        logits_out, maps_out, seed, crop_pad, flip, data.fingerprint(), weights_fingerprint(teacher), names if attention else None
+    )

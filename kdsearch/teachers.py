@@ -1,14 +1,19 @@
-"""Teacher models (their weights): trained once and cached on disk, keyed by dataset,
-architecture and seed. (The teacher's precomputed outputs are ``kdsearch.teacher_outputs``.)
+"""Teacher models (their weights): where they come from, and trained once and cached.
 
-Every later run with the same teacher settings loads the cached file instead of
-training again. A user's own checkpoint (``teacher_checkpoint``) is checked against the
-data before use: the wrong number of classes or input channels is a clear error.
+A teacher comes from one of three places: a file (``teacher_checkpoint``: a kdsearch
+checkpoint, a state dict, safetensors or TorchScript), torchvision's pretrained weights
+(``teacher_weights``), or nothing, in which case it is trained from scratch. A teacher whose
+head fits the data is used as it is; one with a head for other classes gets a new head and is
+fine-tuned (``teacher_lr`` for the backbone, ``teacher_head_lr`` for the head). Every teacher
+trained here is cached under a key made of the data's content (``DatasetSplits.fingerprint``),
+where its weights started and its training settings, so no other data set ever reuses it.
+(The teacher's precomputed outputs are ``kdsearch.teacher_outputs``.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import os
 from collections.abc import Callable
@@ -24,14 +29,16 @@ from kdsearch.data.pipeline import DeviceData
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Objective
-from kdsearch.runtime import resolve_device
+from kdsearch.models import pretrained_arch
+from kdsearch.models.pretrained import load_weights, read_weights_file, torchvision_weights
+from kdsearch.runtime import resolve_device, resolve_stem
 from kdsearch.train import fit
 
 # The settings of a teacher's own training run that change what teacher comes out of it.
 _TEACHER_KEY_FIELDS = (
     *("dataset", "image_size", "val_fraction", "split_seed", "train_subset", "crop_pad", "flip", "stem"),
     *("student", "student_width", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay"),
-    *("schedule", "label_smoothing", "seed"),
+    *("schedule", "label_smoothing", "seed", "student_args", "head_lr"),
 )
 
 
@@ -41,7 +48,7 @@ class Teacher:
     arch: str
     metrics: dict  # val/acc and test/acc at least
     path: Path | None
-    spec: dict  # how to rebuild the model (kdsearch.checkpoint.model_spec)
+    spec: dict | None  # how to rebuild the model (kdsearch.checkpoint.model_spec); None: TorchScript or a given module
 
 
 def default_cache_dir() -> Path:
@@ -52,21 +59,32 @@ def teacher_training_config(cfg: TrainConfig) -> TrainConfig:
     """The run that trains ``cfg``'s teacher: its architecture alone on the labels, with the
     teacher's own settings (``teacher_*``, else the dataset's presets) on the same data and
     execution settings. Nothing of the student's optimisation enters it."""
-    same = ("dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "train_subset", "stem")
-    execution = ("device", "amp", "channels_last", "compile", "threads", "eval_batch_size", "cache_dir")
+    same = ("dataset", "data_dir", "download", "image_size", "data_memory_gb", "val_fraction", "split_seed", "train_subset")
+    execution = ("device", "amp", "channels_last", "compile", "threads", "eval_batch_size", "cache_dir", "stem")
+    arch = pretrained_arch(cfg.teacher) if cfg.teacher_weights else cfg.teacher
     return TrainConfig(
         method="ce",
         **{name: getattr(cfg, name) for name in (*same, *execution)},
-        student=cfg.teacher,
+        student=arch,
+        student_args=cfg.teacher_args,
         student_width=cfg.teacher_width,
-        teacher=cfg.teacher,
+        teacher=arch,
+        teacher_args=cfg.teacher_args,
         teacher_width=cfg.teacher_width,
         epochs=cfg.teacher_epochs,
         teacher_epochs=cfg.teacher_epochs,
         lr=cfg.teacher_lr,
+        head_lr=cfg.teacher_head_lr,
         batch_size=cfg.teacher_batch_size,
         seed=cfg.teacher_seed,
     )
+
+
+def teacher_spec(cfg: TrainConfig, data: DatasetSplits) -> dict:
+    """The teacher's architecture for this data (torchvision's own when its weights are named)."""
+    arch = pretrained_arch(cfg.teacher) if cfg.teacher_weights else cfg.teacher
+    stem = resolve_stem(cfg.stem, data.image_size)
+    return model_spec(arch, data.num_outputs, data.in_channels, stem, cfg.teacher_width, cfg.teacher_args)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -77,12 +95,16 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def teacher_cache_path(cfg: TrainConfig) -> Path:
+def teacher_cache_path(cfg: TrainConfig, data: DatasetSplits, start: str = "scratch") -> Path:
+    """Where the teacher trained for ``cfg`` on ``data`` from ``start`` (its initial weights) is
+    cached: keyed by the data's content, not its name."""
     run = teacher_training_config(cfg)
     key = {name: getattr(run, name) for name in _TEACHER_KEY_FIELDS}
+    key.update(data=data.fingerprint(), start=start, arch=run.student)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    return root / "teachers" / f"{cfg.dataset}-{cfg.teacher}-seed{cfg.teacher_seed}-{digest}.pt"
+    arch = re.sub(r"[^\w.-]+", "_", run.student.rpartition(":")[2])
+    return root / "teachers" / f"{data.name}-{arch}-seed{cfg.teacher_seed}-{digest}.pt"
 
 
 def load_teacher_checkpoint(path: str | Path, data: DatasetSplits) -> tuple[nn.Module, dict]:
@@ -119,38 +141,91 @@ def reference_teacher(cfg: TrainConfig, data: DatasetSplits, stem: str) -> Teach
     """The teacher a teacher-free run (ce, dml) is compared against: the user's or the
     cached one when it exists (with its accuracy), else an untrained model of the
     teacher architecture (enough for parameters, size, FLOPs and latency)."""
-    if cfg.teacher_checkpoint:
+    if cfg.teacher_checkpoint or cfg.teacher_weights:
         return get_teacher(cfg, data)
-    path = teacher_cache_path(cfg)
+    path = teacher_cache_path(cfg, data)
     if path.is_file():
         model, payload = load_teacher_checkpoint(path, data)
         return Teacher(model, cfg.teacher, dict(payload["metrics"]), path, payload["model"])
-    spec = model_spec(cfg.teacher, data.num_outputs, data.in_channels, stem, cfg.teacher_width)
+    spec = teacher_spec(cfg, data)
     return Teacher(build_from_spec(spec), cfg.teacher, {}, None, spec)
 
 
-def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None] = lambda _: None) -> Teacher:
-    """The user's checkpoint, else the cached teacher, else train one now and cache it."""
+def _check_sha(cfg: TrainConfig) -> None:
+    if cfg.teacher_sha256 and Path(cfg.teacher_checkpoint).is_file():
+        actual = file_sha256(cfg.teacher_checkpoint)
+        if actual != cfg.teacher_sha256:
+            raise UserError(
+                f"teacher checkpoint {cfg.teacher_checkpoint} is not the teacher this config names (sha256 {actual[:12]}..., "
+                f"expected {cfg.teacher_sha256[:12]}...): pass the file the run used, or drop teacher_sha256"
+            )
+
+
+def _scripted(model: nn.Module, cfg: TrainConfig, data: DatasetSplits, log) -> Teacher:
+    """A TorchScript teacher: used as it is (its head cannot be replaced), logits only."""
+    import torch
+
+    with torch.no_grad():
+        out = model.eval()(
+            DeviceData(data.val_x[:2], data.val_y[:2], data.mean, data.std, "cpu").normalise(data.val_x[:2].float())
+        )
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_outputs:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(
+            f"TorchScript teacher {cfg.teacher_checkpoint} gives {got} for 2 images but {data.name} has {data.num_outputs} "
+            "classes: script a teacher with that many outputs, or pass its state dict to fine-tune it"
+        )
+    metrics = _measure(model, data, cfg)
+    log(f"teacher (TorchScript) from {cfg.teacher_checkpoint}: val/acc {metrics['val/acc']:.4f}")
+    return Teacher(model, "torchscript", metrics, Path(cfg.teacher_checkpoint), None)
+
+
+def _start(cfg: TrainConfig, data: DatasetSplits) -> tuple[nn.Module, dict | None, str, bool]:
+    """The teacher's initial model, its spec, what it started from (part of the cache key) and
+    whether its head is new (then it is fine-tuned)."""
+    spec = teacher_spec(cfg, data)
     if cfg.teacher_checkpoint:
-        if cfg.teacher_sha256 and Path(cfg.teacher_checkpoint).is_file():
-            actual = file_sha256(cfg.teacher_checkpoint)
-            if actual != cfg.teacher_sha256:
-                raise UserError(
-                    f"teacher checkpoint {cfg.teacher_checkpoint} is not the teacher this config names (sha256 {actual[:12]}..., "
-                    f"expected {cfg.teacher_sha256[:12]}...): pass the file the run used, or drop teacher_sha256"
-                )
-        model, payload = load_teacher_checkpoint(cfg.teacher_checkpoint, data)
-        metrics = _measure(model, data, cfg)
-        log(f"teacher {payload['model']['arch']} from {cfg.teacher_checkpoint}: val/acc {metrics['val/acc']:.4f}")
-        return Teacher(model, payload["model"]["arch"], metrics, Path(cfg.teacher_checkpoint), payload["model"])
-    path = teacher_cache_path(cfg)
+        _check_sha(cfg)
+        path = Path(cfg.teacher_checkpoint)
+        kind, content = read_weights_file(path)
+        if kind == "torchscript":
+            return content, None, "torchscript", False
+        if kind == "kdsearch":
+            model, payload = load_teacher_checkpoint(path, data)  # fits, or a one-line error saying why not
+            return model, payload["model"], "kdsearch", False
+        model = build_from_spec(spec)
+        return model, spec, f"file:{file_sha256(path)}", load_weights(model, content, f"teacher checkpoint {path}")
+    model = build_from_spec(spec)
+    state = torchvision_weights(spec["arch"], cfg.teacher_weights)
+    fresh_head = load_weights(model, state, f"torchvision weights {cfg.teacher_weights}")
+    return model, spec, f"torchvision:{spec['arch']}:{cfg.teacher_weights}", fresh_head
+
+
+def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None] = lambda _: None) -> Teacher:
+    """The user's teacher (a file or pretrained weights, fine-tuned once when its head is new),
+    else the cached teacher, else train one now and cache it."""
+    model, start = None, "scratch"
+    if cfg.teacher_checkpoint or cfg.teacher_weights:
+        model, spec, start, fresh_head = _start(cfg, data)
+        if start == "torchscript":
+            return _scripted(model, cfg, data, log)
+        if not fresh_head:
+            metrics = _measure(model, data, cfg)
+            where = cfg.teacher_checkpoint or f"torchvision weights {cfg.teacher_weights}"
+            log(f"teacher {spec['arch']} from {where}: val/acc {metrics['val/acc']:.4f}")
+            path = Path(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
+            return Teacher(model, spec["arch"], metrics, path, spec)
+    path = teacher_cache_path(cfg, data, start)
     if path.is_file():
         model, payload = load_teacher_checkpoint(path, data)
         log(f"teacher {cfg.teacher} from cache {path}: test/acc {payload['metrics']['test/acc']:.4f}")
         return Teacher(model, cfg.teacher, dict(payload["metrics"]), path, payload["model"])
 
-    log(f"training teacher {cfg.teacher} on {cfg.dataset} for {cfg.teacher_epochs} epochs (cached at {path})")
-    result = fit(teacher_training_config(cfg), data, None, log=lambda m: log(f"[teacher] {m}"), measure_speed=False)
+    what = "fine-tuning" if model is not None else "training"
+    log(f"{what} teacher {cfg.teacher} on {data.name} for {cfg.teacher_epochs} epochs (cached at {path})")
+    result = fit(
+        teacher_training_config(cfg), data, None, log=lambda m: log(f"[teacher] {m}"), measure_speed=False, initial_student=model
+    )
     metrics = {k: v for k, v in result.metrics.items() if k.startswith(("val/", "test/"))}
     result.metrics = metrics
     try:

@@ -26,7 +26,9 @@ from kdsearch.data.pipeline import DeviceData
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Method, Objective, Outputs, build_method
-from kdsearch.models import build_model
+from kdsearch.models import build_model, feature_names
+from kdsearch.models.imported import head_name
+from kdsearch.models.taps import Forward, feature_forward
 from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 
 
@@ -104,13 +106,15 @@ class Run:
     student_forward: Callable
     teacher_forward: Callable | None  # None: no teacher, or its outputs are looked up
     teacher_outputs: object | None  # kdsearch.teacher_outputs.TeacherOutputs on the device
+    taps: list[Forward]  # the feature readers behind the forwards, closed when training ends
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
     """The lr factor per step: a linear rise over ``warmup`` of the steps, then cosine to 0 (or
     constant); one-cycle brings its own rise."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
+        peaks = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps)
     rise = int(cfg.warmup * total_steps)
     decay = max(1, total_steps - rise)
 
@@ -125,12 +129,33 @@ def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_ste
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """``params``: parameters, or groups (dicts) each with its own ``lr``."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
 
 
-def build_run(cfg: TrainConfig, data: DatasetSplits, teacher, teacher_outputs, log: Callable[[str], None]) -> Run:
+def parameter_groups(cfg: TrainConfig, student: nn.Module, method: nn.Module) -> list[dict]:
+    """One group at ``lr``; with ``head_lr``, the student's last linear layer in a group of its own
+    (a pretrained model's new head learns faster than its backbone)."""
+    head = head_name(student) if cfg.head_lr is not None else None
+    head_params = list(student.get_submodule(head).parameters()) if head else []
+    chosen = {id(p) for p in head_params}
+    rest = [p for p in (*student.parameters(), *method.parameters()) if id(p) not in chosen]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if head_params:
+        groups.append({"params": head_params, "lr": cfg.head_lr})
+    return groups
+
+
+def build_run(
+    cfg: TrainConfig,
+    data: DatasetSplits,
+    teacher,
+    teacher_outputs,
+    log: Callable[[str], None],
+    initial_student: nn.Module | None = None,
+) -> Run:
     device = resolve_device(cfg.device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
@@ -138,12 +163,20 @@ def build_run(cfg: TrainConfig, data: DatasetSplits, teacher, teacher_outputs, l
     stem = resolve_stem(cfg.stem, data.image_size)
 
     torch.manual_seed(cfg.seed)
-    spec = model_spec(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
+    spec = model_spec(
+        cfg.student,
+        data.num_outputs,
+        data.in_channels,
+        stem,
+        cfg.student_width,
+        cfg.student_args,
+        cfg.features.get("student"),
+    )
 
     def make_student() -> nn.Module:
-        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
+        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args)
 
-    student = make_student()
+    student = initial_student if initial_student is not None else make_student()
     method = build_method(
         cfg.method, cfg.method_args, objective=Objective(data.multilabel, cfg.label_smoothing), make_peer=make_student
     )
@@ -154,36 +187,76 @@ def build_run(cfg: TrainConfig, data: DatasetSplits, teacher, teacher_outputs, l
 
     teacher_model = teacher.model if method.needs_teacher else None
     outputs = teacher_outputs if teacher_model is not None else None
-    if outputs is not None and not outputs.fits(cfg, data, teacher_model, method):
+    if outputs is not None and not outputs.fits(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher)):
         outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
     if outputs is not None:
         outputs = outputs.to(device)  # lookups then stay on the training device
     elif teacher_model is not None:
-        teacher_model.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        teacher_model.to(device, memory_format=memory_format).eval()
+        for p in teacher_model.parameters():  # (a TorchScript module has no requires_grad_)
+            p.requires_grad_(False)
     if teacher_model is not None:
         log(f"teacher outputs: {'looked up in the shared cache' if outputs is not None else 'computed live every step'}")
 
-    student_forward = student.forward_with_features
-    teacher_forward = teacher_model.forward_with_features if teacher_model is not None and outputs is None else None
+    student_forward = feature_forward(student, feature_names(cfg, "student", spec["arch"]), "student")
+    teacher_forward = None
+    if teacher_model is not None and outputs is None:
+        teacher_forward = feature_forward(teacher_model, teacher_feature_names(cfg, teacher), "teacher")
+    taps = [f for f in (student_forward, teacher_forward) if f is not None]
+    if method.needs_attention:
+        check_features(student_forward, "student", data, device, memory_format)
+        if teacher_forward is not None:
+            check_features(teacher_forward, "teacher", data, device, memory_format)
     if cfg.compile:
         # The forward passes only (the loss and optimiser step stay eager), with static shapes:
         # one graph for the batch size, one for the epoch's last batch. Dynamo's cache is reset
         # first: a reused Ray actor would otherwise pile entries onto the same code object until
         # Dynamo silently falls back to eager.
         torch._dynamo.reset()
-        student_forward = torch.compile(student_forward, dynamic=False)
+        student_forward = torch.compile(student_forward.__call__, dynamic=False)
         if teacher_forward is not None:
-            teacher_forward = torch.compile(teacher_forward, dynamic=False)
+            teacher_forward = torch.compile(teacher_forward.__call__, dynamic=False)
         for module in method.extra_modules():
             module.compile(dynamic=False)
 
     train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
-    optimizer = build_optimizer(cfg, [*student.parameters(), *method.parameters()])
+    optimizer = build_optimizer(cfg, parameter_groups(cfg, student, method))
     scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
     return Run(
-        cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, student_forward, teacher_forward, outputs
+        cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, student_forward, teacher_forward, outputs, taps
     )
+
+
+def teacher_feature_names(cfg: TrainConfig, teacher) -> list[str] | None:
+    spec = teacher.spec or {}
+    return cfg.features.get("teacher") or spec.get("features") or feature_names(cfg, "teacher", spec.get("arch", ""))
+
+
+def check_features(forward: Forward, role: str, data: DatasetSplits, device, memory_format) -> None:
+    """Attention Transfer reads feature maps: a model that gives none (or not as N x C x H x W
+    maps) is a one-line error before training, naming the modules the user can pick."""
+    from kdsearch.models.imported import top_level_names
+
+    model = forward.model
+    was_training = model.training
+    model.eval()  # batch norm must not learn from the probe
+    with torch.no_grad():
+        x = torch.zeros(2, data.in_channels, *data.image_size, device=device).contiguous(memory_format=memory_format)
+        _, features = forward(x.float())
+    model.train(was_training)
+    where = f"its top-level modules are {', '.join(top_level_names(model))}"
+    if not features:
+        raise UserError(
+            f"attention transfer reads the {role}'s feature maps but {type(model).__name__} names none: "
+            f"set features: {{{role}: [module, ...]}}; {where}"
+        )
+    for name, f in zip(getattr(forward, "names", range(1, len(features) + 1)), features):
+        if not isinstance(f, torch.Tensor) or f.dim() != 4:
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise UserError(
+                f"the {role}'s feature {name!r} is {got}, not N x C x H x W maps: name convolutional modules; {where}"
+            )
 
 
 def restore(run: Run, state: dict) -> tuple[int, float]:
@@ -280,6 +353,7 @@ def fit(
     evaluate_test: bool = True,
     resume: dict | None = None,
     teacher_outputs=None,
+    initial_student: nn.Module | None = None,
 ) -> FitResult:
     """Train a student with the configured method; validate every epoch, test once at the end.
 
@@ -289,10 +363,19 @@ def fit(
     Sweeps pass ``evaluate_test=False``: trials are selected on validation, and only the
     chosen student meets the test split. ``teacher_outputs`` (precomputed for these views,
     ``kdsearch.teacher_outputs``) replaces the live teacher by a lookup when it fits the run.
+    ``initial_student`` (a pretrained model, say) is trained instead of a fresh one.
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     set_threads(cfg.threads)
-    run = build_run(cfg, data, teacher, teacher_outputs, log)
+    run = build_run(cfg, data, teacher, teacher_outputs, log, initial_student)
+    try:
+        return train_and_test(run, cfg, data, teacher, on_epoch_end, log, measure_speed, evaluate_test, resume)
+    finally:
+        for tap in run.taps:
+            tap.close()
+
+
+def train_and_test(run: Run, cfg, data, teacher, on_epoch_end, log, measure_speed, evaluate_test, resume) -> FitResult:
     first_epoch, best_val = restore(run, resume) if resume is not None else (0, -math.inf)
     if resume is not None:
         log(f"resuming after epoch {first_epoch}")

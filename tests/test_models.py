@@ -33,6 +33,9 @@ def test_small_resnet_sizes_and_width():
 def test_unknown_architecture_lists_the_choices():
     with pytest.raises(UserError) as err:
         build_model("vgg11", 10)
-    assert str(err.value) == f"unknown architecture 'vgg11': choose one of {', '.join(sorted(MODELS))}"
+    assert (
+        str(err.value)
+        == f"unknown architecture 'vgg11': choose one of {', '.join(sorted(MODELS))}, or name your own as module:Name"
+    )
     with pytest.raises(UserError, match="fixed width"):
         build_model("resnet18", 10, width=0.5)

@@ -40,7 +40,7 @@ def test_teacher_is_trained_once_then_loaded_from_cache(digits, cache_dir):
     cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST)
     logs = []
     first = get_teacher(cfg, digits, log=logs.append)
-    assert any("training teacher" in line for line in logs) and first.path == teacher_cache_path(cfg)
+    assert any("training teacher" in line for line in logs) and first.path == teacher_cache_path(cfg, digits)
     logs.clear()
     second = get_teacher(cfg, digits, log=logs.append)
     assert not any("training teacher" in line for line in logs) and any("from cache" in line for line in logs)
@@ -48,16 +48,16 @@ def test_teacher_is_trained_once_then_loaded_from_cache(digits, cache_dir):
         assert torch.equal(a.cpu(), b)
     assert second.metrics["test/acc"] == first.metrics["test/acc"]
     # another seed or architecture is another teacher
-    assert teacher_cache_path(dataclasses.replace(cfg, teacher_seed=1)) != first.path
+    assert teacher_cache_path(dataclasses.replace(cfg, teacher_seed=1), digits) != first.path
 
 
-def test_a_teacher_is_identified_by_its_own_settings_not_the_students():
+def test_a_teacher_is_identified_by_its_own_settings_not_the_students(digits):
     base = TrainConfig(method="kd", dataset="digits")
     student_only = dict(lr=0.2, batch_size=32, weight_decay=1e-3, optimizer="adamw", schedule="cosine", label_smoothing=0.1)
     student_only.update(epochs=3, seed=5, method_args={"alpha": 0.5}, student="resnet14")
-    assert teacher_cache_path(dataclasses.replace(base, **student_only)) == teacher_cache_path(base)
+    assert teacher_cache_path(dataclasses.replace(base, **student_only), digits) == teacher_cache_path(base, digits)
     for teacher_setting in (dict(teacher_lr=0.2), dict(teacher_batch_size=32), dict(teacher_epochs=3), dict(teacher="resnet14")):
-        assert teacher_cache_path(dataclasses.replace(base, **teacher_setting)) != teacher_cache_path(base), teacher_setting
+        assert teacher_cache_path(dataclasses.replace(base, **teacher_setting), digits) != teacher_cache_path(base, digits)
     assert (base.teacher_lr, base.teacher_batch_size) == (0.05, 64)  # the dataset's presets, whatever the student's
 
 
@@ -136,9 +136,7 @@ def test_compile_wraps_the_forward_passes_and_trains_the_same_model(digits, cach
     eager = fit(cfg, data=digits, measure_speed=False, evaluate_test=False)
     monkeypatch.setattr(torch, "compile", spy)
     compiled = fit(dataclasses.replace(cfg, compile=True), data=digits, measure_speed=False, evaluate_test=False)
-    expected = {"kd": ["StagedNet.forward_with_features"] * 2, "dml": ["StagedNet.forward_with_features", "Module._call_impl"]}[
-        method
-    ]
+    expected = {"kd": ["OwnFeatures.__call__"] * 2, "dml": ["OwnFeatures.__call__", "Module._call_impl"]}[method]
     assert sorted(wrapped) == sorted(expected)
     assert compiled.metrics["val/acc"] == pytest.approx(eager.metrics["val/acc"], abs=0.01)
     for name, value in eager.student.state_dict().items():

@@ -92,6 +92,11 @@ class AttentionTransfer(Method):
         teacher_maps = (
             teacher.attention if teacher.attention is not None else [attention_map(f, self.attention_p) for f in teacher.features]
         )
+        if not student_maps or not teacher_maps:
+            raise ValueError(
+                "attention transfer needs feature maps from the student and the teacher: name their modules with "
+                "features: {student: [...], teacher: [...]}"
+            )
         index = pair_stages([tuple(m.shape[-2:]) for m in student_maps], [tuple(m.shape[-2:]) for m in teacher_maps])
         k = len(index)
         weights = self.weights if self.weights is not None else [1.0] * k

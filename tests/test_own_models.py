@@ -1,0 +1,241 @@
+"""The user's own models and teachers: import paths, features by name, pretrained and file teachers."""
+
+import dataclasses
+import textwrap
+
+import pytest
+import torch
+
+from kdsearch import TrainConfig, UserError, fit
+from kdsearch.api import load_data
+from kdsearch.checkpoint import load_model
+from kdsearch.export import export_student, load_student
+from kdsearch.models import build_model
+from kdsearch.teachers import get_teacher, teacher_cache_path
+
+FAST = dict(dataset="digits", epochs=2, teacher_epochs=2, threads=2)
+
+MYNETS = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """Not a kdsearch model: no forward_with_features, no num_classes default."""
+
+    def __init__(self, num_classes, in_channels, width=8):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def make_tiny(num_classes, in_channels, width=8):
+    return TinyNet(num_classes, in_channels, width)
+
+
+def no_module(num_classes):
+    return "not a model"
+'''
+
+
+@pytest.fixture
+def mynets(tmp_path, monkeypatch):
+    """A module the user wrote in their folder, not installed."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "mynets.py").write_text(textwrap.dedent(MYNETS))
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(TrainConfig(**FAST))
+
+
+def test_an_import_path_student_trains_exports_and_loads_back(mynets, digits, cache_dir, tmp_path):
+    cfg = TrainConfig(
+        method="ce", student="mynets:TinyNet", student_args={"width": 6}, cache_dir=cache_dir, **{**FAST, "epochs": 5, "lr": 0.1}
+    )
+    result = fit(cfg, data=digits)
+    assert type(result.student).__name__ == "TinyNet" and result.student.conv1[0].out_channels == 6
+    assert result.metrics["val/acc"] > 0.3  # chance is 0.1: it learns
+    checkpoint = result.save(tmp_path / "student.pt")
+    # the checkpoint records the import path and its arguments; the state dict is the user's own
+    _, payload = load_model(checkpoint)
+    assert payload["model"]["arch"] == "mynets:TinyNet" and payload["model"]["args"] == {"width": 6}
+    assert set(payload["state_dict"]) == set(result.student.state_dict())
+    report = export_student(checkpoint, ["safetensors", "onnx"], tmp_path / "export")
+    assert set(report["formats"]) == {"safetensors", "onnx"}
+    loaded = load_student(tmp_path / "export")
+    assert type(loaded).__name__ == "TinyNet" and loaded.kdsearch_card["architecture"]["arch"] == "mynets:TinyNet"
+
+
+def test_a_factory_function_and_dml_peers_build_from_the_path(mynets, digits, cache_dir):
+    result = fit(
+        TrainConfig(method="dml", student="mynets:make_tiny", student_args={"width": 4}, cache_dir=cache_dir, **FAST),
+        data=digits,
+        measure_speed=False,
+        evaluate_test=False,
+    )
+    assert type(result.student).__name__ == "TinyNet"
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "nonexistent_mod:Net",
+            "cannot import 'nonexistent_mod' (for nonexistent_mod:Net): put nonexistent_mod.py in the current folder",
+        ),
+        ("mynets:Missing", "mynets has no 'Missing' (for mynets:Missing): it defines TinyNet, make_tiny, no_module"),
+        ("mynets:no_module", "mynets:no_module returned a str, not a torch.nn.Module"),
+        ("mynets:", "'mynets:' is not an import path: write module:Name"),
+        ("vgg", "unknown architecture 'vgg'"),
+    ],
+)
+def test_a_model_that_cannot_be_built_is_one_line(mynets, name, message):
+    with pytest.raises(UserError) as err:
+        build_model(name, 10, 1)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_attention_transfer_reads_the_named_modules_of_any_model(mynets, digits, cache_dir):
+    logs = []
+    cfg = TrainConfig(
+        method="at",
+        student="mynets:TinyNet",
+        teacher="mynets:TinyNet",
+        teacher_args={"width": 12},
+        features={"student": ["conv1", "conv2"], "teacher": ["conv1", "conv2"]},
+        cache_dir=cache_dir,
+        **FAST,
+    )
+    result = fit(cfg, data=digits, log=logs.append, measure_speed=False)
+    assert any("AT pairs: teacher stage 1 (12x8x8) <-> student stage 1 (8x8x8)" in line for line in logs), logs
+    assert result.metrics["train/at"] > 0 if "train/at" in result.metrics else result.history[-1]["train/at"] > 0
+
+
+def test_features_a_model_lacks_are_named_with_its_modules(mynets, digits, cache_dir):
+    base = TrainConfig(method="at", student="mynets:TinyNet", cache_dir=cache_dir, **{**FAST, "teacher": "resnet8"})
+    with pytest.raises(
+        UserError, match=r"^attention transfer reads the student's feature maps but TinyNet names none: .*conv1, conv2, head$"
+    ):
+        fit(base, data=digits, measure_speed=False)
+    with pytest.raises(
+        UserError, match=r"the student \(TinyNet\) has no module 'layer9': its top-level modules are conv1, conv2, head"
+    ):
+        fit(dataclasses.replace(base, features={"student": ["layer9"]}), data=digits, measure_speed=False)
+    with pytest.raises(UserError, match=r"feature 'head' is \(2, 10\), not N x C x H x W maps"):
+        fit(dataclasses.replace(base, features={"student": ["conv1", "head"]}), data=digits, measure_speed=False)
+    with pytest.raises(UserError, match="features: unknown key 'peer'"):
+        dataclasses.replace(base, features={"peer": ["conv1"]})
+
+
+def _torchvision_resnet18_file(torch_home) -> None:
+    """What `torchvision.models.resnet18(weights="IMAGENET1K_V1")` leaves in the hub cache (random
+    weights here: no network), under the file name torchvision looks for."""
+    from torchvision.models import resnet18
+
+    from kdsearch.models.pretrained import weights_cache_file
+
+    path = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(resnet18().state_dict(), path)
+    assert weights_cache_file("https://download.pytorch.org/models/resnet18-f37072fd.pth") == path
+
+
+def test_a_torchvision_pretrained_teacher_is_fine_tuned_once_with_a_new_head(digits, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _torchvision_resnet18_file(tmp_path / "torch")
+    cfg = TrainConfig(
+        method="kd", teacher="resnet18", teacher_weights="IMAGENET1K_V1", teacher_head_lr=0.1, cache_dir=cache_dir, **FAST
+    )
+    logs = []
+    teacher = get_teacher(cfg, digits, log=logs.append)
+    assert any(line.startswith("fine-tuning teacher resnet18 on digits") for line in logs), logs
+    assert type(teacher.model).__name__ == "ResNet" and teacher.model.fc.out_features == 10
+    assert teacher.model.conv1.in_channels == 1  # the colour stem summed for grey digits
+    assert teacher.path == teacher_cache_path(cfg, digits, "torchvision:torchvision.models:resnet18:IMAGENET1K_V1")
+    logs.clear()
+    again = get_teacher(cfg, digits, log=logs.append)
+    assert any("from cache" in line for line in logs) and again.path == teacher.path
+    # distilling from it reads its layers by name (torchvision's own module names)
+    logs.clear()
+    fit(
+        dataclasses.replace(cfg, method="at"),
+        data=digits,
+        teacher=teacher,
+        log=logs.append,
+        measure_speed=False,
+        evaluate_test=False,
+    )
+    assert any(line.startswith("AT pairs: teacher stage 2 (128x1x1) <-> student stage 1 (16x8x8)") for line in logs), logs
+
+
+def test_missing_pretrained_weights_without_a_network_name_the_file(digits, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: the download fails for real
+    cfg = TrainConfig(method="kd", teacher="resnet18", teacher_weights="IMAGENET1K_V1", cache_dir=cache_dir, **FAST)
+    with pytest.raises(UserError) as err:
+        get_teacher(cfg, digits)
+    expected = tmp_path / "empty" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert str(err.value).startswith(
+        f"torchvision weights resnet18 IMAGENET1K_V1 are not in the torch hub cache: looked for {expected}"
+    )
+    with pytest.raises(UserError, match="no weights 'IMAGENET9' for resnet18: choose one of IMAGENET1K_V1, DEFAULT"):
+        get_teacher(dataclasses.replace(cfg, teacher_weights="IMAGENET9"), digits)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_state_dict_teacher_whose_head_fits_is_used_as_is(mynets, digits, cache_dir, tmp_path, suffix):
+    model = build_model("mynets:TinyNet", 10, 1, args={"width": 12})
+    path = tmp_path / f"teacher{suffix}"
+    if suffix == ".pt":
+        torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)  # a DDP training script's
+    else:
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(path))
+    cfg = TrainConfig(
+        method="kd",
+        teacher="mynets:TinyNet",
+        teacher_args={"width": 12},
+        teacher_checkpoint=str(path),
+        cache_dir=cache_dir,
+        **FAST,
+    )
+    logs = []
+    teacher = get_teacher(cfg, digits, log=logs.append)
+    assert not any("fine-tuning" in line for line in logs) and teacher.path == path
+    for k, v in model.state_dict().items():
+        assert torch.equal(teacher.model.state_dict()[k], v)
+    with pytest.raises(UserError, match=r"does not fit a TinyNet: conv1\.0\.\w+ is \(12.*\) in the file, \(8.*\) in the model"):
+        get_teacher(dataclasses.replace(cfg, teacher_args={}), digits)
+
+
+def test_a_torchscript_teacher_distils_by_its_logits(digits, cache_dir, tmp_path):
+    teacher = build_model("resnet8", 10, 1).eval()
+    path = tmp_path / "teacher.torchscript.pt"
+    torch.jit.trace(teacher, torch.zeros(2, 1, 8, 8)).save(str(path))
+    cfg = TrainConfig(method="kd", teacher_checkpoint=str(path), cache_dir=cache_dir, **FAST)
+    result = fit(cfg, data=digits)
+    assert result.metrics["teacher/params"] == sum(p.numel() for p in teacher.parameters())
+    with pytest.raises(UserError, match="attention transfer reads the teacher's feature maps but"):
+        fit(dataclasses.replace(cfg, method="at"), data=digits, measure_speed=False)
+    torch.jit.trace(build_model("resnet8", 3, 1).eval(), torch.zeros(2, 1, 8, 8)).save(str(path))
+    with pytest.raises(UserError, match=r"TorchScript teacher .* gives \(2, 3\) for 2 images but digits has 10 classes"):
+        fit(cfg, data=digits)
+
+
+def test_teachers_are_cached_by_the_data_not_its_name(digits, cache_dir):
+    cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST)
+    fewer = load_data(dataclasses.replace(cfg, train_subset=500))
+    assert fewer.name == digits.name
+    assert teacher_cache_path(cfg, fewer) != teacher_cache_path(cfg, digits)
