@@ -30,7 +30,7 @@ import yaml
 
 from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
-from kdsearch.sweep import SweepOptions, run_sweep
+from kdsearch.sweeper import SweepOptions, run_sweep
 from kdsearch.teacher_outputs import compute_teacher_outputs
 from kdsearch.teachers import get_teacher
 

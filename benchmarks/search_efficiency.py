@@ -35,7 +35,7 @@ import yaml
 
 from kdsearch import TrainConfig
 from kdsearch.data import load_dataset
-from kdsearch.sweep import SweepOptions, run_sweep
+from kdsearch.sweeper import SweepOptions, run_sweep
 from kdsearch.teachers import get_teacher
 from kdsearch.sweep_folder import load_trials
 

@@ -1,4 +1,5 @@
 """The Python API: ``kdsearch.fit(config)`` finds what a run needs and trains.
+(``kdsearch.sweep(space)`` is ``kdsearch.sweeper.sweep``.)
 
 The engine (``kdsearch.train.fit``) takes its data and teacher from the caller; this is
 the caller for a config alone: it loads the dataset, finds the cached teacher or trains it
@@ -9,18 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from kdsearch import train
 from kdsearch.config import TrainConfig
-from kdsearch.data import DatasetSplits, load_dataset
+from kdsearch.data import DatasetSplits, load_data
 from kdsearch.methods import check_method, method_class
 from kdsearch.runtime import resolve_stem, set_threads
-from kdsearch.teachers import Teacher, get_teacher, reference_teacher
-
-
-def load_data(cfg: TrainConfig) -> DatasetSplits:
-    return load_dataset(
-        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, cfg.split_seed, cfg.image_size, cfg.train_subset
-    )
+from kdsearch.teachers import Teacher, get_teacher, given_teacher, reference_teacher
 
 
 def resolve_teacher(
@@ -36,7 +33,7 @@ def resolve_teacher(
 def fit(
     config: TrainConfig | dict,
     data: DatasetSplits | None = None,
-    teacher: Teacher | None = None,
+    teacher: Teacher | nn.Module | None = None,
     *,
     log: Callable[[str], None] = lambda _: None,
     measure_speed: bool = True,
@@ -53,6 +50,8 @@ def fit(
     set_threads(cfg.threads)
     if data is None:
         data = load_data(cfg)
-    if teacher is None:
+    if teacher is not None:
+        teacher = given_teacher(teacher, cfg, data)
+    else:
         teacher = resolve_teacher(cfg, data, reference=measure_speed and evaluate_test, log=log)
     return train.fit(cfg, data, teacher, log=log, measure_speed=measure_speed, evaluate_test=evaluate_test, **engine_options)

@@ -134,7 +134,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from kdsearch.sweep import SweepOptions, run_sweep
+    from kdsearch.sweeper import SweepOptions, run_sweep
 
     if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 share a GPU)")
@@ -219,7 +219,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from kdsearch.sweep import sync_sweep
+    from kdsearch.sweeper import sync_sweep
     from kdsearch.sweep_folder import resolve_sweep
 
     folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
@@ -347,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # models named module:Name import from here, as with `python -m`
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

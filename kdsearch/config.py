@@ -186,8 +186,6 @@ class TrainConfig:
                 raise UserError(f"features: unknown key {role!r}: use features: {{student: [...], teacher: [...]}}")
             if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
                 raise UserError(f"features: {role} must be a list of module names, e.g. [layer1, layer2], got {names!r}")
-        if self.dataset == "imagefolder" and self.data_dir is None:
-            raise UserError("dataset imagefolder reads your images: pass --data-dir FOLDER holding train/<class>/*.png")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import logging
@@ -58,8 +59,29 @@ STATE_FILE = "state.pt"  # full training state, to resume the trial
 STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
-    """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray for this process."""
+def user_code(spec: SweepSpec) -> list[str]:
+    """The files and folders of the user's own models (import paths) that are not installed:
+    sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
+    from kdsearch.models.imported import import_object, is_import_path, module_file
+
+    base = spec.example_config()
+    names = {base.student, base.teacher}
+    for key in ("student", "teacher"):
+        dist = spec.space.get(key)
+        if dist is not None and dist["kind"] == "choice":
+            names.update(dist["args"])
+    own = [n for n in names if isinstance(n, str) and is_import_path(n)]
+    for name in own:
+        import_object(name)  # a name that cannot be imported: one line, before any trial starts
+    paths = {module_file(n) for n in own}
+    return sorted(str(p) for p in paths if p is not None)
+
+
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = True, py_modules: list[str] | None = None
+) -> None:
+    """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray for this process;
+    ``py_modules`` (the user's own code) go to every worker through the job's runtime environment."""
     if ray.is_initialized():
         if not address:
             return  # the caller's own Ray (or ours, still up): use it
@@ -75,6 +97,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         "configure_logging": True,
         "logging_level": "ERROR",
     }
+    if py_modules:
+        kwargs["runtime_env"] = {"py_modules": list(py_modules)}
     if address:
         _check_reachable(address)
     try:
@@ -230,6 +254,32 @@ def _unpack(payload: dict) -> DatasetSplits:
     return DatasetSplits(**values)
 
 
+def _teacher_payload(teacher: Teacher) -> dict:
+    """How a trial gets the teacher: its spec and weights; TorchScript as its saved bytes; a
+    module the user passed (no spec) as itself (Ray pickles it by value or by import)."""
+    payload = {"arch": teacher.arch, "metrics": teacher.metrics, "spec": teacher.spec}
+    if teacher.spec is not None:
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in teacher.model.state_dict().items()}
+    elif isinstance(teacher.model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(teacher.model.cpu(), buffer)
+        payload["torchscript"] = buffer.getvalue()
+    else:
+        payload["module"] = teacher.model.cpu()
+    return payload
+
+
+def _unpack_teacher(t: dict) -> Teacher:
+    if "state_dict" in t:
+        model = build_from_spec(t["spec"])
+        model.load_state_dict(t["state_dict"])
+    elif "torchscript" in t:
+        model = torch.jit.load(io.BytesIO(t["torchscript"]), map_location="cpu")
+    else:
+        model = t["module"]
+    return Teacher(model, t["arch"], t["metrics"], None, t["spec"])
+
+
 def _static_metrics(student_spec: dict, data: DatasetSplits, needs_latency: bool) -> dict:
     """Size metrics of the student architecture (constant over training), reported each epoch
     so that Optuna can optimise them alongside accuracy."""
@@ -281,12 +331,7 @@ def _trial(
 ) -> None:
     data = _unpack(data_payload)
     cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads)
-    teacher = None
-    if teacher_payload is not None:
-        t = teacher_payload
-        model = build_from_spec(t["spec"])
-        model.load_state_dict(t["state_dict"])
-        teacher = Teacher(model, t["spec"]["arch"], t["metrics"], None, t["spec"])
+    teacher = _unpack_teacher(teacher_payload) if teacher_payload is not None else None
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -400,13 +445,7 @@ def run_trials(
     saved, resumable) and raises ``TrialsStopped``."""
     check_resources(cpus_per_trial, gpus_per_trial)
     epochs = spec.example_config().epochs
-    teacher_payload = None
-    if teacher is not None:
-        teacher_payload = {
-            "spec": teacher.spec,
-            "state_dict": {k: v.detach().cpu() for k, v in teacher.model.state_dict().items()},
-            "metrics": teacher.metrics,
-        }
+    teacher_payload = _teacher_payload(teacher) if teacher is not None else None
     trainable = tune.with_parameters(
         _trial,
         spec=spec,

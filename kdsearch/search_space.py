@@ -38,6 +38,7 @@ from kdsearch.data import DATASETS
 from kdsearch.errors import UserError
 from kdsearch.methods import METHODS, check_method, method_settings
 from kdsearch.models import MODELS
+from kdsearch.models.imported import is_import_path
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "nsga2", "grid")
@@ -314,9 +315,10 @@ def _check_names(spec: SweepSpec) -> None:
         raise UserError(message if message.startswith(spec.source) else f"{spec.source}: {message}") from None
     for field_name in ("student", "teacher"):
         arch = getattr(cfg, field_name)
-        if arch not in MODELS:
+        if arch not in MODELS and not is_import_path(arch):  # import paths are imported when the sweep is planned
             raise UserError(
-                f"{spec.source}: {field_name}: unknown architecture {arch!r}; choose one of {', '.join(sorted(MODELS))}"
+                f"{spec.source}: {field_name}: unknown architecture {arch!r}; choose one of {', '.join(sorted(MODELS))}, "
+                "or name your own as module:Name"
             )
     if cfg.dataset not in DATASETS:
         raise UserError(f"{spec.source}: dataset: unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
@@ -326,10 +328,12 @@ def _check_names(spec: SweepSpec) -> None:
         raise UserError(f"{spec.source}: {exc}") from None
 
 
-def load_sweep(path: str | Path, overrides: dict | None = None) -> SweepSpec:
-    """Parse a search-space file; ``overrides`` (``kdsearch sweep --set KEY=VALUE``, ``--data-dir``)
-    fix settings over the file's, a searched one included (it is then no longer searched)."""
-    raw = load_yaml(path)
+def load_sweep(path: str | Path | dict, overrides: dict | None = None) -> SweepSpec:
+    """Parse a search-space file (or the same as a dict, from Python); ``overrides`` (``kdsearch
+    sweep --set KEY=VALUE``, ``--data-dir``) fix settings over the file's, a searched one included
+    (it is then no longer searched)."""
+    raw = dict(path) if isinstance(path, dict) else load_yaml(path)
+    path = "sweep" if isinstance(path, dict) else path  # a dict without a name: the sweep is called "sweep"
     if overrides and isinstance(raw, dict):
         raw = dict(raw)
         raw["fixed"] = {**(raw.get("fixed") or {}), **overrides}

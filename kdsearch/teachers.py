@@ -151,6 +151,15 @@ def reference_teacher(cfg: TrainConfig, data: DatasetSplits, stem: str) -> Teach
     return Teacher(build_from_spec(spec), cfg.teacher, {}, None, spec)
 
 
+def given_teacher(teacher: Teacher | nn.Module, cfg: TrainConfig, data: DatasetSplits) -> Teacher:
+    """A teacher handed over in Python: a Teacher as it is, an ``nn.Module`` measured on the data."""
+    if isinstance(teacher, Teacher):
+        return teacher
+    if not isinstance(teacher, nn.Module):
+        raise UserError(f"teacher must be a torch.nn.Module (or a kdsearch Teacher), got {type(teacher).__name__}")
+    return Teacher(teacher, type(teacher).__name__, _measure(teacher, data, cfg), None, None)
+
+
 def _check_sha(cfg: TrainConfig) -> None:
     if cfg.teacher_sha256 and Path(cfg.teacher_checkpoint).is_file():
         actual = file_sha256(cfg.teacher_checkpoint)

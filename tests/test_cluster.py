@@ -11,7 +11,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from kdsearch.errors import UserError
-from kdsearch.sweep import SweepOptions, run_sweep
+from kdsearch.sweeper import SweepOptions, run_sweep
 from kdsearch.ray_trials import start_ray
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them

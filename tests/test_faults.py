@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from kdsearch import tracking
 from kdsearch.errors import UserError
-from kdsearch.sweep import SweepOptions, run_sweep
+from kdsearch.sweeper import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 

@@ -65,7 +65,7 @@ def test_the_engine_imports_neither_ray_mlflow_nor_the_cli():
             "kdsearch.cli",
             "kdsearch.ray_trials",
             "kdsearch.tracking",
-            "kdsearch.sweep",
+            "kdsearch.sweeper",
         }, engine
 
 

@@ -20,7 +20,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from kdsearch import tracking
-from kdsearch.sweep import SweepOptions, run_sweep
+from kdsearch.sweeper import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 

@@ -15,7 +15,7 @@ from kdsearch.checkpoint import load_model
 from kdsearch import tracking
 from kdsearch.cli import main
 from kdsearch.errors import UserError
-from kdsearch.sweep import SweepOptions, run_sweep
+from kdsearch.sweeper import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 

@@ -10,6 +10,7 @@ from kdsearch.data.celeba import load_celeba
 from kdsearch.data.cifar import load_cifar10, load_cifar100
 from kdsearch.data.digits import load_digits
 from kdsearch.data.fashion_mnist import load_fashion_mnist
+from kdsearch.data.imagefolder import load_imagefolder
 from kdsearch.data.splits import DatasetSplits, make_splits
 from kdsearch.errors import UserError, lookup
 
@@ -19,6 +20,7 @@ DATASETS = {
     "cifar100": load_cifar100,
     "fashion_mnist": load_fashion_mnist,
     "celeba": load_celeba,
+    "imagefolder": load_imagefolder,
 }
 
 
@@ -34,17 +36,34 @@ def load_dataset(
     split_seed: int = 0,
     image_size: int | None = None,
     train_subset: int | None = None,
+    memory_gb: float | None = None,
 ) -> DatasetSplits:
     """Load a dataset into memory as uint8 tensors with its train/val/test splits."""
     loader = lookup(DATASETS, name, "dataset")
+    if name == "imagefolder" and data_dir is None:
+        raise UserError("dataset imagefolder reads your images: pass --data-dir FOLDER holding train/<class>/*.png")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if data_dir is not None and not root.is_dir() and not download:
         raise UserError(f"data directory {root} does not exist: pass an existing --data-dir, or add --download")
     if download:
         root.mkdir(parents=True, exist_ok=True)
     kwargs = {"image_size": image_size} if image_size else {}
-    raw = loader(root, download=download, **kwargs)
+    raw = loader(root, download=download, memory_gb=memory_gb, val_fraction=val_fraction, split_seed=split_seed, **kwargs)
     try:
         return make_splits(name, raw, val_fraction, split_seed, train_subset)
     except ValueError as exc:
         raise UserError(f"{name}: {exc}; choose val_fraction between 0 and 1") from None
+
+
+def load_data(cfg) -> DatasetSplits:
+    """The dataset a ``TrainConfig`` names, with its splits."""
+    return load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.download,
+        cfg.val_fraction,
+        cfg.split_seed,
+        cfg.image_size,
+        cfg.train_subset,
+        cfg.data_memory_gb,
+    )

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kdsearch.errors import UserError
+
 
 @dataclass
 class RawDataset:
@@ -74,6 +76,58 @@ class DatasetSplits:
         n = max(1, min(max_images, len(self.val_x), max_bytes // per_image))
         return {"x": self.val_x[:n].clone(), "y": self.val_y[:n].clone(), "of": len(self.val_x)}
 
+    @classmethod
+    def from_tensors(
+        cls,
+        train_x,
+        train_y,
+        test_x=None,
+        test_y=None,
+        *,
+        val_x=None,
+        val_y=None,
+        class_names: list[str] | None = None,
+        multilabel: bool = False,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        name: str = "tensors",
+    ) -> DatasetSplits:
+        """Splits from images in memory: (N, C, H, W) or (N, H, W), uint8 or floats in [0, 1]
+        (tensors or arrays); labels are class indices, or (N, K) 0/1 when ``multilabel``. Without
+        a test (or validation) split one is held out of train by ``split_seed``."""
+        x, y = as_images(train_x, "train_x"), as_labels(train_y, multilabel, "train_y")
+        if len(x) != len(y):
+            raise UserError(f"train_x has {len(x)} images but train_y {len(y)} labels")
+        if test_x is None:
+            x, y, tx, ty = hold_out(x, y, val_fraction, split_seed)
+        else:
+            tx, ty = as_images(test_x, "test_x"), as_labels(test_y, multilabel, "test_y")
+        vx = as_images(val_x, "val_x") if val_x is not None else None
+        vy = as_labels(val_y, multilabel, "val_y") if val_y is not None else None
+        if class_names is None:
+            k = int(y.shape[1]) if multilabel else int(y.max()) + 1
+            class_names = [str(i) for i in range(k)]
+        raw = RawDataset(x, y, tx, ty, list(class_names), multilabel, vx, vy)
+        try:
+            return make_splits(name, raw, val_fraction, split_seed)
+        except ValueError as exc:
+            raise UserError(f"{name}: {exc}") from None
+
+    @classmethod
+    def from_folder(
+        cls,
+        path,
+        image_size: int = 32,
+        *,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        memory_gb: float | None = None,
+    ) -> DatasetSplits:
+        """Splits from an image folder (``path/train/<class>/*``; see ``kdsearch.data.imagefolder``)."""
+        from kdsearch.data import load_dataset
+
+        return load_dataset("imagefolder", path, False, val_fraction, split_seed, image_size, None, memory_gb)
+
     def info(self) -> dict:
         """What a checkpoint records about the data its model expects."""
         return {
@@ -140,3 +194,38 @@ def make_splits(
         mean=mean,
         std=std,
     )
+
+
+def as_images(x, what: str) -> torch.Tensor:
+    """uint8 (N, C, H, W) from tensors or arrays, uint8 or floats in [0, 1], with or without C."""
+    x = torch.as_tensor(x)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4:
+        raise UserError(f"{what} must be images (N, C, H, W) or (N, H, W), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not x.is_floating_point() or x.min() < 0 or x.max() > 1:
+        raise UserError(f"{what} must be uint8, or floats in [0, 1] (got {x.dtype}): scale your images")
+    return (x * 255).round().to(torch.uint8).contiguous()
+
+
+def as_labels(y, multilabel: bool, what: str) -> torch.Tensor:
+    y = torch.as_tensor(y)
+    if multilabel:
+        if y.dim() != 2:
+            raise UserError(f"{what} of a multi-label set must be (N, attributes) of 0/1, got shape {tuple(y.shape)}")
+        return y.to(torch.uint8).contiguous()
+    if y.dim() != 1 or y.is_floating_point():
+        raise UserError(f"{what} must be class indices (N,), got {y.dtype} of shape {tuple(y.shape)}")
+    return y.to(torch.int64).contiguous()
+
+
+def hold_out(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
+    """A seeded share of (x, y) held out as a test split (in another order than validation's)."""
+    n = len(x)
+    n_out = int(round(n * fraction))
+    if not 0 < n_out < n:
+        raise UserError(f"{n} training images are too few to hold out a test split of {fraction:g}: give a test split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    return x[order[n_out:]], y[order[n_out:]], x[order[:n_out]], y[order[:n_out]]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from kdsearch.api import load_data
+from kdsearch.data import DatasetSplits, load_data
 from kdsearch.checkpoint import load_model, save_checkpoint
 from kdsearch.errors import Interrupted, UserError
 from kdsearch.methods import method_class
@@ -28,7 +28,7 @@ from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
 from kdsearch.smoke import smoke_check
 from kdsearch.storage_guard import StorageGuard
 from kdsearch.sweep_folder import SweepFolder, SweepLock, TrialRecord
-from kdsearch.teachers import Teacher, file_sha256, get_teacher, reference_teacher
+from kdsearch.teachers import Teacher, file_sha256, get_teacher, given_teacher, reference_teacher
 from kdsearch.train import final_metrics
 
 
@@ -48,6 +48,8 @@ class SweepOptions:
     register: bool = True
     teacher_cache: bool = True  # compute the teacher's outputs once for all trials (within the memory budget)
     verbose: int = 1
+    data: object | None = None  # DatasetSplits to search on instead of the config's dataset (the Python API)
+    teacher: object | None = None  # a Teacher or an nn.Module to distil from instead of the config's (the Python API)
 
 
 @dataclass
@@ -67,6 +69,16 @@ class SweepSummary:
     synced: bool = True  # False: MLflow was unreachable at the end; `kdsearch sync` catches up
     smoke_check: str | None = None  # --smoke: the line that says the set-up learns
     pareto: list[str] | None = None  # several objectives: the undominated trials, to export with --trial
+
+    @property
+    def trials(self):
+        """Every trial as a pandas DataFrame, best first."""
+        return self.table
+
+    @property
+    def run_id(self) -> str:
+        """The sweep's MLflow parent run."""
+        return self.parent_run_id
 
 
 def _is_uri(path: str) -> bool:
@@ -241,8 +253,19 @@ def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, over
         overrides = recorded
     spec = apply_options(load_sweep(path, overrides), opts)
     plan = SweepPlan(
-        spec, str(path), name, storage, sweep_dir, folder, opts.tracking_uri or tracking.default_tracking_uri(), overrides, lock
+        spec,
+        "(given in Python)" if isinstance(path, dict) else str(path),
+        name,
+        storage,
+        sweep_dir,
+        folder,
+        opts.tracking_uri or tracking.default_tracking_uri(),
+        overrides,
+        lock,
     )
+    from kdsearch.ray_trials import user_code
+
+    user_code(spec)  # the user's models import here, or the sweep stops now with one line
     if plan.local and opts.resume and not Path(sweep_dir).exists():
         raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
     if plan.local and not opts.resume and Path(sweep_dir).exists():
@@ -295,7 +318,7 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     setup_thread = threading.Thread(target=start_tracking, name="kdsearch-mlflow-start", daemon=True)
     setup_thread.start()
     try:
-        ray_trials.start_ray(opts.address, quiet=opts.verbose < 2)
+        ray_trials.start_ray(opts.address, quiet=opts.verbose < 2, py_modules=ray_trials.user_code(plan.spec))
     finally:
         setup_thread.join()  # a cluster that cannot be reached: never leave MLflow half set up
     if "error" in failed:
@@ -335,7 +358,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         "provenance": provenance(),
     }
     set_threads(None)
-    data = load_data(base)
+    data = opts.data if opts.data is not None else load_data(base)
     guard = StorageGuard(plan.storage, plan.sweep_dir, plan.spec, data) if plan.local else None
     if guard is not None:
         guard.check_room()
@@ -343,7 +366,10 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     if guard is not None:
         guard.place()
     fixed = spec.fixed_config()
-    teacher = get_teacher(fixed, data, log=log) if needs_teacher(spec) else None
+    if opts.teacher is not None:
+        teacher = given_teacher(opts.teacher, fixed, data)
+    else:
+        teacher = get_teacher(fixed, data, log=log) if needs_teacher(spec) else None
     outputs = compute_shared_outputs(teacher, data, fixed, log) if teacher is not None and opts.teacher_cache else None
     log(
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
@@ -552,3 +578,23 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         checked,
         pareto_trials(trial_table(trials, shared.manifest), plan.spec.search.objectives),
     )
+
+
+def sweep(
+    space: str | Path | dict,
+    data: DatasetSplits | None = None,
+    teacher: "Teacher | torch.nn.Module | None" = None,
+    *,
+    log: Callable[[str], None] = print,
+    **options,
+):
+    """Run a sweep over ``space`` (a search-space YAML file, or the same as a dict) and return its
+    summary: ``best_config``, ``checkpoint`` (the best student), ``trials`` (a pandas DataFrame,
+    best first) and ``run_id`` (the MLflow parent run). ``data`` and ``teacher`` replace the
+    config's dataset and teacher; other keyword arguments are ``SweepOptions``
+    (``num_samples``, ``storage``, ``tracking_uri``, ``name``, ``resume``, ``overrides``, ...)."""
+    valid = [f.name for f in dataclasses.fields(SweepOptions) if f.name not in ("data", "teacher")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserError(f"kdsearch.sweep got an unknown option {unknown[0]!r}: valid options are {', '.join(valid)}")
+    return run_sweep(space, SweepOptions(**options, data=data, teacher=teacher), log=log)

@@ -1,0 +1,180 @@
+"""The user's own images: ``data_dir/train/<class>/*`` (png, jpg, ...), optionally ``val/`` and
+``test/`` beside it with the same class folders.
+
+Every image is decoded once (centre square crop, resized to ``image_size``) into the uint8
+in-memory form the other datasets use, and the result is cached atomically beside the data
+(``kdsearch-cache/imagefolder-<size>-<content key>.npz``), keyed by the files' names, sizes and
+times. Images whose three channels are all equal are kept as one grey channel. Without
+``test/`` a test split is held out of ``train/`` (``val_fraction`` of it, by ``split_seed``),
+as the validation split is without ``val/``.
+
+Multi-label: a ``labels.csv`` in ``data_dir`` (a header ``file,attr1,attr2,...``, then a path
+relative to ``data_dir`` and a 0/1 per attribute) makes it a multi-label set; the split of an
+image is the folder its path starts with (train/, val/ or test/).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdsearch.data.splits import RawDataset, hold_out
+from kdsearch.errors import UserError
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+
+
+def memory_limit_bytes(memory_gb: float | None) -> tuple[int, str]:
+    if memory_gb is not None:
+        return int(memory_gb * 1024**3), f"data_memory_gb {memory_gb:g}"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total // 2, "half the memory; raise it with data_memory_gb"
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+
+
+def _class_folders(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    train = root / "train"
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{train} has no class folders: put each class's images in train/<class>/")
+    index = {name: i for i, name in enumerate(classes)}
+    out = {}
+    for split in SPLITS:
+        folder = root / split
+        if not folder.is_dir():
+            continue
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        stray = [c for c in found if c not in index]
+        if stray:
+            raise UserError(f"{folder / stray[0]} is a class that train/ does not have: every split uses train/'s classes")
+        out[split] = [(p, index[c]) for c in found for p in _images(folder / c)]
+        if not out[split]:
+            raise UserError(f"{folder} holds no images ({', '.join(sorted(SUFFIXES))})")
+    return classes, out
+
+
+def _labels_csv(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, np.ndarray]]]]:
+    path = root / "labels.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2 or len(rows[0]) < 2 or rows[0][0].strip() != "file":
+        raise UserError(f"{path}: expected a header 'file,<attribute>,...' and a row per image")
+    names = [n.strip() for n in rows[0][1:]]
+    out: dict[str, list] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(names) + 1 or any(v.strip() not in ("0", "1") for v in row[1:]):
+            raise UserError(f"{path} line {number}: expected a file and {len(names)} values of 0 or 1")
+        rel = Path(row[0].strip())
+        split = rel.parts[0] if rel.parts and rel.parts[0] in SPLITS else "train"
+        if not (root / rel).is_file():
+            raise UserError(f"{path} line {number}: {root / rel} does not exist")
+        out.setdefault(split, []).append((root / rel, np.array([int(v) for v in row[1:]], dtype=np.uint8)))
+    if "train" not in out:
+        raise UserError(f"{path} lists no training images (paths under train/)")
+    return names, out
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    except OSError as exc:
+        raise UserError(f"cannot decode {path} ({exc}): remove or replace it") from None
+
+
+def _content_key(files: list[Path], size: int) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(str(size).encode())
+    for p in files:
+        st = p.stat()
+        digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _decode_all(root: Path, files: list[Path], size: int) -> np.ndarray:
+    cache = root / "kdsearch-cache" / f"imagefolder-{size}-{_content_key(files, size)}.npy"
+    if cache.is_file():
+        try:
+            return np.load(cache)
+        except (OSError, ValueError):
+            pass  # damaged: decode again
+    out = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes outside the GIL
+        for i, arr in enumerate(pool.map(lambda f: _decode(f, size), files)):
+            out[i] = arr
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".tmp", delete=False) as tmp:
+            np.save(tmp, out)
+        os.replace(tmp.name, cache)  # atomic: a killed run never leaves half a cache
+    except OSError:
+        pass  # a read-only data folder only costs decoding again next time
+    return out
+
+
+def load_imagefolder(
+    data_dir: Path,
+    download: bool = False,
+    image_size: int = 32,
+    memory_gb: float | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    **_: object,
+) -> RawDataset:
+    root = Path(data_dir)
+    if not (root / "train").is_dir():
+        raise UserError(f"{root} has no train/ folder: an image folder holds train/<class>/*.png (and optionally val/, test/)")
+    if (root / "labels.csv").is_file():
+        class_names, listed = _labels_csv(root)
+        multilabel = True
+    else:
+        class_names, listed = _class_folders(root)
+        multilabel = False
+    files = [p for split in SPLITS for p, _ in listed.get(split, [])]
+    need = len(files) * 3 * image_size * image_size
+    limit, source = memory_limit_bytes(memory_gb)
+    if need > limit:
+        fits = max(1, math.isqrt(limit // (3 * len(files))))
+        raise UserError(
+            f"{root}: {len(files)} images at {image_size}x{image_size} would take {need / 1024**3:.1f} GiB decoded, over the "
+            f"{limit / 1024**3:.1f} GiB limit ({source}): use image_size {fits} or less"
+        )
+    images = _decode_all(root, files, image_size)
+    if (images[:, 0] == images[:, 1]).all() and (images[:, 0] == images[:, 2]).all():
+        images = images[:, :1]  # grey images: one channel
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    parts, start = {}, 0
+    for split in (s for s in SPLITS if s in listed):
+        entries = listed[split]
+        labels = [label for _, label in entries]
+        y = torch.from_numpy(np.stack(labels)) if multilabel else torch.tensor(labels, dtype=torch.int64)
+        parts[split] = (x[start : start + len(entries)], y)
+        start += len(entries)
+    train_x, train_y = parts["train"]
+    if "test" in listed:
+        test_x, test_y = parts["test"]
+    else:
+        train_x, train_y, test_x, test_y = hold_out(train_x, train_y, val_fraction, split_seed)
+    val_x, val_y = parts["val"] if "val" in listed else (None, None)
+    return RawDataset(train_x, train_y, test_x, test_y, class_names, multilabel, val_x, val_y)
