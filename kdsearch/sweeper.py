@@ -583,7 +583,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
 def sweep(
     space: str | Path | dict,
     data: DatasetSplits | None = None,
-    teacher: "Teacher | torch.nn.Module | None" = None,
+    teacher: object | None = None,  # a kdsearch Teacher or a torch.nn.Module
     *,
     log: Callable[[str], None] = print,
     **options,
