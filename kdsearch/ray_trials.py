@@ -289,11 +289,14 @@ def _static_metrics(student_spec: dict, data: DatasetSplits, needs_latency: bool
     return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
 
 
-_ARCHITECTURE_KEYS = ("student", "student_width", "stem")
+_ARCHITECTURE_KEYS = ("student", "student_width", "student_args", "stem")
 
 
 def _student_spec(cfg, data: DatasetSplits) -> dict:
-    return model_spec(cfg.student, data.num_outputs, data.in_channels, resolve_stem(cfg.stem, data.image_size), cfg.student_width)
+    stem = resolve_stem(cfg.stem, data.image_size)
+    return model_spec(
+        cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args, cfg.features.get("student")
+    )
 
 
 def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict]:

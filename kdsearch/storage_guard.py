@@ -23,7 +23,7 @@ def trial_bytes(spec: SweepSpec, data) -> int:
     stem = resolve_stem(cfg.stem, data.image_size)
 
     def student() -> nn.Module:
-        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width)
+        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args)
 
     def nbytes(module: nn.Module) -> int:
         return sum(t.numel() * t.element_size() for t in module.state_dict().values())

@@ -2,14 +2,19 @@
 nodes, and killing the worker node mid-trial moves its trial to the survivor, from its checkpoint."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from conftest import free_port
 from kdsearch.errors import UserError
 from kdsearch.sweeper import SweepOptions, run_sweep
 from kdsearch.ray_trials import start_ray
@@ -136,3 +141,53 @@ def test_an_address_nothing_answers_on_is_a_one_line_error():
     ):
         start_ray(f"127.0.0.1:{port}")
     assert not ray.is_initialized()
+
+
+def test_a_users_model_module_reaches_a_ray_start_cluster_without_being_installed(tmp_path):
+    # The cluster is started apart from the sweep (`ray start --head`, from another folder, with no
+    # PYTHONPATH): its workers can import the user's mynets.py only if kdsearch sends it to them.
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "mynets.py").write_text(
+        "from torch import nn\n\n\n"
+        "def small_cnn(num_classes, in_channels, width=8):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(width, num_classes))\n"
+    )
+    (code / "space.yaml").write_text(f"""
+name: own
+fixed: {{method: ce, dataset: digits, student: mynets:small_cnn, student_args: {{width: 6}}, epochs: 2, cache_dir: {tmp_path / "cache"}}}
+space:
+  lr: {{choice: [0.05, 0.1]}}
+search: {{sampler: grid, scheduler: fifo}}
+""")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    bin_dir = Path(sys.executable).parent
+    start = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    subprocess.run(
+        [*start, "--object-store-memory=200000000", "--disable-usage-stats"], cwd="/", env=env, check=True, capture_output=True
+    )
+    try:
+        proc = subprocess.run(
+            [str(bin_dir / "kdsearch"), "sweep", "space.yaml", "--address", f"127.0.0.1:{port}", "--quiet"],
+            cwd=code,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "best student: val/acc" in proc.stdout
+    histories = _epochs_by_trial(code / "sweeps" / "own")
+    assert len(histories) == 2 and all(len(h) == 2 for h in histories.values())
+    # and a name that cannot be imported stops the sweep in one line, before Ray or any trial
+    (code / "space.yaml").write_text((code / "space.yaml").read_text().replace("mynets:small_cnn", "mynets:big_cnn"))
+    proc = subprocess.run(
+        [str(bin_dir / "kdsearch"), "sweep", "space.yaml", "--name", "bad"], cwd=code, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "kdsearch: error: mynets has no 'big_cnn' (for mynets:big_cnn): it defines small_cnn"
+    ]
