@@ -157,3 +157,25 @@ def write_celeba(root, n=24, seed=0):
 @pytest.fixture
 def cache_dir(tmp_path):
     return str(tmp_path / "cache")
+
+
+def write_image_folder(root, per_class=12, classes=("zero", "one", "two"), splits=("train",), colour=False):
+    """Digits images saved as PNG files in root/<split>/<class>/, as a user's folder holds them;
+    returns {relative path: label}."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    written = {}
+    for split in splits:
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            images = digits.images[digits.target == label][: per_class if split == "train" else 3]
+            for i, image in enumerate(images):
+                img = Image.fromarray((image * 16).clip(0, 255).astype(np.uint8), mode="L")
+                if colour:
+                    img = Image.merge("RGB", (img, img.point(lambda v: 255 - v), img))
+                img.save(folder / f"{i}.png")
+                written[f"{split}/{name}/{i}.png"] = label
+    return written

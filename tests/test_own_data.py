@@ -3,35 +3,18 @@
 import csv
 import textwrap
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from sklearn.datasets import load_digits
 
 import kdsearch
+from conftest import write_image_folder
 from kdsearch import DatasetSplits, TrainConfig, UserError
 from kdsearch.api import load_data
 from kdsearch.data import imagefolder
 
 
-def write_folder(root, per_class=12, classes=("zero", "one", "two"), splits=("train",), colour=False):
-    """Digits images saved as PNG files in root/<split>/<class>/, as a user's folder would hold them."""
-    digits = load_digits()
-    written = {}
-    for split in splits:
-        for label, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            images = digits.images[digits.target == label][: per_class if split == "train" else 3]
-            for i, image in enumerate(images):
-                pixels = (image * 16).clip(0, 255).astype(np.uint8)
-                img = Image.fromarray(pixels, mode="L")
-                if colour:
-                    img = Image.merge("RGB", (img, img.point(lambda v: 255 - v), img))
-                img.save(folder / f"{i}.png")
-                written[f"{split}/{name}/{i}.png"] = label
-    return written
+write_folder = write_image_folder
 
 
 def folder_config(root, **kw):

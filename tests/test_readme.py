@@ -6,7 +6,9 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import write_cifar10, write_fashion_mnist
+import torch
+from conftest import write_cifar10, write_fashion_mnist, write_image_folder
+from torchvision.models import resnet18
 
 from kdsearch.cli import build_parser, main
 from kdsearch.search_space import load_sweep
@@ -62,6 +64,18 @@ def test_the_readme_train_and_teacher_commands_run_on_stand_in_data(tmp_path, mo
     write_cifar10(tmp_path / "data")
     write_fashion_mnist(tmp_path / "fashion_mnist", n_train=120)
     (tmp_path / "run.yaml").write_text("method: ce\ndataset: digits\nepochs: 1\n")
+    # "Your own models and data": the user's module, an image folder, torchvision's weights file
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\n\n\nclass TinyNet(nn.Sequential):\n"
+        "    def __init__(self, num_classes, in_channels, width=8):\n"
+        "        super().__init__(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(width, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_image_folder(tmp_path / "images")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(resnet18().state_dict(), tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     monkeypatch.setenv("KDSEARCH_DATA", str(tmp_path / "fashion_mnist"))
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
