@@ -1,7 +1,12 @@
 """The user's own models and teachers: import paths, features by name, pretrained and file teachers."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +244,22 @@ def test_teachers_are_cached_by_the_data_not_its_name(digits, cache_dir):
     fewer = load_data(dataclasses.replace(cfg, train_subset=500))
     assert fewer.name == digits.name
     assert teacher_cache_path(cfg, fewer) != teacher_cache_path(cfg, digits)
+
+
+@pytest.mark.slow
+def test_the_command_line_imports_the_users_module_from_the_current_folder(mynets, cache_dir):
+    # As a user runs it: `kdsearch` (a console script, whose sys.path does not hold the folder) in
+    # the folder with mynets.py, nothing on PYTHONPATH.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    kdsearch = str(Path(sys.executable).with_name("kdsearch"))
+    args = ["train", "--method", "ce", "--student", "mynets:TinyNet", "--student-args", "{width: 4}", "--epochs", "1"]
+    proc = subprocess.run(
+        [kdsearch, *args, "--json", "--cache-dir", cache_dir], cwd=mynets, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["config"]["student"] == "mynets:TinyNet" and result["config"]["student_args"] == {"width": 4}
+    proc = subprocess.run([kdsearch, "train", "--student", "mynets:Tiny"], cwd=mynets, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "kdsearch: error: mynets has no 'Tiny' (for mynets:Tiny): it defines TinyNet, make_tiny, no_module"
+    ]

@@ -4,11 +4,12 @@ Layout read (the official one, also what torchvision's download writes under ``c
 ``img_align_celeba/*.jpg``, ``list_attr_celeba.txt``, ``list_eval_partition.txt``.
 The 202,599 JPEGs are far too many to decode every epoch and too big to hold at full
 size, so they are decoded once (centre square crop, resized to ``image_size``) into a
-uint8 array cached beside the data, e.g. ``kdsearch-cache/celeba-64.npy`` (2.5 GB at 64x64).
+uint8 array cached beside the data, e.g. ``kdsearch-cache/celeba-64-<key of the image list>.npy`` (2.5 GB at 64x64).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,9 @@ def _decode_all(image_dir: Path, files: list[str], size: int) -> np.ndarray:
 
 
 def _cached_images(root: Path, files: list[str], size: int) -> np.ndarray:
-    cache = root / "kdsearch-cache" / f"celeba-{size}.npy"
+    # Keyed by the image list too: another list (a subset, a new release) is decoded anew.
+    key = hashlib.blake2b("\n".join(files).encode(), digest_size=6).hexdigest()
+    cache = root / "kdsearch-cache" / f"celeba-{size}-{key}.npy"
     if cache.is_file():
         images = np.load(cache, mmap_mode="r")
         if images.shape == (len(files), 3, size, size):
