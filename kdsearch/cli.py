@@ -154,6 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides=overrides,
         smoke=args.smoke,
         verbose=0 if args.quiet else 1,
+        warm_start=args.warm_start,
     )
     summary = run_sweep(args.space, opts, log=_log(args.quiet))
     print(format_sweep_summary(summary))
@@ -167,6 +168,10 @@ def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, s
         return resolve_sweep(source, storage, tracking_uri).trial_checkpoint(trial)
     if Path(source).is_file():
         return Path(source)
+    if source.startswith("models:/"):
+        from kdsearch import tracking
+
+        return tracking.download_registered_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
     if re.fullmatch(r"[0-9a-f]{32}", source) and not Path(source).exists():
         from kdsearch import tracking
 
@@ -195,6 +200,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"acc on those {report['images']} images {entry['verify/acc']:.4f}"
         )
     print(f"  model card   model.json  (load with kdsearch.load_student({str(args.out)!r}))")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kdsearch.predict import format_predictions, predict
+
+    results = predict(args.model, args.images, args.top_k, args.threshold, args.storage, args.tracking_uri)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(format_predictions(results, f": no attribute at {args.threshold:g} or above"))
     return 0
 
 
@@ -306,12 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
     sweep.add_argument("--name", help="sweep name, also the MLflow experiment (default: the file's name)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name and storage")
+    sweep.add_argument(
+        "--warm-start", metavar="SWEEP", help="seed the searcher with a finished sweep's trials (name or folder; same objectives)"
+    )
     sweep.add_argument("--smoke", action="store_true", help="two short trials, to check the set-up end to end")
     sweep.add_argument("--quiet", action="store_true", help="no progress output")
     sweep.set_defaults(func=cmd_sweep)
 
     export = sub.add_parser("export", help="export the best student of a sweep, verified, with a model card")
-    export.add_argument("source", help="a sweep folder, a sweep name, an MLflow parent run id, or a student .pt checkpoint")
+    export.add_argument(
+        "source",
+        help="a sweep folder, a sweep name, an MLflow parent run id, a student .pt checkpoint, or models:/<name>@<alias>",
+    )
     export.add_argument(
         "--format",
         nargs="+",
@@ -325,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(export)
     export.add_argument("--json", action="store_true", help="print the verification report as JSON")
     export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser("predict", help="classify image files with a student (top-k classes and probabilities)")
+    predict.add_argument(
+        "model", help="an export folder, a student .pt checkpoint, a sweep name or folder, or models:/<name>@<alias>"
+    )
+    predict.add_argument("images", nargs="+", help="image files (png, jpg, ...) or folders of them")
+    predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    predict.add_argument("--threshold", type=float, default=0.5, help="multi-label: show attributes at or above (default 0.5)")
+    predict.add_argument("--json", action="store_true", help="print every image's predictions and probabilities as JSON")
+    _add_source_flags(predict)
+    predict.set_defaults(func=cmd_predict)
 
     report = sub.add_parser("report", help="table and plots of a sweep's trials, also logged to its MLflow parent run")
     report.add_argument("source", help="a sweep folder, a sweep name or an MLflow parent run id")

@@ -225,6 +225,60 @@ def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None):
     return DistinctOptunaSearch(metric=metrics, mode=modes, sampler=sampler, **kept)
 
 
+def warm_start(spec: SweepSpec, study: tuple[str, Path], trials: list[TrialRecord], other: dict) -> int:
+    """Tell a new sweep's Optuna study (``study``: its name and SQLite file, before the Tuner
+    loads it) the finished trials of another sweep (``other``: its manifest) over the parameters
+    both spaces search: its sampler then models them from the first trial (TPE after
+    ``n_startup_trials``, counting these). Returns how many trials it was told."""
+    import optuna
+
+    name, path = study
+    if spec.search.sampler == "grid":
+        raise UserError("--warm-start tells a searcher earlier results; a grid has none: use sampler tpe, nsga2 or random")
+    objectives = [list(o) for o in spec.search.objectives]
+    if [list(o) for o in other.get("objectives", [])] != objectives:
+        raise UserError(
+            f"--warm-start {other['name']}: it optimised {other.get('objectives')}, this sweep {objectives}: warm-start from a sweep with the same objectives"
+        )
+    distributions = OptunaSearch.convert_search_space(tune_space(spec))
+    shared = [k for k in spec.space if k in (other.get("space") or {})]
+    if not shared:
+        raise UserError(
+            f"--warm-start {other['name']}: it searched {', '.join(other.get('space') or {}) or 'nothing'}, this sweep "
+            f"{', '.join(spec.space)}: no parameter in common to learn from"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    target = optuna.create_study(
+        storage=optuna.storages.RDBStorage(f"sqlite:///{Path(path).resolve()}"),
+        study_name=name,
+        directions=["maximize" if mode == "max" else "minimize" for _, mode in spec.search.objectives],
+        load_if_exists=True,
+    )
+    told = 0
+    for trial in trials:
+        last = trial.history[-1] if trial.history else {}
+        values = [last.get(metric) for metric, _ in spec.search.objectives]
+        if trial.failure is not None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            continue
+        params = {}
+        for key in shared:
+            if key in trial.params:
+                dist = distributions[key]
+                try:
+                    if dist._contains(dist.to_internal_repr(trial.params[key])):  # a changed range: only what is inside
+                        params[key] = trial.params[key]
+                except (ValueError, TypeError):
+                    pass
+        if params:
+            target.add_trial(
+                optuna.trial.create_trial(
+                    params=params, distributions={k: distributions[k] for k in params}, values=[float(v) for v in values]
+                )
+            )
+            told += 1
+    return told
+
+
 def _scheduler(spec: SweepSpec, max_epochs: int):
     s = spec.search
     if s.scheduler == "fifo":

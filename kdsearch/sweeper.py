@@ -48,6 +48,7 @@ class SweepOptions:
     register: bool = True
     teacher_cache: bool = True  # compute the teacher's outputs once for all trials (within the memory budget)
     verbose: int = 1
+    warm_start: str | None = None  # another sweep (name or folder) whose trials seed this one's searcher
     data: object | None = None  # DatasetSplits to search on instead of the config's dataset (the Python API)
     teacher: object | None = None  # a Teacher or an nn.Module to distil from instead of the config's (the Python API)
 
@@ -192,7 +193,9 @@ def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None, log: Callab
     best = folder.read_best()
     if best is not None:
         config, metrics = best
-        tracker.log_best(manifest.get("best_params", {}), config, metrics, folder.best_student)
+        tracker.log_best(
+            manifest.get("best_params", {}), config, metrics, folder.best_student, registered_name=f"{manifest['name']}-student"
+        )
         if folder.report_dir.is_dir():
             tracking.log_report_to_run(tracker.parent_id, uri, sorted(p for p in folder.report_dir.iterdir() if p.is_file()))
         tracker.finish()
@@ -448,15 +451,30 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
             best.config,
             best.metrics,
             best.checkpoint,
-            model=best.model if register else None,
-            input_shape=(data.in_channels, *data.image_size),
-            registered_name=f"{plan.name}-student",
+            registered_name=f"{plan.name}-student" if register else None,
         )
         if best.report is not None:
             tracking.log_report_to_run(tracker.parent_id, plan.tracking_uri, best.report["files"])
         tracker.finish()
 
     return _guard_mlflow(mirror, plan.tracking_uri, plan.name)
+
+
+def _warm_start(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]) -> None:
+    from kdsearch import ray_trials
+    from kdsearch.sweep_folder import resolve_sweep
+
+    other = resolve_sweep(opts.warm_start, plan.folder.path.parent)
+    if other.path.resolve() == plan.folder.path.resolve():
+        raise UserError(
+            f"--warm-start {opts.warm_start} is this sweep: name a finished one, or use --resume to continue this one"
+        )
+    manifest = other.read_manifest()
+    told = ray_trials.warm_start(plan.spec, (plan.name, plan.folder.study_db), other.trials(), manifest)
+    if told == 0:
+        raise UserError(f"--warm-start {opts.warm_start}: it has no finished trial inside this sweep's space to learn from")
+    plan.folder.write_manifest({**plan.folder.read_manifest(), "warm_start": {"sweep": str(other.path), "trials": told}})
+    log(f"warm start: the searcher knows {told} trials of {other.path.name} before its first trial")
 
 
 def resume_command(plan: SweepPlan, opts: SweepOptions) -> str:
@@ -519,6 +537,8 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     try:
         tracker = start_services(plan, opts)
         shared = prepare_shared(plan, tracker, opts, log)
+        if opts.warm_start and not opts.resume:
+            _warm_start(plan, opts, log)
         trials = ray_trials.run_trials(
             plan.spec,
             shared.data,

@@ -29,7 +29,7 @@ def test_an_image_folder_is_decoded_once_with_classes_from_its_folders(tmp_path,
     sizes = data.sizes()
     assert sum(sizes.values()) == 60 and sizes["test"] == 6 and sizes["val"] == 5  # test, then val held out of train
     assert len(list((tmp_path / "kdsearch-cache").glob("imagefolder-16-*.npy"))) == 1
-    monkeypatch.setattr(imagefolder, "_decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    monkeypatch.setattr(imagefolder, "decode", lambda *a: pytest.fail("decoded again despite the cache"))
     again = load_data(folder_config(tmp_path))
     assert torch.equal(again.train_x, data.train_x) and again.fingerprint() == data.fingerprint()
 

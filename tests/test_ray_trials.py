@@ -1,7 +1,11 @@
 """The searcher kdsearch gives Ray Tune, driven directly (no Ray cluster needed)."""
 
-from kdsearch.ray_trials import _searcher, tune_space
+import pytest
+
+from kdsearch.errors import UserError
+from kdsearch.ray_trials import _searcher, tune_space, warm_start
 from kdsearch.search_space import parse_sweep
+from kdsearch.sweep_folder import TrialRecord
 
 
 def _drive(spec, trials):
@@ -59,3 +63,47 @@ def test_architecture_metrics_are_measured_once_per_architecture_in_the_driver()
     assert params[0] < params[1]
     raw["space"]["student_width"] = {"uniform": [0.5, 1.0]}  # a continuous range: the trials measure
     assert architecture_metrics(parse_sweep(raw, "lat.yaml"), data) == {}
+
+
+def _alpha_spec(space=None, **search):
+    return parse_sweep(
+        {
+            "fixed": {"method": "kd", "dataset": "digits"},
+            "space": space or {"alpha": {"uniform": [0, 1]}},
+            "search": {"num_samples": 8, "sampler": "tpe", "n_startup_trials": 4, "seed": 0, **search},
+        },
+        "warm.yaml",
+    )
+
+
+def _first_alphas(spec, study, n=4):
+    searcher = _searcher(spec, study)
+    searcher.set_search_properties(None, None, tune_space(spec))
+    return [searcher.suggest(f"t{i}")["alpha"] for i in range(n)]
+
+
+def test_a_warm_started_tpe_sweep_models_its_first_trials_on_the_earlier_sweep(tmp_path):
+    # An earlier sweep found alpha near 0.9 best. Cold, TPE's first 4 trials are random draws; warm
+    # started with those 20 results, the first 4 already go where the earlier sweep did well.
+    earlier = [
+        TrialRecord(f"e{i}", {"alpha": a, "temperature": 4.0}, [{"val/acc": 1 - (a - 0.9) ** 2, "epoch": 3}], "TERMINATED")
+        for i, a in enumerate(x / 19 for x in range(20))
+    ]
+    manifest = {"name": "earlier", "space": {"alpha": {}, "temperature": {}}, "objectives": [["val/acc", "max"]]}
+    spec = _alpha_spec()
+    assert warm_start(spec, ("new", tmp_path / "warm.db"), earlier, manifest) == 20
+    warm = _first_alphas(spec, ("new", tmp_path / "warm.db"))
+    cold = _first_alphas(spec, ("cold", tmp_path / "cold.db"))
+    assert max(abs(a - 0.9) for a in warm) < 0.2, warm
+    assert sum(abs(a - 0.9) for a in warm) < sum(abs(a - 0.9) for a in cold) / 2, (warm, cold)
+
+
+def test_a_warm_start_that_cannot_inform_the_search_is_one_line(tmp_path):
+    earlier = [TrialRecord("e0", {"lr": 0.1}, [{"val/acc": 0.9}], "TERMINATED")]
+    study = ("new", tmp_path / "w.db")
+    with pytest.raises(UserError, match="it searched lr, this sweep alpha: no parameter in common to learn from"):
+        warm_start(_alpha_spec(), study, earlier, {"name": "other", "space": {"lr": {}}, "objectives": [["val/acc", "max"]]})
+    with pytest.raises(UserError, match="warm-start from a sweep with the same objectives"):
+        warm_start(_alpha_spec(), study, earlier, {"name": "other", "space": {"alpha": {}}, "objectives": [["val/loss", "min"]]})
+    with pytest.raises(UserError, match="a grid has none"):
+        warm_start(_alpha_spec({"alpha": {"choice": [0.1, 0.9]}}, sampler="grid", num_samples=2), study, earlier, {"name": "o"})

@@ -88,17 +88,19 @@ def _labels_csv(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, np.nd
     return names, out
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+def decode(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
+    """One image as uint8 (C, size, size): centre square crop, bilinear resize; ``mode`` RGB or L."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = img.convert(mode)
             w, h = img.size
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2
             img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            pixels = np.asarray(img, dtype=np.uint8)
+            return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     except OSError as exc:
         raise UserError(f"cannot decode {path} ({exc}): remove or replace it") from None
 
@@ -121,7 +123,7 @@ def _decode_all(root: Path, files: list[Path], size: int) -> np.ndarray:
             pass  # damaged: decode again
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes outside the GIL
-        for i, arr in enumerate(pool.map(lambda f: _decode(f, size), files)):
+        for i, arr in enumerate(pool.map(lambda f: decode(f, size), files)):
             out[i] = arr
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,106 @@
+"""The registered student serves without kdsearch: an MLflow pyfunc model (ONNX + model card +
+its own code) that a virtual environment without kdsearch loads by its alias and predicts with."""
+
+import json
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from kdsearch import TrainConfig, fit
+from kdsearch.checkpoint import load_model
+from kdsearch.data import load_data
+from kdsearch.tracking import register_student
+
+pytestmark = pytest.mark.slow  # a second Python environment and MLflow model logging
+
+
+def kdsearch_free_python(root):
+    """A separate virtual environment that sees the installed packages (mlflow, onnxruntime, numpy,
+    pandas, ...) but not kdsearch: a .pth file names the site-packages folder, and the editable
+    install's own .pth there is not processed for a folder added that way."""
+    venv = root / "serve-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (root / "serve-env" / site.split("serve-env/", 1)[1] / "shared.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    probe = subprocess.run(
+        [python, "-c", "import mlflow, onnxruntime; import kdsearch"], cwd=root, capture_output=True, text=True
+    )
+    assert "No module named 'kdsearch'" in probe.stderr, probe.stderr  # mlflow imports there, kdsearch does not
+    return python
+
+
+def test_the_registered_student_serves_without_kdsearch(tmp_path, capsys):
+    cfg = TrainConfig(method="ce", dataset="digits", epochs=2, threads=2)
+    data = load_data(cfg)
+    checkpoint = fit(cfg, data=data, measure_speed=False).save(tmp_path / "student.pt")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("serve", artifact_location=str(tmp_path / "artifacts")))
+    client.log_artifact(run.info.run_id, str(checkpoint), artifact_path="best_student")  # as a sweep's log_best does
+    version = register_student(uri, run.info.run_id, checkpoint, "serve-student")
+    assert str(client.get_model_version_by_alias("serve-student", "champion").version) == version
+
+    # kdsearch's own probabilities on 5 validation images, as uint8 (N, H, W, C)
+    images = data.val_x[:5]
+    student, payload = load_model(checkpoint)
+    mean = torch.tensor(payload["dataset"]["mean"]).view(1, -1, 1, 1) * 255
+    std = torch.tensor(payload["dataset"]["std"]).view(1, -1, 1, 1) * 255
+    with torch.no_grad():
+        expected = torch.softmax(student.eval()((images.float() - mean) / std), dim=1).double().numpy()
+    np.save(tmp_path / "images.npy", images.permute(0, 2, 3, 1).numpy())
+
+    python = kdsearch_free_python(tmp_path)
+    script = textwrap.dedent(f"""
+        import json, sys
+        import mlflow, numpy as np
+        mlflow.set_tracking_uri({uri!r})
+        model = mlflow.pyfunc.load_model("models:/serve-student@champion")
+        nhwc = np.load({str(tmp_path / "images.npy")!r})
+        out = model.predict(nhwc)
+        same = model.predict(nhwc.transpose(0, 3, 1, 2))  # (N, C, H, W) too
+        assert np.allclose(out.to_numpy(), same.to_numpy())
+        print(json.dumps({{"columns": list(out.columns), "probs": out.to_numpy().tolist(), "kdsearch": "kdsearch" in sys.modules}}))
+    """)
+    proc = subprocess.run([python, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert served["columns"] == data.class_names and served["kdsearch"] is False
+    np.testing.assert_allclose(np.array(served["probs"]), expected, atol=1e-4)
+
+    # kdsearch predict gives the same probabilities from the registered model, the checkpoint and an
+    # export of the registered model (found through its run), for PNG files of those images
+    from PIL import Image
+
+    from kdsearch.cli import main
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"img{i}.png")
+    outputs = {}
+    for source in ("models:/serve-student@champion", str(checkpoint), str(tmp_path / "export")):
+        if source.endswith("export"):
+            args = ["export", "models:/serve-student@champion", "--format", "safetensors", "--out", source, "--tracking-uri", uri]
+            assert main(args) == 0
+        capsys.readouterr()
+        assert main(["predict", source, str(folder), "--json", "--tracking-uri", uri]) == 0
+        results = json.loads(capsys.readouterr().out)
+        outputs[source] = np.array([[r["probabilities"][c] for c in data.class_names] for r in results])
+        assert [r["image"] for r in results] == [str(folder / f"img{i}.png") for i in range(5)]
+    for probs in outputs.values():
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+    assert main(["predict", str(checkpoint), str(folder / "img0.png"), "--top-k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    top = np.argsort(-expected[0])[:2]
+    assert line == f"{folder / 'img0.png'}: {top[0]} {expected[0][top[0]]:.3f}, {top[1]} {expected[0][top[1]]:.3f}"
+    assert main(["predict", "models:/nothing@champion", str(folder), "--tracking-uri", uri]) == 2
+    assert "no registered model models:/nothing@champion" in capsys.readouterr().err
