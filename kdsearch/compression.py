@@ -31,8 +31,22 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+LATENCY_THREADS = 1  # batch-1 latency on one core: the same number on any machine's thread setting
+
+
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).to("cpu", torch.float32).eval()
+    """What gets exported: fp32, contiguous (not channels-last, as a GPU run trains), on the CPU."""
+    return copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
+
+
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Median batch-1 forward time on ``LATENCY_THREADS`` CPU threads, of the exported form."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        return time_forward(_cpu_eval_copy(model), input_shape, batch=1) * 1e3
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -64,9 +78,8 @@ def compression_report(
         "student/flops": count_flops(student, input_shape),
     }
     if measure_speed:
-        s = _cpu_eval_copy(student)
-        out["latency/cpu_ms"] = time_forward(s, input_shape, batch=1) * 1e3
-        out["throughput/cpu_img_s"] = 256 / time_forward(s, input_shape, batch=256, reps=5)
+        out["latency/cpu_ms"] = latency_ms(student, input_shape)
+        out["throughput/cpu_img_s"] = 256 / time_forward(_cpu_eval_copy(student), input_shape, batch=256, reps=5)
     if teacher is not None:
         out["teacher/params"] = count_params(teacher)
         out["teacher/size_mb"] = state_dict_bytes(teacher) / 1e6
@@ -75,7 +88,7 @@ def compression_report(
         out["compression/size_ratio"] = out["teacher/size_mb"] / out["student/size_mb"]
         out["compression/flops_ratio"] = out["teacher/flops"] / max(out["student/flops"], 1)
         if measure_speed:
-            out["latency/teacher_cpu_ms"] = time_forward(_cpu_eval_copy(teacher), input_shape, batch=1) * 1e3
+            out["latency/teacher_cpu_ms"] = latency_ms(teacher, input_shape)
             out["compression/speedup"] = out["latency/teacher_cpu_ms"] / out["latency/cpu_ms"]
     if student_acc is not None and teacher_acc is not None:
         out["accuracy/drop"] = teacher_acc - student_acc

@@ -149,7 +149,7 @@ def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], Non
         flip=cfg.flip,
         attention=attention,
         device=device,
-        amp=device.type == "cuda",
+        amp=cfg.amp if cfg.amp is not None else device.type == "cuda",  # the trials' precision, checked by fits()
         names=names,
     )
     log(

@@ -52,6 +52,7 @@ class TeacherOutputs:
     data_fingerprint: str  # the training images they were computed on (DatasetSplits.fingerprint)
     teacher_fingerprint: str  # the teacher's weights (weights_fingerprint)
     feature_names: list[str] | None = None  # the teacher modules the attention maps came from (None: its stages)
+    amp: bool = False  # computed under bf16 autocast: a run in fp32 computes its own
 
     @property
     def epochs(self) -> int:
@@ -61,7 +62,13 @@ class TeacherOutputs:
         return self.logits.numel() * 2 + sum(a.numel() * 2 for a in self.attention or [])
 
     def fits(
-        self, cfg: TrainConfig, data: DatasetSplits, teacher: nn.Module, method: Method, names: list[str] | None = None
+        self,
+        cfg: TrainConfig,
+        data: DatasetSplits,
+        teacher: nn.Module,
+        method: Method,
+        names: list[str] | None = None,
+        amp: bool = False,
     ) -> bool:
         """Whether these outputs are this run's teacher on this run's views of these images,
         holding everything the method reads: else the run computes its teacher live."""
@@ -76,6 +83,7 @@ class TeacherOutputs:
         return (
             same_views
             and serves
+            and self.amp == amp
             and self.data_fingerprint == data.fingerprint()
             and self.teacher_fingerprint == weights_fingerprint(teacher)
         )
@@ -145,5 +153,13 @@ def compute_teacher_outputs(
                     store[epoch, sl] = normalised_attention(f, CACHED_ATTENTION_P).cpu().half()
     forward.close()
     return TeacherOutputs(
-        logits_out, maps_out, seed, crop_pad, flip, data.fingerprint(), weights_fingerprint(teacher), names if attention else None
+        logits_out,
+        maps_out,
+        seed,
+        crop_pad,
+        flip,
+        data.fingerprint(),
+        weights_fingerprint(teacher),
+        names if attention else None,
+        amp,
     )

@@ -187,7 +187,7 @@ def build_run(
 
     teacher_model = teacher.model if method.needs_teacher else None
     outputs = teacher_outputs if teacher_model is not None else None
-    if outputs is not None and not outputs.fits(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher)):
+    if outputs is not None and not outputs.fits(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher), amp):
         outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
     if outputs is not None:
         outputs = outputs.to(device)  # lookups then stay on the training device

@@ -3,7 +3,9 @@
 import pytest
 from torch import nn
 
-from kdsearch.compression import compression_report, count_flops, count_params, state_dict_bytes
+import torch
+
+from kdsearch.compression import LATENCY_THREADS, compression_report, count_flops, count_params, latency_ms, state_dict_bytes
 
 
 def test_compression_metrics_on_known_models():
@@ -16,3 +18,24 @@ def test_compression_metrics_on_known_models():
     assert report["compression/flops_ratio"] == pytest.approx((2 * 12 * 8 + 2 * 8 * 2) / 48)
     assert report["accuracy/drop"] == pytest.approx(0.05)
     assert report["latency/cpu_ms"] > 0 and report["throughput/cpu_img_s"] > 0 and report["compression/speedup"] > 0
+
+
+def test_latency_times_the_exported_form_on_a_fixed_thread_count():
+    # A GPU run trains channels-last; what is exported (and timed) is the contiguous fp32 model,
+    # on LATENCY_THREADS threads whatever the process uses.
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            seen.append((torch.get_num_threads(), self.conv.weight.is_contiguous(), self.conv.weight.dtype))
+            return self.conv(x).mean(dim=(2, 3))
+
+    model = Probe().to(memory_format=torch.channels_last).to(torch.bfloat16)
+    assert not model.conv.weight.is_contiguous()
+    torch.set_num_threads(2)
+    latency_ms(model, (3, 8, 8))
+    assert set(seen) == {(LATENCY_THREADS, True, torch.float32)} and torch.get_num_threads() == 2

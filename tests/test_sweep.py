@@ -236,6 +236,15 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
             assert len(steps) == len(set(steps))  # no epoch logged twice across the interruption
 
+    # a new sweep warm-started from this one: its Optuna study holds these 3 trials before its own
+    warm = subprocess.run(cmd + ["--name", "tiny2", "--warm-start", "tiny", "--num-samples", "1"], capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert json.loads((storage / "tiny2" / "sweep.json").read_text())["warm_start"]["trials"] == 3
+    import optuna
+
+    study = optuna.load_study(study_name="tiny2", storage=f"sqlite:///{storage / 'tiny2' / 'optuna.db'}")
+    assert len(study.trials) == 4 and study.trials[3].params.keys() == {"temperature", "alpha", "lr"}
+
 
 def test_resume_with_nothing_to_resume(tmp_path):
     opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", resume=True, verbose=0)

@@ -89,6 +89,11 @@ def test_outputs_for_other_images_or_another_teacher_are_not_used(digits, cache_
     logs = []
     fit(cfg, data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, evaluate_test=False, log=logs.append)
     assert "teacher outputs: looked up in the shared cache" in logs
+    # outputs computed under bf16 autocast (a GPU driver's) are not an fp32 run's teacher
+    bf16 = dataclasses.replace(outputs, amp=True)
+    logs = []
+    fit(cfg, data=digits, teacher=teacher, teacher_outputs=bf16, measure_speed=False, evaluate_test=False, log=logs.append)
+    assert "teacher outputs: computed live every step" in logs
 
 
 def test_at_uses_cached_attention_maps(digits, cache_dir):
