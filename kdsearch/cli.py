@@ -136,7 +136,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from kdsearch.sweeper import SweepOptions, run_sweep
 
-    if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
+    if (args.gpus_per_trial is not None and args.gpus_per_trial < 0) or args.cpus_per_trial <= 0:
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 share a GPU)")
     overrides = parse_assignments(args.fixed)
     if args.data_dir:
@@ -155,6 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         smoke=args.smoke,
         verbose=0 if args.quiet else 1,
         warm_start=args.warm_start,
+        shared_storage=args.shared_storage,
     )
     summary = run_sweep(args.space, opts, log=_log(args.quiet))
     print(format_sweep_summary(summary))
@@ -316,9 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
     sweep.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as resources allow)")
     sweep.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
-    sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial; fractions share a GPU (default 0)")
+    sweep.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial; fractions share a GPU (default: 1 when the Ray cluster has GPUs, else 0)",
+    )
     sweep.add_argument("--address", help="join a Ray cluster: auto, or ray://HOST:PORT (default: a local Ray)")
     sweep.add_argument("--storage", help="folder or URI for trial results and checkpoints (default ./sweeps)")
+    sweep.add_argument(
+        "--shared-storage", action="store_true", help="the --storage folder is mounted on every node of the Ray cluster"
+    )
     sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
     sweep.add_argument("--name", help="sweep name, also the MLflow experiment (default: the file's name)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name and storage")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import io
 import itertools
 import json
@@ -21,6 +22,7 @@ import signal
 import socket
 import sys
 import tempfile
+import warnings
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +42,7 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 import ray  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
@@ -296,15 +299,18 @@ def _scheduler(spec: SweepSpec, max_epochs: int):
 
 
 def _payload(data: DatasetSplits) -> dict:
-    return {
-        k: getattr(data, k)
-        for k in ("name", "train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "class_names", "multilabel", "mean", "std")
-    }
+    """What trials get of the data: numpy arrays, which Ray's object store hands to every worker
+    of a node without a copy; no test images (trials select on validation; the driver tests)."""
+    out = {k: getattr(data, k) for k in ("name", "class_names", "multilabel", "mean", "std")}
+    out.update({k: getattr(data, k).numpy() for k in ("train_x", "train_y", "val_x", "val_y")})
+    out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())
+    return out
 
 
 def _unpack(payload: dict) -> DatasetSplits:
-    # Objects from the store can be read-only; training wants its own writable copy.
-    values = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in payload.items()}
+    with warnings.catch_warnings():  # read-only views of the object store: training only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        values = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in payload.items()}
     return DatasetSplits(**values)
 
 
@@ -385,9 +391,26 @@ def _trial(
     threads: int,
     teacher_outputs=None,
     static_by_architecture: dict | None = None,
+    gpu_share: float = 0.0,
 ) -> None:
+    try:
+        _run_trial(sampled, spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share)
+    finally:
+        # A reused actor runs the next trial: nothing of this one may stay (GPU memory, graphs).
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+
+def _run_trial(sampled, spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share):
     data = _unpack(data_payload)
     cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads)
+    gpus = ray.get_gpu_ids()
+    if not gpus and cfg.device == "auto":
+        cfg = dataclasses.replace(cfg, device="cpu")  # no GPU of its own: never another trial's
+    if gpus and gpu_share < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(gpu_share)  # a fractional trial keeps to its share
     teacher = _unpack_teacher(teacher_payload) if teacher_payload is not None else None
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -470,6 +493,47 @@ class _ForwardResults(tune.Callback):
         self.tracker.trial_finished(trial.trial_id, "FAILED", error=str(getattr(trial, "error_msg", "") or "")[:500])
 
 
+def gpu_elsewhere(device: str) -> bool:
+    """Whether this driver has no GPU for ``device`` while the Ray cluster has GPUs."""
+    if device == "cpu" or torch.cuda.is_available():
+        return False
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def run_on_a_gpu(fn: Callable, *args):
+    """``fn(*args)`` as a Ray task holding one GPU of the cluster; returns its result and the node it ran on."""
+
+    def task(*a):
+        return fn(*a), ray.get_runtime_context().get_node_id()
+
+    try:
+        result, node = ray.get(ray.remote(num_gpus=1, max_retries=0)(task).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None  # the one line, as if it had run here
+        raise
+    return (*result, node)
+
+
+def gpus_per_trial_default(gpus_per_trial: float | None) -> float:
+    """None: one GPU per trial when the cluster has GPUs, else none (Ray leaves a GPU-less
+    trial's CUDA_VISIBLE_DEVICES alone, so trials without a GPU of their own are kept off them)."""
+    if gpus_per_trial is not None:
+        return gpus_per_trial
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def check_storage(storage: str, shared: bool) -> None:
+    """A local --storage exists on this machine only: on a cluster of several nodes a trial on
+    another node fails at its first checkpoint, unless every node mounts the folder."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if "://" not in storage and len(nodes) > 1 and not shared:
+        raise UserError(
+            f"--storage {storage} is a folder on this machine but the Ray cluster has {len(nodes)} nodes: pass "
+            "--storage s3://bucket/path (or gs://...), or --shared-storage if every node mounts that folder"
+        )
+
+
 def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
     total = ray.cluster_resources()
     if gpus_per_trial > total.get("GPU", 0):
@@ -489,7 +553,8 @@ def run_trials(
     name: str,
     resume: bool,
     cpus_per_trial: float = 1,
-    gpus_per_trial: float = 0,
+    gpus_per_trial: float | None = None,
+    shared_storage: bool = False,
     max_concurrent: int | None = None,
     tracker=None,
     verbose: int = 1,
@@ -500,7 +565,9 @@ def run_trials(
     """Run (or resume) the sweep in ``storage/name`` and return every trial. ``stop_check`` is
     asked every second while the trials run; a reason it returns stops them gracefully (state
     saved, resumable) and raises ``TrialsStopped``."""
+    gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
     check_resources(cpus_per_trial, gpus_per_trial)
+    check_storage(storage, shared_storage)
     epochs = spec.example_config().epochs
     teacher_payload = _teacher_payload(teacher) if teacher is not None else None
     trainable = tune.with_parameters(
@@ -511,6 +578,7 @@ def run_trials(
         threads=max(1, math.ceil(cpus_per_trial)),
         teacher_outputs=teacher_outputs,
         static_by_architecture=architecture_metrics(spec, data),
+        gpu_share=gpus_per_trial,
     )
     trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     path = os.path.join(storage, name)

@@ -37,7 +37,8 @@ class SweepOptions:
     num_samples: int | None = None
     max_concurrent: int | None = None
     cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
+    gpus_per_trial: float | None = None  # None: one per trial when the cluster has GPUs
+    shared_storage: bool = False  # a local --storage that every node of a cluster mounts
     address: str | None = None
     storage: str | None = None
     tracking_uri: str | None = None
@@ -342,6 +343,8 @@ class Shared:
 
 
 def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[str], None]) -> Shared:
+    from kdsearch import ray_trials
+
     spec = plan.spec
     base = spec.example_config()
     manifest = {
@@ -371,14 +374,37 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     fixed = spec.fixed_config()
     if opts.teacher is not None:
         teacher = given_teacher(opts.teacher, fixed, data)
+        outputs = compute_shared_outputs(teacher, data, fixed, log) if opts.teacher_cache else None
+    elif not needs_teacher(spec):
+        teacher, outputs = None, None
+    elif ray_trials.gpu_elsewhere(fixed.device):
+        # A head node without a GPU: train (or load) the teacher and compute its outputs on a
+        # cluster GPU, not on the driver's CPU while the GPUs idle.
+        teacher, outputs, node = ray_trials.run_on_a_gpu(teacher_and_outputs, fixed, data, opts.teacher_cache)
+        keep_local_copy(teacher, data)
+        log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
     else:
-        teacher = get_teacher(fixed, data, log=log) if needs_teacher(spec) else None
-    outputs = compute_shared_outputs(teacher, data, fixed, log) if teacher is not None and opts.teacher_cache else None
+        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log)
     log(
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
     )
     return Shared(data, teacher, outputs, manifest, guard)
+
+
+def teacher_and_outputs(cfg, data, cache_outputs: bool, log: Callable[[str], None] = lambda _: None):
+    """The sweep's teacher and, within the budget, its outputs for every view (moved to the CPU)."""
+    teacher = get_teacher(cfg, data, log=log)
+    outputs = compute_shared_outputs(teacher, data, cfg, log) if cache_outputs else None
+    teacher.model.cpu()
+    return teacher, outputs
+
+
+def keep_local_copy(teacher: Teacher, data) -> None:
+    """A teacher trained on another node was cached on that node's disk: cache it here too, so
+    that best/config.yaml's teacher_checkpoint exists where the sweep's results are."""
+    if teacher.path is not None and not Path(teacher.path).is_file() and teacher.spec is not None:
+        save_checkpoint(teacher.path, teacher.model, teacher.spec, dataset=data.info(), metrics=teacher.metrics)
 
 
 @dataclass
@@ -548,6 +574,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
             resume=opts.resume,
             cpus_per_trial=opts.cpus_per_trial,
             gpus_per_trial=opts.gpus_per_trial,
+            shared_storage=opts.shared_storage,
             max_concurrent=opts.max_concurrent,
             tracker=tracker,
             verbose=opts.verbose,

@@ -1,6 +1,7 @@
 """A two-node Ray cluster on this machine (Ray's own cluster utility): trials run on both
 nodes, and killing the worker node mid-trial moves its trial to the survivor, from its checkpoint."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -75,7 +76,11 @@ search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
             verbose=0,
             register=False,
         )
-        summary = run_sweep(space, opts, log=lambda _: None)
+        # a folder on this machine, two nodes: refused before any trial unless every node mounts it
+        with pytest.raises(UserError, match=r"is a folder on this machine but the Ray cluster has 2 nodes: pass --storage s3://"):
+            run_sweep(space, dataclasses.replace(opts, name="local"), log=lambda _: None)
+        assert not list((tmp_path / "s").glob("local/trial_*"))
+        summary = run_sweep(space, dataclasses.replace(opts, shared_storage=True), log=lambda _: None)
     finally:
         killer.join(timeout=5)
         cluster.shutdown()
@@ -191,3 +196,53 @@ search: {{sampler: grid, scheduler: fifo}}
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "kdsearch: error: mynets has no 'big_cnn' (for mynets:big_cnn): it defines small_cnn"
     ]
+
+
+def test_trials_ask_for_one_gpu_by_default_when_the_cluster_has_gpus():
+    # With the default, a cluster with GPUs gives each trial one of its own (and a trial without a
+    # GPU trains on the CPU, never on a GPU it was not given); a cluster without GPUs asks for none.
+    from kdsearch.ray_trials import gpus_per_trial_default
+
+    for gpus, expected in ((2, 1.0), (0, 0.0)):
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": gpus, "object_store_memory": 100 * 1024**2}
+        )
+        try:
+            ray.init(address=cluster.address, log_to_driver=False)
+            assert gpus_per_trial_default(None) == expected and gpus_per_trial_default(0.25) == 0.25
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+
+def test_a_head_without_a_gpu_prepares_the_teacher_on_a_gpu_node(tmp_path):
+    # The driver (head) has no GPU, a worker node declares one: the teacher is trained and its
+    # outputs computed in a Ray task holding that GPU, not on the driver's CPU.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "object_store_memory": 200 * 1024**2})
+    worker = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=200 * 1024**2)
+    space = tmp_path / "t.yaml"
+    space.write_text(f"""
+name: t
+fixed: {{method: kd, dataset: digits, epochs: 1, teacher: resnet8, teacher_epochs: 1, cache_dir: {tmp_path / "cache"}}}
+space:
+  temperature: {{choice: [4.0]}}
+search: {{sampler: grid, scheduler: fifo}}
+""")
+    logs = []
+    try:
+        opts = SweepOptions(
+            address=cluster.address,
+            storage=str(tmp_path / "s"),
+            shared_storage=True,
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+            verbose=0,
+            register=False,
+        )
+        summary = run_sweep(space, opts, log=logs.append)
+    finally:
+        cluster.shutdown()
+    assert any(f"prepared on GPU node {worker.node_id[:8]} (this driver has no GPU)" in line for line in logs), logs
+    assert list((tmp_path / "cache" / "teachers").glob("digits-resnet8-*.pt"))
+    history = next(iter(_epochs_by_trial(tmp_path / "s" / "t").values()))
+    assert history[-1]["trial/gpu_ids"] == "0"  # and the trial, by default, asked for the GPU
+    assert set(summary.table["status"]) == {"ok"}
