@@ -88,13 +88,32 @@ class TeacherOutputs:
             and self.teacher_fingerprint == weights_fingerprint(teacher)
         )
 
-    def to(self, device: torch.device) -> TeacherOutputs:
-        moved = [a.to(device) for a in self.attention] if self.attention is not None else None
-        return dataclasses.replace(self, logits=self.logits.to(device), attention=moved)
+    def for_device(self, device: torch.device) -> TeacherOutputs:
+        """Kept in host memory (pinned for a GPU, so each epoch's slice copies asynchronously):
+        only one epoch at a time goes to the device (``epoch_on``), not all of them."""
+        if device.type != "cuda":
+            return self
+        pinned = [a.pin_memory() for a in self.attention] if self.attention is not None else None
+        return dataclasses.replace(self, logits=self.logits.pin_memory(), attention=pinned)
+
+    def epoch_on(self, epoch: int, device: torch.device) -> EpochOutputs:
+        maps = [a[epoch].to(device, non_blocking=True) for a in self.attention] if self.attention is not None else None
+        return EpochOutputs(self.logits[epoch].to(device, non_blocking=True), maps)
 
     def lookup(self, epoch: int, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        logits = self.logits[epoch].index_select(0, idx).float()
-        maps = [a[epoch].index_select(0, idx).float() for a in self.attention] if self.attention is not None else None
+        return self.epoch_on(epoch, idx.device).lookup(idx)
+
+
+@dataclass
+class EpochOutputs:
+    """One epoch's teacher outputs on the training device."""
+
+    logits: torch.Tensor  # (N, outputs), fp16
+    attention: list[torch.Tensor] | None
+
+    def lookup(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        logits = self.logits.index_select(0, idx).float()
+        maps = [a.index_select(0, idx).float() for a in self.attention] if self.attention is not None else None
         return logits, maps
 
 
@@ -136,21 +155,30 @@ def compute_teacher_outputs(
     logits_out, maps_out = None, None
     for epoch in range(epochs):
         dy, dx, flips = (t.to(device) for t in view_params(n, seed, epoch, crop_pad, flip))
+        epoch_logits, epoch_maps = None, None  # one epoch gathered on the device, then one copy to the host
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             x = train.normalise(train.augmented(every[sl], dy[sl], dx[sl], flips[sl]))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits, features = forward(x)
-            if logits_out is None:
-                logits_out = torch.empty(epochs, n, logits.shape[1], dtype=torch.float16)
-                if attention:
-                    maps_out = [torch.empty(epochs, n, *f.shape[-2:], dtype=torch.float16) for f in features]
-            logits_out[epoch, sl] = logits.float().cpu().half()
+            if epoch_logits is None:
+                epoch_logits = torch.empty(n, logits.shape[1], dtype=torch.float16, device=device)
+                epoch_maps = (
+                    [torch.empty(n, *f.shape[-2:], dtype=torch.float16, device=device) for f in features] if attention else None
+                )
+            epoch_logits[sl] = logits.half()
             if attention:
-                for store, f in zip(maps_out, features):
+                for store, f in zip(epoch_maps, features):
                     # Normalised now (values in [0, 1], safe in fp16); AT's pooling is linear and it
                     # normalises again, so this is exactly the live computation.
-                    store[epoch, sl] = normalised_attention(f, CACHED_ATTENTION_P).cpu().half()
+                    store[sl] = normalised_attention(f, CACHED_ATTENTION_P).half()
+        if logits_out is None:
+            logits_out = torch.empty(epochs, *epoch_logits.shape, dtype=torch.float16)
+            maps_out = [torch.empty(epochs, *m.shape, dtype=torch.float16) for m in epoch_maps] if attention else None
+        logits_out[epoch] = epoch_logits.cpu()
+        if attention:
+            for store, m in zip(maps_out, epoch_maps):
+                store[epoch] = m.cpu()
     forward.close()
     return TeacherOutputs(
         logits_out,

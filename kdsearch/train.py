@@ -105,7 +105,7 @@ class Run:
     scheduler: object
     student_forward: Callable
     teacher_forward: Callable | None  # None: no teacher, or its outputs are looked up
-    teacher_outputs: object | None  # kdsearch.teacher_outputs.TeacherOutputs on the device
+    teacher_outputs: object | None  # kdsearch.teacher_outputs.TeacherOutputs (host memory)
     taps: list[Forward]  # the feature readers behind the forwards, closed when training ends
 
 
@@ -190,7 +190,7 @@ def build_run(
     if outputs is not None and not outputs.fits(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher), amp):
         outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
     if outputs is not None:
-        outputs = outputs.to(device)  # lookups then stay on the training device
+        outputs = outputs.for_device(device)  # host memory; one epoch at a time on the device
     elif teacher_model is not None:
         teacher_model.to(device, memory_format=memory_format).eval()
         for p in teacher_model.parameters():  # (a TorchScript module has no requires_grad_)
@@ -276,12 +276,13 @@ def train_epoch(run: Run, epoch: int) -> dict:
     run.method.train()
     sums: dict[str, torch.Tensor] = {}
     steps = 0
+    looked_up = run.teacher_outputs.epoch_on(epoch, run.device) if run.teacher_outputs is not None else None
     for x, y, idx in run.train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.flip):
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             student_out = Outputs(*run.student_forward(x))
             teacher_out = None
-            if run.teacher_outputs is not None:
-                logits, maps = run.teacher_outputs.lookup(epoch, idx)
+            if looked_up is not None:
+                logits, maps = looked_up.lookup(idx)
                 teacher_out = Outputs(logits, [], maps)
             elif run.teacher_forward is not None:
                 with torch.no_grad():
