@@ -486,7 +486,7 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
     return _guard_mlflow(mirror, plan.tracking_uri, plan.name)
 
 
-def _warm_start(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]) -> None:
+def _warm_start(plan: SweepPlan, opts: SweepOptions, shared: Shared, log: Callable[[str], None]) -> None:
     from kdsearch import ray_trials
     from kdsearch.sweep_folder import resolve_sweep
 
@@ -499,7 +499,8 @@ def _warm_start(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None])
     told = ray_trials.warm_start(plan.spec, (plan.name, plan.folder.study_db), other.trials(), manifest)
     if told == 0:
         raise UserError(f"--warm-start {opts.warm_start}: it has no finished trial inside this sweep's space to learn from")
-    plan.folder.write_manifest({**plan.folder.read_manifest(), "warm_start": {"sweep": str(other.path), "trials": told}})
+    shared.manifest["warm_start"] = {"sweep": str(other.path), "trials": told}
+    plan.folder.write_manifest(shared.manifest)
     log(f"warm start: the searcher knows {told} trials of {other.path.name} before its first trial")
 
 
@@ -564,7 +565,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         tracker = start_services(plan, opts)
         shared = prepare_shared(plan, tracker, opts, log)
         if opts.warm_start and not opts.resume:
-            _warm_start(plan, opts, log)
+            _warm_start(plan, opts, shared, log)
         trials = ray_trials.run_trials(
             plan.spec,
             shared.data,
