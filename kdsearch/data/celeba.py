@@ -10,14 +10,12 @@ uint8 array cached beside the data, e.g. ``kdsearch-cache/celeba-64-<key of the 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kdsearch.data.imagefolder import decode_cached
 from kdsearch.data.splits import RawDataset
 from kdsearch.errors import UserError
 
@@ -61,46 +59,11 @@ def read_partition(path: Path) -> dict[str, int]:
     return partition
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            side = min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except OSError as exc:
-        raise UserError(f"cannot decode {path} ({exc}): re-download CelebA") from None
-
-
-def _decode_all(image_dir: Path, files: list[str], size: int) -> np.ndarray:
-    out = np.empty((len(files), 3, size, size), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes outside the GIL
-        for i, arr in enumerate(pool.map(lambda f: _decode(image_dir / f, size), files, chunksize=64)):
-            out[i] = arr
-    return out
-
-
 def _cached_images(root: Path, files: list[str], size: int) -> np.ndarray:
     # Keyed by the image list too: another list (a subset, a new release) is decoded anew.
     key = hashlib.blake2b("\n".join(files).encode(), digest_size=6).hexdigest()
     cache = root / "kdsearch-cache" / f"celeba-{size}-{key}.npy"
-    if cache.is_file():
-        images = np.load(cache, mmap_mode="r")
-        if images.shape == (len(files), 3, size, size):
-            return np.array(images)  # read into memory, writable
-    images = _decode_all(root / "img_align_celeba", files, size)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".tmp", delete=False) as tmp:
-            np.save(tmp, images)
-        os.replace(tmp.name, cache)  # atomic: a killed run never leaves half a cache
-    except OSError:
-        pass  # a read-only data folder only costs decoding again next time
-    return images
+    return decode_cached(cache, [root / "img_align_celeba" / f for f in files], size)
 
 
 def load_celeba(data_dir: Path, download: bool = False, image_size: int = 64, **_: object) -> RawDataset:

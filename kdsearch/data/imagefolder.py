@@ -114,16 +114,19 @@ def _content_key(files: list[Path], size: int) -> str:
     return digest.hexdigest()
 
 
-def _decode_all(root: Path, files: list[Path], size: int) -> np.ndarray:
-    cache = root / "kdsearch-cache" / f"imagefolder-{size}-{_content_key(files, size)}.npy"
+def decode_cached(cache: Path, files: list[Path], size: int) -> np.ndarray:
+    """Every file decoded as RGB at ``size`` into one uint8 (N, 3, size, size) array, read from
+    ``cache`` when it holds that many, else decoded (threads) and written there atomically."""
     if cache.is_file():
         try:
-            return np.load(cache)
+            images = np.load(cache, mmap_mode="r")
+            if images.shape == (len(files), 3, size, size):
+                return np.array(images)  # read into memory, writable
         except (OSError, ValueError):
             pass  # damaged: decode again
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes outside the GIL
-        for i, arr in enumerate(pool.map(lambda f: decode(f, size), files)):
+        for i, arr in enumerate(pool.map(lambda f: decode(f, size), files, chunksize=64)):
             out[i] = arr
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,8 @@ def load_imagefolder(
             f"{root}: {len(files)} images at {image_size}x{image_size} would take {need / 1024**3:.1f} GiB decoded, over the "
             f"{limit / 1024**3:.1f} GiB limit ({source}): use image_size {fits} or less"
         )
-    images = _decode_all(root, files, image_size)
+    cache = root / "kdsearch-cache" / f"imagefolder-{image_size}-{_content_key(files, image_size)}.npy"
+    images = decode_cached(cache, files, image_size)
     if (images[:, 0] == images[:, 1]).all() and (images[:, 0] == images[:, 2]).all():
         images = images[:, :1]  # grey images: one channel
     x = torch.from_numpy(np.ascontiguousarray(images))
