@@ -263,3 +263,15 @@ def test_the_command_line_imports_the_users_module_from_the_current_folder(mynet
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
         "kdsearch: error: mynets has no 'Tiny' (for mynets:Tiny): it defines TinyNet, make_tiny, no_module"
     ]
+
+
+def test_a_sweep_naming_a_model_that_cannot_be_imported_stops_before_ray(mynets, tmp_path):
+    from kdsearch.sweeper import SweepOptions, run_sweep
+
+    space = {"fixed": {"method": "ce", "student": "mynets:BigNet"}, "space": {"lr": {"choice": [0.1]}}}
+    opts = SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0)
+    with pytest.raises(
+        UserError, match=r"^mynets has no 'BigNet' \(for mynets:BigNet\): it defines TinyNet, make_tiny, no_module$"
+    ):
+        run_sweep(space, opts, log=lambda _: None)
+    assert not (tmp_path / "m.db").exists()  # nothing started: no MLflow store, no Ray

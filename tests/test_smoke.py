@@ -36,7 +36,7 @@ def test_the_verdict_names_who_did_not_learn():
 
 @pytest.mark.slow
 def test_smoke_on_data_with_random_labels_fails_in_one_line(tmp_path):
-    write_fashion_mnist(tmp_path / "fm", n_train=400, n_test=40)  # random pixels and labels: nothing can be learned
+    write_fashion_mnist(tmp_path / "fm", n_train=200, n_test=40)  # random pixels and labels: nothing can be learned
     proc = subprocess.run(
         [sys.executable, "-m", "kdsearch", "sweep", "search_spaces/fashion_mnist-kd.yaml", "--smoke", "--quiet",
          "--data-dir", str(tmp_path / "fm"), "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "teacher=resnet8",

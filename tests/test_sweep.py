@@ -237,7 +237,8 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
             assert len(steps) == len(set(steps))  # no epoch logged twice across the interruption
 
     # a new sweep warm-started from this one: its Optuna study holds these 3 trials before its own
-    warm = subprocess.run(cmd + ["--name", "tiny2", "--warm-start", "tiny", "--num-samples", "1"], capture_output=True, text=True)
+    warm_cmd = cmd + ["--name", "tiny2", "--warm-start", "tiny", "--num-samples", "1", "--set", "epochs=2"]
+    warm = subprocess.run(warm_cmd, capture_output=True, text=True)
     assert warm.returncode == 0, warm.stderr[-3000:]
     assert json.loads((storage / "tiny2" / "sweep.json").read_text())["warm_start"]["trials"] == 3
     import optuna
