@@ -144,7 +144,7 @@ def measure_training(size: dict, data: DatasetSplits, device: str) -> tuple[dict
         flip=r.flip,
         attention=False,
         device=torch.device(device),
-        amp=torch.device(device).type == "cuda",
+        amp=bool(r.amp),  # the run's precision: a cache of another one is not used (TeacherOutputs.fits)
     )
     out["cache_build_s"] = time.perf_counter() - started
     out["kd_cached"] = timed_fit(kd, data, memory, "KD, cached teacher", teacher=teacher, teacher_outputs=cache)
