@@ -48,7 +48,7 @@ def test_a_trial_with_settings_that_cannot_work_fails_once_with_its_reason(tmp_p
     space = tmp_path / "bad.yaml"
     space.write_text(f"""
 name: bad
-fixed: {{method: at, dataset: digits, epochs: 2, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: at, dataset: digits, epochs: 2, teacher: resnet8, teacher_epochs: 2, cache_dir: {tmp_path / "cache"}}}
 space:
   weights: {{choice: [[1.0, 1.0], [1.0, 1.0, 1.0]]}}
 search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 0, max_failures: 3}}

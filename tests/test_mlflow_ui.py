@@ -64,7 +64,10 @@ def quickstart(tmp_path_factory):
     proc, url = tracking.start_ui_server(store, port=free_port())
     try:
         # 4 of the quickstart's 8 trials: enough to compare in the UI, half the suite time
-        opts = SweepOptions(storage=str(root / "sweeps"), tracking_uri=url, verbose=0, num_samples=4)
+        # (and a teacher of 10 epochs, not 30: the UI shows the same things)
+        opts = SweepOptions(
+            storage=str(root / "sweeps"), tracking_uri=url, verbose=0, num_samples=4, overrides={"teacher_epochs": 10}
+        )
         os.environ["KDSEARCH_CACHE"] = str(root / "cache")
         summary = run_sweep(QUICKSTART, opts, log=lambda _: None)
         yield url, summary, MlflowClient(url), root
