@@ -16,7 +16,7 @@ from kdsearch import train
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits, load_data
 from kdsearch.methods import check_method, method_class
-from kdsearch.models.imported import import_object, is_import_path
+from kdsearch.models.imported import import_models
 from kdsearch.runtime import resolve_stem, set_threads
 from kdsearch.teachers import Teacher, get_teacher, given_teacher, reference_teacher
 
@@ -48,9 +48,7 @@ def fit(
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     check_method(cfg.method, cfg.method_args)
-    for name in (cfg.student, cfg.teacher):  # the user's models import now, not after a teacher trained
-        if is_import_path(name):
-            import_object(name)
+    import_models((cfg.student, cfg.teacher))  # the user's models import now, not after a teacher trained
     set_threads(cfg.threads)
     if data is None:
         data = load_data(cfg)

@@ -86,9 +86,10 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint describes and load its weights."""
-    payload = read_checkpoint(path)
+def load_model(path: str | Path, payload: dict | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint describes and load its weights (``payload``: the
+    checkpoint already read from ``path``)."""
+    payload = read_checkpoint(path) if payload is None else payload
     spec = payload["model"]
     model = build_from_spec(spec)
     try:

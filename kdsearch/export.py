@@ -134,7 +134,9 @@ def model_card(payload: dict) -> dict:
     }
 
 
-def _normalise(x: torch.Tensor, data: dict) -> torch.Tensor:
+def normalise(x: torch.Tensor, data: dict) -> torch.Tensor:
+    """uint8 images as the model takes them, with ``data``'s ``mean`` and ``std`` (a checkpoint's
+    dataset info, or a model card's ``input.normalisation``)."""
     mean = torch.tensor(data["mean"]).view(1, -1, 1, 1) * 255
     std = torch.tensor(data["std"]).view(1, -1, 1, 1) * 255
     return (x.float() - mean) / std
@@ -148,7 +150,7 @@ def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor
     data, config = payload.get("dataset", {}), payload.get("config", {})
     sample = payload.get("verify")
     if sample is not None and data_dir is None:
-        return _normalise(sample["x"], data), sample["y"], int(sample["of"])
+        return normalise(sample["x"], data), sample["y"], int(sample["of"])
     try:
         splits = load_dataset(
             data["name"],
@@ -160,7 +162,7 @@ def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor
         )
     except (UserError, KeyError) as exc:
         raise UserError(f"cannot load the validation data to verify the export ({exc}); pass --data-dir") from None
-    return _normalise(splits.val_x[:VERIFY_IMAGES], data), splits.val_y[:VERIFY_IMAGES], len(splits.val_x)
+    return normalise(splits.val_x[:VERIFY_IMAGES], data), splits.val_y[:VERIFY_IMAGES], len(splits.val_x)
 
 
 def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Path, data_dir: str | None = None) -> dict:

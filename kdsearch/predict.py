@@ -36,14 +36,13 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 def _torch_predictor(model: torch.nn.Module, card: dict) -> Callable[[np.ndarray], np.ndarray]:
-    norm = card["input"]["normalisation"]
-    mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1) * 255
-    std = torch.tensor(norm["std"]).view(1, -1, 1, 1) * 255
+    from kdsearch.export import normalise
+
     multilabel = card["task"].startswith("multi-label")
 
     def run(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            logits = model.eval()((torch.from_numpy(images).float() - mean) / std).double()
+            logits = model.eval()(normalise(torch.from_numpy(images), card["input"]["normalisation"])).double()
         return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).numpy()
 
     return run

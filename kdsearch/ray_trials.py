@@ -48,15 +48,14 @@ from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from kdsearch.checkpoint import build_from_spec, model_spec, save_checkpoint  # noqa: E402
+from kdsearch.checkpoint import build_from_spec, save_checkpoint  # noqa: E402
 from kdsearch.compression import compression_report  # noqa: E402
 from kdsearch.data import DatasetSplits  # noqa: E402
 from kdsearch.errors import UserError  # noqa: E402
 from kdsearch.search_space import SweepSpec  # noqa: E402
-from kdsearch.runtime import resolve_stem  # noqa: E402
 from kdsearch.sweep_folder import TrialRecord  # noqa: E402
 from kdsearch.teachers import Teacher  # noqa: E402
-from kdsearch.train import TrainingDiverged, fit  # noqa: E402
+from kdsearch.train import TrainingDiverged, fit, student_spec  # noqa: E402
 
 STATE_FILE = "state.pt"  # full training state, to resume the trial
 STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
@@ -65,7 +64,7 @@ STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
 def user_code(spec: SweepSpec) -> list[str]:
     """The files and folders of the user's own models (import paths) that are not installed:
     sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
-    from kdsearch.models.imported import import_object, is_import_path, module_file
+    from kdsearch.models.imported import import_models, module_file
 
     base = spec.example_config()
     names = {base.student, base.teacher}
@@ -73,9 +72,7 @@ def user_code(spec: SweepSpec) -> list[str]:
         dist = spec.space.get(key)
         if dist is not None and dist["kind"] == "choice":
             names.update(dist["args"])
-    own = [n for n in names if isinstance(n, str) and is_import_path(n)]
-    for name in own:
-        import_object(name)  # a name that cannot be imported: one line, before any trial starts
+    own = import_models(names)  # a name that cannot be imported: one line, before any trial starts
     paths = {module_file(n) for n in own}
     return sorted(str(p) for p in paths if p is not None)
 
@@ -340,23 +337,16 @@ def _unpack_teacher(t: dict) -> Teacher:
     return Teacher(model, t["arch"], t["metrics"], None, t["spec"])
 
 
-def _static_metrics(student_spec: dict, data: DatasetSplits, needs_latency: bool) -> dict:
+def _static_metrics(architecture: dict, data: DatasetSplits, needs_latency: bool) -> dict:
     """Size metrics of the student architecture (constant over training), reported each epoch
     so that Optuna can optimise them alongside accuracy."""
     report = compression_report(
-        build_from_spec(student_spec), None, (data.in_channels, *data.image_size), measure_speed=needs_latency
+        build_from_spec(architecture), None, (data.in_channels, *data.image_size), measure_speed=needs_latency
     )
     return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
 
 
 _ARCHITECTURE_KEYS = ("student", "student_width", "student_args", "stem")
-
-
-def _student_spec(cfg, data: DatasetSplits) -> dict:
-    stem = resolve_stem(cfg.stem, data.image_size)
-    return model_spec(
-        cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args, cfg.features.get("student")
-    )
 
 
 def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict]:
@@ -375,7 +365,7 @@ def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict
     out = {}
     for combo in itertools.product(*choices.values()):
         drawn = {k: v for k, v in zip(_ARCHITECTURE_KEYS, combo) if v is not None}
-        student = _student_spec(spec.trial_config({**first, **drawn}), data)
+        student = student_spec(spec.trial_config({**first, **drawn}), data)
         key = json.dumps(student, sort_keys=True)
         if key not in out:
             out[key] = _static_metrics(student, data, needs_latency)
@@ -417,10 +407,10 @@ def _run_trial(sampled, spec, data_payload, teacher_payload, threads, teacher_ou
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    student_spec = _student_spec(cfg, data)
-    static = dict((static_by_architecture or {}).get(json.dumps(student_spec, sort_keys=True)) or {})
+    own_spec = student_spec(cfg, data)
+    static = dict((static_by_architecture or {}).get(json.dumps(own_spec, sort_keys=True)) or {})
     if not static:
-        static = _static_metrics(student_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
+        static = _static_metrics(own_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
     static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
     static["trial/gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())  # the GPUs Ray gave it ("" for none)
     info = data.info()
@@ -429,7 +419,7 @@ def _run_trial(sampled, spec, data_payload, teacher_payload, threads, teacher_ou
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state.training_state(), Path(folder) / STATE_FILE)
             save_checkpoint(
-                Path(folder) / STUDENT_FILE, state.student, student_spec, dataset=info, metrics=metrics, config=cfg.to_dict()
+                Path(folder) / STUDENT_FILE, state.student, own_spec, dataset=info, metrics=metrics, config=cfg.to_dict()
             )
             tune.report({**metrics, **static}, checkpoint=tune.Checkpoint.from_directory(folder))
 

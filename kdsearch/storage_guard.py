@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 from kdsearch.errors import UserError
-from kdsearch.runtime import resolve_stem
 from kdsearch.search_space import SweepSpec
 
 
@@ -16,14 +15,14 @@ def trial_bytes(spec: SweepSpec, data) -> int:
     momentum for all of them), and its logs."""
     from torch import nn
 
+    from kdsearch.checkpoint import build_from_spec
     from kdsearch.methods import Objective, build_method
-    from kdsearch.models import build_model
+    from kdsearch.train import student_spec
 
     cfg = spec.example_config()
-    stem = resolve_stem(cfg.stem, data.image_size)
 
     def student() -> nn.Module:
-        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args)
+        return build_from_spec(student_spec(cfg, data))
 
     def nbytes(module: nn.Module) -> int:
         return sum(t.numel() * t.element_size() for t in module.state_dict().values())

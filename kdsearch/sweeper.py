@@ -216,6 +216,7 @@ class SweepPlan:
     tracking_uri: str
     overrides: dict  # fixed settings given on the command line
     lock: SweepLock  # held from planning to the end of the sweep
+    user_code: list[str]  # the user's model modules, imported while planning, sent to the Ray workers
 
     @property
     def local(self) -> bool:
@@ -255,6 +256,8 @@ def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, over
                 "drop --set/--data-dir to continue with the recorded ones"
             )
         overrides = recorded
+    from kdsearch.ray_trials import user_code
+
     spec = apply_options(load_sweep(path, overrides), opts)
     plan = SweepPlan(
         spec,
@@ -266,10 +269,8 @@ def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, over
         opts.tracking_uri or tracking.default_tracking_uri(),
         overrides,
         lock,
+        user_code(spec),  # the user's models import here, or the sweep stops now with one line
     )
-    from kdsearch.ray_trials import user_code
-
-    user_code(spec)  # the user's models import here, or the sweep stops now with one line
     if plan.local and opts.resume and not Path(sweep_dir).exists():
         raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
     if plan.local and not opts.resume and Path(sweep_dir).exists():
@@ -322,7 +323,7 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     setup_thread = threading.Thread(target=start_tracking, name="kdsearch-mlflow-start", daemon=True)
     setup_thread.start()
     try:
-        ray_trials.start_ray(opts.address, quiet=opts.verbose < 2, py_modules=ray_trials.user_code(plan.spec))
+        ray_trials.start_ray(opts.address, quiet=opts.verbose < 2, py_modules=plan.user_code)
     finally:
         setup_thread.join()  # a cluster that cannot be reached: never leave MLflow half set up
     if "error" in failed:

@@ -100,9 +100,6 @@ class TeacherOutputs:
         maps = [a[epoch].to(device, non_blocking=True) for a in self.attention] if self.attention is not None else None
         return EpochOutputs(self.logits[epoch].to(device, non_blocking=True), maps)
 
-    def lookup(self, epoch: int, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        return self.epoch_on(epoch, idx.device).lookup(idx)
-
 
 @dataclass
 class EpochOutputs:

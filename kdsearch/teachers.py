@@ -61,7 +61,7 @@ def teacher_training_config(cfg: TrainConfig) -> TrainConfig:
     execution settings. Nothing of the student's optimisation enters it."""
     same = ("dataset", "data_dir", "download", "image_size", "data_memory_gb", "val_fraction", "split_seed", "train_subset")
     execution = ("device", "amp", "channels_last", "compile", "threads", "eval_batch_size", "cache_dir", "stem")
-    arch = pretrained_arch(cfg.teacher) if cfg.teacher_weights else cfg.teacher
+    arch = teacher_arch(cfg)
     return TrainConfig(
         method="ce",
         **{name: getattr(cfg, name) for name in (*same, *execution)},
@@ -80,11 +80,15 @@ def teacher_training_config(cfg: TrainConfig) -> TrainConfig:
     )
 
 
+def teacher_arch(cfg: TrainConfig) -> str:
+    """The teacher's architecture: torchvision's own when its pretrained weights are named."""
+    return pretrained_arch(cfg.teacher) if cfg.teacher_weights else cfg.teacher
+
+
 def teacher_spec(cfg: TrainConfig, data: DatasetSplits) -> dict:
-    """The teacher's architecture for this data (torchvision's own when its weights are named)."""
-    arch = pretrained_arch(cfg.teacher) if cfg.teacher_weights else cfg.teacher
+    """How to build the teacher for this data."""
     stem = resolve_stem(cfg.stem, data.image_size)
-    return model_spec(arch, data.num_outputs, data.in_channels, stem, cfg.teacher_width, cfg.teacher_args)
+    return model_spec(teacher_arch(cfg), data.num_outputs, data.in_channels, stem, cfg.teacher_width, cfg.teacher_args)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -107,8 +111,8 @@ def teacher_cache_path(cfg: TrainConfig, data: DatasetSplits, start: str = "scra
     return root / "teachers" / f"{data.name}-{arch}-seed{cfg.teacher_seed}-{digest}.pt"
 
 
-def load_teacher_checkpoint(path: str | Path, data: DatasetSplits) -> tuple[nn.Module, dict]:
-    model, payload = load_model(path)
+def load_teacher_checkpoint(path: str | Path, data: DatasetSplits, payload: dict | None = None) -> tuple[nn.Module, dict]:
+    model, payload = load_model(path, payload)
     spec = payload["model"]
     trained_on = payload.get("dataset", {}).get("name", "an unknown dataset")
     if spec["num_outputs"] != data.num_outputs:
@@ -200,7 +204,7 @@ def _start(cfg: TrainConfig, data: DatasetSplits) -> tuple[nn.Module, dict | Non
         if kind == "torchscript":
             return content, None, "torchscript", False
         if kind == "kdsearch":
-            model, payload = load_teacher_checkpoint(path, data)  # fits, or a one-line error saying why not
+            model, payload = load_teacher_checkpoint(path, data, content)  # fits, or a one-line error saying why not
             return model, payload["model"], "kdsearch", False
         model = build_from_spec(spec)
         return model, spec, f"file:{file_sha256(path)}", load_weights(model, content, f"teacher checkpoint {path}")

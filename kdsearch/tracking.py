@@ -375,7 +375,7 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     from kdsearch.checkpoint import load_model
-    from kdsearch.export import CARD, FILES, export_student
+    from kdsearch.export import CARD, FILES, export_student, normalise
     from kdsearch.serving import MLFLOW_MODEL_CODE
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -404,10 +404,7 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
                 input_example=example,
                 registered_model_name=name,
             )
-            norm = card["input"]["normalisation"]
-            mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1) * 255
-            std = torch.tensor(norm["std"]).view(1, -1, 1, 1) * 255
-            floats = ((sample[:2].float() - mean) / std).numpy()  # this flavour takes normalised floats
+            floats = normalise(sample[:2], card["input"]["normalisation"]).numpy()  # this flavour takes normalised floats
             mlflow.pytorch.log_model(
                 model.eval(), name="pytorch_student", pip_requirements=["torch", "kdsearch"], input_example=floats
             )

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdsearch.checkpoint import model_spec, save_checkpoint
+from kdsearch.checkpoint import build_from_spec, model_spec, save_checkpoint
 from kdsearch.compression import compression_report
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
@@ -26,7 +26,7 @@ from kdsearch.data.pipeline import DeviceData
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Method, Objective, Outputs, build_method
-from kdsearch.models import build_model, feature_names
+from kdsearch.models import feature_names
 from kdsearch.models.imported import head_name
 from kdsearch.models.taps import Forward, feature_forward
 from kdsearch.runtime import resolve_device, resolve_stem, set_threads
@@ -148,6 +148,14 @@ def parameter_groups(cfg: TrainConfig, student: nn.Module, method: nn.Module) ->
     return groups
 
 
+def student_spec(cfg: TrainConfig, data: DatasetSplits) -> dict:
+    """How to build ``cfg``'s student for ``data`` (what its checkpoints record)."""
+    stem = resolve_stem(cfg.stem, data.image_size)
+    return model_spec(
+        cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args, cfg.features.get("student")
+    )
+
+
 def build_run(
     cfg: TrainConfig,
     data: DatasetSplits,
@@ -160,21 +168,12 @@ def build_run(
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.preserve_format
-    stem = resolve_stem(cfg.stem, data.image_size)
 
     torch.manual_seed(cfg.seed)
-    spec = model_spec(
-        cfg.student,
-        data.num_outputs,
-        data.in_channels,
-        stem,
-        cfg.student_width,
-        cfg.student_args,
-        cfg.features.get("student"),
-    )
+    spec = student_spec(cfg, data)
 
     def make_student() -> nn.Module:
-        return build_model(cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args)
+        return build_from_spec(spec)
 
     student = initial_student if initial_student is not None else make_student()
     method = build_method(
@@ -243,7 +242,7 @@ def check_features(forward: Forward, role: str, data: DatasetSplits, device, mem
     model.eval()  # batch norm must not learn from the probe
     with torch.no_grad():
         x = torch.zeros(2, data.in_channels, *data.image_size, device=device).contiguous(memory_format=memory_format)
-        _, features = forward(x.float())
+        _, features = forward(x)
     model.train(was_training)
     where = f"its top-level modules are {', '.join(top_level_names(model))}"
     if not features:

@@ -32,7 +32,7 @@ def test_cached_outputs_equal_the_live_teacher_for_the_same_views(digits):
         x, _, idx = next(iter(train.train_batches(64, seed=3, epoch=epoch, flip=True)))
         with torch.no_grad():
             logits, features = teacher.forward_with_features(x)
-        cached_logits, cached_maps = cache.lookup(epoch, idx)
+        cached_logits, cached_maps = cache.epoch_on(epoch, idx.device).lookup(idx)
         assert torch.allclose(cached_logits, logits, atol=2e-2, rtol=2e-3)  # fp16 storage
         for cached, f in zip(cached_maps, features):
             live = torch.nn.functional.normalize(attention_map(f).flatten(1), dim=1)

@@ -53,6 +53,15 @@ def import_object(path: str):
     return obj
 
 
+def import_models(names) -> list[str]:
+    """Import every import path among ``names`` now (a one-line error for the first that fails);
+    returns those paths."""
+    own = sorted({n for n in names if isinstance(n, str) and is_import_path(n)})
+    for name in own:
+        import_object(name)
+    return own
+
+
 def module_file(path: str) -> Path | None:
     """Where the top-level package or module of an import path lives, if it is not installed
     (not under site-packages): what a Ray cluster's workers must be sent."""
