@@ -224,9 +224,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     result = build_report(folder.path, Path(args.out) if args.out else None)
     manifest = result["manifest"]
     logged = ""
+    if folder.uri is not None and not args.out:
+        folder.publish(result["files"])
+        logged = f" (also to {folder.uri}/report)"
     if not args.no_mlflow and manifest.get("parent_run_id"):
         tracking.log_report_to_run(manifest["parent_run_id"], args.tracking_uri or manifest["tracking_uri"], result["files"])
-        logged = f" and to MLflow run {manifest['parent_run_id']}"
+        logged += f" and to MLflow run {manifest['parent_run_id']}"
     print(f"report of {manifest['name']} ({len(result['table'])} trials) written to {result['out']}{logged}:")
     for path in result["files"]:
         print(f"  {path.name}")
@@ -242,7 +245,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
     result = sync_sweep(folder, args.tracking_uri, log=_log(False))
     print(
-        f"synced {result['trials']} trials of {folder.path} to {result['tracking_uri']} "
+        f"synced {result['trials']} trials of {folder.location} to {result['tracking_uri']} "
         f"({result['epochs_added']} epochs were missing); parent run {result['parent_run_id']}"
     )
     return 0
@@ -341,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the best student of a sweep, verified, with a model card")
     export.add_argument(
         "source",
-        help="a sweep folder, a sweep name, an MLflow parent run id, a student .pt checkpoint, or models:/<name>@<alias>",
+        help="a sweep folder or URI (s3://...), a sweep name, an MLflow parent run id, a student .pt checkpoint, or models:/<name>@<alias>",
     )
     export.add_argument(
         "--format",
@@ -369,14 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     report = sub.add_parser("report", help="table and plots of a sweep's trials, also logged to its MLflow parent run")
-    report.add_argument("source", help="a sweep folder, a sweep name or an MLflow parent run id")
+    report.add_argument("source", help="a sweep folder or URI (s3://...), a sweep name or an MLflow parent run id")
     report.add_argument("--out", help="folder for the table and plots (default <sweep>/report)")
     _add_source_flags(report)
     report.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     report.set_defaults(func=cmd_report)
 
     sync = sub.add_parser("sync", help="push a sweep's results to MLflow after the tracking server was down")
-    sync.add_argument("source", help="a sweep folder or a sweep name")
+    sync.add_argument("source", help="a sweep folder or URI (s3://...), or a sweep name")
     _add_source_flags(sync)
     sync.set_defaults(func=cmd_sync)
 

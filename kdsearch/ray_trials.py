@@ -214,7 +214,11 @@ def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None):
     elif s.sampler == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, s.num_samples // 2)))
     else:
-        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials())
+        sampler = optuna.samplers.TPESampler(
+            seed=s.seed,
+            n_startup_trials=s.startup_trials(),
+            **({"multivariate": True, "constant_liar": True} if s.multivariate else {}),
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kept = {}
     if study is not None:
@@ -603,7 +607,7 @@ def run_trials(
         )
     with _graceful_ctrl_c() as interrupted, _stop_when(stop_check) as stopped:
         grid = tuner.fit()
-    records = [_record(result, spec) for result in grid]
+    records = [_record(result, spec, storage) for result in grid]
     if interrupted.is_set():
         raise TrialsInterrupted(records)
     if stopped:
@@ -684,7 +688,7 @@ def can_resume(path: str) -> bool:
     return tune.Tuner.can_restore(path)
 
 
-def _record(result, spec: SweepSpec) -> TrialRecord:
+def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
     frame = result.metrics_dataframe
     history = frame.to_dict("records") if frame is not None else []
     best = None
@@ -695,6 +699,8 @@ def _record(result, spec: SweepSpec) -> TrialRecord:
     checkpoint = checkpoint or result.checkpoint
     if checkpoint is not None:
         best = checkpoint.path
+        if "://" in storage and "://" not in best:  # pyarrow gives object-store paths without their scheme
+            best = f"{storage.split('://', 1)[0]}://{best.lstrip('/')}"
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
     params = {k: v for k, v in (result.config or {}).items()}
     return TrialRecord(

@@ -67,12 +67,17 @@ def format_sweep_summary(summary, top: int = 5) -> str:
     if summary.pareto:
         lines.append(
             f"Pareto front ({', '.join(o for o, _ in summary.objectives)}): trials {', '.join(summary.pareto)}; "
-            f"export one with `kdsearch export {summary.name} --trial ID`"
+            f"export one with `kdsearch export {summary.sweep_dir if '://' in summary.sweep_dir else summary.name} --trial ID`"
         )
     if summary.smoke_check:
         lines.append(summary.smoke_check)
     if summary.failures:
         lines.append("failed trials: " + "; ".join(f"{t}: {why}" for t, why in summary.failures))
+    if "://" in summary.sweep_dir:
+        lines.append(
+            f"sweep kept in {summary.sweep_dir} (local copy: {summary.out_dir}); "
+            f"report, export and sync read it from there: `kdsearch export {summary.sweep_dir} --out DIR`"
+        )
     lines.append(f"checkpoint: {summary.checkpoint}")
     if (summary.out_dir / "report").is_dir():
         lines.append(f"report (table and plots, also on the MLflow parent run): {summary.out_dir / 'report'}")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from kdsearch import remote
 from kdsearch.errors import UserError
 
 MANIFEST = "sweep.json"
@@ -70,7 +71,17 @@ def _write_atomic(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class SweepFolder:
-    path: Path
+    path: Path  # the sweep folder, or the local mirror of a sweep kept at ``uri``
+    uri: str | None = None  # object storage (s3://...) that holds the sweep; None for a local folder
+
+    def publish(self, files: list[Path]) -> None:
+        """Copy files written into the local mirror of a remote sweep to its URI."""
+        if self.uri is not None:
+            remote.push(self.path, self.uri, [Path(f) for f in files])
+
+    @property
+    def location(self) -> str:
+        return self.uri or str(self.path)
 
     @property
     def best_dir(self) -> Path:
@@ -129,16 +140,18 @@ class SweepFolder:
 
     def trial_checkpoint(self, trial_id: str) -> Path:
         """The student a trial kept (its best epoch's checkpoint, as Tune keeps one a trial)."""
+        if self.uri is not None:
+            remote.pull(self.uri, trial=trial_id)
         found = sorted((self.path / f"trial_{trial_id}").glob("checkpoint_*/student.pt"))
         if not found:
             trials = ", ".join(sorted(p.name.removeprefix("trial_") for p in self.path.glob("trial_*"))) or "none"
-            raise UserError(f"sweep {self.path} has no checkpoint for trial {trial_id!r}: its trials are {trials}")
+            raise UserError(f"sweep {self.location} has no checkpoint for trial {trial_id!r}: its trials are {trials}")
         return found[-1]
 
     def best_checkpoint(self) -> Path:
         if not self.best_student.is_file():
             raise UserError(
-                f"sweep {self.path} has no best checkpoint ({self.best_student} is missing): "
+                f"sweep {self.location} has no best checkpoint ({self.best_student} is missing): "
                 "let the sweep finish, or continue it with --resume"
             )
         return self.best_student
@@ -186,16 +199,32 @@ class SweepLock:
             self._fd = None
 
 
+def remote_sweep(uri: str) -> SweepFolder:
+    """The sweep kept at ``uri`` (s3://bucket/path/name), its small files copied here."""
+    folder = SweepFolder(remote.pull(uri.rstrip("/")), uri.rstrip("/"))
+    if not folder.exists():
+        raise UserError(f"{uri} holds no {MANIFEST}: pass the URI of a sweep written by `kdsearch sweep` (<storage>/<name>)")
+    return folder
+
+
 def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | None = None) -> SweepFolder:
-    """A sweep from a folder, a sweep name (under --storage, default ./sweeps) or an MLflow run id."""
+    """A sweep from a folder, a URI, a sweep name (under --storage, default ./sweeps) or an MLflow run id."""
+    if remote.is_uri(source):
+        return remote_sweep(source)
+    if SweepFolder(Path(source)).exists():
+        return SweepFolder(Path(source))
+    if storage is not None and remote.is_uri(storage) and "/" not in source:
+        return remote_sweep(f"{storage.rstrip('/')}/{source}")
     candidates = [SweepFolder(Path(source)), SweepFolder(Path(storage or Path.cwd() / "sweeps") / source)]
-    for folder in candidates:
-        if folder.exists():
-            return folder
+    if candidates[1].exists():
+        return candidates[1]
     if re.fullmatch(r"[0-9a-f]{32}", source):
         from kdsearch import tracking  # MLflow only when asked for a run id
 
-        folder = SweepFolder(Path(tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri())))
+        sweep_dir = tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri())
+        if remote.is_uri(sweep_dir):
+            return remote_sweep(sweep_dir)
+        folder = SweepFolder(Path(sweep_dir))
         if folder.exists():
             return folder
         raise UserError(

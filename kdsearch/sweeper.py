@@ -27,7 +27,8 @@ from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
 from kdsearch.smoke import smoke_check
 from kdsearch.storage_guard import StorageGuard
-from kdsearch.sweep_folder import SweepFolder, SweepLock, TrialRecord
+from kdsearch import remote
+from kdsearch.sweep_folder import MANIFEST, SweepFolder, SweepLock, TrialRecord
 from kdsearch.teachers import Teacher, file_sha256, get_teacher, given_teacher, reference_teacher
 from kdsearch.train import final_metrics
 
@@ -58,7 +59,7 @@ class SweepOptions:
 class SweepSummary:
     name: str
     sweep_dir: str
-    out_dir: Path  # local folder with best/ (the sweep folder itself for local storage)
+    out_dir: Path  # local folder with best/: the sweep folder, or for a URI its local mirror
     table: object  # pandas.DataFrame, one row per trial, best first
     best_params: dict
     best_config: dict
@@ -81,10 +82,6 @@ class SweepSummary:
     def run_id(self) -> str:
         """The sweep's MLflow parent run."""
         return self.parent_run_id
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
@@ -220,7 +217,7 @@ class SweepPlan:
 
     @property
     def local(self) -> bool:
-        return not _is_uri(self.storage)
+        return not remote.is_uri(self.storage)
 
 
 def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
@@ -229,14 +226,18 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
         overrides["data_dir"] = str(Path(str(overrides["data_dir"])).expanduser().resolve())  # the same data from any folder
     name = check_sweep_name(opts.name) if opts.name is not None else load_sweep(path, overrides).name
     storage = opts.storage or str(Path.cwd() / "sweeps")
-    if not _is_uri(storage):
+    if not remote.is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
         try:
             Path(storage).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the sweep storage {storage} ({exc.strerror}): pass a writable --storage") from None
     sweep_dir = f"{storage.rstrip('/')}/{name}"
-    folder = SweepFolder(Path(sweep_dir) if not _is_uri(storage) else Path.cwd() / "sweeps" / name)
+    if remote.is_uri(storage):
+        remote.check_writable(storage)  # a bucket that is down or missing: one line, before anything trains
+        folder = SweepFolder(remote.mirror_dir(sweep_dir), sweep_dir)
+    else:
+        folder = SweepFolder(Path(sweep_dir))
     lock = SweepLock(folder.path.parent / f".{name}.lock").acquire(name)
     try:
         return _check_plan(path, opts, name, storage, sweep_dir, folder, overrides, lock)
@@ -248,6 +249,8 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
 def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, overrides, lock) -> SweepPlan:
     from kdsearch import tracking
 
+    if opts.resume and folder.uri is not None and remote.exists(sweep_dir):
+        remote.pull(sweep_dir)
     if opts.resume and folder.exists():
         recorded = folder.read_manifest().get("overrides") or {}
         if overrides and overrides != recorded:
@@ -271,12 +274,15 @@ def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, over
         lock,
         user_code(spec),  # the user's models import here, or the sweep stops now with one line
     )
-    if plan.local and opts.resume and not Path(sweep_dir).exists():
+    there = Path(sweep_dir).exists() if plan.local else remote.exists(sweep_dir)
+    if opts.resume and not there:
         raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
-    if plan.local and not opts.resume and Path(sweep_dir).exists():
+    if not opts.resume and there:
         raise UserError(
             f"a sweep named {name!r} already exists in {storage}: add --resume to continue it, or pass another --name"
         )
+    if not plan.local and not opts.resume:
+        shutil.rmtree(folder.path, ignore_errors=True)  # a mirror left by an earlier sweep at this URI
     return plan
 
 
@@ -370,6 +376,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     if guard is not None:
         guard.check_room()
     plan.folder.write_manifest(manifest)
+    plan.folder.publish([plan.folder.path / MANIFEST])
     if guard is not None:
         guard.place()
     fixed = spec.fixed_config()
@@ -429,6 +436,8 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
     produced is written locally first; MLflow only mirrors it."""
     from kdsearch import ray_trials
 
+    if plan.folder.uri is not None:
+        remote.pull(plan.folder.uri)  # the trials' logs, which the report reads
     best_cfg = dataclasses.replace(plan.spec.trial_config(dict(best.params)), threads=None)
     if best_cfg.data_dir is None and best_cfg.dataset != "digits":  # the folder read, so a rerun elsewhere finds it
         from kdsearch.data import default_data_dir
@@ -464,7 +473,11 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
     plan.folder.write_manifest(
         {**shared.manifest, "best_trial": best.trial_id, "best_params": best.params, "best_metrics": metrics}
     )
-    report = build_report(plan.folder.path) if plan.local else None  # the report reads the trial logs in the sweep folder
+    started = time.perf_counter()
+    report = build_report(plan.folder.path)
+    report["seconds"] = time.perf_counter() - started
+    written = [plan.folder.path / MANIFEST, *sorted(p for p in plan.folder.best_dir.iterdir() if p.is_file()), *report["files"]]
+    plan.folder.publish(written + [plan.folder.study_db] * plan.folder.study_db.is_file())
     return Best(best, best_cfg.to_dict(), metrics, checkpoint, model, report)
 
 
@@ -491,7 +504,7 @@ def _warm_start(plan: SweepPlan, opts: SweepOptions, shared: Shared, log: Callab
     from kdsearch import ray_trials
     from kdsearch.sweep_folder import resolve_sweep
 
-    other = resolve_sweep(opts.warm_start, plan.folder.path.parent)
+    other = resolve_sweep(opts.warm_start, plan.storage)
     if other.path.resolve() == plan.folder.path.resolve():
         raise UserError(
             f"--warm-start {opts.warm_start} is this sweep: name a finished one, or use --resume to continue this one"
@@ -525,13 +538,13 @@ def interrupted(plan: SweepPlan, opts: SweepOptions, tracker, exc: BaseException
     if tracker is not None and tracker.parent_id is not None:
         _guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
     total = plan.spec.search.num_samples
-    if plan.local and ray_trials.can_resume(plan.sweep_dir):
+    if _can_resume(plan):
         started = len(exc.records) if isinstance(exc, ray_trials.TrialsInterrupted) else "some"
         return Interrupted(
             f"sweep {plan.name!r} interrupted with {started} of {total} trials started; nothing was finalised: "
             f"continue it with `{resume_command(plan, opts)}`"
         )
-    if plan.local and not opts.resume:
+    if not opts.resume:
         _forget_unstarted(plan, opts, None)
         return Interrupted(
             f"sweep {plan.name!r} interrupted before its trials started; nothing was kept: run the same command again"
@@ -542,12 +555,24 @@ def interrupted(plan: SweepPlan, opts: SweepOptions, tracker, exc: BaseException
 def _forget_unstarted(plan: SweepPlan, opts: SweepOptions, tracker) -> None:
     """A new sweep that stopped before any trial state was saved leaves no folder behind, so
     the same command can simply be run again."""
-    from kdsearch import ray_trials
 
     if tracker is not None and tracker.parent_id is not None:
         _guard_mlflow(lambda: tracker.finish("FAILED"), plan.tracking_uri, plan.name)
-    if plan.local and not opts.resume and not ray_trials.can_resume(plan.sweep_dir):
-        shutil.rmtree(plan.sweep_dir, ignore_errors=True)
+    if not opts.resume and not _can_resume(plan):
+        if plan.local:
+            shutil.rmtree(plan.sweep_dir, ignore_errors=True)
+        else:
+            remote.delete(plan.sweep_dir)
+            shutil.rmtree(plan.folder.path, ignore_errors=True)
+
+
+def _can_resume(plan: SweepPlan) -> bool:
+    from kdsearch import ray_trials
+
+    try:
+        return ray_trials.can_resume(plan.sweep_dir)
+    except OSError:  # object storage gone: keep whatever is there
+        return True
 
 
 def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
@@ -567,6 +592,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         shared = prepare_shared(plan, tracker, opts, log)
         if opts.warm_start and not opts.resume:
             _warm_start(plan, opts, shared, log)
+        trials_started = time.perf_counter()
         trials = ray_trials.run_trials(
             plan.spec,
             shared.data,
@@ -601,13 +627,26 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         if shared is not None and shared.guard is not None:
             shared.guard.release()
 
+    trials_s = time.perf_counter() - trials_started
     winner = best_trial(plan, trials)
     if winner is None:
         _guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), plan.tracking_uri, plan.name)
         reasons = "; ".join(f"{t.trial_id}: {t.failure or 'no result'}" for t in trials[:3])
         raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
     best = finalise_best(plan, shared, trials, winner)
+    live_mlflow_s, started = tracker.seconds, time.perf_counter()
     synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
+    # Where the sweep's time went (benchmarks/speed.py reads these): the trials (Ray Tune's loop,
+    # including the live MLflow logging it does), that logging, the MLflow work at the end
+    # (catching up, the best student, registering), the report.
+    timings = {
+        "trials_s": trials_s,
+        "mlflow_live_s": live_mlflow_s,
+        "mlflow_end_s": time.perf_counter() - started,
+        "report_s": best.report["seconds"],
+    }
+    plan.folder.update_manifest(timings=timings)
+    plan.folder.publish([plan.folder.path / MANIFEST])
     checked = smoke_check(shared.data, shared.teacher, best.metrics) if opts.smoke else None
     failures = [(t.trial_id, t.failure) for t in trials if t.failure is not None]
     return SweepSummary(

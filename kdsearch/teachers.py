@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import re
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from kdsearch.checkpoint import build_from_spec, load_model, model_spec
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData
+from kdsearch import remote
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Objective
@@ -52,7 +52,7 @@ class Teacher:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("KDSEARCH_CACHE", Path.home() / ".cache" / "kdsearch"))
+    return remote.cache_root()
 
 
 def teacher_training_config(cfg: TrainConfig) -> TrainConfig:

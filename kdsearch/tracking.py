@@ -108,10 +108,11 @@ class SweepTracker:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._steps: dict[str, int] = {}  # trial id -> last step logged
         self._offline = False
+        self.seconds = 0.0  # spent logging to MLflow, in this process
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_steps", "_offline"):
+        for key in ("_client", "_runs", "_steps", "_offline", "seconds"):
             state.pop(key, None)
         return state
 
@@ -167,12 +168,15 @@ class SweepTracker:
         retries stalling Tune's loop) and the end of the sweep, or `kdsearch sync`, catches up."""
         if self._offline:
             return None
+        started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             self._offline = True
             _LOG.warning("MLflow logging failed (%s); results stay in the sweep folder and are synced at the end", str(exc)[:200])
             return None
+        finally:
+            self.seconds += time.perf_counter() - started
 
     def _run_for(self, trial_id: str, params: dict) -> str:
         if trial_id in self._runs:
@@ -224,6 +228,13 @@ class SweepTracker:
 
     def sync(self, trials) -> int:
         """Make MLflow hold every trial's whole history exactly once; returns epochs added."""
+        started = time.perf_counter()
+        try:
+            return self._sync(trials)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _sync(self, trials) -> int:
         added = 0
         for trial in trials:
             run_id = self._run_for(trial.trial_id, trial.params)
