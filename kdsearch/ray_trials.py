@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import warnings
 import threading
 from collections.abc import Callable
@@ -45,6 +44,7 @@ import ray  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
@@ -55,7 +55,8 @@ from kdsearch.errors import UserError  # noqa: E402
 from kdsearch.search_space import SweepSpec  # noqa: E402
 from kdsearch.sweep_folder import TrialRecord  # noqa: E402
 from kdsearch.teachers import Teacher  # noqa: E402
-from kdsearch.train import TrainingDiverged, fit, student_spec  # noqa: E402
+from kdsearch.runtime import set_threads  # noqa: E402
+from kdsearch.train import EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec  # noqa: E402
 
 STATE_FILE = "state.pt"  # full training state, to resume the trial
 STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
@@ -214,11 +215,9 @@ def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None):
     elif s.sampler == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, s.num_samples // 2)))
     else:
-        sampler = optuna.samplers.TPESampler(
-            seed=s.seed,
-            n_startup_trials=s.startup_trials(),
-            **({"multivariate": True, "constant_liar": True} if s.multivariate else {}),
-        )
+        # Optuna 5's TPE is multivariate for one objective and treats running trials as bad
+        # guesses (constant liar), so parallel trials spread out.
+        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kept = {}
     if study is not None:
@@ -376,75 +375,97 @@ def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict
     return out
 
 
-def _trial(
-    sampled: dict,
-    *,
-    spec: SweepSpec,
-    data_payload: dict,
-    teacher_payload: dict | None,
-    threads: int,
-    teacher_outputs=None,
-    static_by_architecture: dict | None = None,
-    gpu_share: float = 0.0,
-) -> None:
-    try:
-        _run_trial(sampled, spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share)
-    finally:
+class EpochTrainable(tune.Trainable):
+    """A trial: one epoch per ``step()``, run in the actor's main thread (a function trainable
+    runs in a thread beside Tune's own and trained at 0.90x a plain Ray task here, this at 0.95x:
+    benchmarks/speed.py). Tune checkpoints it after every epoch and keeps the best; it restores
+    from the last one on a retry or ``--resume``; a reused actor is reset for the next trial."""
+
+    def setup(self, config: dict, **shared) -> None:
+        self._shared = shared  # spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share
+        self._start(config)
+
+    def _start(self, sampled: dict) -> None:
+        sh = self._shared
+        spec: SweepSpec = sh["spec"]
+        self.spec, self.run, self.failed = spec, None, None
+        self.data = _unpack(sh["data_payload"])
+        cfg = dataclasses.replace(spec.trial_config(sampled), threads=sh["threads"])
+        gpus = ray.get_gpu_ids()
+        if not gpus and cfg.device == "auto":
+            cfg = dataclasses.replace(cfg, device="cpu")  # no GPU of its own: never another trial's
+        if gpus and sh["gpu_share"] < 1 and torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(sh["gpu_share"])  # a fractional trial keeps to its share
+        self.cfg, self.epoch, self.best_val = cfg, 0, -math.inf
+        self.own_spec = student_spec(cfg, self.data)
+        static = dict((sh["static_by_architecture"] or {}).get(json.dumps(self.own_spec, sort_keys=True)) or {})
+        if not static:
+            latency = any(m == "latency/cpu_ms" for m, _ in spec.search.objectives)
+            static = _static_metrics(self.own_spec, self.data, needs_latency=latency)
+        static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
+        static["trial/gpu_ids"] = ",".join(str(g) for g in gpus)  # the GPUs Ray gave it ("" for none)
+        self.static = static
+        teacher = _unpack_teacher(sh["teacher_payload"]) if sh["teacher_payload"] is not None else None
+        set_threads(cfg.threads)
+        try:
+            self.run = build_run(cfg, self.data, teacher, sh["teacher_outputs"], lambda _: None)
+        except UserError as exc:
+            self.failed = exc  # reported by the first step
+
+    def step(self) -> dict:
+        if self.failed is None:
+            try:
+                metrics, self.best_val = run_epoch(self.run, self.data, self.epoch, self.best_val)
+                self.epoch += 1
+                return {**metrics, **self.static, "done": self.epoch >= self.cfg.epochs}
+            except (TrainingDiverged, UserError) as exc:
+                self.failed = exc
+        # Retrying the same settings would fail the same way (a divergence, or a setting that
+        # cannot work, such as AT weights for stages the models do not have): end the trial now
+        # with the worst score, so the searcher avoids this region, and keep the reason.
+        worst = {m: (0.0 if mode == "max" else float(1e30)) for m, mode in self.spec.search.objectives}
+        kind = "trial/diverged" if isinstance(self.failed, TrainingDiverged) else "trial/invalid"
+        return {**self.static, **worst, kind: 1.0, "trial/error": str(self.failed), "done": True}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        if self.run is None or self.failed is not None:
+            return  # nothing worth keeping: the best checkpoint stays an earlier epoch's
+        run = self.run
+        torch.save(
+            EpochState(self.epoch, self.best_val, run.student, run.method, run.optimizer, run.scheduler).training_state(),
+            Path(checkpoint_dir) / STATE_FILE,
+        )
+        metrics = {k: v for k, v in (self._last_result or {}).items() if k.startswith(("val/", "train/"))}
+        save_checkpoint(
+            Path(checkpoint_dir) / STUDENT_FILE, run.student, self.own_spec, dataset=self.data.info(), metrics=metrics,
+            config=self.cfg.to_dict(),
+        )  # fmt: skip
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        state_file = Path(checkpoint_dir) / STATE_FILE
+        if self.run is not None and state_file.is_file():
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+            self.epoch, self.best_val = restore(self.run, state)
+
+    def reset_config(self, new_config: dict) -> bool:
+        self._release()
+        self._start(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
         # A reused actor runs the next trial: nothing of this one may stay (GPU memory, graphs).
+        if self.run is not None:
+            for tap in self.run.taps:
+                tap.close()
+        self.run = self.data = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        torch._dynamo.reset()
-
-
-def _run_trial(sampled, spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share):
-    data = _unpack(data_payload)
-    cfg = dataclasses.replace(spec.trial_config(sampled), threads=threads)
-    gpus = ray.get_gpu_ids()
-    if not gpus and cfg.device == "auto":
-        cfg = dataclasses.replace(cfg, device="cpu")  # no GPU of its own: never another trial's
-    if gpus and gpu_share < 1 and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(gpu_share)  # a fractional trial keeps to its share
-    teacher = _unpack_teacher(teacher_payload) if teacher_payload is not None else None
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    own_spec = student_spec(cfg, data)
-    static = dict((static_by_architecture or {}).get(json.dumps(own_spec, sort_keys=True)) or {})
-    if not static:
-        static = _static_metrics(own_spec, data, needs_latency=any(m == "latency/cpu_ms" for m, _ in spec.search.objectives))
-    static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
-    static["trial/gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())  # the GPUs Ray gave it ("" for none)
-    info = data.info()
-
-    def on_epoch_end(metrics: dict, state) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state.training_state(), Path(folder) / STATE_FILE)
-            save_checkpoint(
-                Path(folder) / STUDENT_FILE, state.student, own_spec, dataset=info, metrics=metrics, config=cfg.to_dict()
-            )
-            tune.report({**metrics, **static}, checkpoint=tune.Checkpoint.from_directory(folder))
-
-    try:
-        fit(
-            cfg,
-            data,
-            teacher,
-            on_epoch_end=on_epoch_end,
-            measure_speed=False,
-            evaluate_test=False,
-            resume=resume,
-            teacher_outputs=teacher_outputs,
-        )
-    except (TrainingDiverged, UserError) as exc:
-        # Retrying the same settings would fail the same way (a divergence, or a setting that
-        # cannot work, such as AT weights for stages the models do not have): end the trial
-        # now with the worst score, so the searcher avoids this region, and keep the reason.
-        worst = {m: (0.0 if mode == "max" else float(1e30)) for m, mode in spec.search.objectives}
-        kind = "trial/diverged" if isinstance(exc, TrainingDiverged) else "trial/invalid"
-        tune.report({**static, **worst, kind: 1.0, "trial/error": str(exc)})
+        if "torch._dynamo" in sys.modules:  # only a compiled run has graphs to drop (importing Dynamo takes ~2 s)
+            torch._dynamo.reset()
 
 
 class _Progress(tune.CLIReporter):
@@ -565,7 +586,7 @@ def run_trials(
     epochs = spec.example_config().epochs
     teacher_payload = _teacher_payload(teacher) if teacher is not None else None
     trainable = tune.with_parameters(
-        _trial,
+        EpochTrainable,
         spec=spec,
         data_payload=_payload(data),
         teacher_payload=teacher_payload,
@@ -576,7 +597,12 @@ def run_trials(
     )
     trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     path = os.path.join(storage, name)
-    callbacks = [_ForwardResults(tracker)] if tracker is not None else []
+    # Each trial's params.json and result.json are all kdsearch reads (and what Tune restores
+    # from); Tune's CSV and TensorBoard copies of every result cost time per trial and epoch.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    callbacks: list = [JsonLoggerCallback()]
+    if tracker is not None:
+        callbacks.append(_ForwardResults(tracker))
     if resume:
         if not tune.Tuner.can_restore(path):
             raise UserError(f"nothing to resume at {path}: run the sweep without --resume first (same --name and --storage)")
@@ -600,7 +626,11 @@ def run_trials(
                 verbose=verbose,
                 progress_reporter=_reporter(spec) if verbose else None,
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=spec.search.metric, checkpoint_score_order=spec.search.mode
+                    num_to_keep=1,
+                    checkpoint_score_attribute=spec.search.metric,
+                    checkpoint_score_order=spec.search.mode,
+                    checkpoint_frequency=1,  # every epoch: --resume and retries lose none
+                    checkpoint_at_end=True,
                 ),
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             ),

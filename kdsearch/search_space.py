@@ -62,7 +62,6 @@ class SearchSettings:
     objectives: tuple[tuple[str, str], ...] = (("val/acc", "max"),)
     sampler: str = "tpe"
     n_startup_trials: int | None = None  # None: a third of the budget, at least 1, at most 10
-    multivariate: bool = False  # TPE models the parameters jointly (and lies about running trials, for parallel ones)
     scheduler: str = "asha"
     grace_period: int = 2
     reduction_factor: int = 2
@@ -186,9 +185,6 @@ def _search_settings(raw: Any, source: str) -> SearchSettings:
             choices = SAMPLERS if key == "sampler" else SCHEDULERS
             if value not in choices:
                 raise UserError(f"{source}: search.{key} {value!r} is unknown; choose one of {', '.join(choices)}")
-        elif key == "multivariate":
-            if not isinstance(value, bool):
-                raise UserError(f"{source}: search.multivariate must be true or false, got {value!r}")
         elif value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value < (0 if key in ("seed", "max_failures") else 1)
         ):

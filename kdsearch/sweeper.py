@@ -6,6 +6,7 @@ finalise the best student in the sweep folder (``sweep_folder``), mirror it all 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import shutil
@@ -328,6 +329,9 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
 
     setup_thread = threading.Thread(target=start_tracking, name="kdsearch-mlflow-start", daemon=True)
     setup_thread.start()
+    # torch's FLOP counter (the students' size metrics, measured before the trials) imports
+    # Dynamo, ~2 s: while Ray starts, not after.
+    threading.Thread(target=lambda: importlib.import_module("torch._dynamo"), name="kdsearch-preload", daemon=True).start()
     try:
         ray_trials.start_ray(opts.address, quiet=opts.verbose < 2, py_modules=plan.user_code)
     finally:

@@ -375,6 +375,19 @@ def fit(
             tap.close()
 
 
+def run_epoch(run: Run, data: DatasetSplits, epoch: int, best_val: float) -> tuple[dict, float]:
+    """Train one epoch and validate: the epoch's metrics, and the best validation accuracy so far."""
+    started = time.perf_counter()
+    metrics = {"epoch": epoch + 1, **train_epoch(run, epoch)}
+    val = evaluate(run.student, run.val, run.cfg.eval_batch_size, data.multilabel, plain_loss(data.multilabel), run.amp)
+    best_val = max(best_val, val["acc"])
+    metrics.update({f"val/{k}": v for k, v in val.items()})
+    metrics.update(
+        {"val/best_acc": best_val, "lr": run.optimizer.param_groups[0]["lr"], "time/epoch_s": time.perf_counter() - started}
+    )
+    return metrics, best_val
+
+
 def train_and_test(run: Run, cfg, data, teacher, on_epoch_end, log, measure_speed, evaluate_test, resume) -> FitResult:
     first_epoch, best_val = restore(run, resume) if resume is not None else (0, -math.inf)
     if resume is not None:
@@ -382,20 +395,9 @@ def train_and_test(run: Run, cfg, data, teacher, on_epoch_end, log, measure_spee
     history: list[dict] = []
     started = time.perf_counter()
     for epoch in range(first_epoch, cfg.epochs):
-        epoch_started = time.perf_counter()
-        metrics = {"epoch": epoch + 1, **train_epoch(run, epoch)}
-        if epoch == first_epoch and run.method.describe():
+        metrics, best_val = run_epoch(run, data, epoch, best_val)
+        if epoch == first_epoch and run.method.describe():  # known once the first batch has passed
             log(run.method.describe())
-        val = evaluate(run.student, run.val, cfg.eval_batch_size, data.multilabel, plain_loss(data.multilabel), run.amp)
-        best_val = max(best_val, val["acc"])
-        metrics.update({f"val/{k}": v for k, v in val.items()})
-        metrics.update(
-            {
-                "val/best_acc": best_val,
-                "lr": run.optimizer.param_groups[0]["lr"],
-                "time/epoch_s": time.perf_counter() - epoch_started,
-            }
-        )
         history.append(metrics)
         log(
             f"epoch {epoch + 1:>3}/{cfg.epochs}  train/loss {metrics['train/loss']:.4f}  val/acc {metrics['val/acc']:.4f}  ({metrics['time/epoch_s']:.1f}s)"

@@ -289,11 +289,10 @@ search: {{num_samples: 2, scheduler: fifo}}
             "an epoch",
         )
         hog = mount / "hog"
-        with open(hog, "wb") as f:  # another program fills the disk
+        with open(hog, "wb", buffering=0) as f:  # another program fills the disk (unbuffered: nothing left to flush on close)
             try:
                 while True:
                     f.write(b"\0" * (1 << 16))
-                    f.flush()
             except OSError:
                 pass
         assert sweep.finish(timeout=300) == 2, "".join(sweep.err)[-3000:]
