@@ -183,10 +183,74 @@ def measure_startup(quick: bool, cache: str) -> float:
         return first if first is not None else float("nan")
 
 
+def measure_many(trials: int, cache: str, concurrency: int = 2) -> dict:
+    """A sweep of ``trials`` one-epoch digits trials, ``concurrency`` at a time, as a user runs it
+    (`kdsearch sweep` in its own process): per-trial overhead, the driver's peak memory, the
+    time MLflow logging took, the report's build time, and whether MLflow holds every trial
+    exactly once."""
+    import sqlite3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / "many.yaml"
+        space.write_text(
+            f"name: many\nfixed: {{method: kd, dataset: digits, teacher: resnet20, student: resnet8, epochs: 1, cache_dir: {cache}}}\n"
+            "space: {alpha: {uniform: [0.1, 0.9]}, temperature: {loguniform: [1, 10]}}\n"
+            f"search: {{num_samples: {trials}, sampler: random, scheduler: fifo}}\n"
+        )
+        db = Path(tmp) / "m.db"
+        cmd = [
+            sys.executable,
+            "-m",
+            "kdsearch",
+            "sweep",
+            str(space),
+            "--storage",
+            f"{tmp}/s",
+            "--tracking-uri",
+            f"sqlite:///{db}",
+        ]
+        cmd += ["--max-concurrent", str(concurrency), "--cpus-per-trial", "1", "--quiet"]
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        if status != 0:
+            raise SystemExit(f"the {trials}-trial sweep failed: {proc.stderr.read().decode()[-2000:]}")
+        manifest = json.loads(Path(tmp, "s", "many", "sweep.json").read_text())
+        totals = []
+        for result in Path(tmp, "s", "many").glob("trial_*/result.json"):
+            lines = result.read_text().splitlines()
+            totals.append(json.loads(lines[-1])["time_total_s"] if lines else 0.0)
+        with sqlite3.connect(db) as con:
+            runs = con.execute(
+                "select count(*), count(distinct value) from tags where key = 'kdsearch.trial_id' and run_uuid in "
+                "(select run_uuid from runs where lifecycle_stage = 'active')"
+            ).fetchone()
+    t = manifest["timings"]
+    return {
+        "trials": trials,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "trials_phase_s": t["trials_s"],
+        "sum_trial_s": sum(totals),
+        "trial_results": len(totals),
+        "overhead_per_trial_s": (t["trials_s"] - sum(totals) / concurrency) / trials,
+        "driver_peak_rss_mb": usage.ru_maxrss / 1024,
+        "mlflow_live_s": t["mlflow_live_s"],
+        "mlflow_end_s": t["mlflow_end_s"],
+        "report_s": t["report_s"],
+        "mlflow_trial_runs": runs[0],
+        "mlflow_distinct_trials": runs[1],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits, short: the CI setting")
     parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument(
+        "--many", type=int, nargs="+", help="trial counts of the many-trials sweeps (default: 100 500; --quick: none)"
+    )
     args = parser.parse_args()
     threads = set_threads(None)
     device = resolve_device("auto")
@@ -214,6 +278,10 @@ def main() -> None:
         runs = [measure_startup(args.quick, cache) for _ in range(1 if args.quick else 3)]
     results["startup_runs_s"] = runs
     results["startup_s"] = statistics.median(runs)  # one start varies by ~0.5 s here
+    if not args.quick or args.many:
+        with tempfile.TemporaryDirectory() as cache:
+            counts = args.many or [100, 500]
+            results["many"] = [measure_many(n, cache) for n in counts]
     write(results, Path(args.out))
 
 
@@ -230,6 +298,17 @@ def write(r: dict, out: Path) -> None:
         (f"sweep start to first trial result (median of: {', '.join(f'{x:.1f}' for x in r['startup_runs_s'])} s)", f"{r['startup_s']:.1f} s", "",
          _goal(r["startup_s"] <= 10, "<= 10 s")),
     ]  # fmt: skip
+    for m in r.get("many", []):
+        rows += [
+            (f"{m['trials']} one-epoch trials, {m['concurrency']} at a time: overhead per trial "
+             f"((Tune loop {m['trials_phase_s']:.0f} s - trial time {m['sum_trial_s']:.0f} s / {m['concurrency']}) / {m['trials']})",
+             f"{m['overhead_per_trial_s']:.3f} s", "", _goal(m["overhead_per_trial_s"] <= 0.2, "<= 0.2 s")),
+            (f"{m['trials']} trials: driver peak memory (whole command {m['wall_s']:.0f} s)", f"{m['driver_peak_rss_mb']:,.0f} MB", "", "must not grow with trials"),
+            (f"{m['trials']} trials: MLflow logging, live / at the end", f"{m['mlflow_live_s']:.1f} s / {m['mlflow_end_s']:.1f} s", "", ""),
+            (f"{m['trials']} trials: report build", f"{m['report_s']:.1f} s", "", _goal(m["report_s"] <= 10, "<= 10 s")),
+            (f"{m['trials']} trials: trial runs in MLflow (distinct trials)", f"{m['mlflow_trial_runs']} ({m['mlflow_distinct_trials']})", "",
+             _goal(m["mlflow_trial_runs"] == m["mlflow_distinct_trials"] == m["trials"], "every trial exactly once")),
+        ]  # fmt: skip
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, device {r['device']}, {r['threads']} threads"
     title = f"Speed ({r['dataset']}, {r['images']} training images{', quick' if r['quick'] else ''})"
     lines = [f"# {title}", "", f"Machine: {machine}.", "", "| measurement | value | ratio | goal |", "| --- | --- | --- | --- |"]
