@@ -4,9 +4,12 @@ nodes, and killing the worker node mid-trial moves its trial to the survivor, fr
 import dataclasses
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +29,18 @@ pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not
 # the other node: Tune starts one pending trial at a time with a searcher, and with actor reuse a
 # trial that ends first hands its actor (on its node) to the next trial (seen with 4 s trials).
 EPOCHS = 80
+
+
+def kill_processes_mentioning(text: str) -> None:
+    """SIGKILL every process whose command line contains ``text`` (one cluster's temp folder)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
 
 
 def _epochs_by_trial(folder):
@@ -169,9 +184,16 @@ search: {{sampler: grid, scheduler: fifo}}
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     bin_dir = Path(sys.executable).parent
+    # Its own temporary folder (short: Ray's socket paths must fit 107 characters), so that
+    # stopping it stops this cluster only, not every Ray on the machine as `ray stop` would.
+    temp = tempfile.mkdtemp(prefix="kdray")
     start = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
     subprocess.run(
-        [*start, "--object-store-memory=200000000", "--disable-usage-stats"], cwd="/", env=env, check=True, capture_output=True
+        [*start, "--object-store-memory=200000000", "--disable-usage-stats", f"--temp-dir={temp}"],
+        cwd="/",
+        env=env,
+        check=True,
+        capture_output=True,
     )
     try:
         proc = subprocess.run(
@@ -183,7 +205,8 @@ search: {{sampler: grid, scheduler: fifo}}
             timeout=300,
         )
     finally:
-        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=env, capture_output=True)
+        kill_processes_mentioning(temp)
+        shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "best student: val/acc" in proc.stdout
     histories = _epochs_by_trial(code / "sweeps" / "own")
