@@ -108,11 +108,12 @@ class SweepTracker:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._steps: dict[str, int] = {}  # trial id -> last step logged
         self._offline = False
+        self._new_parent = False  # True: this process created the parent run, so no trial run exists yet
         self.seconds = 0.0  # spent logging to MLflow, in this process
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_steps", "_offline", "seconds"):
+        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "seconds"):
             state.pop(key, None)
         return state
 
@@ -158,6 +159,7 @@ class SweepTracker:
                 self.experiment_id, run_name=self.experiment, tags={**self.tags, SWEEP_TAG: self.sweep_dir, ROLE_TAG: "sweep"}
             )
             self.parent_id = run.info.run_id
+            self._new_parent = True
             self.client.log_batch(self.parent_id, params=[Param(k, _str(v)[:6000]) for k, v in params.items()])
         return self.parent_id
 
@@ -181,7 +183,13 @@ class SweepTracker:
     def _run_for(self, trial_id: str, params: dict) -> str:
         if trial_id in self._runs:
             return self._runs[trial_id]
-        found = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
+        # A trial of a resumed sweep may have its run already; a new sweep's cannot, unless an
+        # outage cut its logging short (a search per trial costs more as the experiment grows).
+        found = (
+            []
+            if self._new_parent and not self._offline
+            else self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
+        )
         if found:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "epoch")

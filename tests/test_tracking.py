@@ -67,3 +67,23 @@ def test_an_http_server_that_is_not_there_is_one_line_at_once():
     with pytest.raises(UserError, match=f"MLflow tracking at http://127.0.0.1:{port} is unreachable"):
         tracking.probe_server(f"http://127.0.0.1:{port}")
     tracking.probe_server("sqlite:///x.db")  # a local store needs no probe
+
+
+def test_a_new_sweep_creates_trial_runs_without_searching_and_a_resumed_one_finds_them(tracker, monkeypatch):
+    searches = []
+    real = MlflowClient.search_runs
+
+    def counting(self, *args, **kwargs):
+        searches.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "search_runs", counting)
+    for trial in ("a", "b", "c"):
+        tracker.trial_started(trial, {"alpha": 0.5})
+    assert searches == []  # a new parent has no trial runs to find: no query per trial
+    again = tracking.SweepTracker(tracker.tracking_uri, experiment="exp", sweep_dir=tracker.sweep_dir, tags={"method": "kd"})
+    again.start({})
+    history = [{"epoch": 1, "val/acc": 0.6}]
+    again.sync([TrialRecord(t, {"alpha": 0.5}, history, "TERMINATED") for t in ("a", "b", "c")])
+    assert len(searches) == 1 + 3  # the parent, then each trial's existing run
+    assert sorted(r.data.tags["kdsearch.trial_id"] for r in _runs(tracker, "trial")) == ["a", "b", "c"]  # none twice
