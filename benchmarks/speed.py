@@ -146,6 +146,29 @@ def measure_pipeline(data, batch_size: int, pad: int, seconds: float) -> dict:
     }
 
 
+def _fit_history(cfg: dict, payload) -> list[float]:
+    from kdsearch import ray_trials
+
+    history = fit(TrainConfig(**cfg), data=ray_trials._unpack(payload), measure_speed=False, evaluate_test=False).history
+    return [h["time/epoch_train_s"] for h in history]
+
+
+def measure_in_ray_task(base: dict, data, threads: int) -> float:
+    """The CE run in a plain Ray task (fit in the worker's main thread, data from the object
+    store): what any Ray-hosted trial could reach, as a reference for the trial's overhead."""
+    import ray
+
+    from kdsearch import ray_trials
+
+    ray_trials.start_ray(None, num_cpus=threads)
+    try:
+        cfg = {**base, "method": "ce", "threads": threads}
+        times = ray.get(ray.remote(num_cpus=threads)(_fit_history).remote(cfg, ray.put(ray_trials._payload(data))))
+    finally:
+        ray_trials.stop_ray()
+    return len(data.train_x) * len(times[1:]) / sum(times[1:])
+
+
 def measure_startup(quick: bool, cache: str) -> float:
     """Seconds from `kdsearch sweep` starting to the first trial result on disk (teacher already cached)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,6 +296,7 @@ def main() -> None:
     results = {"device": str(device), "threads": threads, "quick": args.quick, "images": len(data.train_x), "dataset": data.name}
     results["train"] = measure_training(base, data, teacher_arch, threads)
     results["train"]["ce_in_trial"] = measure_in_trial(base, data, threads)
+    results["train"]["ce_in_ray_task"] = measure_in_ray_task(base, data, threads)
     results["pipeline"] = measure_pipeline(data, 128, 2, seconds=3 if args.quick else 8)
     with tempfile.TemporaryDirectory() as cache:
         runs = [measure_startup(args.quick, cache) for _ in range(1 if args.quick else 3)]
@@ -292,11 +316,12 @@ def write(r: dict, out: Path) -> None:
         ("KD, live teacher", f"{t['kd_live']:,.0f} img/s", f"{t['ce'] / t['kd_live']:.2f}x step time", "(about 3x expected for resnet56 -> resnet8)"),
         ("KD, cached teacher", f"{t['kd_cached']:,.0f} img/s", f"{t['ce'] / t['kd_cached']:.2f}x step time", _goal(t["ce"] / t["kd_cached"] <= 1.10, "<= 1.10x")),
         ("teacher cache, built once", f"{t['cache_build_s']:.1f} s", "", "paid once per sweep"),
-        ("CE inside a Ray Tune trial", f"{t['ce_in_trial']:,.0f} img/s", f"{t['ce_in_trial'] / t['ce']:.2f}x bare fit", _goal(t["ce_in_trial"] / t["ce"] >= 0.95, ">= 0.95x")),
+        ("CE inside a Ray Tune trial", f"{t['ce_in_trial']:,.0f} img/s", f"{t['ce_in_trial'] / t['ce']:.2f}x bare fit", _goal(t["ce_in_trial"] / t["ce"] >= 0.97, ">= 0.97x")),
+        ("CE in a plain Ray task (reference)", f"{t['ce_in_ray_task']:,.0f} img/s", f"{t['ce_in_ray_task'] / t['ce']:.2f}x bare fit", "what a trial in Ray could reach"),
         (f"DataLoader + PIL ({p['dataloader_workers']} workers)", f"{p['dataloader_pil']:,.0f} img/s", "1.00x", "baseline"),
         ("in-memory batched pipeline", f"{p['in_memory']:,.0f} img/s", f"{p['in_memory'] / p['dataloader_pil']:.1f}x", _goal(p["in_memory"] / p["dataloader_pil"] >= 5, ">= 5x")),
         (f"sweep start to first trial result (median of: {', '.join(f'{x:.1f}' for x in r['startup_runs_s'])} s)", f"{r['startup_s']:.1f} s", "",
-         _goal(r["startup_s"] <= 10, "<= 10 s")),
+         _goal(r["startup_s"] <= 8, "<= 8 s")),
     ]  # fmt: skip
     for m in r.get("many", []):
         rows += [

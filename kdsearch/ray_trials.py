@@ -108,6 +108,11 @@ def start_ray(
         else:
             # Ray 2.60's own servers listen on every interface whatever node IP is given (newer Ray
             # binds them to the node IP): on a shared network, firewall the Ray ports.
+            # Ray starts its workers at nice 15, below its own servers and the driver (nice 0):
+            # on a machine whose cores the trials fill, every wake-up of those preempts a trial.
+            # Trials are the work here, so they run at the driver's priority (RAY_worker_niceness
+            # set by the user wins; a cluster's nodes take it from where `ray start` runs).
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(address="local", num_cpus=num_cpus, object_store_memory=_object_store_bytes(), **kwargs)
     except ConnectionError as exc:
         raise UserError(

@@ -2,6 +2,7 @@
 test starts: the sweep, its report and best/ in the bucket, and report/export/sync from the URI
 on a machine that has nothing of the sweep but the URI."""
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -75,6 +76,9 @@ search: {{num_samples: 2, sampler: random, scheduler: fifo, seed: 0}}
     # A second start of the same sweep is refused, as for a local folder.
     with pytest.raises(UserError, match=r"a sweep named 'ins3' already exists in s3://"):
         run_sweep(space, opts, log=lambda _: None)
+    # --resume continues it from the bucket (here: nothing left to run, the same trials and best).
+    again = run_sweep(space, dataclasses.replace(opts, resume=True), log=lambda _: None)
+    assert sorted(again.table["trial"]) == sorted(summary.table["trial"]) and again.best_params == summary.best_params
 
     # Another machine: nothing local but the URI (a fresh cache, another folder).
     elsewhere = tmp_path / "elsewhere"
