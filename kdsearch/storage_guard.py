@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class StorageGuard:
         self.reserve_bytes = max(2 * self.per_trial, 4 << 20)
         self.reserve = Path(sweep_dir) / self.NAME
         self.trials = spec.search.num_samples
+        self.tripped = False  # the watch saw the storage full, released the reserve and stopped the trials
 
     def free(self) -> int:
         return shutil.disk_usage(self.storage).free
@@ -86,8 +88,23 @@ class StorageGuard:
         """Asked every second while the trials run."""
         if not self.full():
             return None
+        self.tripped = True
         self.release()
         return "storage full"
+
+    def caused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the storage filling up: full now, stopped for it, or an error of a
+        write that found no room (say, the Optuna study's SQLite commit, before the watch saw it)."""
+        if self.full() or self.tripped:
+            return True
+        seen: BaseException | None = exc
+        for _ in range(20):  # the cause chain: OSError ENOSPC, or SQLite's "database or disk is full"
+            if seen is None:
+                break
+            if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or "disk is full" in str(seen):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
 
     def error(self, resume_command: str) -> UserError:
         return UserError(

@@ -622,8 +622,8 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     except UserError:
         _forget_unstarted(plan, opts, tracker)
         raise
-    except Exception:
-        if shared is not None and shared.guard is not None and shared.guard.full():  # the disk filled faster than the watch
+    except Exception as exc:
+        if shared is not None and shared.guard is not None and shared.guard.caused(exc):  # the disk filled faster than the watch
             raise shared.guard.error(resume_command(plan, opts)) from None
         raise
     finally:

@@ -1,0 +1,28 @@
+"""The full-disk guard recognises a write that found no room, wherever in the chain it failed."""
+
+import errno
+import sqlite3
+
+from kdsearch.data import load_dataset
+from kdsearch.search_space import parse_sweep
+from kdsearch.storage_guard import StorageGuard
+
+
+def _guard(tmp_path):
+    spec = parse_sweep({"fixed": {"method": "ce", "dataset": "digits", "epochs": 2}, "search": {"num_samples": 2}}, "s.yaml")
+    return StorageGuard(str(tmp_path), str(tmp_path / "sweep"), spec, load_dataset("digits"))
+
+
+def test_a_failed_write_for_lack_of_room_is_the_storage_filling_up(tmp_path):
+    guard = _guard(tmp_path)
+    assert not guard.caused(RuntimeError("something else"))
+    try:  # what Optuna raises when its SQLite commit finds the disk full (seen in CI)
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as inner:
+            raise RuntimeError("An exception is raised during the commit") from inner
+    except RuntimeError as outer:
+        assert guard.caused(outer)
+    assert guard.caused(OSError(errno.ENOSPC, "No space left on device"))
+    guard.tripped = True  # the watch released the reserve: the room it left is not "not full"
+    assert guard.caused(RuntimeError("a state file could not be written"))
