@@ -45,7 +45,7 @@ from kdsearch import TrainConfig
 from kdsearch.data import load_dataset
 from kdsearch.sweeper import SweepOptions, run_sweep
 from kdsearch.teachers import get_teacher
-from kdsearch.sweep_folder import load_trials
+from kdsearch.sweep_folder import SweepFolder, load_trials
 
 ROOT = Path(__file__).resolve().parent
 
@@ -132,6 +132,30 @@ def mean_curve(curves: list[pd.DataFrame], budget: int) -> pd.DataFrame:
     return pd.DataFrame({"epochs": epochs, "mean": np.nanmean(values, 0), "std": np.nanstd(values, 0), "seeds": len(curves)})
 
 
+def finished_run(work: Path, stem: str, space: dict) -> dict | None:
+    """The latest finished sweep in ``work`` of this strategy and seed with exactly this space
+    (--reuse: an interrupted benchmark goes on where it stopped, new seeds join earlier ones)."""
+    for path in sorted(work.glob(f"{stem}-*.yaml"), reverse=True):
+        written = yaml.safe_load(path.read_text())
+        sweep_dir = work / "sweeps" / written.pop("name")
+        if written != space or not (sweep_dir / "best" / "student.pt").is_file():
+            continue
+        c = curve(sweep_dir)
+        config = (SweepFolder(sweep_dir).read_best() or ({}, {}))[0]
+        best = {**config, **(config.get("method_args") or {})}
+        wall_file = sweep_dir / "efficiency-wall-s.txt"
+        return {
+            "trials": len(load_trials(sweep_dir)),
+            "epochs used": int(c["epochs"].iloc[-1]),
+            "best val/acc": float(c["best_val_acc"].iloc[-1]),
+            "wall s": float(wall_file.read_text()) if wall_file.is_file() else float("nan"),
+            "best settings": json.dumps({k: best[k] for k in space["space"] if k in best}),
+            "curve": c,
+            "sweep": sweep_dir.name,
+        }
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits and a 2 x 2 grid, one seed: a minute, checks the path")
@@ -140,6 +164,9 @@ def main() -> None:
     parser.add_argument("--out", help="results folder (default benchmarks/results/search-efficiency[-quick])")
     parser.add_argument(
         "--work", default="sweeps-reproduce", help="sweeps, MLflow store and the teacher cache (shared with reproduce.py)"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="take a strategy and seed from a finished sweep in --work with the same space"
     )
     args = parser.parse_args()
     s = SETTINGS["quick" if args.quick else "full"]
@@ -175,27 +202,36 @@ def main() -> None:
             space = json.loads(json.dumps(all_spaces[strategy]))
             if strategy != "grid":
                 space["search"]["seed"] = seed
-            name = f"efficiency-{strategy.replace('+', '-')}-s{seed}-{stamp}"
-            path = work / f"{name}.yaml"
-            path.write_text(yaml.safe_dump({"name": name, **space}, sort_keys=False))
-            started = time.perf_counter()
-            opts = SweepOptions(
-                storage=str(work / "sweeps"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}", verbose=0, register=False
-            )
-            summary = run_sweep(path, opts, log=print)
-            c = curve(Path(summary.sweep_dir))
-            runs.append(
-                {
-                    "strategy": strategy,
-                    "seed": seed,
-                    "trials": len(summary.table),
-                    "epochs used": int(c["epochs"].iloc[-1]),
-                    "best val/acc": float(c["best_val_acc"].iloc[-1]),
-                    "wall s": time.perf_counter() - started,
-                    "best settings": json.dumps(summary.best_params),
-                    "curve": c,
-                }
-            )
+            stem = f"efficiency-{strategy.replace('+', '-')}-s{seed}"
+            earlier = finished_run(work, stem, space) if args.reuse else None
+            if earlier is not None:
+                print(f"{strategy} seed {seed}: reusing {earlier['sweep']}", flush=True)
+                runs.append({"strategy": strategy, "seed": seed, **earlier})
+            else:
+                name = f"{stem}-{stamp}"
+                path = work / f"{name}.yaml"
+                path.write_text(yaml.safe_dump({"name": name, **space}, sort_keys=False))
+                started = time.perf_counter()
+                opts = SweepOptions(
+                    storage=str(work / "sweeps"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}", verbose=0, register=False
+                )
+                summary = run_sweep(path, opts, log=print)
+                c = curve(Path(summary.sweep_dir))
+                wall = time.perf_counter() - started
+                (Path(summary.sweep_dir) / "efficiency-wall-s.txt").write_text(f"{wall:.1f}\n")
+                runs.append(
+                    {
+                        "strategy": strategy,
+                        "seed": seed,
+                        "trials": len(summary.table),
+                        "epochs used": int(c["epochs"].iloc[-1]),
+                        "best val/acc": float(c["best_val_acc"].iloc[-1]),
+                        "wall s": wall,
+                        "best settings": json.dumps(summary.best_params),
+                        "curve": c,
+                        "sweep": name,
+                    }
+                )
             print(
                 f"{strategy} seed {seed}: {runs[-1]['trials']} trials, {runs[-1]['epochs used']} epochs, "
                 f"best val/acc {runs[-1]['best val/acc']:.4f}",

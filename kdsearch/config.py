@@ -103,7 +103,7 @@ class TrainConfig:
     # Data
     data_dir: str | None = _opt(None, "folder holding the dataset files (default $KDSEARCH_DATA or ./data)")
     download: bool = _opt(False, "download the dataset through torchvision if it is not in --data-dir")
-    image_size: int | None = _opt(None, f"decode resolution of CelebA and image folders ({_PRESET})")
+    image_size: int | None = _opt(None, f"decode resolution of CelebA and image folders; resizes Fashion-MNIST ({_PRESET})")
     data_memory_gb: float | None = _opt(None, "most GiB an image folder may take decoded (default: half the memory)")
     val_fraction: float = _opt(0.1, "share of the training split held out for validation")
     split_seed: int = _opt(0, "seed of the validation split, fixed apart from --seed so every run selects on the same images")

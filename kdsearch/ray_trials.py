@@ -55,7 +55,7 @@ from kdsearch.errors import UserError  # noqa: E402
 from kdsearch.search_space import SweepSpec  # noqa: E402
 from kdsearch.sweep_folder import TrialRecord  # noqa: E402
 from kdsearch.teachers import Teacher  # noqa: E402
-from kdsearch.runtime import set_threads  # noqa: E402
+from kdsearch.runtime import gpu_memory_mb, resolve_device, set_threads  # noqa: E402
 from kdsearch.train import EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec  # noqa: E402
 
 STATE_FILE = "state.pt"  # full training state, to resume the trial
@@ -402,6 +402,13 @@ class EpochTrainable(tune.Trainable):
         if gpus and sh["gpu_share"] < 1 and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(sh["gpu_share"])  # a fractional trial keeps to its share
         self.cfg, self.epoch, self.best_val = cfg, 0, -math.inf
+        try:
+            self.device = resolve_device(cfg.device)
+        except UserError:
+            self.device = torch.device("cpu")  # build_run below reports the bad device in its one line
+        # What the GPU holds before this trial builds anything: a reused actor's next trial must
+        # start where the first did (nothing of the last trial kept), benchmarks/gpu.py reads it.
+        start = gpu_memory_mb(self.device, reset_peak=True)
         self.own_spec = student_spec(cfg, self.data)
         static = dict((sh["static_by_architecture"] or {}).get(json.dumps(self.own_spec, sort_keys=True)) or {})
         if not static:
@@ -409,6 +416,8 @@ class EpochTrainable(tune.Trainable):
             static = _static_metrics(self.own_spec, self.data, needs_latency=latency)
         static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
         static["trial/gpu_ids"] = ",".join(str(g) for g in gpus)  # the GPUs Ray gave it ("" for none)
+        if start:
+            static["gpu/allocated_at_start_mb"] = start["gpu/allocated_mb"]
         self.static = static
         teacher = _unpack_teacher(sh["teacher_payload"]) if sh["teacher_payload"] is not None else None
         set_threads(cfg.threads)
@@ -422,7 +431,8 @@ class EpochTrainable(tune.Trainable):
             try:
                 metrics, self.best_val = run_epoch(self.run, self.data, self.epoch, self.best_val)
                 self.epoch += 1
-                return {**metrics, **self.static, "done": self.epoch >= self.cfg.epochs}
+                memory = {k: v for k, v in gpu_memory_mb(self.device).items() if k == "gpu/peak_mb"}
+                return {**metrics, **self.static, **memory, "done": self.epoch >= self.cfg.epochs}
             except (TrainingDiverged, UserError) as exc:
                 self.failed = exc
         # Retrying the same settings would fail the same way (a divergence, or a setting that
@@ -564,6 +574,15 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
         raise UserError(f"--cpus-per-trial {cpus_per_trial} but the Ray cluster has {total.get('CPU', 0):g} CPUs: lower it")
 
 
+def trials_at_once(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the Ray cluster runs at the same time with these resources each."""
+    total = ray.cluster_resources()
+    fits = total.get("CPU", 0) / cpus_per_trial
+    if gpus_per_trial > 0:
+        fits = min(fits, total.get("GPU", 0) / gpus_per_trial)
+    return max(1, math.floor(fits + 1e-9))
+
+
 def run_trials(
     spec: SweepSpec,
     data: DatasetSplits,
@@ -620,7 +639,12 @@ def run_trials(
                 search_alg=_searcher(spec, (name, study_db) if study_db is not None else None),
                 scheduler=_scheduler(spec, epochs),
                 num_samples=1 if spec.search.sampler == "grid" else spec.search.num_samples,
-                max_concurrent_trials=max_concurrent or spec.search.max_concurrent,
+                # Also the number of trials Tune starts at once: with a searcher and no limit it
+                # starts one at a time, each waiting for the last one's actor to come up (on an
+                # H200, 4 trials at 0.25 GPU took 20 s a trial to fill the GPU).
+                max_concurrent_trials=max_concurrent
+                or spec.search.max_concurrent
+                or trials_at_once(cpus_per_trial, gpus_per_trial),
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),

@@ -33,3 +33,17 @@ def resolve_stem(stem: str, image_size: tuple[int, int]) -> str:
     if stem != "auto":
         return stem
     return "cifar" if min(image_size) <= 64 else "imagenet"
+
+
+def gpu_memory_mb(device: torch.device, reset_peak: bool = False) -> dict:
+    """This process's CUDA memory in MB: what tensors hold now and the most they held since the
+    last reset (trials log both, so a leak across reused actors shows); empty off CUDA."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return {}
+    values = {
+        "gpu/allocated_mb": torch.cuda.memory_allocated(device) / 2**20,
+        "gpu/peak_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+    }
+    if reset_peak:
+        torch.cuda.reset_peak_memory_stats(device)
+    return values

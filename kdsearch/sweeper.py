@@ -593,7 +593,9 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     tracker, shared = None, None
     try:
         tracker = start_services(plan, opts)
+        prepare_started = time.perf_counter()
         shared = prepare_shared(plan, tracker, opts, log)
+        prepare_s = time.perf_counter() - prepare_started
         if opts.warm_start and not opts.resume:
             _warm_start(plan, opts, shared, log)
         trials_started = time.perf_counter()
@@ -640,10 +642,12 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     best = finalise_best(plan, shared, trials, winner)
     live_mlflow_s, started = tracker.seconds, time.perf_counter()
     synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
-    # Where the sweep's time went (benchmarks/speed.py reads these): the trials (Ray Tune's loop,
+    # Where the sweep's time went (benchmarks/speed.py and gpu.py read these): the data and the
+    # teacher (trained or loaded, and its outputs cached), the trials (Ray Tune's loop,
     # including the live MLflow logging it does), that logging, the MLflow work at the end
     # (catching up, the best student, registering), the report.
     timings = {
+        "prepare_s": prepare_s,
         "trials_s": trials_s,
         "mlflow_live_s": live_mlflow_s,
         "mlflow_end_s": time.perf_counter() - started,

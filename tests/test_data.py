@@ -159,3 +159,15 @@ def test_every_epoch_sees_every_image_for_any_batch_size(n, batch_size):
     batches = [idx for _, _, idx in data.train_batches(batch_size, seed=0, epoch=0, flip=False)]
     assert sorted(torch.cat(batches).tolist()) == list(range(n))
     assert len(batches) == data.num_batches(batch_size) and (batch_size == 1 or min(len(b) for b in batches) >= 2)
+
+
+def test_fashion_mnist_resized_to_image_size(tmp_path):
+    write_fashion_mnist(tmp_path / "fm")
+    plain = load_dataset("fashion_mnist", tmp_path / "fm", val_fraction=0.2)
+    data = load_dataset("fashion_mnist", tmp_path / "fm", val_fraction=0.2, image_size=32)
+    assert data.train_x.shape[1:] == (1, 32, 32) and data.test_x.shape[1:] == (1, 32, 32)
+    assert data.train_x.dtype == torch.uint8 and data.sizes() == plain.sizes()
+    # a smooth resize: the mean brightness of each image stays within a few levels
+    assert (data.train_x.float().mean((1, 2, 3)) - plain.train_x.float().mean((1, 2, 3))).abs().max() < 3
+    with pytest.raises(UserError, match="image_size 4 is too small"):
+        load_dataset("fashion_mnist", tmp_path / "fm", image_size=4)

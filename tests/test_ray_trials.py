@@ -107,3 +107,52 @@ def test_a_warm_start_that_cannot_inform_the_search_is_one_line(tmp_path):
         warm_start(_alpha_spec(), study, earlier, {"name": "other", "space": {"alpha": {}}, "objectives": [["val/loss", "min"]]})
     with pytest.raises(UserError, match="a grid has none"):
         warm_start(_alpha_spec({"alpha": {"choice": [0.1, 0.9]}}, sampler="grid", num_samples=2), study, earlier, {"name": "o"})
+
+
+def test_as_many_trials_start_at_once_as_the_cluster_runs(monkeypatch, tmp_path):
+    """Ray Tune starts one trial at a time under a searcher unless it is told how many run at
+    once: the sweep tells it what the cluster fits (4 trials at 0.25 GPU on one GPU)."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from kdsearch import ray_trials
+
+    monkeypatch.setattr(ray_trials.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert ray_trials.trials_at_once(2, 0.25) == 4
+    assert ray_trials.trials_at_once(1, 0) == 16
+    assert ray_trials.trials_at_once(2, 0.3) == 3
+    assert ray_trials.trials_at_once(32, 0) == 1
+
+    captured = {}
+
+    class Captured(Exception):
+        pass
+
+    class FakeTuner:
+        def __init__(self, trainable, *, param_space, tune_config, run_config):
+            captured["config"] = tune_config
+            raise Captured
+
+    monkeypatch.setattr(ray_trials.tune, "Tuner", FakeTuner)
+    monkeypatch.setattr(ray_trials.tune, "with_parameters", lambda trainable, **kw: trainable)
+    monkeypatch.setattr(ray_trials.tune, "with_resources", lambda trainable, resources: trainable)
+    monkeypatch.setattr(ray_trials, "_payload", lambda data: None)
+    monkeypatch.setattr(ray_trials, "architecture_metrics", lambda spec, data: {})
+    monkeypatch.setattr(ray_trials, "check_storage", lambda storage, shared: None)
+    spec = parse_sweep(
+        {
+            "fixed": {"method": "kd", "dataset": "digits", "epochs": 2},
+            "space": {"alpha": {"uniform": [0, 1]}},
+            "search": {"num_samples": 8, "seed": 0},
+        },
+        "at_once.yaml",
+    )
+    with pytest.raises(Captured):
+        ray_trials.run_trials(
+            spec, None, None, storage=str(tmp_path), name="s", resume=False, cpus_per_trial=2, gpus_per_trial=0.25
+        )
+    assert captured["config"].max_concurrent_trials == 4
+    # what that does inside Tune: four trials pending (starting) at once, not one
+    searcher = ray_trials._searcher(spec, None)
+    assert _get_max_pending_trials(SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=4))) == 4
+    assert _get_max_pending_trials(SearchGenerator(searcher)) == 1

@@ -218,3 +218,17 @@ def test_the_engine_needs_its_teacher_passed_in(digits):
 
     with pytest.raises(UserError, match="method 'kd' needs a teacher"):
         train.fit(TrainConfig(method="kd", **FAST), digits)
+
+
+def test_gpu_memory_is_read_on_cuda_only_and_the_peak_resets(monkeypatch):
+    from kdsearch.runtime import gpu_memory_mb
+
+    assert gpu_memory_mb(torch.device("cpu")) == {}
+    peak = {"value": 3 * 2**20}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2**20)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak["value"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: peak.update(value=2**20))
+    cuda = torch.device("cuda", 0)
+    assert gpu_memory_mb(cuda, reset_peak=True) == {"gpu/allocated_mb": 1.0, "gpu/peak_mb": 3.0}
+    assert gpu_memory_mb(cuda) == {"gpu/allocated_mb": 1.0, "gpu/peak_mb": 1.0}

@@ -2,7 +2,8 @@
 
 Searched in ``<data-dir>``, ``<data-dir>/fashion-mnist``, torchvision's
 ``<data-dir>/FashionMNIST/raw`` and Debian's ``/usr/share/datasets/fashion-mnist``
-(package dataset-fashion-mnist).
+(package dataset-fashion-mnist). ``image_size`` resizes the 28x28 images (e.g. 32 for
+CIFAR-shaped models and benchmarks); the default keeps them as they are.
 """
 
 from __future__ import annotations
@@ -57,7 +58,20 @@ def _search_dirs(data_dir: Path) -> list[Path]:
     return [data_dir, data_dir / "fashion-mnist", data_dir / "FashionMNIST" / "raw", SYSTEM_DIR]
 
 
-def load_fashion_mnist(data_dir: Path, download: bool = False, **_: object) -> RawDataset:
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) images resized to (size, size), bilinear with antialiasing, in chunks."""
+    if size < 8:
+        raise UserError(f"image_size {size} is too small for the models: use 8 or more (Fashion-MNIST is 28x28)")
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8)
+    for i in range(0, len(images), 8192):
+        chunk = torch.nn.functional.interpolate(images[i : i + 8192].float(), size=(size, size), mode="bilinear", antialias=True)
+        out[i : i + 8192] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def load_fashion_mnist(data_dir: Path, download: bool = False, image_size: int | None = None, **_: object) -> RawDataset:
     dirs = _search_dirs(data_dir)
     if _find_file(dirs, FILES["train_x"]) is None and download:
         import torchvision
@@ -80,10 +94,14 @@ def load_fashion_mnist(data_dir: Path, download: bool = False, **_: object) -> R
             raise UserError(f"Fashion-MNIST {split} images {x.shape} and labels {y.shape} do not match: re-download the dataset")
         if len(y) and y.max() >= len(CLASS_NAMES):
             raise UserError(f"Fashion-MNIST {split} labels go up to {y.max()}, expected 0-9: re-download the dataset")
+    train_x = torch.from_numpy(arrays["train_x"].copy())[:, None]
+    test_x = torch.from_numpy(arrays["test_x"].copy())[:, None]
+    if image_size:
+        train_x, test_x = resize(train_x, image_size), resize(test_x, image_size)
     return RawDataset(
-        train_x=torch.from_numpy(arrays["train_x"].copy())[:, None],
+        train_x=train_x,
         train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
-        test_x=torch.from_numpy(arrays["test_x"].copy())[:, None],
+        test_x=test_x,
         test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
         class_names=list(CLASS_NAMES),
     )
