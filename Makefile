@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/kdsearch train --method kd --dataset digits
 
 test: $(VENV)/.installed browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(VENV)/.installed   # the inner loop: no Ray, subprocess or browser tests
 	$(PY) -m pytest -q -m "not slow"

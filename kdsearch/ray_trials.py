@@ -227,10 +227,52 @@ def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None):
     kept = {}
     if study is not None:
         name, path = study
-        kept = {"study_name": name, "storage": optuna.storages.RDBStorage(f"sqlite:///{Path(path).resolve()}")}
+        kept = {"study_name": name, "storage": _study_in_memory(name, Path(path))}
     if len(metrics) == 1:
         return DistinctOptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler, **kept)
     return DistinctOptunaSearch(metric=metrics, mode=modes, sampler=sampler, **kept)
+
+
+def _study_in_memory(name: str, path: Path):
+    """The sweep's Optuna study lives in memory while the trials run (an SQLite study cost Tune's
+    loop about 25 ms a trial here, 0.2 ms in memory) and is written to ``path`` when they end
+    (``save_study``). What a warm start wrote to ``path`` beforehand is read in first."""
+    import optuna
+
+    memory = optuna.storages.InMemoryStorage()
+    if path.is_file():
+        disk = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
+        if name in optuna.get_all_study_names(disk):
+            optuna.copy_study(from_study_name=name, from_storage=disk, to_storage=memory)
+    return memory
+
+
+def _optuna_study(search_alg):
+    """The Optuna study inside Tune's (possibly wrapped) search algorithm, or None."""
+    while search_alg is not None and not hasattr(search_alg, "_ot_study"):
+        search_alg = getattr(search_alg, "searcher", None)
+    return getattr(search_alg, "_ot_study", None)
+
+
+def save_study(study, path: Path) -> None:
+    """Write the sweep's study (its finished trials) to the SQLite file optuna-dashboard opens,
+    atomically; a failure here is a warning, never a lost sweep."""
+    import optuna
+
+    if study is None:
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        disk = optuna.create_study(
+            storage=f"sqlite:///{partial.resolve()}", study_name=study.study_name, directions=study.directions
+        )
+        disk.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        del disk
+        os.replace(partial, path)
+    except Exception as exc:  # noqa: BLE001
+        partial.unlink(missing_ok=True)
+        print(f"warning: could not write the Optuna study to {path} ({exc}); the sweep's results are unaffected", file=sys.stderr)
 
 
 def warm_start(spec: SweepSpec, study: tuple[str, Path], trials: list[TrialRecord], other: dict) -> int:
@@ -627,16 +669,18 @@ def run_trials(
     callbacks: list = [JsonLoggerCallback()]
     if tracker is not None:
         callbacks.append(_ForwardResults(tracker))
+    searcher = None
     if resume:
         if not tune.Tuner.can_restore(path):
             raise UserError(f"nothing to resume at {path}: run the sweep without --resume first (same --name and --storage)")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
+        searcher = _searcher(spec, (name, study_db) if study_db is not None else None)
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(spec),
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, (name, study_db) if study_db is not None else None),
+                search_alg=searcher,
                 scheduler=_scheduler(spec, epochs),
                 num_samples=1 if spec.search.sampler == "grid" else spec.search.num_samples,
                 # Also the number of trials Tune starts at once: with a searcher and no limit it
@@ -664,8 +708,14 @@ def run_trials(
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             ),
         )
-    with _graceful_ctrl_c() as interrupted, _stop_when(stop_check) as stopped:
-        grid = tuner.fit()
+    try:
+        with _graceful_ctrl_c() as interrupted, _stop_when(stop_check) as stopped:
+            grid = tuner.fit()
+    finally:
+        if study_db is not None:
+            # a resumed sweep's searcher is the one Tune restored inside the tuner
+            restored = getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "search_alg", None)
+            save_study(_optuna_study(searcher if searcher is not None else restored), study_db)
     records = [_record(result, spec, storage) for result in grid]
     if interrupted.is_set():
         raise TrialsInterrupted(records)

@@ -640,6 +640,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         reasons = "; ".join(f"{t.trial_id}: {t.failure or 'no result'}" for t in trials[:3])
         raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
     best = finalise_best(plan, shared, trials, winner)
+    tracker.drain()  # the live logging's thread has caught up: its time is all counted
     live_mlflow_s, started = tracker.seconds, time.perf_counter()
     synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
     # Where the sweep's time went (benchmarks/speed.py and gpu.py read these): the data and the

@@ -12,7 +12,9 @@ import json
 import logging
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -110,10 +112,11 @@ class SweepTracker:
         self._offline = False
         self._new_parent = False  # True: this process created the parent run, so no trial run exists yet
         self.seconds = 0.0  # spent logging to MLflow, in this process
+        self._queue: queue.Queue | None = None  # live events, logged in order by one thread off Tune's loop
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "seconds"):
+        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "seconds", "_queue"):
             state.pop(key, None)
         return state
 
@@ -180,6 +183,34 @@ class SweepTracker:
         finally:
             self.seconds += time.perf_counter() - started
 
+    def _submit(self, fn, *args) -> None:
+        """Live logging runs in one background thread, in the order events came: Tune's loop
+        (which starts trials and hands out settings) never waits for MLflow."""
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._drain_forever, args=(self._queue,), name="kdsearch-mlflow", daemon=True).start()
+        self._queue.put((fn, args))
+
+    def _drain_forever(self, events: queue.Queue) -> None:
+        while True:
+            fn, args = events.get()
+            self._safe(fn, *args)
+
+    def drain(self, timeout: float = 120.0) -> bool:
+        """Wait until every live event so far is logged (at most ``timeout`` s: then logging goes
+        offline and the end of the sweep, or `kdsearch sync`, catches up). True when drained."""
+        if self._queue is None:
+            return True
+        done = threading.Event()
+        self._queue.put((done.set, ()))
+        if done.wait(timeout):
+            return True
+        self._offline = True
+        _LOG.warning(
+            "MLflow logging did not keep up (%.0f s); results stay in the sweep folder and are synced at the end", timeout
+        )
+        return False
+
     def _run_for(self, trial_id: str, params: dict) -> str:
         if trial_id in self._runs:
             return self._runs[trial_id]
@@ -203,7 +234,7 @@ class SweepTracker:
         return run_id
 
     def trial_started(self, trial_id: str, params: dict) -> None:
-        self._safe(self._run_for, trial_id, params)
+        self._submit(self._run_for, trial_id, params)
 
     def _log_epoch(self, trial_id: str, params: dict, result: dict) -> None:
         run_id = self._run_for(trial_id, params)
@@ -219,7 +250,7 @@ class SweepTracker:
                 self.client.set_tag(run_id, "kdsearch.error", str(result[key])[:500])
 
     def trial_result(self, trial_id: str, params: dict, result: dict) -> None:
-        self._safe(self._log_epoch, trial_id, params, result)
+        self._submit(self._log_epoch, trial_id, params, dict(result))
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         def finish():
@@ -230,12 +261,13 @@ class SweepTracker:
                 self.client.set_tag(run_id, "kdsearch.error", error)
             self.client.set_terminated(run_id, status)
 
-        self._safe(finish)
+        self._submit(finish)
 
     # -- after the sweep -----------------------------------------------------------
 
     def sync(self, trials) -> int:
         """Make MLflow hold every trial's whole history exactly once; returns epochs added."""
+        self.drain()
         started = time.perf_counter()
         try:
             return self._sync(trials)
@@ -288,6 +320,7 @@ class SweepTracker:
             register_student(self.tracking_uri, run_id, student_path, registered_name)
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.drain()
         self.client.set_terminated(self.parent_id, status)
 
 

@@ -156,3 +156,27 @@ def test_as_many_trials_start_at_once_as_the_cluster_runs(monkeypatch, tmp_path)
     searcher = ray_trials._searcher(spec, None)
     assert _get_max_pending_trials(SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=4))) == 4
     assert _get_max_pending_trials(SearchGenerator(searcher)) == 1
+
+
+def test_the_study_stays_in_memory_while_trials_run_and_is_written_when_they_end(tmp_path):
+    """No SQLite write per trial in Tune's loop; optuna-dashboard still gets the whole study."""
+    import optuna
+
+    from kdsearch.ray_trials import _optuna_study, save_study
+
+    spec = parse_sweep(
+        {"fixed": {"method": "kd", "dataset": "digits"}, "space": {"alpha": {"uniform": [0, 1]}}, "search": {"seed": 0}},
+        "mem.yaml",
+    )
+    db = tmp_path / "optuna.db"
+    searcher = _searcher(spec, ("mem", db))
+    searcher.set_search_properties(None, None, tune_space(spec))
+    for i in range(3):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", result={"val/acc": config["alpha"], "training_iteration": 2})
+    searcher.suggest("t3")  # still running when the sweep ends
+    assert not db.exists()
+    save_study(_optuna_study(searcher), db)
+    study = optuna.load_study(study_name="mem", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert not list(tmp_path.glob("*.partial"))

@@ -227,6 +227,11 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     assert payload["metrics"]["test/acc"] > 0.5
     for name, text in finished.items():  # finished trials were not run again
         assert (storage / "tiny" / name / "result.json").read_text() == text
+    import optuna
+
+    # the study optuna-dashboard opens holds every trial, those of the first run and of the resumed one
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{storage / 'tiny' / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
     client = MlflowClient(db)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     trial_ids = [r.data.tags["kdsearch.trial_id"] for r in runs if r.data.tags.get("kdsearch.role") == "trial"]

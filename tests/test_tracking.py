@@ -80,6 +80,7 @@ def test_a_new_sweep_creates_trial_runs_without_searching_and_a_resumed_one_find
     monkeypatch.setattr(MlflowClient, "search_runs", counting)
     for trial in ("a", "b", "c"):
         tracker.trial_started(trial, {"alpha": 0.5})
+    tracker.drain()
     assert searches == []  # a new parent has no trial runs to find: no query per trial
     again = tracking.SweepTracker(tracker.tracking_uri, experiment="exp", sweep_dir=tracker.sweep_dir, tags={"method": "kd"})
     again.start({})
@@ -87,3 +88,33 @@ def test_a_new_sweep_creates_trial_runs_without_searching_and_a_resumed_one_find
     again.sync([TrialRecord(t, {"alpha": 0.5}, history, "TERMINATED") for t in ("a", "b", "c")])
     assert len(searches) == 1 + 3  # the parent, then each trial's existing run
     assert sorted(r.data.tags["kdsearch.trial_id"] for r in _runs(tracker, "trial")) == ["a", "b", "c"]  # none twice
+
+
+def test_live_logging_never_holds_up_the_caller_and_drains_in_order(tracker, monkeypatch):
+    """Tune's loop calls trial_result: it returns while MLflow is still busy (here: blocked), and
+    the epochs land in order once MLflow answers."""
+    import threading
+
+    gate = threading.Event()
+    real = MlflowClient.log_batch
+
+    def slow(self, *args, **kwargs):
+        assert gate.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", slow)
+    tracker.trial_started("a", {"alpha": 0.5})
+    caller = threading.Thread(
+        target=lambda: [tracker.trial_result("a", {"alpha": 0.5}, {"epoch": e, "val/acc": 0.5 + e / 10}) for e in (1, 2, 3)]
+    )
+    caller.start()
+    caller.join(10)
+    assert not caller.is_alive()  # returned although MLflow has not logged anything yet
+    assert not tracker.drain(timeout=0.2)  # MLflow does not keep up: logging goes offline...
+    gate.set()
+    tracker._offline = False  # ...(here: back online for the check below)
+    tracker.trial_result("a", {"alpha": 0.5}, {"epoch": 4, "val/acc": 0.9})
+    assert tracker.drain()
+    run_id = tracker._runs["a"]
+    steps = [m.step for m in MlflowClient(tracker.tracking_uri).get_metric_history(run_id, "val/acc")]
+    assert steps == sorted(steps) and steps[-1] == 4
