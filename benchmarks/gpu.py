@@ -1,7 +1,7 @@
 """GPU speed: ResNet-18 students on CIFAR-shaped data held in GPU memory, ratios from one run.
 
-    python benchmarks/gpu.py                      # one GPU, under 8 minutes on an H100
-    python benchmarks/gpu.py --device cpu --tiny  # a few seconds a part: what CI runs, so it never rots
+    python benchmarks/gpu.py --data-dir DIR       # one GPU, over 10 minutes (an H200 had not finished in 9)
+    python benchmarks/gpu.py --device cpu --tiny  # 1.5 minutes on 2 CPUs: what CI runs, so it never rots
 
 Measures, each part on its own (--parts; a part that fails is reported, the others still run):
   - sweeps: real `kdsearch sweep` runs (Ray Tune, Optuna, MLflow): one CE trial holding the whole
