@@ -616,6 +616,9 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
         raise UserError(f"--cpus-per-trial {cpus_per_trial} but the Ray cluster has {total.get('CPU', 0):g} CPUs: lower it")
 
 
+_USER_MAX_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
+
+
 def trials_at_once(cpus_per_trial: float, gpus_per_trial: float) -> int:
     """How many trials the Ray cluster runs at the same time with these resources each."""
     total = ray.cluster_resources()
@@ -669,6 +672,11 @@ def run_trials(
     callbacks: list = [JsonLoggerCallback()]
     if tracker is not None:
         callbacks.append(_ForwardResults(tracker))
+    # How many trials Tune may be starting at once: under a searcher it starts one at a time,
+    # each waiting for the last one's actor to come up (on an H200, 4 trials at 0.25 GPU came up
+    # 20 s apart and at most 3 ever ran). As many as the cluster runs now; not a cap on how many
+    # run (an autoscaling cluster still grows). A value the user set wins.
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = _USER_MAX_PENDING or str(trials_at_once(cpus_per_trial, gpus_per_trial))
     searcher = None
     if resume:
         if not tune.Tuner.can_restore(path):
@@ -683,12 +691,7 @@ def run_trials(
                 search_alg=searcher,
                 scheduler=_scheduler(spec, epochs),
                 num_samples=1 if spec.search.sampler == "grid" else spec.search.num_samples,
-                # Also the number of trials Tune starts at once: with a searcher and no limit it
-                # starts one at a time, each waiting for the last one's actor to come up (on an
-                # H200, 4 trials at 0.25 GPU took 20 s a trial to fill the GPU).
-                max_concurrent_trials=max_concurrent
-                or spec.search.max_concurrent
-                or trials_at_once(cpus_per_trial, gpus_per_trial),
+                max_concurrent_trials=max_concurrent or spec.search.max_concurrent,
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),

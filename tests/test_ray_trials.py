@@ -110,10 +110,10 @@ def test_a_warm_start_that_cannot_inform_the_search_is_one_line(tmp_path):
 
 
 def test_as_many_trials_start_at_once_as_the_cluster_runs(monkeypatch, tmp_path):
-    """Ray Tune starts one trial at a time under a searcher unless it is told how many run at
-    once: the sweep tells it what the cluster fits (4 trials at 0.25 GPU on one GPU)."""
+    """Ray Tune starts one trial at a time under a searcher unless it is told how many may be
+    starting at once: the sweep tells it what the cluster fits (4 trials at 0.25 GPU on one GPU)."""
     from ray.tune.execution.tune_controller import _get_max_pending_trials
-    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+    from ray.tune.search import SearchGenerator
 
     from kdsearch import ray_trials
 
@@ -147,15 +147,17 @@ def test_as_many_trials_start_at_once_as_the_cluster_runs(monkeypatch, tmp_path)
         },
         "at_once.yaml",
     )
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
     with pytest.raises(Captured):
         ray_trials.run_trials(
             spec, None, None, storage=str(tmp_path), name="s", resume=False, cpus_per_trial=2, gpus_per_trial=0.25
         )
-    assert captured["config"].max_concurrent_trials == 4
-    # what that does inside Tune: four trials pending (starting) at once, not one
+    assert captured["config"].max_concurrent_trials is None  # not a cap: an autoscaling cluster still grows
+    # what Tune then does under a searcher: four trials pending (starting) at once, not one
     searcher = ray_trials._searcher(spec, None)
-    assert _get_max_pending_trials(SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=4))) == 4
-    assert _get_max_pending_trials(SearchGenerator(searcher)) == 1
+    assert _get_max_pending_trials(SearchGenerator(searcher)) == 4
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG")
+    assert _get_max_pending_trials(SearchGenerator(searcher)) == 1  # Tune's own choice
 
 
 def test_the_study_stays_in_memory_while_trials_run_and_is_written_when_they_end(tmp_path):
