@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="take a strategy and seed from a finished sweep in --work with the same space"
     )
+    parser.add_argument("--reuse-only", action="store_true", help="rebuild the results from finished sweeps in --work; run none")
     args = parser.parse_args()
     s = SETTINGS["quick" if args.quick else "full"]
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -203,7 +204,10 @@ def main() -> None:
             if strategy != "grid":
                 space["search"]["seed"] = seed
             stem = f"efficiency-{strategy.replace('+', '-')}-s{seed}"
-            earlier = finished_run(work, stem, space) if args.reuse else None
+            earlier = finished_run(work, stem, space) if args.reuse or args.reuse_only else None
+            if earlier is None and args.reuse_only:
+                print(f"{strategy} seed {seed}: no finished sweep in {work}, skipped (--reuse-only)", flush=True)
+                continue
             if earlier is not None:
                 print(f"{strategy} seed {seed}: reusing {earlier['sweep']}", flush=True)
                 runs.append({"strategy": strategy, "seed": seed, **earlier})
