@@ -194,7 +194,10 @@ class SweepTracker:
     def _drain_forever(self, events: queue.Queue) -> None:
         while True:
             fn, args = events.get()
-            self._safe(fn, *args)
+            if isinstance(fn, threading.Event):
+                fn.set()  # drain()'s marker: everything before it is done (also when offline)
+            else:
+                self._safe(fn, *args)
 
     def drain(self, timeout: float = 120.0) -> bool:
         """Wait until every live event so far is logged (at most ``timeout`` s: then logging goes
@@ -202,7 +205,7 @@ class SweepTracker:
         if self._queue is None:
             return True
         done = threading.Event()
-        self._queue.put((done.set, ()))
+        self._queue.put((done, ()))
         if done.wait(timeout):
             return True
         self._offline = True
