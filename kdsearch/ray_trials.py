@@ -172,14 +172,34 @@ class DistinctOptunaSearch(OptunaSearch):
     """Optuna's suggestions, never the same settings twice. A repeat of a finished trial is told
     that trial's result and drawn again; a repeat of a running trial is drawn again (NSGA-II with
     a small population repeated itself; so can any sampler over a few choices). After
-    ``MAX_REDRAWS`` repeats in a row (a small discrete space, used up) the repeat is run."""
+    ``MAX_REDRAWS`` repeats in a row (a small discrete space, used up) the repeat is run.
+
+    A trial that ended before ``max_epochs`` (stopped by ASHA, diverged) is told to Optuna as
+    pruned, not complete: TPE then ranks it below every trial that trained all its epochs, and
+    among the stopped ones by how far each got and its accuracy there. Told as complete, an
+    accuracy after 1 epoch of a one-cycle schedule competed with others after 5, and TPE learned
+    from the rung's noise (benchmarks/results/search-efficiency: the high learning rates that end
+    best look worst after 1 epoch)."""
 
     MAX_REDRAWS = 200  # an ask and a tell each: milliseconds
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, max_epochs: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._results_by_settings: dict[tuple, dict | None] = {}  # None while the trial runs
         self._settings_of: dict[str, tuple] = {}
+        self._max_epochs = max_epochs
+
+    def _ended_early(self, result: dict | None) -> bool:
+        max_epochs = getattr(self, "_max_epochs", None)  # None in a searcher pickled before this existed
+        return bool(max_epochs and result and result.get("training_iteration", max_epochs) < max_epochs)
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool, report: bool = False) -> None:
+        if error or not self._ended_early(result):
+            OptunaSearch.on_trial_complete(self, trial_id, result=result, error=error)
+            return
+        if report and not isinstance(self.metric, list) and isinstance(result.get(self.metric), (int, float)):
+            self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+        OptunaSearch.on_trial_complete(self, trial_id, result=None, error=False)  # no value, no error: pruned
 
     def suggest(self, trial_id: str):
         for attempt in range(self.MAX_REDRAWS):
@@ -190,7 +210,7 @@ class DistinctOptunaSearch(OptunaSearch):
             if key not in self._results_by_settings or attempt == self.MAX_REDRAWS - 1:
                 break
             earlier = self._results_by_settings[key]
-            super().on_trial_complete(trial_id, result=earlier, error=earlier is None)
+            self._tell(trial_id, earlier, earlier is None, report=True)
             self._completed_trials.discard(trial_id)  # the same Tune trial draws again,
             del self._ot_trials[trial_id]  # as a new Optuna trial
         self._results_by_settings.setdefault(key, None)
@@ -198,14 +218,16 @@ class DistinctOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)  # Tune's warning
+        self._tell(trial_id, result, error)
         key = self._settings_of.get(trial_id)
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if key is not None and result and all(m in result for m in metrics):
             self._results_by_settings[key] = {m: result[m] for m in metrics}
 
 
-def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None):
+def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None, max_epochs: int | None = None):
     """Optuna behind Tune; ``study`` (a name and an SQLite file) keeps every trial it saw on disk,
     for optuna-dashboard and later analysis."""
     import optuna
@@ -229,8 +251,8 @@ def _searcher(spec: SweepSpec, study: tuple[str, Path] | None = None):
         name, path = study
         kept = {"study_name": name, "storage": _study_in_memory(name, Path(path))}
     if len(metrics) == 1:
-        return DistinctOptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler, **kept)
-    return DistinctOptunaSearch(metric=metrics, mode=modes, sampler=sampler, **kept)
+        return DistinctOptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler, max_epochs=max_epochs, **kept)
+    return DistinctOptunaSearch(metric=metrics, mode=modes, sampler=sampler, max_epochs=max_epochs, **kept)
 
 
 def _study_in_memory(name: str, path: Path):
@@ -305,6 +327,7 @@ def warm_start(spec: SweepSpec, study: tuple[str, Path], trials: list[TrialRecor
         load_if_exists=True,
     )
     told = 0
+    full = max((len(t.history) for t in trials), default=0)  # epochs of a trial that was not stopped early
     for trial in trials:
         last = trial.history[-1] if trial.history else {}
         values = [last.get(metric) for metric, _ in spec.search.objectives]
@@ -320,9 +343,15 @@ def warm_start(spec: SweepSpec, study: tuple[str, Path], trials: list[TrialRecor
                 except (ValueError, TypeError):
                     pass
         if params:
+            # Stopped early (ASHA): pruned at the epoch it reached, as during its own sweep.
+            early = len(trial.history) < full
             target.add_trial(
                 optuna.trial.create_trial(
-                    params=params, distributions={k: distributions[k] for k in params}, values=[float(v) for v in values]
+                    params=params,
+                    distributions={k: distributions[k] for k in params},
+                    values=None if early else [float(v) for v in values],
+                    state=optuna.trial.TrialState.PRUNED if early else optuna.trial.TrialState.COMPLETE,
+                    intermediate_values={len(trial.history): float(values[0])} if early and len(values) == 1 else None,
                 )
             )
             told += 1
@@ -683,7 +712,7 @@ def run_trials(
             raise UserError(f"nothing to resume at {path}: run the sweep without --resume first (same --name and --storage)")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        searcher = _searcher(spec, (name, study_db) if study_db is not None else None)
+        searcher = _searcher(spec, (name, study_db) if study_db is not None else None, max_epochs=epochs)
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(spec),

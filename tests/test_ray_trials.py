@@ -182,3 +182,37 @@ def test_the_study_stays_in_memory_while_trials_run_and_is_written_when_they_end
     study = optuna.load_study(study_name="mem", storage=f"sqlite:///{db}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_trial_asha_stopped_is_pruned_for_tpe_not_compared_with_finished_ones():
+    """Told as complete, a trial ASHA stopped after 1 of 5 epochs competed with trials that
+    trained all 5: under a one-cycle schedule the learning rates that end best look worst after
+    1 epoch, and TPE learned the rung's noise. It is told as pruned at the epoch it reached."""
+    import optuna
+
+    spec = _alpha_spec(num_samples=4)
+    searcher = _searcher(spec, max_epochs=5)
+    searcher.set_search_properties(None, None, tune_space(spec))
+    for i, (epochs, acc) in enumerate([(1, 0.2), (5, 0.8), (3, 0.6), (5, 0.7)]):
+        searcher.suggest(f"t{i}")
+        for e in range(1, epochs + 1):
+            searcher.on_trial_result(f"t{i}", {"val/acc": acc, "training_iteration": e})
+        searcher.on_trial_complete(f"t{i}", result={"val/acc": acc, "training_iteration": epochs})
+    trials = searcher._ot_study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].intermediate_values == {1: 0.2} and trials[2].intermediate_values[3] == 0.6
+    assert [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE] == [0.8, 0.7]
+
+
+def test_a_warm_start_tells_trials_stopped_early_as_pruned(tmp_path):
+    import optuna
+
+    earlier = [
+        TrialRecord("e0", {"alpha": 0.1}, [{"val/acc": 0.3}], "TERMINATED"),
+        TrialRecord("e1", {"alpha": 0.9}, [{"val/acc": 0.5}, {"val/acc": 0.6}, {"val/acc": 0.7}], "TERMINATED"),
+    ]
+    manifest = {"name": "earlier", "space": {"alpha": {}}, "objectives": [["val/acc", "max"]]}
+    assert warm_start(_alpha_spec(), ("new", tmp_path / "warm.db"), earlier, manifest) == 2
+    study = optuna.load_study(study_name="new", storage=f"sqlite:///{tmp_path / 'warm.db'}")
+    states = {t.params["alpha"]: (t.state, t.value, t.intermediate_values) for t in study.get_trials()}
+    assert states == {0.1: (optuna.trial.TrialState.PRUNED, None, {1: 0.3}), 0.9: (optuna.trial.TrialState.COMPLETE, 0.7, {})}
