@@ -59,13 +59,13 @@ WITHIN = 0.003  # "within 0.3 points of the grid's best"
 BASE = "tpe+asha"  # the search the shipped spaces use: TPE, ASHA from a short grace period
 # Other settings of the TPE + ASHA search, measured the same way (search-settings overrides).
 # (Optuna 5's TPE is already multivariate with a constant liar for parallel trials.)
-# Each names its trial count so that its epochs come to about the grid's budget.
+# Each names its trials per grid trial, so that its epochs come to about the grid's budget.
 CANDIDATES = {
     # TPE models after 4 trials; one rung, at epoch 4 of 5 (rank correlation with the final
     # accuracy 0.80 there, 0.09 after epoch 1, on the grid's and random search's trials), keeps 1/3
-    "tpe4+asha-g4": {"n_startup_trials": 4, "grace_period": 4, "reduction_factor": 3, "num_samples": 31},
+    "tpe4+asha-g4": {"n_startup_trials": 4, "grace_period": 4, "reduction_factor": 3, "per_grid_trial": 1.15},
     # TPE models after 4 trials, every trial trains all its epochs
-    "tpe4": {"n_startup_trials": 4, "scheduler": "fifo", "num_samples": 27},
+    "tpe4": {"n_startup_trials": 4, "scheduler": "fifo", "per_grid_trial": 1.0},
 }
 # Sweeps a searcher drove before this revision told it ASHA-stopped trials as complete (code
 # before the pruned fix); --reuse takes only sweeps of the current revision for them.
@@ -103,6 +103,8 @@ def spaces(s: dict, teacher_path: Path, cache: str) -> dict[str, dict]:
         BASE: {"fixed": fixed, "space": ranges, "search": tpe},
     }  # fmt: skip
     for name, changes in CANDIDATES.items():
+        changes = dict(changes)
+        changes["num_samples"] = max(2, round(size * changes.pop("per_grid_trial")))
         out[name] = {"fixed": fixed, "space": ranges, "search": {**tpe, **changes}}
     return out
 
