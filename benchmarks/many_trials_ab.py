@@ -1,0 +1,113 @@
+"""Sweeps of many trials, A/B: the same `speed.measure_many` sweep run by two commits of kdsearch,
+interleaved, in one sitting.
+
+    python benchmarks/many_trials_ab.py --revs 5374373 HEAD --trials 100 500 --repeats 2 --out many-trials-gc
+
+Each commit's `kdsearch` and `benchmarks` are taken with `git archive` into a temporary folder and
+run from there (`python -m kdsearch sweep` of N one-epoch digits trials, 2 at a time). The order
+of the two alternates from one repeat to the next, and a short sweep runs first and is dropped
+(on this machine the first sweep after a quiet spell ran up to 2x slower, whichever commit it was).
+Writes benchmarks/results/<out>.{json,md}: every run, and the mean per commit and trial count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+
+
+def checkout(rev: str, into: Path) -> tuple[str, Path]:
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True, text=True)
+    sha = sha.stdout.strip()
+    folder = into / sha
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", sha, "kdsearch", "benchmarks"], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(["tar", "x", "-C", str(folder)], input=archive.stdout, check=True)
+    return sha, folder
+
+
+def measure(folder: Path, trials: int, cache: str) -> dict:
+    """measure_many of this commit, in a process that imports only this commit's code."""
+    code = (
+        "import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/benchmarks']; import speed; "
+        "print(json.dumps(speed.measure_many(int(sys.argv[2]), sys.argv[3])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(trials), cache],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--revs", nargs=2, required=True, metavar=("BEFORE", "AFTER"), help="two git revisions")
+    parser.add_argument("--trials", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default="many-trials-ab", help="results/<out>.json and .md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = str(Path(tmp) / "cache")
+        code = [checkout(rev, Path(tmp)) for rev in args.revs]
+        measure(code[0][1], 20, cache)  # warm-up (and the teacher into the cache), dropped
+        runs = []
+        for trials in args.trials:
+            for repeat in range(args.repeats):
+                for sha, folder in code if repeat % 2 == 0 else code[::-1]:
+                    r = measure(folder, trials, cache)
+                    runs.append({"code": sha, "repeat": repeat, **r})
+                    print(
+                        f"{sha} {trials} trials: overhead {r['overhead_per_trial_s']:.3f} s a trial, "
+                        f"trial phase {r['trials_phase_s']:.1f} s",
+                        flush=True,
+                    )
+                    write(args, code, runs)
+
+
+def write(args, code, runs: list[dict]) -> None:
+    out = ROOT / "results"
+    (out / f"{args.out}.json").write_text(json.dumps(runs, indent=1) + "\n")
+    shas = [sha for sha, _ in code]
+    lines = [
+        f"# Sweeps of many trials: {shas[0]} against {shas[1]}",
+        "",
+        f"Machine: {platform.machine()}, 2 CPUs. Command: `python benchmarks/many_trials_ab.py {' '.join(sys.argv[1:])}`.",
+        "Each run: `speed.measure_many(N)`, a `kdsearch sweep` of N one-epoch digits trials (KD resnet20 -> resnet8, random",
+        "sampler, FIFO), 2 at a time. Overhead per trial = (trial phase - sum of trial times / 2) / N. Goal (issue 17): <= 0.2 s.",
+        "",
+        "| code | trials | runs | trial phase s | sum of trial times s | overhead per trial | wall s | driver peak MB | MLflow live s | report s | MLflow trial runs (distinct) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for trials in dict.fromkeys(r["trials"] for r in runs):
+        for sha in shas:
+            mine = [r for r in runs if r["code"] == sha and r["trials"] == trials]
+            if not mine:
+                continue
+
+            def each(key, fmt):
+                return ", ".join(format(r[key], fmt) for r in mine)
+
+            lines.append(
+                f"| {sha} | {trials} | {len(mine)} | {each('trials_phase_s', '.1f')} | {each('sum_trial_s', '.1f')} "
+                f"| {each('overhead_per_trial_s', '.3f')} s | {each('wall_s', '.0f')} | {each('driver_peak_rss_mb', ',.0f')} "
+                f"| {each('mlflow_live_s', '.1f')} | {each('report_s', '.1f')} "
+                f"| {', '.join(str(r['mlflow_trial_runs']) + ' (' + str(r['mlflow_distinct_trials']) + ')' for r in mine)} |"
+            )
+    (out / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
