@@ -253,7 +253,7 @@ def main() -> None:
                 flush=True,
             )
             if any(r["strategy"] == "grid" for r in runs):
-                write(out, runs, s, args)
+                write(out, runs, s, args, work)
 
 
 def summarise(runs: list[dict]) -> tuple[list[dict], dict[str, pd.DataFrame], int, float]:
@@ -287,7 +287,37 @@ def summarise(runs: list[dict]) -> tuple[list[dict], dict[str, pd.DataFrame], in
     return rows, curves, budget, target
 
 
-def write(out: Path, runs: list[dict], s: dict, args) -> None:
+def rung_quality(runs: list[dict], work: Path) -> pd.DataFrame:
+    """What an ASHA rung after each epoch would know: over every trial that trained all its epochs
+    (grid and random search stop none), the rank correlation of the validation accuracy after
+    that epoch with the last one, and how many of the best tenth (by the last accuracy) a rung
+    that keeps the top third (reduction factor 3) would have kept."""
+    rows = []
+    for r in runs:
+        if r["strategy"] in ("grid", "random"):
+            for t in load_trials(work / "sweeps" / r["sweep"]):
+                accs = [h["val/acc"] for h in t.history if isinstance(h.get("val/acc"), (int, float))]
+                rows.append(accs)
+    full = max((len(a) for a in rows), default=0)
+    table = pd.DataFrame([a for a in rows if len(a) == full])
+    out = []
+    if len(table) < 10:
+        return pd.DataFrame(out)
+    best = table[full - 1] >= table[full - 1].quantile(0.9)
+    for epoch in range(full - 1):
+        kept = table[epoch] >= table[epoch].quantile(2 / 3)
+        out.append(
+            {
+                "epoch": epoch + 1,
+                "trials": len(table),
+                "rank correlation with the last epoch": table[epoch].corr(table[full - 1], method="spearman"),
+                "best tenth kept by a top-third rung": f"{int((kept & best).sum())}/{int(best.sum())}",
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def write(out: Path, runs: list[dict], s: dict, args, work: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows, curves, budget, target = summarise(runs)
     pd.concat([c.assign(strategy=k) for k, c in curves.items()], ignore_index=True).to_csv(out / "curves.csv", index=False)
@@ -362,6 +392,21 @@ def write(out: Path, runs: list[dict], s: dict, args) -> None:
             lines.append(
                 f"- {name} at the grid's budget at least random search's best: **{'holds' if full else 'MISSED'}** "
                 f"({100 * by[name]['best at grid budget']:.2f}% vs {100 * by['random']['best at grid budget']:.2f}%)"
+            )
+    quality = rung_quality(runs, work)
+    if len(quality):
+        quality.to_csv(out / "rungs.csv", index=False)
+        lines += [
+            "",
+            f"What an ASHA rung after each epoch knows (`rungs.csv`; the {quality['trials'].iloc[0]} trials of grid and random "
+            "search, which train every epoch):",
+            "",
+            "| epoch | rank correlation with the last epoch's accuracy | best tenth kept by a rung keeping the top third |",
+            "| --- | --- | --- |",
+        ]
+        for _, q in quality.iterrows():
+            lines.append(
+                f"| {q['epoch']} | {q['rank correlation with the last epoch']:.2f} | {q['best tenth kept by a top-third rung']} |"
             )
     lines += ["", "Every run: `runs.csv`. ![best so far](curves.png)"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
