@@ -1,13 +1,14 @@
 """Sweeps of many trials, A/B: the same `speed.measure_many` sweep run by two commits of kdsearch,
 interleaved, in one sitting.
 
-    python benchmarks/many_trials_ab.py --revs 5374373 HEAD --trials 100 500 --repeats 2 --out many-trials-gc
+    python benchmarks/many_trials_ab.py --revs 5374373 HEAD --trials 100 500 --repeats 2 --name many-trials-gc
+    python benchmarks/many_trials_ab.py --revs HEAD HEAD --trials 4 --repeats 1 --warm-up 2 --out DIR   # CI: checks the path
 
 Each commit's `kdsearch` and `benchmarks` are taken with `git archive` into a temporary folder and
 run from there (`python -m kdsearch sweep` of N one-epoch digits trials, 2 at a time). The order
 of the two alternates from one repeat to the next, and a short sweep runs first and is dropped
 (on this machine the first sweep after a quiet spell ran up to 2x slower, whichever commit it was).
-Writes benchmarks/results/<out>.{json,md}: every run, and the mean per commit and trial count.
+Writes <out>/<name>.{json,md} (default benchmarks/results/many-trials-ab): every run of each commit and trial count.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 
 
-def checkout(rev: str, into: Path) -> tuple[str, Path]:
+def checkout(rev: str, into: Path, slot: int) -> tuple[str, Path]:
     sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True, text=True)
     sha = sha.stdout.strip()
-    folder = into / sha
+    folder = into / f"{slot}-{sha}"  # the same commit twice (HEAD HEAD): two folders
     folder.mkdir()
     archive = subprocess.run(["git", "archive", sha, "kdsearch", "benchmarks"], cwd=REPO, check=True, capture_output=True)
     subprocess.run(["tar", "x", "-C", str(folder)], input=archive.stdout, check=True)
@@ -57,18 +58,21 @@ def main() -> None:
     parser.add_argument("--revs", nargs=2, required=True, metavar=("BEFORE", "AFTER"), help="two git revisions")
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default="many-trials-ab", help="results/<out>.json and .md")
+    parser.add_argument("--warm-up", type=int, default=20, help="trials of the sweep run first and dropped")
+    parser.add_argument("--out", default=str(ROOT / "results"), help="results folder")
+    parser.add_argument("--name", default="many-trials-ab", help="<out>/<name>.json and .md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache")
-        code = [checkout(rev, Path(tmp)) for rev in args.revs]
-        measure(code[0][1], 20, cache)  # warm-up (and the teacher into the cache), dropped
+        code = [checkout(rev, Path(tmp), slot) for slot, rev in enumerate(args.revs)]
+        measure(code[0][1], args.warm_up, cache)  # warm-up (and the teacher into the cache), dropped
         runs = []
         for trials in args.trials:
             for repeat in range(args.repeats):
-                for sha, folder in code if repeat % 2 == 0 else code[::-1]:
+                for slot in (0, 1) if repeat % 2 == 0 else (1, 0):
+                    sha, folder = code[slot]
                     r = measure(folder, trials, cache)
-                    runs.append({"code": sha, "repeat": repeat, **r})
+                    runs.append({"code": sha, "slot": slot, "repeat": repeat, **r})
                     print(
                         f"{sha} {trials} trials: overhead {r['overhead_per_trial_s']:.3f} s a trial, "
                         f"trial phase {r['trials_phase_s']:.1f} s",
@@ -78,8 +82,9 @@ def main() -> None:
 
 
 def write(args, code, runs: list[dict]) -> None:
-    out = ROOT / "results"
-    (out / f"{args.out}.json").write_text(json.dumps(runs, indent=1) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(runs, indent=1) + "\n")
     shas = [sha for sha, _ in code]
     lines = [
         f"# Sweeps of many trials: {shas[0]} against {shas[1]}",
@@ -92,8 +97,8 @@ def write(args, code, runs: list[dict]) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for trials in dict.fromkeys(r["trials"] for r in runs):
-        for sha in shas:
-            mine = [r for r in runs if r["code"] == sha and r["trials"] == trials]
+        for slot, sha in enumerate(shas):
+            mine = [r for r in runs if r["slot"] == slot and r["trials"] == trials]
             if not mine:
                 continue
 
@@ -106,7 +111,7 @@ def write(args, code, runs: list[dict]) -> None:
                 f"| {each('mlflow_live_s', '.1f')} | {each('report_s', '.1f')} "
                 f"| {', '.join(str(r['mlflow_trial_runs']) + ' (' + str(r['mlflow_distinct_trials']) + ')' for r in mine)} |"
             )
-    (out / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
