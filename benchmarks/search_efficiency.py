@@ -67,9 +67,20 @@ CANDIDATES = {
     # TPE models after 4 trials, every trial trains all its epochs
     "tpe4": {"n_startup_trials": 4, "scheduler": "fifo", "per_grid_trial": 1.0},
 }
-# Sweeps a searcher drove before this revision told it ASHA-stopped trials as complete (code
-# before the pruned fix); --reuse takes only sweeps of the current revision for them.
-REVISION = 2
+# How the searcher learnt from trials ASHA stopped: 1 (no -rN in the name) as complete, with the
+# accuracy they stopped at; 2 as pruned, ranked on the epoch before they stopped; 3 as pruned, on
+# the epoch they stopped at. --reuse takes a searched strategy's sweeps of the current revision
+# only, but for a strategy ASHA does not stop (fifo) those of revision 2 as well: no difference.
+REVISION = 3
+
+
+def stems(strategy: str, space: dict, seed: int) -> list[str]:
+    """The names this strategy's and seed's sweeps have, the one a new sweep takes first."""
+    base = f"efficiency-{strategy.replace('+', '-')}"
+    if strategy in ("grid", "random"):
+        return [f"{base}-s{seed}"]
+    revisions = [REVISION] + ([2] if space["search"]["scheduler"] == "fifo" else [])
+    return [f"{base}-r{r}-s{seed}" for r in revisions]
 
 
 def spaces(s: dict, teacher_path: Path, cache: str) -> dict[str, dict]:
@@ -213,9 +224,11 @@ def main() -> None:
             space = json.loads(json.dumps(all_spaces[strategy]))
             if strategy != "grid":
                 space["search"]["seed"] = seed
-            searched = strategy not in ("grid", "random")  # a searcher that learns from stopped trials
-            stem = f"efficiency-{strategy.replace('+', '-')}{f'-r{REVISION}' if searched else ''}-s{seed}"
-            earlier = finished_run(work, stem, space) if args.reuse or args.reuse_only else None
+            names = stems(strategy, space, seed)
+            stem = names[0]
+            earlier = None
+            for name in names if args.reuse or args.reuse_only else []:
+                earlier = earlier or finished_run(work, name, space)
             if earlier is None and args.reuse_only:
                 print(f"{strategy} seed {seed}: no finished sweep in {work}, skipped (--reuse-only)", flush=True)
                 continue

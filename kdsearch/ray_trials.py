@@ -193,12 +193,16 @@ class DistinctOptunaSearch(OptunaSearch):
         max_epochs = getattr(self, "_max_epochs", None)  # None in a searcher pickled before this existed
         return bool(max_epochs and result and result.get("training_iteration", max_epochs) < max_epochs)
 
-    def _tell(self, trial_id: str, result: dict | None, error: bool, report: bool = False) -> None:
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         if error or not self._ended_early(result):
             OptunaSearch.on_trial_complete(self, trial_id, result=result, error=error)
             return
-        if report and not isinstance(self.metric, list) and isinstance(result.get(self.metric), (int, float)):
-            self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+        if not isinstance(self.metric, list) and isinstance(result.get(self.metric), (int, float)):
+            # Tune hands the result that ended the trial to on_trial_complete only, never to
+            # on_trial_result: report it, so the trial is ranked at the epoch ASHA judged it.
+            with warnings.catch_warnings():  # already reported (a repeat's earlier result): Optuna keeps the first
+                warnings.simplefilter("ignore")
+                self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
         OptunaSearch.on_trial_complete(self, trial_id, result=None, error=False)  # no value, no error: pruned
 
     def suggest(self, trial_id: str):
@@ -210,7 +214,7 @@ class DistinctOptunaSearch(OptunaSearch):
             if key not in self._results_by_settings or attempt == self.MAX_REDRAWS - 1:
                 break
             earlier = self._results_by_settings[key]
-            self._tell(trial_id, earlier, earlier is None, report=True)
+            self._tell(trial_id, earlier, earlier is None)
             self._completed_trials.discard(trial_id)  # the same Tune trial draws again,
             del self._ot_trials[trial_id]  # as a new Optuna trial
         self._results_by_settings.setdefault(key, None)

@@ -195,12 +195,13 @@ def test_a_trial_asha_stopped_is_pruned_for_tpe_not_compared_with_finished_ones(
     searcher.set_search_properties(None, None, tune_space(spec))
     for i, (epochs, acc) in enumerate([(1, 0.2), (5, 0.8), (3, 0.6), (5, 0.7)]):
         searcher.suggest(f"t{i}")
-        for e in range(1, epochs + 1):
-            searcher.on_trial_result(f"t{i}", {"val/acc": acc, "training_iteration": e})
+        for e in range(1, epochs):  # as Tune does: the result that ends a trial goes to on_trial_complete only
+            searcher.on_trial_result(f"t{i}", {"val/acc": acc - 0.1, "training_iteration": e})
         searcher.on_trial_complete(f"t{i}", result={"val/acc": acc, "training_iteration": epochs})
     trials = searcher._ot_study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE] * 2
-    assert trials[0].intermediate_values == {1: 0.2} and trials[2].intermediate_values[3] == 0.6
+    # ranked at the epoch each was stopped, on the accuracy ASHA judged there
+    assert trials[0].intermediate_values == {1: 0.2} and trials[2].intermediate_values == {1: 0.5, 2: 0.5, 3: 0.6}
     assert [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE] == [0.8, 0.7]
 
 
