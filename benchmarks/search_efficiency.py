@@ -14,6 +14,10 @@ student and teacher on the same training subset, selecting on validation accurac
 
 - candidates: other settings of TPE + ASHA (see CANDIDATES), each measured the same way.
 
+It also tells what an ASHA rung after each epoch would know (rungs.csv): over the trials of grid
+and random search, which train every epoch, how well the accuracy after that epoch ranks them by
+their last one.
+
 It records, for every strategy and search seed, the best validation accuracy seen so far
 against the epochs consumed so far (every reported epoch of every trial, in the order they
 finished), and writes benchmarks/results/search-efficiency[-quick]/{results.md, runs.csv,

@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="digits, short: the CI setting")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument(
-        "--many", type=int, nargs="+", help="trial counts of the many-trials sweeps (default: 100 500; --quick: none)"
+        "--many", type=int, nargs="+", help="trial counts of the many-trials sweeps (default: 100 500; --quick or 0: none)"
     )
     args = parser.parse_args()
     threads = set_threads(None)
@@ -302,7 +302,7 @@ def main() -> None:
         runs = [measure_startup(args.quick, cache) for _ in range(1 if args.quick else 3)]
     results["startup_runs_s"] = runs
     results["startup_s"] = statistics.median(runs)  # one start varies by ~0.5 s here
-    if not args.quick or args.many:
+    if args.many != [0] and (not args.quick or args.many):
         with tempfile.TemporaryDirectory() as cache:
             counts = args.many or [100, 500]
             results["many"] = [measure_many(n, cache) for n in counts]
