@@ -113,10 +113,11 @@ class SweepTracker:
         self._new_parent = False  # True: this process created the parent run, so no trial run exists yet
         self.seconds = 0.0  # spent logging to MLflow, in this process
         self._queue: queue.Queue | None = None  # live events, logged in order by one thread off Tune's loop
+        self._busy = threading.Lock()  # held by that thread while it logs one event
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "seconds", "_queue"):
+        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "seconds", "_queue", "_busy"):
             state.pop(key, None)
         return state
 
@@ -197,7 +198,8 @@ class SweepTracker:
             if isinstance(fn, threading.Event):
                 fn.set()  # drain()'s marker: everything before it is done (also when offline)
             else:
-                self._safe(fn, *args)
+                with self._busy:
+                    self._safe(fn, *args)
 
     def drain(self, timeout: float = 120.0) -> bool:
         """Wait until every live event so far is logged (at most ``timeout`` s: then logging goes
@@ -272,8 +274,12 @@ class SweepTracker:
         """Make MLflow hold every trial's whole history exactly once; returns epochs added."""
         self.drain()
         started = time.perf_counter()
+        # After a drain that gave up, the live thread may still be in a call (creating a trial's
+        # run, say): wait for that one call (the ones queued behind it are skipped, offline),
+        # so the catch-up never makes a trial a second run.
         try:
-            return self._sync(trials)
+            with self._busy:
+                return self._sync(trials)
         finally:
             self.seconds += time.perf_counter() - started
 

@@ -119,3 +119,32 @@ def test_live_logging_never_holds_up_the_caller_and_drains_in_order(tracker, mon
     run_id = tracker._runs["a"]
     steps = [m.step for m in MlflowClient(tracker.tracking_uri).get_metric_history(run_id, "val/acc")]
     assert steps == sorted(steps) and steps[-1] == 4
+
+
+def test_after_mlflow_fell_behind_the_catch_up_waits_for_the_call_in_flight_and_logs_each_trial_once(tracker, monkeypatch):
+    """A slow tracking server: the live logging was still creating a trial's run when the end of
+    the sweep gave up waiting and caught up itself. It must not create that trial a second run."""
+    import threading
+
+    gate = threading.Event()
+    real = MlflowClient.create_run
+
+    def slow(self, *args, **kwargs):
+        assert gate.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_run", slow)
+    tracker.trial_started("a", {"alpha": 0.5})
+    assert not tracker.drain(timeout=0.2)  # still in create_run: logging goes offline
+    impatient = tracker.drain
+    monkeypatch.setattr(tracker, "drain", lambda timeout=0.2: impatient(timeout))  # the catch-up gives up waiting, too
+    trial = TrialRecord("a", {"alpha": 0.5}, [{"epoch": 1, "val/acc": 0.6}], "TERMINATED")
+    catching_up = threading.Thread(target=tracker.sync, args=([trial],))
+    catching_up.start()
+    catching_up.join(1.0)
+    gate.set()  # the server answers the call in flight
+    catching_up.join(30)
+    assert not catching_up.is_alive()
+    runs = _runs(tracker, "trial")
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    assert [m.value for m in MlflowClient(tracker.tracking_uri).get_metric_history(runs[0].info.run_id, "val/acc")] == [0.6]
