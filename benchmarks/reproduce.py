@@ -96,7 +96,6 @@ def space_for(method: str, p: dict, data_dir: str | None, cache: str, teacher_pa
     search = {
         **raw.get("search", {}),
         "num_samples": p["num_samples"],
-        "grace_period": max(1, p["search_epochs"] // 3),
         "n_startup_trials": max(1, p["num_samples"] // 3),
     }
     return {"name": f"{p['dataset']}-{method}", "fixed": fixed, "space": space, "search": search}

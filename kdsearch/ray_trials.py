@@ -373,7 +373,7 @@ def _scheduler(spec: SweepSpec, max_epochs: int):
         metric=s.metric,
         mode=s.mode,
         max_t=max_epochs,
-        grace_period=min(s.grace_period, max_epochs),
+        grace_period=s.first_rung(max_epochs),
         reduction_factor=s.reduction_factor,
     )
 

@@ -146,3 +146,24 @@ def test_fixed_settings_of_a_space_with_drawn_list_items():
     )
     assert "weights" not in spec.fixed_config().method_args
     assert spec.trial_config({"weights.0": 0.5, "weights.2": 1.5}).method_args["weights"] == [0.5, 1.0, 1.5]
+
+
+def test_asha_judges_a_trial_late_in_its_schedule_unless_told_otherwise():
+    """Under the one-cycle schedule a trial's accuracy after 20-40% of its epochs ranks trials on
+    noise (benchmarks/results/search-efficiency/rungs.csv): ASHA's first rung is at 80% of the
+    epochs by default, and so it is in every shipped space that stops trials early."""
+    from kdsearch.ray_trials import _scheduler
+
+    def rung(search, epochs):
+        spec = parse_sweep(
+            {"fixed": {"method": "kd", "dataset": "digits", "epochs": epochs}, "space": {}, "search": search}, "s.yaml"
+        )
+        return min(milestone for milestone, _ in _scheduler(spec, epochs)._brackets[0]._rungs)
+
+    assert rung({}, 5) == 4 and rung({}, 10) == 8 and rung({}, 30) == 24 and rung({}, 1) == 1
+    assert rung({"grace_period": 2}, 5) == 2 and rung({"grace_period": 9}, 5) == 5  # the user's, within the epochs
+    for path in SPACES:
+        spec = load_sweep(path)
+        epochs = spec.example_config().epochs
+        if spec.search.scheduler == "asha" and path.stem != "quickstart":
+            assert spec.search.first_rung(epochs) >= 0.8 * epochs, path.stem
