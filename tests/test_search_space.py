@@ -167,3 +167,4 @@ def test_asha_judges_a_trial_late_in_its_schedule_unless_told_otherwise():
         epochs = spec.example_config().epochs
         if spec.search.scheduler == "asha" and path.stem != "quickstart":
             assert spec.search.first_rung(epochs) >= 0.8 * epochs, path.stem
+            assert spec.search.startup_trials() == 4, path.stem  # as measured in search_efficiency.py
