@@ -11,7 +11,8 @@ student and teacher on the same training subset, selecting on validation accurac
 - grid: 3 x 3 x 3 choices, every combination trained for the full epochs (FIFO);
 - random: random draws from the ranges that span the grid, full epochs, until the grid's
   epoch budget is spent;
-- TPE + ASHA: Optuna's TPE proposes, ASHA stops poor trials early, until the same budget.
+- TPE + ASHA as the shipped spaces search: Optuna's TPE proposes after 4 random trials, ASHA
+  stops the weaker two thirds at its one rung, at 80% of the epochs, until the same budget;
 
 - candidates: other settings of TPE + ASHA (see CANDIDATES), each measured the same way.
 
@@ -48,6 +49,7 @@ import yaml
 
 from kdsearch import TrainConfig
 from kdsearch.data import load_dataset
+from kdsearch.search_space import SearchSettings
 from kdsearch.sweeper import SweepOptions, run_sweep
 from kdsearch.teachers import get_teacher
 from kdsearch.sweep_folder import SweepFolder, load_trials
@@ -56,22 +58,23 @@ ROOT = Path(__file__).resolve().parent
 
 SETTINGS = {
     "full": dict(dataset="fashion_mnist", teacher="resnet20", student="resnet8", teacher_epochs=8, epochs=5, train_subset=5000,
-                 grid={"lr": [0.02, 0.06, 0.2], "temperature": [1.5, 4.0, 12.0], "alpha": [0.2, 0.5, 0.9]}, tpe_samples=60),
+                 grid={"lr": [0.02, 0.06, 0.2], "temperature": [1.5, 4.0, 12.0], "alpha": [0.2, 0.5, 0.9]}),
     "quick": dict(dataset="digits", teacher="resnet20", student="resnet8", teacher_epochs=30, epochs=3, train_subset=None,
-                  grid={"lr": [0.01, 0.1], "temperature": [2.0, 8.0]}, tpe_samples=6),
+                  grid={"lr": [0.01, 0.1], "temperature": [2.0, 8.0]}),
 }  # fmt: skip
 WITHIN = 0.003  # "within 0.3 points of the grid's best"
-BASE = "tpe+asha"  # the search the shipped spaces use: TPE, ASHA from a short grace period
-# Other settings of the TPE + ASHA search, measured the same way (search-settings overrides).
-# (Optuna 5's TPE is already multivariate with a constant liar for parallel trials.)
-# Each names its trials per grid trial, so that its epochs come to about the grid's budget.
+BASE = "tpe+asha"  # the search the shipped spaces use: TPE after 4 random trials, ASHA's one rung at 80% of the epochs
+# Other settings, measured the same way; each names its trials per grid trial, so that its
+# epochs come to about the grid's budget.
 CANDIDATES = {
-    # TPE models after 4 trials; one rung, at epoch 4 of 5 (rank correlation with the final
-    # accuracy 0.80 there, 0.09 after epoch 1, on the grid's and random search's trials), keeps 1/3
-    "tpe4+asha-g4": {"n_startup_trials": 4, "grace_period": 4, "reduction_factor": 3, "per_grid_trial": 1.15},
-    # TPE models after 4 trials, every trial trains all its epochs
-    "tpe4": {"n_startup_trials": 4, "scheduler": "fifo", "per_grid_trial": 1.0},
+    # As shipped before 2026-11-26 (session 8): TPE after 10 random trials, ASHA's rungs after 1 and 3 of 5 epochs
+    "tpe10+asha-g1": {"n_startup_trials": 10, "grace_period": 1, "reduction_factor": 3, "per_grid_trial": 60 / 27},
+    # TPE after 4 random trials, every trial trains all its epochs
+    # (grace_period means nothing under fifo; 1 is what its sweeps were written with)
+    "tpe4": {"n_startup_trials": 4, "scheduler": "fifo", "grace_period": 1, "per_grid_trial": 1.0},
 }
+# The same search under an earlier name (its finished sweeps are reused under the current one).
+ALIASES = {BASE: ["tpe4+asha-g4"]}
 # How the searcher learnt from trials ASHA stopped: 1 (no -rN in the name) as complete, with the
 # accuracy they stopped at; 2 as pruned, ranked on the epoch before they stopped; 3 as pruned, on
 # the epoch they stopped at. --reuse takes a searched strategy's sweeps of the current revision
@@ -81,11 +84,15 @@ REVISION = 3
 
 def stems(strategy: str, space: dict, seed: int) -> list[str]:
     """The names this strategy's and seed's sweeps have, the one a new sweep takes first."""
-    base = f"efficiency-{strategy.replace('+', '-')}"
-    if strategy in ("grid", "random"):
-        return [f"{base}-s{seed}"]
-    revisions = [REVISION] + ([2] if space["search"]["scheduler"] == "fifo" else [])
-    return [f"{base}-r{r}-s{seed}" for r in revisions]
+    out = []
+    for name in [strategy, *ALIASES.get(strategy, [])]:
+        base = f"efficiency-{name.replace('+', '-')}"
+        if strategy in ("grid", "random"):
+            out.append(f"{base}-s{seed}")
+            continue
+        revisions = [REVISION] + ([2] if space["search"]["scheduler"] == "fifo" else [])
+        out += [f"{base}-r{r}-s{seed}" for r in revisions]
+    return out
 
 
 def spaces(s: dict, teacher_path: Path, cache: str) -> dict[str, dict]:
@@ -105,13 +112,13 @@ def spaces(s: dict, teacher_path: Path, cache: str) -> dict[str, dict]:
     grid = s["grid"]
     ranges = {k: {"loguniform" if k in ("lr", "temperature") else "uniform": [min(v), max(v)]} for k, v in grid.items()}
     size = math.prod(len(v) for v in grid.values())
-    tpe = {
+    tpe = {  # as the shipped spaces search: the rung where their default puts it, written out
         "sampler": "tpe",
         "scheduler": "asha",
-        "num_samples": s["tpe_samples"],
-        "grace_period": 1,
+        "num_samples": max(2, round(size * 1.15)),
+        "grace_period": SearchSettings().first_rung(s["epochs"]),
         "reduction_factor": 3,
-        "n_startup_trials": max(2, s["tpe_samples"] // 6),
+        "n_startup_trials": 4,
     }
     out = {
         "grid": {"fixed": fixed, "space": {k: {"choice": v} for k, v in grid.items()}, "search": {"sampler": "grid", "scheduler": "fifo"}},
