@@ -171,7 +171,12 @@ class _Sweep:
             reader.start()
 
     def finish(self, timeout: float) -> int:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # never leave it running (one trained a teacher for an hour)
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"still running after {timeout} s: {''.join(self.err)[-2000:]}") from None
         for reader in self.readers:
             reader.join(timeout=30)  # the pipes close when the process ends
         return code
