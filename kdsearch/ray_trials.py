@@ -463,7 +463,7 @@ class EpochTrainable(tune.Trainable):
 
     def setup(self, config: dict, **shared) -> None:
         self._shared = shared  # spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share
-        # What this worker holds before its first trial (Ray, torch, kdsearch: ~300,000 objects)
+        # What this worker holds before its first trial (Ray, torch, kdsearch: ~500,000 objects)
         # stays for the actor's life: kept out of the garbage collector, a full collection
         # between trials (_release) takes 0.1 ms, not 80-150 ms, and so do the automatic ones.
         # (No collection first: a new worker's imports leave ~20 garbage objects, not worth 0.15 s.)
