@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from kdsearch import train
+from kdsearch import interrupts, train
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits, load_data
 from kdsearch.methods import check_method, method_class
@@ -46,6 +46,11 @@ def fit(
     Other keyword arguments (``on_epoch_end``, ``resume``, ``teacher_outputs``) go to the
     engine, ``kdsearch.train.fit``.
     """
+    with interrupts.remembered():  # a Ctrl-C is never lost, even one Python swallowed in a finaliser
+        return _fit(config, data, teacher, log, measure_speed, evaluate_test, engine_options)
+
+
+def _fit(config, data, teacher, log, measure_speed, evaluate_test, engine_options) -> train.FitResult:
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     check_method(cfg.method, cfg.method_args)
     import_models((cfg.student, cfg.teacher))  # the user's models import now, not after a teacher trained

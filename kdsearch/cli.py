@@ -11,6 +11,7 @@ import sys
 import typing
 from pathlib import Path
 
+from kdsearch import interrupts
 from kdsearch.config import TrainConfig, parse_value, read_config_yaml
 from kdsearch.errors import Interrupted, UserError
 from kdsearch.summary import format_summary, format_sweep_summary
@@ -397,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with interrupts.remembered():
+            return args.func(args)
     except UserError as exc:
         print(f"kdsearch: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdsearch import interrupts
 from kdsearch.data.pipeline import DeviceData
 
 
@@ -41,6 +42,7 @@ def predict(model: nn.Module, data: DeviceData, batch_size: int | None, amp: boo
     model.eval()
     out = []
     for x, _ in data.eval_batches(batch_size):
+        interrupts.check()
         with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
             out.append(model(x).float())
     model.train(was_training)

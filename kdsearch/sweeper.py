@@ -28,7 +28,7 @@ from kdsearch.runtime import resolve_device, resolve_stem, set_threads
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
 from kdsearch.smoke import smoke_check
 from kdsearch.storage_guard import StorageGuard
-from kdsearch import remote
+from kdsearch import interrupts, remote
 from kdsearch.sweep_folder import MANIFEST, SweepFolder, SweepLock, TrialRecord
 from kdsearch.teachers import Teacher, file_sha256, get_teacher, given_teacher, reference_teacher
 from kdsearch.train import final_metrics
@@ -580,11 +580,12 @@ def _can_resume(plan: SweepPlan) -> bool:
 
 
 def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
-    plan = plan_sweep(path, opts)
-    try:
-        return _run_planned(plan, opts, log)
-    finally:
-        plan.lock.release()
+    with interrupts.remembered():  # a Ctrl-C while the teacher trains is never lost (Tune's handler takes over for the trials)
+        plan = plan_sweep(path, opts)
+        try:
+            return _run_planned(plan, opts, log)
+        finally:
+            plan.lock.release()
 
 
 def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]) -> SweepSummary:

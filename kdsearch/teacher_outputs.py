@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kdsearch import interrupts
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData, view_params
@@ -154,6 +155,7 @@ def compute_teacher_outputs(
         dy, dx, flips = (t.to(device) for t in view_params(n, seed, epoch, crop_pad, flip))
         epoch_logits, epoch_maps = None, None  # one epoch gathered on the device, then one copy to the host
         for start in range(0, n, batch_size):
+            interrupts.check()
             sl = slice(start, start + batch_size)
             x = train.normalise(train.augmented(every[sl], dy[sl], dx[sl], flips[sl]))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -23,6 +23,7 @@ from kdsearch.compression import compression_report
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData
+from kdsearch import interrupts
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Method, Objective, Outputs, build_method
@@ -277,6 +278,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
     steps = 0
     looked_up = run.teacher_outputs.epoch_on(epoch, run.device) if run.teacher_outputs is not None else None
     for x, y, idx in run.train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.flip):
+        interrupts.check()
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             student_out = Outputs(*run.student_forward(x))
             teacher_out = None

@@ -263,6 +263,50 @@ search: {{num_samples: 2, scheduler: fifo}}
     assert not (storage / "ct").exists()
 
 
+SWALLOWED_CTRL_C = """
+import os, signal, time
+from torch import nn
+
+
+class Finaliser:
+    def __del__(self):
+        # Ctrl-C while Python runs a finaliser (a __del__, a weakref callback: torch and Ray run them
+        # during training): Python prints the KeyboardInterrupt as "Exception ignored" and carries on.
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.head = nn.Linear(in_channels * 8 * 8, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 5:
+            Finaliser()
+        return self.head(x.flatten(1))
+"""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, as intended
+def test_a_ctrl_c_that_python_swallows_in_a_finaliser_still_stops_training_at_once(tmp_path):
+    (tmp_path / "swallow.py").write_text(SWALLOWED_CTRL_C)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdsearch", "train", "--method", "ce", "--dataset", "digits", "--student", "swallow:Net"]
+        + ["--epochs", "300", "--cache-dir", str(tmp_path / "cache")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "Exception ignored" in proc.stderr  # Python did swallow it
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1] == "kdsearch: interrupted"
+    assert not [line for line in proc.stderr.splitlines() if "epoch 2/" in line]  # stopped in the first epoch
+
+
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_path):
     # Storage on a real 30 MB filesystem (tmpfs; mounting needs root, as CI runs): first a sweep
     # that cannot fit is refused up front, then a disk that fills up mid-sweep.
@@ -316,3 +360,20 @@ search: {{num_samples: 2, scheduler: fifo}}
         assert (storage / "full" / "best" / "student.pt").is_file() and len(list(storage.glob("full/trial_*"))) == 2
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, as intended
+def test_the_python_api_does_not_lose_a_swallowed_ctrl_c_either(tmp_path, monkeypatch):
+    import kdsearch
+
+    (tmp_path / "swallow.py").write_text(SWALLOWED_CTRL_C)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    epochs = []
+    with pytest.raises(KeyboardInterrupt):
+        kdsearch.fit(
+            {"method": "ce", "dataset": "digits", "student": "swallow:Net", "epochs": 300, "cache_dir": str(tmp_path / "c")},
+            log=epochs.append,
+            measure_speed=False,
+        )
+    assert len(epochs) <= 1  # stopped in the first epoch, not after 300
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and Python's own handler is back
