@@ -287,6 +287,7 @@ def save_study(study, path: Path) -> None:
 
     if study is None:
         return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a resumed searcher comes back without _searcher's setup
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
     try:

@@ -258,3 +258,24 @@ def test_a_reused_trial_actor_keeps_its_imports_out_of_the_collector_and_still_f
     finally:
         trainable.cleanup()
         gc.unfreeze()
+
+
+def test_writing_the_study_after_a_resume_prints_nothing(tmp_path):
+    """A resumed sweep restores its searcher from Tune's state, without the setup that quiets
+    Optuna: saving the study printed Optuna's "A new study created in RDB" among the results."""
+    import subprocess
+    import sys
+
+    script = f"""
+import optuna
+from kdsearch.ray_trials import save_study
+study = optuna.create_study(study_name="r", direction="maximize")  # as restored: Optuna's logging untouched
+study.add_trial(optuna.trial.create_trial(params={{}}, distributions={{}}, value=0.5))
+print("saving", flush=True)
+save_study(study, __import__("pathlib").Path({str(tmp_path / "optuna.db")!r}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "A new study created in memory" in proc.stderr  # Optuna does talk at this verbosity
+    assert "in RDB" not in proc.stderr, proc.stderr
+    assert (tmp_path / "optuna.db").is_file()
