@@ -3,6 +3,7 @@ over several search seeds.
 
     python benchmarks/search_efficiency.py            # Fashion-MNIST, KD resnet20 -> resnet8, 3 seeds (~70 min on 2 CPUs)
     python benchmarks/search_efficiency.py --reuse-only --noise 5   # + the grid's best retrained with 5 seeds
+    python benchmarks/search_efficiency.py --reuse-only --retrain-picks 3   # + every run's pick retrained with 3 fresh seeds
     python benchmarks/search_efficiency.py --quick    # digits, a minute: checks the path (CI)
 
 Each strategy searches the same three KD settings (lr, temperature, alpha) for the same
@@ -15,6 +16,11 @@ student and teacher on the same training subset, selecting on validation accurac
   stops the weaker two thirds at its one rung, at 80% of the epochs, until the same budget;
 
 - candidates: other settings of TPE + ASHA (see CANDIDATES), each measured the same way.
+
+A search's best trial is partly its settings and partly its training seed's luck, and the more
+trials a search sees the luckier its best: --retrain-picks K trains the settings each run would
+hand over (at 1/3 of the grid's epochs and at its budget) again with K fresh training seeds,
+which measures what the search found (picks.csv).
 
 It also tells what an ASHA rung after each epoch would know (rungs.csv): over the trials of grid
 and random search, which train every epoch, how well the accuracy after that epoch ranks them by
@@ -34,6 +40,7 @@ epochs on the whole training split, ~7 minutes here) is trained once and cached 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -133,23 +140,31 @@ def spaces(s: dict, teacher_path: Path, cache: str) -> dict[str, dict]:
 
 
 def curve(sweep_dir: Path, metric: str = "val/acc") -> pd.DataFrame:
-    """Best validation accuracy so far against epochs consumed so far, over every trial's epochs."""
+    """Best validation accuracy so far against epochs consumed so far, over every trial's epochs,
+    with the settings of the trial that holds it (what the search would hand over at that point)."""
     rows = []
     for t in load_trials(sweep_dir):
         for h in t.history:
             if isinstance(h.get(metric), (int, float)) and not h.get("trial/diverged"):
-                rows.append((float(h.get("timestamp", 0)), float(h.get("time_total_s", 0)), h[metric]))
+                rows.append((float(h.get("timestamp", 0)), float(h.get("time_total_s", 0)), h[metric], json.dumps(t.params)))
     rows.sort()
-    best, out = -math.inf, []
-    for i, (_, _, value) in enumerate(rows, start=1):
-        best = max(best, value)
-        out.append({"epochs": i, "best_val_acc": best})
+    best, settings, out = -math.inf, None, []
+    for i, (_, _, value, params) in enumerate(rows, start=1):
+        if value > best:
+            best, settings = value, params
+        out.append({"epochs": i, "best_val_acc": best, "best_settings": settings})
     return pd.DataFrame(out)
 
 
 def best_at(c: pd.DataFrame, epochs: int) -> float:
     seen = c[c["epochs"] <= epochs]["best_val_acc"]
     return float(seen.iloc[-1]) if len(seen) else float("nan")
+
+
+def pick_at(c: pd.DataFrame, epochs: int) -> dict:
+    """The settings a search would hand over after ``epochs``: its best trial's so far."""
+    seen = c[c["epochs"] <= epochs]["best_settings"]
+    return json.loads(seen.iloc[-1]) if len(seen) else {}
 
 
 def epochs_to_reach(c: pd.DataFrame, target: float) -> int | None:
@@ -204,6 +219,13 @@ def main() -> None:
     parser.add_argument("--reuse-only", action="store_true", help="rebuild the results from finished sweeps in --work; run none")
     parser.add_argument(
         "--noise", type=int, default=0, metavar="N", help="also train the grid's best settings with training seeds 0..N-1"
+    )
+    parser.add_argument(
+        "--retrain-picks",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also train the settings every run picked (at 1/3 of the grid's epochs and at its budget) with fresh training seeds 1..K",
     )
     args = parser.parse_args()
     s = SETTINGS["quick" if args.quick else "full"]
@@ -286,31 +308,70 @@ def main() -> None:
         grid = next(r for r in runs if r["strategy"] == "grid")
         args.noise_runs = seed_noise(all_spaces["grid"]["fixed"], json.loads(grid["best settings"]), args.noise, work)
         write(out, runs, s, args, work)
+    if args.retrain_picks and any(r["strategy"] == "grid" for r in runs):
+        args.picks = retrain_picks(runs, all_spaces["grid"]["fixed"], args.retrain_picks, work)
+        write(out, runs, s, args, work)
 
 
-def seed_noise(fixed: dict, best: dict, seeds: int, work: Path) -> list[dict]:
-    """The grid's best settings trained again with other training seeds (`kdsearch train`, as a
-    user would): how much of a sweep's best is those settings and how much the seed. Each run is
-    kept in <work>/noise/ and reused."""
+def train_again(fixed: dict, settings: dict, seed: int, path: Path) -> dict:
+    """``settings`` trained with training seed ``seed`` by `kdsearch train`, as a user would (one
+    thread: two run side by side on 2 cores); its JSON is kept at ``path`` and reused."""
     import subprocess
 
     from kdsearch.config import TrainConfig
 
-    folder = work / "noise"
-    folder.mkdir(exist_ok=True)
-    fields = TrainConfig.__dataclass_fields__
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in fixed.items() if k in fields]
-    flags += [f"--{k.replace('_', '-')}={v}" if k in fields else f"--set={k}={v}" for k, v in best.items()]
+    if not path.is_file() or not path.read_text().strip():
+        fields = TrainConfig.__dataclass_fields__
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in fixed.items() if k in fields]
+        flags += [f"--{k.replace('_', '-')}={v}" if k in fields else f"--set={k}={v}" for k, v in settings.items()]
+        cmd = [sys.executable, "-m", "kdsearch", "train", *flags, f"--seed={seed}", "--threads=1", "--json"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return json.loads(path.read_text())["metrics"]
+
+
+def seed_noise(fixed: dict, best: dict, seeds: int, work: Path) -> list[dict]:
+    """The grid's best settings trained again with other training seeds: how much of a sweep's
+    best is those settings and how much the seed. Each run is kept in <work>/noise/ and reused."""
     runs = []
     for seed in range(seeds):
-        path = folder / f"seed{seed}.json"
-        if not path.is_file() or not path.read_text().strip():
-            cmd = [sys.executable, "-m", "kdsearch", "train", *flags, f"--seed={seed}", "--threads=1", "--json"]
-            path.write_text(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        metrics = json.loads(path.read_text())["metrics"]
+        metrics = train_again(fixed, best, seed, work / "noise" / f"seed{seed}.json")
         runs.append({"seed": seed, "val/acc": metrics["val/acc"], "test/acc": metrics.get("test/acc")})
         print(f"grid's best settings, training seed {seed}: val/acc {metrics['val/acc']:.4f}", flush=True)
     return runs
+
+
+def retrain_picks(runs: list[dict], fixed: dict, seeds: int, work: Path) -> list[dict]:
+    """What each search really found, free of the luck of one training seed: the settings every
+    run would hand over at 1/3 of the grid's epochs and at its budget, trained again with fresh
+    training seeds 1..``seeds`` (the sweeps' trials used seed 0, whose draw made them the pick).
+    Runs two at a time; each kept in <work>/picks/ and reused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    budget = next(r for r in runs if r["strategy"] == "grid")["epochs used"]
+    picks = []
+    for r in runs:
+        for when, epochs in (("1/3", budget // 3), ("full", budget)):
+            settings = pick_at(r["curve"], epochs)
+            key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+            picks.append({"strategy": r["strategy"], "search seed": r["seed"], "budget": when, "settings": settings, "key": key})
+    jobs = {(p["key"], seed): p["settings"] for p in picks for seed in range(1, seeds + 1)}
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        done = dict(
+            zip(
+                jobs,
+                pool.map(lambda job: train_again(fixed, jobs[job], job[1], work / "picks" / job[0] / f"seed{job[1]}.json"), jobs),
+            )
+        )
+    for p in picks:
+        accs = [done[(p["key"], seed)]["val/acc"] for seed in range(1, seeds + 1)]
+        p.update({"retrained val/acc": float(np.mean(accs)), "retrained std": float(np.std(accs)), "training seeds": seeds})
+        p["settings"] = json.dumps(p["settings"])
+        print(
+            f"{p['strategy']} seed {p['search seed']} at {p['budget']}: {p['settings']} retrained {p['retrained val/acc']:.4f}",
+            flush=True,
+        )
+    return picks
 
 
 def summarise(runs: list[dict]) -> tuple[list[dict], dict[str, pd.DataFrame], int, float]:
@@ -466,6 +527,27 @@ def write(out: Path, runs: list[dict], s: dict, args, work: Path) -> None:
             f"{', '.join(f'{v:.2f}' for v in vals)}%, mean {np.mean(vals):.2f} +/- {np.std(vals):.2f}%; "
             f"{sum(v >= 100 * target for v in vals)} of {len(vals)} reach the target {100 * target:.2f}%.",
         ]
+    picks = getattr(args, "picks", None)
+    if picks:
+        frame = pd.DataFrame(picks)
+        frame.to_csv(out / "picks.csv", index=False)
+        k = int(frame["training seeds"].iloc[0])
+        lines += [
+            "",
+            f"What each search found, free of one training seed's luck (`picks.csv`): the settings each run would hand over, "
+            f"trained again with fresh training seeds 1-{k} (the sweeps' trials used seed 0), mean over those seeds, then "
+            "mean +/- std over search seeds:",
+            "",
+            "| strategy | seeds | its pick at 1/3 of grid epochs | its pick at grid budget |",
+            "| --- | --- | --- | --- |",
+        ]
+        for strategy in dict.fromkeys(frame["strategy"]):
+            mine = frame[frame["strategy"] == strategy]
+            cells = []
+            for when in ("1/3", "full"):
+                v = 100 * mine[mine["budget"] == when]["retrained val/acc"]
+                cells.append(f"{v.mean():.2f} +/- {v.std(ddof=0):.2f}%")
+            lines.append(f"| {strategy} | {mine['search seed'].nunique()} | {cells[0]} | {cells[1]} |")
     quality = rung_quality(runs, work)
     if len(quality):
         quality.to_csv(out / "rungs.csv", index=False)
