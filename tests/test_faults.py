@@ -149,6 +149,21 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
         server.wait(timeout=30)
 
 
+def _signal_state(pid: int) -> str:
+    """The signal masks of a process and of each of its threads, as /proc shows them."""
+    keys = ("SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    try:
+        lines = []
+        for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+            status = dict(
+                line.split(":\t", 1) for line in open(f"/proc/{pid}/task/{tid}/status").read().splitlines() if ":\t" in line
+            )
+            lines.append(f"{status['Name']}({tid}) " + " ".join(f"{k}={status.get(k, '?').strip()}" for k in keys))
+        return "signals: " + "; ".join(lines)
+    except OSError as exc:
+        return f"signals: unreadable ({exc})"
+
+
 class _Sweep:
     """`kdsearch sweep` in its own process group; stdout and stderr read line by line while it
     runs (by one reader each: a second reader of the same pipe would steal lines)."""
@@ -174,9 +189,10 @@ class _Sweep:
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:  # never leave it running (one trained a teacher for an hour)
+            signals = _signal_state(self.proc.pid)  # a lost Ctrl-C: pending, blocked, ignored or caught, and by which thread
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"still running after {timeout} s: {''.join(self.err)[-2000:]}") from None
+            raise AssertionError(f"still running after {timeout} s; {signals}: {''.join(self.err)[-2000:]}") from None
         for reader in self.readers:
             reader.join(timeout=30)  # the pipes close when the process ends
         return code
