@@ -548,6 +548,23 @@ def write(out: Path, runs: list[dict], s: dict, args, work: Path) -> None:
                 v = 100 * mine[mine["budget"] == when]["retrained val/acc"]
                 cells.append(f"{v.mean():.2f} +/- {v.std(ddof=0):.2f}%")
             lines.append(f"| {strategy} | {mine['search seed'].nunique()} | {cells[0]} | {cells[1]} |")
+
+        def retrained(strategy: str, when: str) -> float:
+            return float(frame[(frame["strategy"] == strategy) & (frame["budget"] == when)]["retrained val/acc"].mean())
+
+        lines += ["", "The same goals on what the searches found (their picks retrained, mean over search seeds):"]
+        for name in [k for k in (BASE, *CANDIDATES) if k in set(frame["strategy"])]:
+            fast, grid_pick = retrained(name, "1/3"), retrained("grid", "full")
+            lines.append(
+                f"- {name}'s pick at 1/3 of the grid's epochs within 0.3 points of the grid's pick: "
+                f"**{'holds' if fast >= grid_pick - WITHIN else 'MISSED'}** ({100 * fast:.2f}% vs {100 * grid_pick:.2f}%)"
+            )
+            if "random" in set(frame["strategy"]):
+                full, rand = retrained(name, "full"), retrained("random", "full")
+                lines.append(
+                    f"- {name}'s pick at the grid's budget at least random search's: **{'holds' if full >= rand else 'MISSED'}** "
+                    f"({100 * full:.2f}% vs {100 * rand:.2f}%)"
+                )
     quality = rung_quality(runs, work)
     if len(quality):
         quality.to_csv(out / "rungs.csv", index=False)
