@@ -3,6 +3,7 @@
 import gzip
 import os
 import pickle
+import signal
 import socket
 import struct
 import tempfile
@@ -10,6 +11,11 @@ import time
 
 import numpy as np
 import pytest
+
+# A suite started in the background by a script (`make test &`, nohup) inherits SIGINT ignored,
+# and so would every sweep it starts: the tests that press Ctrl-C need it as a terminal has it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("KDSEARCH_DATA", "/nonexistent-kdsearch-data")
 os.environ.setdefault("KDSEARCH_CACHE", tempfile.mkdtemp(prefix="kdsearch-test-cache-"))  # never the user's cache

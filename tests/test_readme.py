@@ -22,7 +22,21 @@ COMMANDS = [
     if line.strip().startswith("kdsearch ")
 ]
 # Flags the README names that belong to other programs (benchmarks, Ray, pip, make).
-OTHER_TOOLS = {"--work", "--tiny", "--quick", "--out", "--head", "--num-cpus", "--smoke-test", "--revs", "--many", "--noise", "--repeats", "--retrain-picks", "--reuse-only"}
+OTHER_TOOLS = {
+    "--work",
+    "--tiny",
+    "--quick",
+    "--out",
+    "--head",
+    "--num-cpus",
+    "--smoke-test",
+    "--revs",
+    "--many",
+    "--noise",
+    "--repeats",
+    "--retrain-picks",
+    "--reuse-only",
+}
 
 
 def test_the_readme_shows_commands():
