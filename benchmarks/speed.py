@@ -59,9 +59,7 @@ def measure_training(base: dict, data, teacher_arch: str, threads: int) -> dict:
     teacher = untrained_teacher(teacher_arch, data)
     cfg = TrainConfig(**base, threads=threads)
     out = {}
-    out["ce"] = throughput(
-        fit(TrainConfig(**{**cfg.to_dict(), "method": "ce"}), data=data, measure_speed=False, evaluate_test=False).history, n
-    )
+    out["ce"] = measure_bare(base, data, threads)
     out["kd_live"] = throughput(fit(cfg, data=data, teacher=teacher, measure_speed=False, evaluate_test=False).history, n)
     r = cfg
     started = time.perf_counter()

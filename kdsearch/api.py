@@ -46,19 +46,15 @@ def fit(
     Other keyword arguments (``on_epoch_end``, ``resume``, ``teacher_outputs``) go to the
     engine, ``kdsearch.train.fit``.
     """
-    with interrupts.remembered():  # a Ctrl-C is never lost, even one Python swallowed in a finaliser
-        return _fit(config, data, teacher, log, measure_speed, evaluate_test, engine_options)
-
-
-def _fit(config, data, teacher, log, measure_speed, evaluate_test, engine_options) -> train.FitResult:
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     check_method(cfg.method, cfg.method_args)
     import_models((cfg.student, cfg.teacher))  # the user's models import now, not after a teacher trained
     set_threads(cfg.threads)
-    if data is None:
-        data = load_data(cfg)
-    if teacher is not None:
-        teacher = given_teacher(teacher, cfg, data)
-    else:
-        teacher = resolve_teacher(cfg, data, reference=measure_speed and evaluate_test, log=log)
-    return train.fit(cfg, data, teacher, log=log, measure_speed=measure_speed, evaluate_test=evaluate_test, **engine_options)
+    with interrupts.remembered():  # a Ctrl-C is never lost, even one Python swallowed in a finaliser
+        if data is None:
+            data = load_data(cfg)
+        if teacher is not None:
+            teacher = given_teacher(teacher, cfg, data)
+        else:
+            teacher = resolve_teacher(cfg, data, reference=measure_speed and evaluate_test, log=log)
+        return train.fit(cfg, data, teacher, log=log, measure_speed=measure_speed, evaluate_test=evaluate_test, **engine_options)

@@ -580,7 +580,9 @@ def _can_resume(plan: SweepPlan) -> bool:
 
 
 def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
-    with interrupts.remembered():  # a Ctrl-C while the teacher trains is never lost (Tune's handler takes over for the trials)
+    with (
+        interrupts.remembered()
+    ):  # a Ctrl-C while the teacher trains is never lost (run_trials' own handler takes over for the trials)
         plan = plan_sweep(path, opts)
         try:
             return _run_planned(plan, opts, log)
