@@ -44,7 +44,6 @@ import ray  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.air.execution._internal.actor_manager import RayActorManager  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
@@ -783,7 +782,13 @@ IDLE_WAIT_S = 1.0
 
 @contextlib.contextmanager
 def _calm_tune_loop():
-    """Tune's idle wait, 0.1 s, raised to IDLE_WAIT_S while the trials run."""
+    """Tune's idle wait, 0.1 s, raised to IDLE_WAIT_S while the trials run (under a later Ray
+    that has moved Tune's actor manager, its own loop runs unchanged)."""
+    try:
+        from ray.air.execution._internal.actor_manager import RayActorManager
+    except ImportError:
+        yield
+        return
     original = RayActorManager.next
 
     def next_event(self, timeout=None):

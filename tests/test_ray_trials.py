@@ -279,3 +279,23 @@ save_study(study, __import__("pathlib").Path({str(tmp_path / "optuna.db")!r}))
     assert "A new study created in memory" in proc.stderr  # Optuna does talk at this verbosity
     assert "in RDB" not in proc.stderr, proc.stderr
     assert (tmp_path / "optuna.db").is_file()
+
+
+def test_a_ray_without_tunes_actor_manager_where_kdsearch_expects_it_still_runs_its_loop(monkeypatch):
+    """The wait is raised through a private Ray module: a later Ray 2.x that moves it keeps Tune's own loop."""
+    import sys
+
+    from kdsearch.ray_trials import _calm_tune_loop
+
+    monkeypatch.setitem(sys.modules, "ray.air.execution._internal.actor_manager", None)  # import fails
+    ran = []
+    with _calm_tune_loop():
+        ran.append(True)
+    assert ran == [True]
+    monkeypatch.undo()
+    from ray.air.execution._internal.actor_manager import RayActorManager
+
+    original = RayActorManager.next
+    with _calm_tune_loop():
+        assert RayActorManager.next is not original
+    assert RayActorManager.next is original
