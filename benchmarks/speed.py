@@ -57,13 +57,12 @@ def untrained_teacher(arch: str, data, width: float = 1.0) -> Teacher:
 
 
 def measure_training(base: dict, data, teacher_arch: str, threads: int) -> tuple[dict, Teacher, object]:
-    """CE, KD with the live teacher, the teacher cache's build and KD with it; the teacher and
-    the cache are handed back for the rounds that measure KD with the cache again."""
+    """KD with the live teacher and the teacher cache's build; the teacher and the cache are
+    handed back for the rounds, which measure the bare CE run and KD with the cache."""
     n = len(data.train_x)
     teacher = untrained_teacher(teacher_arch, data)
     cfg = TrainConfig(**base, threads=threads)
     out = {}
-    out["ce"] = measure_bare(base, data, threads)
     out["kd_live"] = throughput(fit(cfg, data=data, teacher=teacher, measure_speed=False, evaluate_test=False).history, n)
     started = time.perf_counter()
     cache = compute_teacher_outputs(
@@ -144,6 +143,7 @@ class CpuBeside:
         self.threads, self.interval = threads, interval
         self.seconds, self.other_ticks = 0.0, 0
         self.by_process: dict[str, int] = {}  # "name pid": ticks over the seconds counted
+        self._names: dict[int, str] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -173,7 +173,9 @@ class CpuBeside:
                 self.other_ticks += after[0] - before[0] - top
                 for pid, ticks in used.items():
                     if 0 < ticks < top:
-                        key = f"{_process_name(pid)} {pid}"
+                        if pid not in self._names:
+                            self._names[pid] = f"{_process_name(pid)} {pid}"
+                        key = self._names[pid]
                         self.by_process[key] = self.by_process.get(key, 0) + ticks
             before, then = after, now
 
@@ -413,6 +415,7 @@ def main() -> None:
             flush=True,
         )
     results["train"]["rounds"] = rounds
+    results["train"]["ce"] = rounds[0]["bare"]  # the CE-only row: the first bare run
     results["train"]["ce_in_trial"] = statistics.median(r["trial"] for r in rounds)
     results["train"]["ce_in_ray_task"] = statistics.median(r["task"] for r in rounds)
     results["train"]["trial_ratio"] = statistics.median(r["trial"] / r["bare"] for r in rounds)

@@ -772,9 +772,10 @@ def run_trials(
 
 
 # Between events, Tune's loop (Ray 2.60's TuneController.step) wakes every 0.1 s: it asks the
-# searcher, checks resources and the experiment state's paths, ~1.8% of a core of Python in
-# the driver while every trial trains (py-spy, one 2-CPU trial: 107 samples in 12 s at 500 Hz;
-# with this, 35). On a machine whose cores the trials fill, each wake-up preempts a trial.
+# searcher, checks resources and the experiment state's paths while every trial trains (py-spy
+# on the driver during one 2-CPU trial: 107 samples holding the GIL in 12 s at 500 Hz, with this
+# 35; its CPU by /proc, 1.24-1.66% of a core, with this 1.04-1.15%). On a machine whose cores
+# the trials fill, each wake-up preempts a trial.
 # Every event (a result, an actor up, a failure, a placement group ready) still ends the wait
 # at once; a graceful stop (Ctrl-C, a full disk) is seen within this wait.
 IDLE_WAIT_S = 1.0
