@@ -108,7 +108,14 @@ def measure_in_trial(base: dict, data, threads: int) -> float:
         ray_trials.start_ray(None, num_cpus=threads)
         try:
             trials = ray_trials.run_trials(
-                spec, data, None, storage=storage, name="speed", resume=False, cpus_per_trial=threads, verbose=0
+                spec,
+                data,
+                None,
+                storage=storage,
+                name="speed",
+                resume=False,
+                resources=ray_trials.TrialResources(threads),
+                verbose=0,
             )
         finally:
             ray_trials.stop_ray()
@@ -243,10 +250,10 @@ def measure_pipeline(data, batch_size: int, pad: int, seconds: float) -> dict:
     }
 
 
-def _fit_history(cfg: dict, payload) -> list[float]:
-    from kdsearch import ray_trials
+def _fit_history(cfg: dict, shared) -> list[float]:
+    from kdsearch.ray_trials.trainable import unpack
 
-    history = fit(TrainConfig(**cfg), data=ray_trials._unpack(payload), measure_speed=False, evaluate_test=False).history
+    history = fit(TrainConfig(**cfg), data=unpack(shared), measure_speed=False, evaluate_test=False).history
     return [h["time/epoch_train_s"] for h in history]
 
 
@@ -256,11 +263,12 @@ def measure_in_ray_task(base: dict, data, threads: int) -> float:
     import ray
 
     from kdsearch import ray_trials
+    from kdsearch.ray_trials.trainable import payload
 
     ray_trials.start_ray(None, num_cpus=threads)
     try:
         cfg = {**base, "method": "ce", "threads": threads}
-        times = ray.get(ray.remote(num_cpus=threads)(_fit_history).remote(cfg, ray.put(ray_trials._payload(data))))
+        times = ray.get(ray.remote(num_cpus=threads)(_fit_history).remote(cfg, ray.put(payload(data))))
     finally:
         ray_trials.stop_ray()
     return len(data.train_x) * len(times[1:]) / sum(times[1:])

@@ -171,9 +171,9 @@ def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, s
     if Path(source).is_file():
         return Path(source)
     if source.startswith("models:/"):
-        from kdsearch import tracking
+        from kdsearch import model_registry, tracking
 
-        return tracking.download_registered_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
+        return model_registry.download_registered_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
     if re.fullmatch(r"[0-9a-f]{32}", source) and not Path(source).exists():
         from kdsearch import tracking
 

@@ -55,9 +55,9 @@ def load_predictor(
     from kdsearch.export import CARD, load_student, model_card
 
     if source.startswith("models:/"):
-        from kdsearch import tracking
+        from kdsearch import model_registry, tracking
 
-        model = tracking.load_registered(source, tracking_uri or tracking.default_tracking_uri())
+        model = model_registry.load_registered(source, tracking_uri or tracking.default_tracking_uri())
         card = model.unwrap_python_model().card
         return (lambda images: model.predict(images).to_numpy()), card
     path = Path(source)

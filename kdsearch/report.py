@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdsearch.errors import UserError
-from kdsearch.sweep_folder import SweepFolder, TrialRecord
+from kdsearch.sweep_folder import SweepFolder, TrialRecord, ranked
 
 TABLE_CSV, TABLE_MD = "trials.csv", "trials.md"
 
@@ -32,7 +32,7 @@ def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
     metric, mode = manifest["objectives"][0]
     epochs = manifest["epochs"]
     rows = []
-    for t in trials:
+    for t in ranked(trials, metric, mode):  # best first, ties to the earlier trial: the order best/ was chosen in
         best = t.best(metric, mode) if t.failure is None else math.nan  # a failed trial's score is a sentinel, not a result
         last = t.history[-1] if t.history else {}
         rows.append(
@@ -48,8 +48,7 @@ def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
                 "latency/cpu_ms": last.get("latency/cpu_ms"),
             }
         )
-    table = pd.DataFrame(rows)
-    return table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def _pareto(points: list[tuple[float, float]], mode: str = "max") -> list[tuple[float, float]]:

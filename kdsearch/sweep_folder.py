@@ -41,10 +41,22 @@ class TrialRecord:
     path: str | None = None
 
     def best(self, metric: str, mode: str) -> float:
+        """The trial's score: the best value of ``metric`` over its epochs (the epoch whose
+        checkpoint it keeps). The same number in the Optuna study, the report, MLflow
+        (``trial/score``) and ``best/``; ``ranked`` breaks ties."""
         values = [h[metric] for h in self.history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
         if not values:
             return -math.inf if mode == "max" else math.inf
         return max(values) if mode == "max" else min(values)
+
+    def best_epoch(self, metric: str, mode: str) -> dict:
+        """The result of the epoch the score comes from (on a tie, the later one: Ray Tune keeps
+        the later of two checkpoints with the same score); {} without one."""
+        score, found = self.best(metric, mode), {}
+        for row in self.history:
+            if row.get(metric) == score:
+                found = row
+        return found
 
     @property
     def diverged(self) -> bool:
@@ -61,6 +73,19 @@ class TrialRecord:
         if self.diverged or self.invalid:
             return str(self.history[-1].get("trial/error") or ("diverged" if self.diverged else "invalid settings"))
         return (self.error or "error") if self.status == "ERROR" else None
+
+
+def ranked(trials: list[TrialRecord], metric: str, mode: str) -> list[TrialRecord]:
+    """The trials best first, by score; on a tie the trial that started first (Ray Tune's trial
+    ids count up); failed trials and trials without a score last."""
+    sign = 1 if mode == "max" else -1
+
+    def key(t: TrialRecord):
+        score = t.best(metric, mode)
+        usable = t.failure is None and math.isfinite(score)
+        return (not usable, -sign * score if usable else 0.0, t.trial_id)
+
+    return sorted(trials, key=key)
 
 
 def _write_atomic(path: Path, text: str) -> None:

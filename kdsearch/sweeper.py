@@ -18,42 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from kdsearch.data import DatasetSplits, load_data
+from kdsearch.data import DatasetSplits
 from kdsearch.checkpoint import load_model, save_checkpoint
 from kdsearch.errors import Interrupted, UserError
-from kdsearch.methods import method_class
 from kdsearch.provenance import as_tags, provenance
 from kdsearch.report import build_report, pareto_trials, trial_table
-from kdsearch.runtime import resolve_device, resolve_stem, set_threads
-from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
+from kdsearch.runtime import resolve_stem
+from kdsearch.search_space import SweepSpec
 from kdsearch.smoke import smoke_check
-from kdsearch.storage_guard import StorageGuard
 from kdsearch import interrupts, remote
-from kdsearch.sweep_folder import MANIFEST, SweepFolder, SweepLock, TrialRecord
-from kdsearch.teachers import Teacher, file_sha256, get_teacher, given_teacher, reference_teacher
+from kdsearch.sweep_folder import MANIFEST, SweepFolder, TrialRecord, ranked
+from kdsearch.teachers import file_sha256, reference_teacher
 from kdsearch.train import final_metrics
 
 
-@dataclass
-class SweepOptions:
-    num_samples: int | None = None
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1
-    gpus_per_trial: float | None = None  # None: one per trial when the cluster has GPUs
-    shared_storage: bool = False  # a local --storage that every node of a cluster mounts
-    address: str | None = None
-    storage: str | None = None
-    tracking_uri: str | None = None
-    name: str | None = None
-    resume: bool = False
-    overrides: dict | None = None  # fixed settings from the command line (--set, --data-dir), recorded in sweep.json
-    smoke: bool = False
-    register: bool = True
-    teacher_cache: bool = True  # compute the teacher's outputs once for all trials (within the memory budget)
-    verbose: int = 1
-    warm_start: str | None = None  # another sweep (name or folder) whose trials seed this one's searcher
-    data: object | None = None  # DatasetSplits to search on instead of the config's dataset (the Python API)
-    teacher: object | None = None  # a Teacher or an nn.Module to distil from instead of the config's (the Python API)
+from kdsearch.sweep_plan import SweepOptions, SweepPlan, plan_sweep, resume_command
+from kdsearch.sweep_shared import Shared, prepare_shared
 
 
 @dataclass
@@ -85,79 +65,6 @@ class SweepSummary:
         return self.parent_run_id
 
 
-def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
-    search = spec.search
-    fixed = dict(spec.fixed)
-    if opts.num_samples is not None:
-        if opts.num_samples < 1:
-            raise UserError(f"--num-samples must be at least 1, got {opts.num_samples}")
-        if search.sampler == "grid" and opts.num_samples != search.num_samples:
-            raise UserError(
-                f"--num-samples {opts.num_samples} but {spec.source} is a grid of {search.num_samples} combinations: drop --num-samples"
-            )
-        search = dataclasses.replace(search, num_samples=opts.num_samples)
-    if opts.smoke:
-        # Two short trials: checks the whole path (data, teacher, Ray, MLflow, export) in a minute
-        # or two, long enough that a working set-up learns (smoke_check says whether it did).
-        example = spec.example_config()
-        fixed.update(epochs=min(3, example.epochs), teacher_epochs=min(5, example.teacher_epochs))
-        if spec.example_config().dataset != "digits":
-            fixed["train_subset"] = min(2000, fixed.get("train_subset") or 2000)
-        samples = search.num_samples if search.sampler == "grid" else min(search.num_samples, 2)  # a grid is its combinations
-        search = dataclasses.replace(search, num_samples=samples, grace_period=1, n_startup_trials=1)
-    return dataclasses.replace(spec, fixed=fixed, search=search)
-
-
-def needs_teacher(spec: SweepSpec) -> bool:
-    """Whether any trial's method will need the teacher: the fixed settings, or any choice the
-    space offers for a method setting (DML's use_teacher: [true, false])."""
-    cfg = spec.example_config()
-    cls = method_class(cfg.method)
-    if cls.uses_teacher(cfg.method_args):
-        return True
-    return any(
-        cls.uses_teacher({**cfg.method_args, key: value})
-        for key, dist in spec.space.items()
-        if dist["kind"] == "choice"
-        for value in dist["args"]
-    )
-
-
-def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], None]):
-    """The teacher's outputs for every view of every epoch, once, if they fit the budget."""
-    from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes
-
-    from kdsearch.train import teacher_feature_names
-
-    attention = method_class(cfg.method).needs_attention
-    names = teacher_feature_names(cfg, teacher) if attention else None
-    size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
-    if size > budget_bytes():
-        log(
-            f"teacher outputs would take {size / 1e9:.1f} GB, over the budget (KDSEARCH_TEACHER_CACHE_GB): trials run the teacher live"
-        )
-        return None
-    device = resolve_device(cfg.device)
-    started = time.perf_counter()
-    outputs = compute_teacher_outputs(
-        teacher.model,
-        data,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        crop_pad=cfg.crop_pad,
-        flip=cfg.flip,
-        attention=attention,
-        device=device,
-        amp=cfg.amp if cfg.amp is not None else device.type == "cuda",  # the trials' precision, checked by fits()
-        names=names,
-    )
-    log(
-        f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
-        f"({outputs.nbytes() / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)"
-    )
-    return outputs
-
-
 def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> bool:
     """Run an MLflow step; if the server fails, say so (always, on stderr) and how to catch up, but lose nothing."""
     try:
@@ -177,6 +84,7 @@ def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> b
 def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Push a sweep folder's trials, best student and report to MLflow (after an outage)."""
     from kdsearch import tracking
+    from kdsearch.model_registry import register_student
 
     manifest = folder.read_manifest()
     uri = tracking_uri or manifest["tracking_uri"]
@@ -192,99 +100,16 @@ def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None, log: Callab
     best = folder.read_best()
     if best is not None:
         config, metrics = best
-        tracker.log_best(
-            manifest.get("best_params", {}), config, metrics, folder.best_student, registered_name=f"{manifest['name']}-student"
-        )
+        tracker.log_best(manifest.get("best_params", {}), config, metrics, folder.best_student)
+        register_student(uri, tracker.parent_id, folder.best_student, f"{manifest['name']}-student")
         if folder.report_dir.is_dir():
             tracking.log_report_to_run(tracker.parent_id, uri, sorted(p for p in folder.report_dir.iterdir() if p.is_file()))
         tracker.finish()
+    from kdsearch.ray_trials.study import label_runs
+
+    if folder.study_db.is_file() and label_runs(folder.study_db, manifest["name"], tracker.run_ids()):
+        folder.publish([folder.study_db])
     return {"trials": len(trials), "epochs_added": added, "parent_run_id": tracker.parent_id, "tracking_uri": uri}
-
-
-@dataclass
-class SweepPlan:
-    """Where a sweep runs and what it logs, decided before anything starts."""
-
-    spec: SweepSpec
-    space_file: str
-    name: str
-    storage: str  # an absolute folder or a URI Ray understands
-    sweep_dir: str  # storage/name
-    folder: SweepFolder  # the local folder with sweep.json and best/ (the sweep folder itself for local storage)
-    tracking_uri: str
-    overrides: dict  # fixed settings given on the command line
-    lock: SweepLock  # held from planning to the end of the sweep
-    user_code: list[str]  # the user's model modules, imported while planning, sent to the Ray workers
-
-    @property
-    def local(self) -> bool:
-        return not remote.is_uri(self.storage)
-
-
-def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
-    overrides = dict(opts.overrides or {})
-    if "data_dir" in overrides and overrides["data_dir"] is not None:
-        overrides["data_dir"] = str(Path(str(overrides["data_dir"])).expanduser().resolve())  # the same data from any folder
-    name = check_sweep_name(opts.name) if opts.name is not None else load_sweep(path, overrides).name
-    storage = opts.storage or str(Path.cwd() / "sweeps")
-    if not remote.is_uri(storage):
-        storage = str(Path(storage).expanduser().resolve())
-        try:
-            Path(storage).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the sweep storage {storage} ({exc.strerror}): pass a writable --storage") from None
-    sweep_dir = f"{storage.rstrip('/')}/{name}"
-    if remote.is_uri(storage):
-        remote.check_writable(storage)  # a bucket that is down or missing: one line, before anything trains
-        folder = SweepFolder(remote.mirror_dir(sweep_dir), sweep_dir)
-    else:
-        folder = SweepFolder(Path(sweep_dir))
-    lock = SweepLock(folder.path.parent / f".{name}.lock").acquire(name)
-    try:
-        return _check_plan(path, opts, name, storage, sweep_dir, folder, overrides, lock)
-    except BaseException:
-        lock.release()
-        raise
-
-
-def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, overrides, lock) -> SweepPlan:
-    from kdsearch import tracking
-
-    if opts.resume and folder.uri is not None and remote.exists(sweep_dir):
-        remote.pull(sweep_dir)
-    if opts.resume and folder.exists():
-        recorded = folder.read_manifest().get("overrides") or {}
-        if overrides and overrides != recorded:
-            raise UserError(
-                f"--resume with other settings than the sweep started with ({recorded or 'none'}): "
-                "drop --set/--data-dir to continue with the recorded ones"
-            )
-        overrides = recorded
-    from kdsearch.ray_trials import user_code
-
-    spec = apply_options(load_sweep(path, overrides), opts)
-    plan = SweepPlan(
-        spec,
-        "(given in Python)" if isinstance(path, dict) else str(path),
-        name,
-        storage,
-        sweep_dir,
-        folder,
-        opts.tracking_uri or tracking.default_tracking_uri(),
-        overrides,
-        lock,
-        user_code(spec),  # the user's models import here, or the sweep stops now with one line
-    )
-    there = Path(sweep_dir).exists() if plan.local else remote.exists(sweep_dir)
-    if opts.resume and not there:
-        raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
-    if not opts.resume and there:
-        raise UserError(
-            f"a sweep named {name!r} already exists in {storage}: add --resume to continue it, or pass another --name"
-        )
-    if not plan.local and not opts.resume:
-        shutil.rmtree(folder.path, ignore_errors=True)  # a mirror left by an earlier sweep at this URI
-    return plan
 
 
 def _sweep_params(spec: SweepSpec) -> dict:
@@ -343,83 +168,6 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
 
 
 @dataclass
-class Shared:
-    """What every trial shares, prepared once in the driver."""
-
-    data: object  # DatasetSplits
-    teacher: Teacher | None
-    teacher_outputs: object | None
-    manifest: dict
-    guard: StorageGuard | None  # local storage only
-
-
-def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[str], None]) -> Shared:
-    from kdsearch import ray_trials
-
-    spec = plan.spec
-    base = spec.example_config()
-    manifest = {
-        "name": plan.name,
-        "sweep_dir": plan.sweep_dir,
-        "space_file": plan.space_file,
-        "tracking_uri": plan.tracking_uri,
-        "parent_run_id": tracker.parent_id,
-        "method": base.method,
-        "dataset": base.dataset,
-        "teacher": base.teacher,
-        "student": base.student,
-        "epochs": base.epochs,
-        "space": spec.space,
-        "objectives": [list(o) for o in spec.search.objectives],
-        "overrides": plan.overrides,
-        "provenance": provenance(),
-    }
-    set_threads(None)
-    data = opts.data if opts.data is not None else load_data(base)
-    guard = StorageGuard(plan.storage, plan.sweep_dir, plan.spec, data) if plan.local else None
-    if guard is not None:
-        guard.check_room()
-    plan.folder.write_manifest(manifest)
-    plan.folder.publish([plan.folder.path / MANIFEST])
-    if guard is not None:
-        guard.place()
-    fixed = spec.fixed_config()
-    if opts.teacher is not None:
-        teacher = given_teacher(opts.teacher, fixed, data)
-        outputs = compute_shared_outputs(teacher, data, fixed, log) if opts.teacher_cache else None
-    elif not needs_teacher(spec):
-        teacher, outputs = None, None
-    elif ray_trials.gpu_elsewhere(fixed.device):
-        # A head node without a GPU: train (or load) the teacher and compute its outputs on a
-        # cluster GPU, not on the driver's CPU while the GPUs idle.
-        teacher, outputs, node = ray_trials.run_on_a_gpu(teacher_and_outputs, fixed, data, opts.teacher_cache)
-        keep_local_copy(teacher, data)
-        log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
-    else:
-        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log)
-    log(
-        f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
-        f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
-    )
-    return Shared(data, teacher, outputs, manifest, guard)
-
-
-def teacher_and_outputs(cfg, data, cache_outputs: bool, log: Callable[[str], None] = lambda _: None):
-    """The sweep's teacher and, within the budget, its outputs for every view (moved to the CPU)."""
-    teacher = get_teacher(cfg, data, log=log)
-    outputs = compute_shared_outputs(teacher, data, cfg, log) if cache_outputs else None
-    teacher.model.cpu()
-    return teacher, outputs
-
-
-def keep_local_copy(teacher: Teacher, data) -> None:
-    """A teacher trained on another node was cached on that node's disk: cache it here too, so
-    that best/config.yaml's teacher_checkpoint exists where the sweep's results are."""
-    if teacher.path is not None and not Path(teacher.path).is_file() and teacher.spec is not None:
-        save_checkpoint(teacher.path, teacher.model, teacher.spec, dataset=data.info(), metrics=teacher.metrics)
-
-
-@dataclass
 class Best:
     trial: TrialRecord
     config: dict
@@ -430,9 +178,10 @@ class Best:
 
 
 def best_trial(plan: SweepPlan, trials: list[TrialRecord]) -> TrialRecord | None:
+    """The trial with the best score (``sweep_folder.ranked``: ties go to the earlier trial) that kept a checkpoint."""
     metric, mode = plan.spec.search.metric, plan.spec.search.mode
-    ranked = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and t.failure is None]
-    return max(ranked, key=lambda t: t.best(metric, mode) * (1 if mode == "max" else -1)) if ranked else None
+    usable = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and t.failure is None]
+    return ranked(usable, metric, mode)[0] if usable else None
 
 
 def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], best: TrialRecord) -> Best:
@@ -487,6 +236,7 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
 
 def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: Best, data, register: bool) -> bool:
     from kdsearch import tracking
+    from kdsearch.model_registry import register_student
 
     def mirror():
         tracker.sync(trials)
@@ -495,8 +245,9 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
             best.config,
             best.metrics,
             best.checkpoint,
-            registered_name=f"{plan.name}-student" if register else None,
         )
+        if register:
+            register_student(plan.tracking_uri, tracker.parent_id, best.checkpoint, f"{plan.name}-student")
         if best.report is not None:
             tracking.log_report_to_run(tracker.parent_id, plan.tracking_uri, best.report["files"])
         tracker.finish()
@@ -520,17 +271,6 @@ def _warm_start(plan: SweepPlan, opts: SweepOptions, shared: Shared, log: Callab
     shared.manifest["warm_start"] = {"sweep": str(other.path), "trials": told}
     plan.folder.write_manifest(shared.manifest)
     log(f"warm start: the searcher knows {told} trials of {other.path.name} before its first trial")
-
-
-def resume_command(plan: SweepPlan, opts: SweepOptions) -> str:
-    parts = ["kdsearch sweep", plan.space_file, "--resume"]
-    if opts.name:
-        parts += ["--name", opts.name]
-    if opts.storage:
-        parts += ["--storage", opts.storage]
-    if opts.tracking_uri:
-        parts += ["--tracking-uri", opts.tracking_uri]
-    return " ".join(parts)
 
 
 def interrupted(plan: SweepPlan, opts: SweepOptions, tracker, exc: BaseException) -> Interrupted:
@@ -609,10 +349,9 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
             storage=plan.storage,
             name=plan.name,
             resume=opts.resume,
-            cpus_per_trial=opts.cpus_per_trial,
-            gpus_per_trial=opts.gpus_per_trial,
-            shared_storage=opts.shared_storage,
-            max_concurrent=opts.max_concurrent,
+            resources=ray_trials.TrialResources(
+                opts.cpus_per_trial, opts.gpus_per_trial, opts.shared_storage, opts.max_concurrent
+            ),
             tracker=tracker,
             verbose=opts.verbose,
             teacher_outputs=shared.teacher_outputs,
@@ -646,6 +385,10 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     tracker.drain()  # the live logging's thread has caught up: its time is all counted
     live_mlflow_s, started = tracker.seconds, time.perf_counter()
     synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
+    from kdsearch.ray_trials.study import label_runs
+
+    if synced and label_runs(plan.folder.study_db, plan.name, tracker.run_ids()):
+        plan.folder.publish([plan.folder.study_db])
     # Where the sweep's time went (benchmarks/speed.py and gpu.py read these): the data and the
     # teacher (trained or loaded, and its outputs cached), the trials (Ray Tune's loop,
     # including the live MLflow logging it does), that logging, the MLflow work at the end

@@ -16,7 +16,6 @@ import queue
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +237,10 @@ class SweepTracker:
         self._runs[trial_id] = run_id
         return run_id
 
+    def run_ids(self) -> dict[str, str]:
+        """Trial id -> the MLflow run it is logged in, as far as this process knows."""
+        return dict(self._runs)
+
     def trial_started(self, trial_id: str, params: dict) -> None:
         self._submit(self._run_for, trial_id, params)
 
@@ -305,12 +308,10 @@ class SweepTracker:
             self.client.set_terminated(run_id, "FAILED" if trial.status == "ERROR" else "FINISHED")
         return added
 
-    def log_best(
-        self, best_params: dict, best_config: dict, metrics: dict, student_path: Path, registered_name: str | None = None
-    ) -> None:
+    def log_best(self, best_params: dict, best_config: dict, metrics: dict, student_path: Path) -> None:
         """The best config (``best.*`` tags + YAML), its compression metrics and its student, on the
-        parent run; ``registered_name``: also register the student as a model that serves without
-        kdsearch (``register_student``). Tags, not params: a resumed sweep that finds a better
+        parent run (``model_registry.register_student`` registers it as a model that serves without
+        kdsearch). Tags, not params: a resumed sweep that finds a better
         trial replaces them (MLflow refuses to change a param)."""
         import yaml
 
@@ -325,8 +326,6 @@ class SweepTracker:
             config_path.write_text(yaml.safe_dump(best_config, sort_keys=False))
             self.client.log_artifact(run_id, str(config_path))
         self.client.log_artifact(run_id, str(student_path), artifact_path="best_student")
-        if registered_name:
-            register_student(self.tracking_uri, run_id, student_path, registered_name)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.drain()
@@ -417,92 +416,3 @@ def start_ui_server(tracking_uri: str, port: int, host: str = "127.0.0.1", timeo
             time.sleep(0.3)
     proc.kill()
     raise UserError(f"the MLflow UI server did not answer on {url} within {timeout_s:.0f} s")
-
-
-CHAMPION = "champion"  # the alias of the registered version that is the best student
-
-
-def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str) -> str:
-    """Log the student as an MLflow pyfunc model that loads without kdsearch (its ONNX file, its
-    model card and ``kdsearch/serving/mlflow_model.py`` as the model's code; input uint8 images,
-    output class probabilities), register it as ``name`` and point the alias ``champion`` at the
-    new version. Also logs the native ``mlflow.pytorch`` flavour (not registered: it unpickles
-    kdsearch's classes). Returns the version."""
-    import mlflow.pyfunc
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
-    from kdsearch.checkpoint import load_model
-    from kdsearch.export import CARD, FILES, export_student, normalise
-    from kdsearch.serving import MLFLOW_MODEL_CODE
-
-    mlflow.set_tracking_uri(tracking_uri)
-    model, payload = load_model(checkpoint)
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("mlflow").setLevel(logging.ERROR)
-        export_student(checkpoint, ["onnx"], folder)  # verified against the checkpoint before it is logged
-        card = json.loads((Path(folder) / CARD).read_text())
-        sample = (payload.get("verify") or {}).get("x")
-        if sample is None:
-            size = card["input"]["size"]
-            sample = torch.zeros(2, card["input"]["channels"], *size, dtype=torch.uint8)
-        example = sample[:2].permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C) uint8, real validation images
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))]),
-            outputs=Schema([ColSpec("double", str(c)) for c in card["class_names"]]),
-        )
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="student",
-                python_model=str(MLFLOW_MODEL_CODE),
-                artifacts={"model": str(Path(folder) / FILES["onnx"]), "card": str(Path(folder) / CARD)},
-                pip_requirements=["mlflow", "onnxruntime", "numpy", "pandas"],
-                signature=signature,
-                input_example=example,
-                registered_model_name=name,
-            )
-            floats = normalise(sample[:2], card["input"]["normalisation"]).numpy()  # this flavour takes normalised floats
-            mlflow.pytorch.log_model(
-                model.eval(), name="pytorch_student", pip_requirements=["torch", "kdsearch"], input_example=floats
-            )
-    version = str(info.registered_model_version)
-    MlflowClient(tracking_uri).set_registered_model_alias(name, CHAMPION, version)
-    return version
-
-
-def _registered_version(uri: str, tracking_uri: str):
-    """The model version ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
-    rest = uri.removeprefix("models:/")
-    name, sep, alias = rest.partition("@")
-    client = MlflowClient(tracking_uri)
-    try:
-        if sep:
-            return client.get_model_version_by_alias(name, alias)
-        name, _, version = rest.rpartition("/")
-        return client.get_model_version(name, version)
-    except Exception as exc:  # noqa: BLE001 - not registered, or the store is unreachable
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"no registered model {uri} at {tracking_uri} ({first}): pass models:/<name>-student@champion, or --tracking-uri"
-        ) from None
-
-
-def load_registered(uri: str, tracking_uri: str):
-    """The registered pyfunc model (``models:/<name>@<alias>``), loaded as a server would."""
-    import mlflow.pyfunc
-
-    _registered_version(uri, tracking_uri)  # a one-line error when it is not there
-    mlflow.set_tracking_uri(tracking_uri)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return mlflow.pyfunc.load_model(uri)
-
-
-def download_registered_student(uri: str, tracking_uri: str, dest_dir: Path) -> Path:
-    """The kdsearch checkpoint behind a registered model: the best student of the run that logged it."""
-    version = _registered_version(uri, tracking_uri)
-    return download_best_student(version.run_id, tracking_uri, dest_dir)

@@ -212,7 +212,7 @@ def build_run(
         # one graph for the batch size, one for the epoch's last batch. Dynamo's cache is reset
         # first: a reused Ray actor would otherwise pile entries onto the same code object until
         # Dynamo silently falls back to eager.
-        torch._dynamo.reset()
+        torch.compiler.reset()
         student_forward = torch.compile(student_forward.__call__, dynamic=False)
         if teacher_forward is not None:
             teacher_forward = torch.compile(teacher_forward.__call__, dynamic=False)

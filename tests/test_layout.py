@@ -2,6 +2,7 @@
 and an engine that runs without Ray, MLflow or the command line."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,12 +51,18 @@ def test_no_module_imports_one_that_imports_it_back():
     assert not cycles, f"import cycles: {cycles}"
 
 
-def test_ray_and_mlflow_each_live_in_one_module():
+def test_ray_and_mlflow_each_live_in_one_place():
     graph = import_graph()
-    assert sorted(m for m, t in graph.items() if "ray" in t) == ["kdsearch.ray_trials"]
+    ray_users = sorted(m for m, t in graph.items() if "ray" in t)
+    assert ray_users and all(m.startswith("kdsearch.ray_trials.") for m in ray_users), ray_users
+    assert "ray" not in graph["kdsearch.ray_trials.study"]  # the study is Optuna's alone
     # (kdsearch/serving/mlflow_model.py is not imported by kdsearch: MLflow stores it as a
     # registered model's own code, which loads where kdsearch is not installed.)
-    assert sorted(m for m, t in graph.items() if "mlflow" in t) == ["kdsearch.serving.mlflow_model", "kdsearch.tracking"]
+    assert sorted(m for m, t in graph.items() if "mlflow" in t) == [
+        "kdsearch.model_registry",
+        "kdsearch.serving.mlflow_model",
+        "kdsearch.tracking",
+    ]
     assert not [m for m, t in graph.items() if "kdsearch.serving.mlflow_model" in t]
     assert not [t for t in graph["kdsearch.serving.mlflow_model"] if t.startswith("kdsearch")]
 
@@ -68,6 +75,7 @@ def test_the_engine_imports_neither_ray_mlflow_nor_the_cli():
             "mlflow",
             "kdsearch.cli",
             "kdsearch.ray_trials",
+            "kdsearch.ray_trials.runner",
             "kdsearch.tracking",
             "kdsearch.sweeper",
         }, engine
@@ -92,3 +100,98 @@ def test_the_formatter_has_formatted_the_code():
         if line.rstrip().endswith(marker)
     ]
     assert all(line.strip()[0] in "]})" for line in skips), skips
+
+
+LIBRARIES = ("ray", "optuna", "mlflow")
+COMPAT = PACKAGE / "ray_trials" / "compat.py"
+
+
+def private_uses(tree: ast.AST) -> list[str]:
+    """Where code reaches a private name of Ray, Optuna or MLflow: an import of a private module
+    (``ray.x._internal``), an attribute ``obj._name`` on anything but ``self``/``cls`` (a private
+    name of one of our own objects is reached through self), and, in a class built on one of
+    those libraries' classes, ``self._name`` the class never sets or defines itself."""
+    found = []
+    library_names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for module in modules:
+                if module.split(".")[0] in LIBRARIES:
+                    library_names.update(a.asname or a.name.split(".")[0] for a in node.names)
+                    if any(part.startswith("_") for part in module.split(".")):
+                        found.append(f"line {node.lineno}: import of {module}")
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            if not (isinstance(base, ast.Name) and base.id in ("self", "cls")):
+                found.append(f"line {node.lineno}: .{node.attr}")
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        bases = {ast.unparse(b).split(".")[0] for b in cls.bases}
+        if not bases & library_names:
+            continue
+        own = {f.name for f in cls.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        own |= {
+            t.attr
+            for n in ast.walk(cls)
+            if isinstance(n, (ast.Assign, ast.AnnAssign))
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+        }
+        for n in ast.walk(cls):
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self":
+                if n.attr.startswith("_") and not n.attr.startswith("__") and n.attr not in own:
+                    found.append(f"line {n.lineno}: self.{n.attr}, inherited from {cls.name}'s library base")
+    return found
+
+
+def test_no_private_name_of_ray_optuna_or_mlflow_outside_the_compat_module():
+    offences = {
+        str(path.relative_to(PACKAGE.parent)): found
+        for path in PACKAGE.rglob("*.py")
+        if path != COMPAT and (found := private_uses(ast.parse(path.read_text())))
+    }
+    assert not offences, offences
+
+
+def test_the_private_name_check_catches_what_it_is_for():
+    """The check above, on the kinds of access the search layer used to make."""
+    cases = {
+        "searcher._ot_study.get_trials()": 1,
+        "tuner._local_tuner._tune_config": 2,
+        "from ray.air.execution._internal.actor_manager import RayActorManager": 1,
+        "from ray import tune\nclass T(tune.Trainable):\n    def f(self):\n        return self._last_result": 1,
+        "from ray import tune\nclass T(tune.Trainable):\n    def f(self):\n        self._mine = 1\n        return self._mine": 0,
+        "class Own:\n    def f(self):\n        return self._anything": 0,
+    }
+    for source, count in cases.items():
+        assert len(private_uses(ast.parse(source))) == count, source
+
+
+def test_no_module_is_over_500_lines_and_no_function_over_60_in_the_ray_layer():
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    long_modules = {p: n for p, n in sizes.items() if n > 500}
+    long_functions = [
+        f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in (PACKAGE / "ray_trials").glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions
+
+
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    named, folder = set(), ""
+    for line in block.splitlines():
+        head = line.split()[0] if line.strip() else ""
+        if head.endswith("/") and not line.startswith(" " * 4):
+            folder = "" if head == "kdsearch/" else head
+            if not line.startswith("  ") and head != "kdsearch/":
+                folder = None  # examples/, benchmarks/, tests/: not the package
+        if folder is None:
+            continue
+        named |= {folder + name for name in re.findall(r"\b(\w+\.py)\b", line)}
+    actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    assert named == actual, {"named, missing": sorted(named - actual), "not named": sorted(actual - named)}

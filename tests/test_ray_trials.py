@@ -3,14 +3,13 @@
 import pytest
 
 from kdsearch.errors import UserError
-from kdsearch.ray_trials import _searcher, tune_space, warm_start
+from kdsearch.ray_trials import make_searcher, warm_start
 from kdsearch.search_space import parse_sweep
 from kdsearch.sweep_folder import TrialRecord
 
 
 def _drive(spec, trials):
-    searcher = _searcher(spec)
-    searcher.set_search_properties(None, None, tune_space(spec))
+    searcher = make_searcher(spec)
     seen = []
     for i in range(trials):
         config = searcher.suggest(f"t{i}")
@@ -49,7 +48,7 @@ def test_a_used_up_space_repeats_rather_than_stalls():
 
 def test_architecture_metrics_are_measured_once_per_architecture_in_the_driver():
     from kdsearch.data import load_dataset
-    from kdsearch.ray_trials import architecture_metrics
+    from kdsearch.ray_trials.trainable import architecture_metrics
 
     data = load_dataset("digits")
     raw = {
@@ -77,8 +76,7 @@ def _alpha_spec(space=None, **search):
 
 
 def _first_alphas(spec, study, n=4):
-    searcher = _searcher(spec, study)
-    searcher.set_search_properties(None, None, tune_space(spec))
+    searcher = make_searcher(spec, *study)
     return [searcher.suggest(f"t{i}")["alpha"] for i in range(n)]
 
 
@@ -109,19 +107,22 @@ def test_a_warm_start_that_cannot_inform_the_search_is_one_line(tmp_path):
         warm_start(_alpha_spec({"alpha": {"choice": [0.1, 0.9]}}, sampler="grid", num_samples=2), study, earlier, {"name": "o"})
 
 
-def test_as_many_trials_start_at_once_as_the_cluster_runs(monkeypatch, tmp_path):
+def test_as_many_trials_start_at_once_as_the_cluster_runs_and_the_settings_go_when_the_sweep_ends(monkeypatch, tmp_path):
     """Ray Tune starts one trial at a time under a searcher unless it is told how many may be
-    starting at once: the sweep tells it what the cluster fits (4 trials at 0.25 GPU on one GPU)."""
+    starting at once: the sweep tells it what the cluster fits (4 trials at 0.25 GPU on one GPU),
+    for the sweep's time only (a second sweep in the same process must not inherit it)."""
+    import os
+
     from ray.tune.execution.tune_controller import _get_max_pending_trials
     from ray.tune.search import SearchGenerator
 
-    from kdsearch import ray_trials
+    from kdsearch.ray_trials import cluster, runner
 
-    monkeypatch.setattr(ray_trials.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    assert ray_trials.trials_at_once(2, 0.25) == 4
-    assert ray_trials.trials_at_once(1, 0) == 16
-    assert ray_trials.trials_at_once(2, 0.3) == 3
-    assert ray_trials.trials_at_once(32, 0) == 1
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert cluster.trials_at_once(2, 0.25) == 4
+    assert cluster.trials_at_once(1, 0) == 16
+    assert cluster.trials_at_once(2, 0.3) == 3
+    assert cluster.trials_at_once(32, 0) == 1
 
     captured = {}
 
@@ -129,16 +130,18 @@ def test_as_many_trials_start_at_once_as_the_cluster_runs(monkeypatch, tmp_path)
         pass
 
     class FakeTuner:
-        def __init__(self, trainable, *, param_space, tune_config, run_config):
+        def __init__(self, trainable, *, tune_config, run_config):
             captured["config"] = tune_config
+            captured["env"] = {k: os.environ.get(k) for k in ("TUNE_MAX_PENDING_TRIALS_PG", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
+            captured["pending"] = _get_max_pending_trials(SearchGenerator(tune_config.search_alg))
             raise Captured
 
-    monkeypatch.setattr(ray_trials.tune, "Tuner", FakeTuner)
-    monkeypatch.setattr(ray_trials.tune, "with_parameters", lambda trainable, **kw: trainable)
-    monkeypatch.setattr(ray_trials.tune, "with_resources", lambda trainable, resources: trainable)
-    monkeypatch.setattr(ray_trials, "_payload", lambda data: None)
-    monkeypatch.setattr(ray_trials, "architecture_metrics", lambda spec, data: {})
-    monkeypatch.setattr(ray_trials, "check_storage", lambda storage, shared: None)
+    monkeypatch.setattr(runner.tune, "Tuner", FakeTuner)
+    monkeypatch.setattr(runner.tune, "with_parameters", lambda trainable, **kw: trainable)
+    monkeypatch.setattr(runner.tune, "with_resources", lambda trainable, resources: trainable)
+    monkeypatch.setattr(runner, "payload", lambda data: None)
+    monkeypatch.setattr(runner, "architecture_metrics", lambda spec, data: {})
+    monkeypatch.setattr(cluster, "check_storage", lambda storage, shared: None)
     spec = parse_sweep(
         {
             "fixed": {"method": "kd", "dataset": "digits", "epochs": 2},
@@ -148,39 +151,44 @@ def test_as_many_trials_start_at_once_as_the_cluster_runs(monkeypatch, tmp_path)
         "at_once.yaml",
     )
     monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
     with pytest.raises(Captured):
-        ray_trials.run_trials(
-            spec, None, None, storage=str(tmp_path), name="s", resume=False, cpus_per_trial=2, gpus_per_trial=0.25
-        )
+        runner.run_trials(
+            spec, None, None, storage=str(tmp_path), name="s", resume=False,
+            resources=runner.TrialResources(cpus_per_trial=2, gpus_per_trial=0.25),
+        )  # fmt: skip
     assert captured["config"].max_concurrent_trials is None  # not a cap: an autoscaling cluster still grows
-    # what Tune then does under a searcher: four trials pending (starting) at once, not one
-    searcher = ray_trials._searcher(spec, None)
-    assert _get_max_pending_trials(SearchGenerator(searcher)) == 4
-    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG")
-    assert _get_max_pending_trials(SearchGenerator(searcher)) == 1  # Tune's own choice
+    assert captured["env"] == {"TUNE_MAX_PENDING_TRIALS_PG": "4", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    assert captured["pending"] == 4  # what Tune then does under the searcher: four trials starting at once, not one
+    assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ and "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "7")  # the user's own setting wins, and stays
+    with pytest.raises(Captured):
+        runner.run_trials(spec, None, None, storage=str(tmp_path), name="s", resume=False)
+    assert captured["env"]["TUNE_MAX_PENDING_TRIALS_PG"] == "7" and os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "7"
 
 
 def test_the_study_stays_in_memory_while_trials_run_and_is_written_when_they_end(tmp_path):
-    """No SQLite write per trial in Tune's loop; optuna-dashboard still gets the whole study."""
+    """No SQLite write per trial in Tune's loop; optuna-dashboard still gets the whole study,
+    with the metric names and each trial's kdsearch trial id and MLflow run."""
     import optuna
-
-    from kdsearch.ray_trials import _optuna_study, save_study
 
     spec = parse_sweep(
         {"fixed": {"method": "kd", "dataset": "digits"}, "space": {"alpha": {"uniform": [0, 1]}}, "search": {"seed": 0}},
         "mem.yaml",
     )
     db = tmp_path / "optuna.db"
-    searcher = _searcher(spec, ("mem", db))
-    searcher.set_search_properties(None, None, tune_space(spec))
+    searcher = make_searcher(spec, "mem", db, max_epochs=2)
     for i in range(3):
         config = searcher.suggest(f"t{i}")
         searcher.on_trial_complete(f"t{i}", result={"val/acc": config["alpha"], "training_iteration": 2})
     searcher.suggest("t3")  # still running when the sweep ends
     assert not db.exists()
-    save_study(_optuna_study(searcher), db)
+    assert searcher.write_study({"t0": "run0", "t2": "run2"})
     study = optuna.load_study(study_name="mem", storage=f"sqlite:///{db}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert study.metric_names == ["val/acc"]
+    assert [t.user_attrs.get("kdsearch.trial_id") for t in study.trials] == ["t0", "t1", "t2"]
+    assert [t.user_attrs.get("kdsearch.mlflow_run_id") for t in study.trials] == ["run0", None, "run2"]
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -191,18 +199,168 @@ def test_a_trial_asha_stopped_is_pruned_for_tpe_not_compared_with_finished_ones(
     import optuna
 
     spec = _alpha_spec(num_samples=4)
-    searcher = _searcher(spec, max_epochs=5)
-    searcher.set_search_properties(None, None, tune_space(spec))
+    searcher = make_searcher(spec, max_epochs=5)
     for i, (epochs, acc) in enumerate([(1, 0.2), (5, 0.8), (3, 0.6), (5, 0.7)]):
         searcher.suggest(f"t{i}")
         for e in range(1, epochs):  # as Tune does: the result that ends a trial goes to on_trial_complete only
             searcher.on_trial_result(f"t{i}", {"val/acc": acc - 0.1, "training_iteration": e})
         searcher.on_trial_complete(f"t{i}", result={"val/acc": acc, "training_iteration": epochs})
-    trials = searcher._ot_study.get_trials()
+    trials = searcher.study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE] * 2
     # ranked at the epoch each was stopped, on the accuracy ASHA judged there
     assert trials[0].intermediate_values == {1: 0.2} and trials[2].intermediate_values == {1: 0.5, 2: 0.5, 3: 0.6}
     assert [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE] == [0.8, 0.7]
+
+
+def test_a_trial_is_scored_by_its_best_epoch_in_optuna_as_in_the_report():
+    """One score per trial: a quickstart trial scored 0.9722 in Optuna (its last epoch) and
+    0.9861 in the report (its best). Optuna is told the best epoch's value now."""
+    from kdsearch.sweep_folder import ranked
+
+    spec = _alpha_spec(num_samples=2)
+    searcher = make_searcher(spec, max_epochs=3)
+    history = {"t0": [0.90, 0.9861, 0.9722], "t1": [0.95, 0.97, 0.98]}
+    for trial_id, accs in history.items():
+        searcher.suggest(trial_id)
+        for epoch, acc in enumerate(accs[:-1], start=1):
+            searcher.on_trial_result(trial_id, {"val/acc": acc, "training_iteration": epoch})
+        searcher.on_trial_complete(trial_id, result={"val/acc": accs[-1], "training_iteration": len(accs)})
+    assert [t.value for t in searcher.study.get_trials()] == [0.9861, 0.98]
+    records = [TrialRecord(t, {}, [{"val/acc": a} for a in accs], "TERMINATED") for t, accs in history.items()]
+    assert [r.best("val/acc", "max") for r in records] == [0.9861, 0.98]
+    assert [r.trial_id for r in ranked(records, "val/acc", "max")] == ["t0", "t1"]
+
+
+def test_a_tie_goes_to_the_trial_that_started_first_and_failed_trials_rank_last():
+    from kdsearch.sweep_folder import ranked
+
+    records = [
+        TrialRecord("abc_00002", {}, [{"val/acc": 0.9}], "TERMINATED"),
+        TrialRecord("abc_00000", {}, [{"val/acc": 0.95, "trial/diverged": 1.0}], "TERMINATED"),
+        TrialRecord("abc_00001", {}, [{"val/acc": 0.9}], "TERMINATED"),
+        TrialRecord("abc_00003", {}, [{"val/acc": 0.8}], "TERMINATED"),
+    ]
+    assert [r.trial_id for r in ranked(records, "val/acc", "max")] == ["abc_00001", "abc_00002", "abc_00003", "abc_00000"]
+    assert [r.trial_id for r in ranked(records[2:], "val/acc", "min")] == ["abc_00003", "abc_00001"]
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {"sampler": "tpe"},
+        {"sampler": "random"},
+        {"sampler": "grid"},
+        {"sampler": "nsga2", "objectives": [{"val/acc": "max"}, {"student/params": "min"}]},
+    ],
+    ids=["tpe", "random", "grid", "nsga2"],
+)
+def test_the_searcher_tune_receives_pickles_for_every_sampler_and_carries_its_study(search, tmp_path):
+    """Ray Tune pickles its searcher with the experiment (tuner.pkl) and saves its state every
+    checkpoint. Optuna 5.1's NSGA-II holds a threading lock, and every two-objective sweep
+    crashed inside tune.Tuner(...). The study is rebuilt from plain data instead."""
+    import pickle
+
+    from ray import cloudpickle
+
+    space = {"alpha": {"choice": [0.1, 0.5, 0.9]}, "student_width": {"choice": [0.5, 1.0]}}
+    spec = parse_sweep(
+        {"fixed": {"method": "kd", "dataset": "digits"}, "space": space, "search": {"num_samples": 6, "seed": 0, **search}},
+        "pickle.yaml",
+    )
+    searcher = make_searcher(spec, "p", tmp_path / "optuna.db", max_epochs=2)
+    pickle.loads(cloudpickle.dumps(searcher))  # before any trial, as tune.Tuner pickles it
+    told = {}
+    for i in range(3):
+        config = searcher.suggest(f"t{i}")
+        told[f"t{i}"] = config
+        searcher.on_trial_result(f"t{i}", {"val/acc": 0.5, "student/params": 10.0, "training_iteration": 1})
+        if i < 2:
+            searcher.on_trial_complete(f"t{i}", result={"val/acc": 0.6, "student/params": 10.0, "training_iteration": 2})
+    searcher.save(str(tmp_path / "state.pkl"))
+    again = pickle.loads(cloudpickle.dumps(searcher))
+    again.restore(str(tmp_path / "state.pkl"))
+
+    def trained(searcher):  # (a draw that repeated trained settings is told their result, marked as a repeat)
+        return {t.user_attrs["kdsearch.trial_id"]: t for t in searcher.study.get_trials() if "kdsearch.trial_id" in t.user_attrs}
+
+    assert [t.state.name for t in trained(again).values()] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert trained(again)["t2"].params == told["t2"]
+    assert all(t.user_attrs.get("kdsearch.repeat") for t in again.study.get_trials() if t not in trained(again).values())
+    again.on_trial_complete("t2", result={"val/acc": 0.7, "student/params": 10.0, "training_iteration": 2})
+    assert trained(again)["t2"].values[0] == 0.7
+    config = again.suggest("t3")  # the restored searcher goes on drawing, never settings already trained
+    assert config not in told.values()
+
+
+def test_a_define_by_run_space_draws_a_setting_only_when_its_condition_holds():
+    """What comparing methods in one sweep needs: temperature only when method is kd."""
+    from kdsearch.ray_trials.searcher import StudySearcher
+
+    space = {
+        "method": {"kind": "choice", "args": ["ce", "kd"]},
+        "temperature": {"kind": "loguniform", "args": [1.0, 20.0], "when": {"param": "method", "in": ["kd"]}},
+        "lr": {"kind": "loguniform", "args": [0.01, 0.2]},
+    }
+    searcher = StudySearcher(space, [("val/acc", "max")], sampler="tpe", seed=0, startup_trials=4, max_epochs=1)
+    seen = []
+    for i in range(12):
+        config = searcher.suggest(f"t{i}")
+        seen.append(config)
+        score = 0.5 + (0.3 if config["method"] == "kd" else 0.0) + 0.01 * config.get("temperature", 0)
+        searcher.on_trial_complete(f"t{i}", result={"val/acc": score, "training_iteration": 1})
+    assert {c["method"] for c in seen} == {"ce", "kd"}
+    assert all(("temperature" in c) == (c["method"] == "kd") for c in seen), seen
+    trials = searcher.study.get_trials()
+    assert all(("temperature" in t.params) == (t.params["method"] == "kd") for t in trials)
+    grid = StudySearcher(
+        {
+            **space,
+            "temperature": {**space["temperature"], "kind": "choice", "args": [2.0, 4.0]},
+            "lr": {"kind": "choice", "args": [0.1]},
+        },
+        [("val/acc", "max")],
+        sampler="grid",
+    )
+    configs = []
+    while isinstance(config := grid.suggest(f"g{len(configs)}"), dict):
+        configs.append(config)
+    assert configs == [
+        {"method": "ce", "lr": 0.1},
+        {"method": "kd", "temperature": 2.0, "lr": 0.1},
+        {"method": "kd", "temperature": 4.0, "lr": 0.1},
+    ]  # a method's grid is crossed only with that method
+
+
+def test_sixteen_trials_asked_at_once_get_distinct_suggestions_and_the_search_still_converges():
+    """The constant liar: trials asked while others run count as bad guesses, so 16 running at
+    once spread out. On a toy objective the best after 48 trials, asked 16 at a time, is no worse
+    than asked 2 at a time (by more than the spread of seeds)."""
+    import statistics
+
+    from kdsearch.ray_trials.searcher import StudySearcher
+
+    space = {"x": {"kind": "uniform", "args": [0.0, 1.0]}, "y": {"kind": "uniform", "args": [0.0, 1.0]}}
+
+    def run(at_once, seed, total=48):
+        searcher = StudySearcher(space, [("val/acc", "max")], sampler="tpe", seed=seed, startup_trials=8, max_epochs=1)
+        best, first, n = -1.0, [], 0
+        while n < total:
+            wave = [(f"t{n + i}", searcher.suggest(f"t{n + i}")) for i in range(at_once)]
+            if n == 8:  # the first wave TPE models (after its 8 random startup trials)
+                first = [(round(c["x"], 6), round(c["y"], 6)) for _, c in wave]
+            for trial_id, c in wave:
+                score = 1 - (c["x"] - 0.7) ** 2 - (c["y"] - 0.2) ** 2
+                best = max(best, score)
+                searcher.on_trial_complete(trial_id, result={"val/acc": score, "training_iteration": 1})
+            n += at_once
+        return best, first
+
+    many = [run(16, seed) for seed in range(3)]
+    few = [run(2, seed) for seed in range(3)]
+    assert all(len(set(first)) == 16 for _, first in many if first)
+    many_best, few_best = [b for b, _ in many], [b for b, _ in few]
+    spread = statistics.pstdev(few_best + many_best)
+    assert statistics.mean(many_best) >= statistics.mean(few_best) - max(spread, 0.01), (many_best, few_best)
 
 
 def test_a_warm_start_tells_trials_stopped_early_as_pruned(tmp_path):
@@ -210,13 +368,14 @@ def test_a_warm_start_tells_trials_stopped_early_as_pruned(tmp_path):
 
     earlier = [
         TrialRecord("e0", {"alpha": 0.1}, [{"val/acc": 0.3}], "TERMINATED"),
-        TrialRecord("e1", {"alpha": 0.9}, [{"val/acc": 0.5}, {"val/acc": 0.6}, {"val/acc": 0.7}], "TERMINATED"),
+        TrialRecord("e1", {"alpha": 0.9}, [{"val/acc": 0.5}, {"val/acc": 0.75}, {"val/acc": 0.7}], "TERMINATED"),
     ]
     manifest = {"name": "earlier", "space": {"alpha": {}}, "objectives": [["val/acc", "max"]]}
     assert warm_start(_alpha_spec(), ("new", tmp_path / "warm.db"), earlier, manifest) == 2
     study = optuna.load_study(study_name="new", storage=f"sqlite:///{tmp_path / 'warm.db'}")
     states = {t.params["alpha"]: (t.state, t.value, t.intermediate_values) for t in study.get_trials()}
-    assert states == {0.1: (optuna.trial.TrialState.PRUNED, None, {1: 0.3}), 0.9: (optuna.trial.TrialState.COMPLETE, 0.7, {})}
+    # scored by its best epoch, as everywhere
+    assert states == {0.1: (optuna.trial.TrialState.PRUNED, None, {1: 0.3}), 0.9: (optuna.trial.TrialState.COMPLETE, 0.75, {})}
 
 
 def test_a_reused_trial_actor_keeps_its_imports_out_of_the_collector_and_still_frees_each_trial(monkeypatch):
@@ -226,25 +385,25 @@ def test_a_reused_trial_actor_keeps_its_imports_out_of_the_collector_and_still_f
     import gc
     import weakref
 
-    from kdsearch import ray_trials
     from kdsearch.data import load_dataset
+    from kdsearch.ray_trials import trainable as trainables
 
     class Context:
         def get_node_id(self):
             return "node"
 
-    monkeypatch.setattr(ray_trials.ray, "get_gpu_ids", lambda: [])
-    monkeypatch.setattr(ray_trials.ray, "get_runtime_context", lambda: Context())
+    monkeypatch.setattr(trainables.ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(trainables.ray, "get_runtime_context", lambda: Context())
     spec = parse_sweep(
         {"fixed": {"method": "ce", "dataset": "digits", "epochs": 1}, "space": {"lr": {"uniform": [0.01, 0.1]}}},
         "ce.yaml",
     )
     data = load_dataset("digits")
     shared = dict(
-        spec=spec, data_payload=ray_trials._payload(data), teacher_payload=None, threads=1, teacher_outputs=None,
-        static_by_architecture=ray_trials.architecture_metrics(spec, data), gpu_share=0.0,
+        spec=spec, data_payload=trainables.payload(data), teacher_payload=None, threads=1, teacher_outputs=None,
+        static_by_architecture=trainables.architecture_metrics(spec, data), gpu_share=0.0,
     )  # fmt: skip
-    trainable = ray_trials.EpochTrainable.__new__(ray_trials.EpochTrainable)
+    trainable = trainables.EpochTrainable.__new__(trainables.EpochTrainable)
     try:
         gc.unfreeze()
         gc.collect()
@@ -252,15 +411,17 @@ def test_a_reused_trial_actor_keeps_its_imports_out_of_the_collector_and_still_f
         trainable.setup({"lr": 0.05}, **shared)
         assert gc.get_freeze_count() >= 0.98 * objects_before  # all but what was garbage by then
         first = weakref.ref(trainable.run.student)
+        result = trainable.step()
+        assert result["trial/score"] == result["val/acc"] == trainable.last_metrics["val/acc"]
         trainable.reset_config({"lr": 0.02})
         assert first() is None, "the first trial's student outlived the reset"
-        assert trainable.run.student is not None and trainable.cfg.lr == 0.02
+        assert trainable.run.student is not None and trainable.cfg.lr == 0.02 and trainable.last_metrics == {}
     finally:
         trainable.cleanup()
         gc.unfreeze()
 
 
-def test_writing_the_study_after_a_resume_prints_nothing(tmp_path):
+def test_writing_the_study_prints_nothing(tmp_path):
     """A resumed sweep restores its searcher from Tune's state, without the setup that quiets
     Optuna: saving the study printed Optuna's "A new study created in RDB" among the results."""
     import subprocess
@@ -268,34 +429,72 @@ def test_writing_the_study_after_a_resume_prints_nothing(tmp_path):
 
     script = f"""
 import optuna
-from kdsearch.ray_trials import save_study
-study = optuna.create_study(study_name="r", direction="maximize")  # as restored: Optuna's logging untouched
-study.add_trial(optuna.trial.create_trial(params={{}}, distributions={{}}, value=0.5))
+from kdsearch.ray_trials.study import write_study
+trial = optuna.trial.create_trial(params={{}}, distributions={{}}, value=0.5)
 print("saving", flush=True)
-save_study(study, __import__("pathlib").Path({str(tmp_path / "optuna.db")!r}))
+write_study("r", ["maximize"], ["val/acc"], [trial], __import__("pathlib").Path({str(tmp_path / "optuna.db")!r}))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "A new study created in memory" in proc.stderr  # Optuna does talk at this verbosity
-    assert "in RDB" not in proc.stderr, proc.stderr
+    assert "A new study" not in proc.stderr, proc.stderr
     assert (tmp_path / "optuna.db").is_file()
 
 
-def test_a_ray_without_tunes_actor_manager_where_kdsearch_expects_it_still_runs_its_loop(monkeypatch):
-    """The wait is raised through a private Ray module: a later Ray 2.x that moves it keeps Tune's own loop."""
+def test_tunes_idle_wait_is_raised_only_on_the_ray_it_was_written_for(monkeypatch, caplog):
+    """The wait goes through a private Ray module (compat): on another Ray version, or a Ray 2.60
+    that has moved it, Tune's own loop runs unchanged and one log line says so."""
+    import logging
     import sys
 
-    from kdsearch.ray_trials import _calm_tune_loop
-
-    monkeypatch.setitem(sys.modules, "ray.air.execution._internal.actor_manager", None)  # import fails
-    ran = []
-    with _calm_tune_loop():
-        ran.append(True)
-    assert ran == [True]
-    monkeypatch.undo()
     from ray.air.execution._internal.actor_manager import RayActorManager
 
+    from kdsearch.ray_trials import compat
+
     original = RayActorManager.next
-    with _calm_tune_loop():
-        assert RayActorManager.next is not original
+    with compat.calm_tune_loop() as calmed:
+        assert calmed and RayActorManager.next is not original
     assert RayActorManager.next is original
+    with caplog.at_level(logging.INFO, logger="kdsearch"):
+        with compat.calm_tune_loop(version="2.61.0") as calmed:
+            assert not calmed and RayActorManager.next is original
+    assert "Ray 2.61.0 is not 2.60.x" in caplog.text
+    monkeypatch.setitem(sys.modules, "ray.air.execution._internal.actor_manager", None)  # the internal is gone
+    with caplog.at_level(logging.INFO, logger="kdsearch"):
+        with compat.calm_tune_loop() as calmed:
+            assert not calmed
+    assert "has no ray.air.execution._internal.actor_manager.RayActorManager" in caplog.text
+
+
+def test_a_trial_drawn_after_the_last_saved_state_is_still_told_when_it_ends(tmp_path):
+    """A sweep killed (not stopped) loses what its searcher did since Tune last saved it; Tune
+    still resumes the trial it had started. Its settings come with its results: the study gets it."""
+    import pickle
+
+    spec = _alpha_spec(num_samples=3)
+    searcher = make_searcher(spec, "k", tmp_path / "optuna.db", max_epochs=2)
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", result={"val/acc": 0.5, "training_iteration": 2})
+    searcher.save(str(tmp_path / "state.pkl"))
+    lost = searcher.suggest("t1")  # drawn after the save, then the driver is killed
+    restored = pickle.loads(pickle.dumps(searcher))
+    restored.restore(str(tmp_path / "state.pkl"))
+    restored.on_trial_result("t1", {"val/acc": 0.6, "training_iteration": 1, "config": dict(lost)})
+    restored.on_trial_complete("t1", result={"val/acc": 0.7, "training_iteration": 2, "config": dict(lost)})
+    trials = {t.user_attrs.get("kdsearch.trial_id"): t for t in restored.study.get_trials()}
+    assert trials["t1"].params == lost and trials["t1"].value == 0.7 and trials["t1"].state.name == "COMPLETE"
+    assert restored.suggest("t2") != lost
+
+
+def test_a_restored_searcher_tells_the_trial_it_knew_was_running_when_it_ends(tmp_path):
+    import pickle
+
+    spec = _alpha_spec(num_samples=3)
+    searcher = make_searcher(spec, "r", tmp_path / "optuna.db", max_epochs=2)
+    running = searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"val/acc": 0.6, "training_iteration": 1, "config": dict(running)})
+    searcher.save(str(tmp_path / "state.pkl"))
+    restored = pickle.loads(pickle.dumps(searcher))
+    restored.restore(str(tmp_path / "state.pkl"))  # Tune resumes t0 under its id; no ask in between
+    restored.on_trial_complete("t0", result={"val/acc": 0.7, "training_iteration": 2, "config": dict(running)})
+    trials = restored.study.get_trials()
+    assert [(t.state.name, t.user_attrs["kdsearch.trial_id"], t.value) for t in trials] == [("COMPLETE", "t0", 0.7)]

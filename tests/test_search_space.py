@@ -152,7 +152,7 @@ def test_asha_judges_a_trial_late_in_its_schedule_unless_told_otherwise():
     """Under the one-cycle schedule a trial's accuracy after 20-40% of its epochs ranks trials on
     noise (benchmarks/results/search-efficiency/rungs.csv): ASHA's first rung is at 80% of the
     epochs by default, and so it is in every shipped space that stops trials early."""
-    from kdsearch.ray_trials import _scheduler
+    from kdsearch.ray_trials.runner import scheduler as _scheduler
 
     def rung(search, epochs):
         spec = parse_sweep(

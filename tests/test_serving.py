@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from kdsearch import TrainConfig, fit
 from kdsearch.checkpoint import load_model
 from kdsearch.data import load_data
-from kdsearch.tracking import register_student
+from kdsearch.model_registry import register_student
 
 pytestmark = pytest.mark.slow  # a second Python environment and MLflow model logging
 

@@ -15,6 +15,7 @@ from kdsearch.checkpoint import load_model
 from kdsearch import tracking
 from kdsearch.cli import main
 from kdsearch.errors import UserError
+from kdsearch.sweep_folder import load_trials
 from kdsearch.sweeper import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
@@ -234,6 +235,12 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
     client = MlflowClient(db)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    # each Optuna trial names its kdsearch trial and the MLflow run that logged it, scored as the report scores it
+    run_of = {r.data.tags["kdsearch.trial_id"]: r.info.run_id for r in runs if r.data.tags.get("kdsearch.role") == "trial"}
+    told = {t.user_attrs["kdsearch.trial_id"]: t for t in study.trials}
+    assert set(told) == set(run_of) and all(t.user_attrs.get("kdsearch.mlflow_run_id") == run_of[i] for i, t in told.items())
+    for trial in load_trials(storage / "tiny"):
+        assert told[trial.trial_id].value == trial.best("val/acc", "max")
     trial_ids = [r.data.tags["kdsearch.trial_id"] for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
     assert len(trial_ids) == 3 == len(set(trial_ids))
     for run in runs:
@@ -282,6 +289,11 @@ search:
     from kdsearch.summary import format_sweep_summary
 
     assert "Pareto front (val/acc, latency/cpu_ms): trials " in format_sweep_summary(summary)
+    # The study behind it (NSGA-II's sampler does not pickle: the searcher Tune pickles holds none)
+    import optuna
+
+    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{summary.out_dir / 'optuna.db'}")
+    assert study.metric_names == ["val/acc", "latency/cpu_ms"] and len(study.trials) >= 3
     # Latency is timed once per architecture in the driver: trials of one width report one value.
     for _, group in table.groupby("student_width"):
         assert group["latency/cpu_ms"].nunique() == 1, table

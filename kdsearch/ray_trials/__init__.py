@@ -1,0 +1,67 @@
+"""Everything that touches Ray lives in this package (Ray 2.60's public API; the one private
+name, Tune's idle wait, in ``compat``). Its rooms:
+
+- ``study``: the sweep's Optuna study (no Ray): spaces, samplers, warm start, the study file;
+- ``searcher``: ``StudySearcher``, Tune's ``Searcher`` interface over Optuna's ask and tell;
+- ``trainable``: ``EpochTrainable``, one epoch of ``fit``'s loop per step, and what a trial
+  receives from the driver through Ray's object store (data, teacher, size metrics);
+- ``cluster``: starting Ray, resources, GPUs, storage and the user's code on the workers;
+- ``runner``: ``run_trials``, the Tuner with its searcher, scheduler, progress and callbacks;
+- ``compat``: the one place a private name of Ray is used, checked against Ray's version.
+
+The Ctrl-C and stop plumbing is ``kdsearch.stopping`` (signals, no Ray).
+"""
+
+import os
+
+# Quiet, self-contained Ray defaults; set before ray is imported (a user's own setting wins).
+for _key, _value in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # kdsearch takes Ctrl-C itself (kdsearch.stopping) and hands it to Tune as SIGUSR1, so it knows.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # The legacy reporter path prints kdsearch's compact status table now and then; the new output
+    # engine prints a box per trial start and result, too much for a sweep of many trials.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+from kdsearch.ray_trials.cluster import (  # noqa: E402
+    check_resources,
+    check_storage,
+    gpu_elsewhere,
+    gpus_per_trial_default,
+    run_on_a_gpu,
+    start_ray,
+    stop_ray,
+    trials_at_once,
+    user_code,
+)
+from kdsearch.ray_trials.runner import TrialResources, can_resume, copy_from_checkpoint, make_searcher, run_trials  # noqa: E402
+from kdsearch.ray_trials.study import warm_start  # noqa: E402
+from kdsearch.ray_trials.trainable import STATE_FILE, STUDENT_FILE, EpochTrainable  # noqa: E402
+from kdsearch.stopping import TrialsInterrupted, TrialsStopped  # noqa: E402
+
+__all__ = [
+    "EpochTrainable",
+    "STATE_FILE",
+    "STUDENT_FILE",
+    "TrialResources",
+    "TrialsInterrupted",
+    "TrialsStopped",
+    "can_resume",
+    "check_resources",
+    "check_storage",
+    "copy_from_checkpoint",
+    "gpu_elsewhere",
+    "gpus_per_trial_default",
+    "make_searcher",
+    "run_on_a_gpu",
+    "run_trials",
+    "start_ray",
+    "stop_ray",
+    "trials_at_once",
+    "user_code",
+    "warm_start",
+]

@@ -1,0 +1,159 @@
+"""Starting Ray, and what the cluster offers: resources, GPUs, storage, the user's code."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import torch
+
+from kdsearch.errors import UserError
+from kdsearch.search_space import SweepSpec
+
+
+def user_code(spec: SweepSpec) -> list[str]:
+    """The files and folders of the user's own models (import paths) that are not installed:
+    sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
+    from kdsearch.models.imported import import_models, module_file
+
+    base = spec.example_config()
+    names = {base.student, base.teacher}
+    for key in ("student", "teacher"):
+        dist = spec.space.get(key)
+        if dist is not None and dist["kind"] == "choice":
+            names.update(dist["args"])
+    own = import_models(names)  # a name that cannot be imported: one line, before any trial starts
+    paths = {module_file(n) for n in own}
+    return sorted(str(p) for p in paths if p is not None)
+
+
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = True, py_modules: list[str] | None = None
+) -> None:
+    """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray for this process;
+    ``py_modules`` (the user's own code) go to every worker through the job's runtime environment."""
+    if ray.is_initialized():
+        if not address:
+            return  # the caller's own Ray (or ours, still up): use it
+        ray.shutdown()  # asked for a particular cluster: do not run on whatever Ray this process holds
+    if quiet:
+        # A trial that fails is listed with its reason in the summary, its error.txt and MLflow;
+        # Tune's own log of it is a traceback per failure on the user's terminal.
+        for name in ("ray.tune", "ray.air", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": not quiet,
+        "configure_logging": True,
+        "logging_level": "ERROR",
+    }
+    if py_modules:
+        kwargs["runtime_env"] = {"py_modules": list(py_modules)}
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            # Ray 2.60's own servers listen on every interface whatever node IP is given (newer Ray
+            # binds them to the node IP): on a shared network, firewall the Ray ports.
+            # Ray starts its workers at nice 15, below its own servers and the driver (nice 0):
+            # on a machine whose cores the trials fill, every wake-up of those preempts a trial.
+            # Trials are the work here, so they run at the driver's priority (RAY_worker_niceness
+            # set by the user wins; a cluster's nodes take it from where `ray start` runs).
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=_object_store_bytes(), **kwargs)
+    except ConnectionError as exc:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}): start it with `ray start --head` or drop --address"
+        ) from None
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is a one-line error in seconds (ray.init would retry
+    for minutes, printing warnings)."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"cannot reach the Ray cluster at {address!r} ({reason}): start it with `ray start --head` or drop --address"
+        ) from None
+
+
+def _object_store_bytes() -> int:
+    # Ray's default is 30% of RAM; the data and teacher here are small next to that.
+    return int(os.environ.get("KDSEARCH_OBJECT_STORE_BYTES", 2 * 1024**3))
+
+
+def stop_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def gpu_elsewhere(device: str) -> bool:
+    """Whether this driver has no GPU for ``device`` while the Ray cluster has GPUs."""
+    if device == "cpu" or torch.cuda.is_available():
+        return False
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def run_on_a_gpu(fn: Callable, *args):
+    """``fn(*args)`` as a Ray task holding one GPU of the cluster; returns its result and the node it ran on."""
+
+    def task(*a):
+        return fn(*a), ray.get_runtime_context().get_node_id()
+
+    try:
+        result, node = ray.get(ray.remote(num_gpus=1, max_retries=0)(task).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None  # the one line, as if it had run here
+        raise
+    return (*result, node)
+
+
+def gpus_per_trial_default(gpus_per_trial: float | None) -> float:
+    """None: one GPU per trial when the cluster has GPUs, else none (Ray leaves a GPU-less
+    trial's CUDA_VISIBLE_DEVICES alone, so trials without a GPU of their own are kept off them)."""
+    if gpus_per_trial is not None:
+        return gpus_per_trial
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def check_storage(storage: str, shared: bool) -> None:
+    """A local --storage exists on this machine only: on a cluster of several nodes a trial on
+    another node fails at its first checkpoint, unless every node mounts the folder."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if "://" not in storage and len(nodes) > 1 and not shared:
+        raise UserError(
+            f"--storage {storage} is a folder on this machine but the Ray cluster has {len(nodes)} nodes: pass "
+            "--storage s3://bucket/path (or gs://...), or --shared-storage if every node mounts that folder"
+        )
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    total = ray.cluster_resources()
+    if gpus_per_trial > total.get("GPU", 0):
+        raise UserError(
+            f"--gpus-per-trial {gpus_per_trial} but the Ray cluster has {total.get('GPU', 0):g} GPUs: lower it, or join a cluster with GPUs (--address)"
+        )
+    if cpus_per_trial > total.get("CPU", 0):
+        raise UserError(f"--cpus-per-trial {cpus_per_trial} but the Ray cluster has {total.get('CPU', 0):g} CPUs: lower it")
+
+
+def trials_at_once(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the Ray cluster runs at the same time with these resources each."""
+    total = ray.cluster_resources()
+    fits = total.get("CPU", 0) / cpus_per_trial
+    if gpus_per_trial > 0:
+        fits = min(fits, total.get("GPU", 0) / gpus_per_trial)
+    return max(1, math.floor(fits + 1e-9))

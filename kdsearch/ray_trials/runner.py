@@ -1,0 +1,303 @@
+"""Running a sweep's trials with Ray Tune: the Tuner, its searcher, scheduler, progress lines
+and callbacks, and the trials as kdsearch records (no Ray types) when they end."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from tabulate import tabulate
+
+from kdsearch.data import DatasetSplits
+from kdsearch.errors import UserError
+from kdsearch.ray_trials import cluster, compat
+from kdsearch.ray_trials.searcher import StudySearcher, searcher_for
+from kdsearch.ray_trials.trainable import SCORE, EpochTrainable, architecture_metrics, payload, teacher_payload
+from kdsearch.search_space import SweepSpec
+from kdsearch.stopping import TrialsInterrupted, TrialsStopped, environment, graceful_ctrl_c, stop_when
+from kdsearch.sweep_folder import TrialRecord
+from kdsearch.teachers import Teacher
+
+
+@dataclass
+class TrialResources:
+    """What each trial asks of the Ray cluster, and how many may run at once."""
+
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | None = None  # None: one per trial when the cluster has GPUs, else none
+    shared_storage: bool = False  # a local storage folder that every node of a cluster mounts
+    max_concurrent: int | None = None  # None: the search space's setting, else what the cluster fits
+
+
+def make_searcher(
+    spec: SweepSpec, study_name: str = "sweep", study_db: Path | None = None, max_epochs: int | None = None
+) -> StudySearcher:
+    """The sweep's searcher; ``study_db``: the SQLite file its study is written to when the trials end."""
+    s = spec.search
+    return StudySearcher(
+        spec.space,
+        list(s.objectives),
+        sampler=s.sampler,
+        seed=s.seed,
+        startup_trials=s.startup_trials(),
+        population_size=max(2, min(50, s.num_samples // 2)),
+        max_epochs=max_epochs,
+        study_name=study_name,
+        study_db=study_db,
+    )
+
+
+def scheduler(spec: SweepSpec, max_epochs: int):
+    s = spec.search
+    if s.scheduler == "fifo":
+        return FIFOScheduler()
+    # Several objectives: ASHA stops on the first one (accuracy, usually); the rest are
+    # fixed by the architecture and do not change with training.
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=s.metric,
+        mode=s.mode,
+        max_t=max_epochs,
+        grace_period=s.first_rung(max_epochs),
+        reduction_factor=s.reduction_factor,
+    )
+
+
+class SweepProgress(tune.ProgressReporter):
+    """A compact status table of the trials, best score first, at most every ``every_s`` seconds,
+    on stderr (stdout keeps the final summary)."""
+
+    def __init__(self, spec: SweepSpec, every_s: float = 20.0, rows: int = 12):
+        self.metric, self.mode = spec.search.metric, spec.search.mode
+        self.params = list(spec.space)[:6]
+        self.every_s, self.rows, self.last = every_s, rows, 0.0
+
+    def should_report(self, trials, done: bool = False) -> bool:
+        return done or time.monotonic() - self.last >= self.every_s
+
+    def report(self, trials, done: bool, *sys_info: str) -> None:
+        self.last = time.monotonic()
+        print(self.table(trials, sys_info), file=sys.stderr, flush=True)
+
+    def table(self, trials, sys_info=()) -> str:
+        counts: dict[str, int] = {}
+        for trial in trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        sign = 1 if self.mode == "max" else -1
+
+        def key(trial):
+            score = (trial.last_result or {}).get(SCORE)
+            return (score is None, -sign * score if score is not None else 0.0, trial.trial_id)
+
+        rows = []
+        for trial in sorted(trials, key=key)[: self.rows]:
+            result = trial.last_result or {}
+            rows.append(
+                [trial.trial_id, trial.status]
+                + [_short(trial.config.get(p)) for p in self.params]
+                + [result.get("epoch"), _short(result.get(self.metric)), _short(result.get(SCORE))]
+            )
+        header = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        lines = [f"== {len(trials)} trials: {header} =="] + [line for line in sys_info if line]
+        lines.append(tabulate(rows, headers=["trial", "status", *self.params, "epochs", self.metric, "score"]))
+        if len(trials) > self.rows:
+            lines.append(f"... and {len(trials) - self.rows} more")
+        return "\n".join(lines)
+
+
+def _short(value):
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+class ForwardResults(tune.Callback):
+    """Hands trial events to a tracker (kdsearch.tracking) without exposing Ray types."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.trial_started(trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.tracker.trial_result(trial.trial_id, dict(trial.config), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.trial_finished(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.trial_finished(trial.trial_id, "FAILED", error=str(getattr(trial, "error_msg", "") or "")[:500])
+
+
+def run_trials(
+    spec: SweepSpec,
+    data: DatasetSplits,
+    teacher: Teacher | None,
+    *,
+    storage: str,
+    name: str,
+    resume: bool,
+    resources: TrialResources | None = None,
+    tracker=None,
+    verbose: int = 1,
+    teacher_outputs=None,
+    stop_check: Callable[[], str | None] | None = None,
+    study_db: Path | None = None,
+) -> list[TrialRecord]:
+    """Run (or resume) the sweep in ``storage/name`` and return every trial. ``stop_check`` is
+    asked every second while the trials run; a reason it returns stops them gracefully (state
+    saved, resumable) and raises ``TrialsStopped``. ``study_db``: where the Optuna study is
+    written when the trials end (also after Ctrl-C and on a resume)."""
+    res = resources or TrialResources()
+    gpus_per_trial = cluster.gpus_per_trial_default(res.gpus_per_trial)
+    cluster.check_resources(res.cpus_per_trial, gpus_per_trial)
+    cluster.check_storage(storage, res.shared_storage)
+    trainable = _trainable(spec, data, teacher, teacher_outputs, res.cpus_per_trial, gpus_per_trial)
+    settings = {
+        # Each trial's params.json and result.json are all kdsearch reads (and what Tune restores
+        # from); Tune's CSV and TensorBoard copies of every result cost time per trial and epoch.
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        # How many trials Tune may be starting at once: under a searcher it starts one at a time,
+        # each waiting for the last one's actor to come up (4 trials at 0.25 GPU came up 20 s
+        # apart). As many as the cluster runs now; not a cap on how many run. A value the user set wins.
+        "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
+        or str(cluster.trials_at_once(res.cpus_per_trial, gpus_per_trial)),
+    }
+    with environment(settings):
+        tuner, searcher = _tuner(spec, trainable, storage, name, resume, study_db, res, tracker, verbose)
+        # The driver's objects so far (Ray, torch, MLflow, the data) live as long as the sweep: kept
+        # out of the garbage collector while Tune's loop runs, its automatic full collections, each
+        # ~100 ms among them, stay short.
+        gc.freeze()
+        try:
+            with graceful_ctrl_c() as interrupted, stop_when(stop_check) as stopped, compat.calm_tune_loop():
+                grid = tuner.fit()
+        finally:
+            gc.unfreeze()  # a Python API user's next sweep: this one's objects may go
+            _write_study(searcher, study_db, tracker)
+    records = [_record(result, spec, storage) for result in grid]
+    if interrupted.is_set():
+        raise TrialsInterrupted(records)
+    if stopped:
+        raise TrialsStopped(stopped[0], records)
+    return records
+
+
+def _tuner(spec: SweepSpec, trainable, storage: str, name: str, resume: bool, study_db, res: TrialResources, tracker, verbose):
+    """A new sweep's Tuner with its searcher, or the Tuner Tune restores (its searcher inside)."""
+    path = os.path.join(storage, name)
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise UserError(f"nothing to resume at {path}: run the sweep without --resume first (same --name and --storage)")
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True), None
+    epochs = spec.example_config().epochs
+    searcher = make_searcher(spec, name, study_db, max_epochs=epochs)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler(spec, epochs),
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=res.max_concurrent or spec.search.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=_run_config(spec, name, storage, tracker, verbose),
+    )
+    return tuner, searcher
+
+
+def _trainable(spec: SweepSpec, data, teacher, teacher_outputs, cpus_per_trial: float, gpus_per_trial: float):
+    """EpochTrainable with what every trial shares (through Ray's object store) and its resources."""
+    trainable = tune.with_parameters(
+        EpochTrainable,
+        spec=spec,
+        data_payload=payload(data),
+        teacher_payload=teacher_payload(teacher) if teacher is not None else None,
+        threads=max(1, math.ceil(cpus_per_trial)),
+        teacher_outputs=teacher_outputs,
+        static_by_architecture=architecture_metrics(spec, data),
+        gpu_share=gpus_per_trial,
+    )
+    return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+
+
+def _run_config(spec: SweepSpec, name: str, storage: str, tracker, verbose: int) -> tune.RunConfig:
+    callbacks: list = [JsonLoggerCallback()]
+    if tracker is not None:
+        callbacks.append(ForwardResults(tracker))
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        callbacks=callbacks,
+        verbose=verbose,
+        progress_reporter=SweepProgress(spec) if verbose else None,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=1,
+            checkpoint_score_attribute=spec.search.metric,
+            checkpoint_score_order=spec.search.mode,
+            checkpoint_frequency=1,  # every epoch: --resume and retries lose none
+            checkpoint_at_end=True,
+        ),
+        failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+    )
+
+
+def _write_study(searcher: StudySearcher | None, study_db: Path | None, tracker) -> None:
+    """The study to its file: the searcher built here, or on a resume the one Tune restored from
+    the experiment (which registered itself). A resumed sweep whose searcher cannot be found
+    says so, never silently leaves the file out."""
+    if study_db is None:
+        return
+    searcher = searcher or searcher_for(study_db)
+    if searcher is None:
+        print(f"warning: the sweep's Optuna study was not found in Ray Tune's state: {study_db} not written", file=sys.stderr)
+        return
+    searcher.write_study(tracker.run_ids() if tracker is not None else None)
+
+
+def can_resume(path: str) -> bool:
+    """Whether Tune saved enough of the sweep at ``path`` to continue it."""
+    return tune.Tuner.can_restore(path)
+
+
+def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
+    frame = result.metrics_dataframe
+    history = frame.to_dict("records") if frame is not None else []
+    best = None
+    try:
+        checkpoint = result.get_best_checkpoint(spec.search.metric, spec.search.mode)
+    except (RuntimeError, ValueError, KeyError):
+        checkpoint = None
+    checkpoint = checkpoint or result.checkpoint
+    if checkpoint is not None:
+        best = checkpoint.path
+        if "://" in storage and "://" not in best:  # pyarrow gives object-store paths without their scheme
+            best = f"{storage.split('://', 1)[0]}://{best.lstrip('/')}"
+    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+    return TrialRecord(
+        trial_id=str(trial_id),
+        params=dict(result.config or {}),
+        history=history,
+        status="ERROR" if result.error else "TERMINATED",
+        error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+        best_checkpoint=best,
+        path=result.path,
+    )
+
+
+def copy_from_checkpoint(checkpoint_path: str, filename: str, dest: Path) -> Path:
+    """Copy one file out of a trial checkpoint, local or in remote storage, to ``dest``."""
+    with tune.Checkpoint(checkpoint_path).as_directory() as folder:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(folder) / filename, dest)
+    return dest

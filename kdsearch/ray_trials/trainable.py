@@ -1,0 +1,231 @@
+"""A trial as Ray Tune runs it (``EpochTrainable``) and what it receives from the driver: the
+data and the teacher through Ray's object store, the students' size metrics measured once."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import io
+import itertools
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from kdsearch.checkpoint import build_from_spec, save_checkpoint
+from kdsearch.compression import compression_report
+from kdsearch.data import DatasetSplits
+from kdsearch.errors import UserError
+from kdsearch.runtime import gpu_memory_mb, resolve_device, set_threads
+from kdsearch.search_space import SweepSpec
+from kdsearch.teachers import Teacher
+from kdsearch.train import EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
+
+STATE_FILE = "state.pt"  # full training state, to resume the trial
+STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
+SCORE = "trial/score"  # reported every epoch: the trial's score so far (sweep_folder.TrialRecord.score)
+
+
+def best_so_far(score: float | None, metrics: dict, objective: tuple[str, str]) -> float | None:
+    metric, mode = objective
+    value = metrics.get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return score
+    if score is None:
+        return float(value)
+    return float(max(score, value) if mode == "max" else min(score, value))
+
+
+def payload(data: DatasetSplits) -> dict:
+    """What trials get of the data: numpy arrays, which Ray's object store hands to every worker
+    of a node without a copy; no test images (trials select on validation; the driver tests)."""
+    out = {k: getattr(data, k) for k in ("name", "class_names", "multilabel", "mean", "std")}
+    out.update({k: getattr(data, k).numpy() for k in ("train_x", "train_y", "val_x", "val_y")})
+    out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())
+    return out
+
+
+def unpack(payload: dict) -> DatasetSplits:
+    with warnings.catch_warnings():  # read-only views of the object store: training only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        values = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in payload.items()}
+    return DatasetSplits(**values)
+
+
+def teacher_payload(teacher: Teacher) -> dict:
+    """How a trial gets the teacher: its spec and weights; TorchScript as its saved bytes; a
+    module the user passed (no spec) as itself (Ray pickles it by value or by import)."""
+    payload = {"arch": teacher.arch, "metrics": teacher.metrics, "spec": teacher.spec}
+    if teacher.spec is not None:
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in teacher.model.state_dict().items()}
+    elif isinstance(teacher.model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(teacher.model.cpu(), buffer)
+        payload["torchscript"] = buffer.getvalue()
+    else:
+        payload["module"] = teacher.model.cpu()
+    return payload
+
+
+def unpack_teacher(t: dict) -> Teacher:
+    if "state_dict" in t:
+        model = build_from_spec(t["spec"])
+        model.load_state_dict(t["state_dict"])
+    elif "torchscript" in t:
+        model = torch.jit.load(io.BytesIO(t["torchscript"]), map_location="cpu")
+    else:
+        model = t["module"]
+    return Teacher(model, t["arch"], t["metrics"], None, t["spec"])
+
+
+def static_metrics(architecture: dict, data: DatasetSplits, needs_latency: bool) -> dict:
+    """Size metrics of the student architecture (constant over training), reported each epoch
+    so that Optuna can optimise them alongside accuracy."""
+    report = compression_report(
+        build_from_spec(architecture), None, (data.in_channels, *data.image_size), measure_speed=needs_latency
+    )
+    return {k: v for k, v in report.items() if k in ("student/params", "student/flops", "student/size_mb", "latency/cpu_ms")}
+
+
+_ARCHITECTURE_KEYS = ("student", "student_width", "student_args", "stem")
+
+
+def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict]:
+    """Size metrics (and latency, when it is an objective) of every student architecture the
+    space can draw, measured once in the driver before any trial trains: a latency timed inside
+    a trial shares the cores with the other trials and differs for the same architecture. A
+    space that draws the architecture from a continuous range gets {} (trials measure it)."""
+    choices = {}
+    for key in _ARCHITECTURE_KEYS:
+        dist = spec.space.get(key)
+        if dist is not None and dist["kind"] != "choice":
+            return {}
+        choices[key] = dist["args"] if dist is not None else [None]
+    needs_latency = any(m == "latency/cpu_ms" for m, _ in spec.search.objectives)
+    first = {key: dist["args"][0] for key, dist in spec.space.items()}
+    out = {}
+    for combo in itertools.product(*choices.values()):
+        drawn = {k: v for k, v in zip(_ARCHITECTURE_KEYS, combo) if v is not None}
+        student = student_spec(spec.trial_config({**first, **drawn}), data)
+        key = json.dumps(student, sort_keys=True)
+        if key not in out:
+            out[key] = static_metrics(student, data, needs_latency)
+    return out
+
+
+class EpochTrainable(tune.Trainable):
+    """A trial: one epoch per ``step()``, run in the actor's main thread (a function trainable
+    runs in a thread beside Tune's own and trained at 0.90x a plain Ray task here, this at 0.95x:
+    benchmarks/speed.py). Tune checkpoints it after every epoch and keeps the best; it restores
+    from the last one on a retry or ``--resume``; a reused actor is reset for the next trial."""
+
+    def setup(self, config: dict, **shared) -> None:
+        self.shared = shared  # spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share
+        # What this worker holds before its first trial (Ray, torch, kdsearch: ~500,000 objects)
+        # stays for the actor's life: kept out of the garbage collector, a full collection
+        # between trials (release) takes 0.1 ms, not 80-150 ms, and so do the automatic ones.
+        # (No collection first: a new worker's imports leave ~20 garbage objects, not worth 0.15 s.)
+        gc.freeze()
+        self.start_trial(config)
+
+    def start_trial(self, sampled: dict) -> None:
+        sh = self.shared
+        spec: SweepSpec = sh["spec"]
+        self.spec, self.run, self.failed = spec, None, None
+        self.data = unpack(sh["data_payload"])
+        cfg = dataclasses.replace(spec.trial_config(sampled), threads=sh["threads"])
+        gpus = ray.get_gpu_ids()
+        if not gpus and cfg.device == "auto":
+            cfg = dataclasses.replace(cfg, device="cpu")  # no GPU of its own: never another trial's
+        if gpus and sh["gpu_share"] < 1 and torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(sh["gpu_share"])  # a fractional trial keeps to its share
+        self.cfg, self.epoch, self.best_val = cfg, 0, -math.inf
+        self.last_metrics: dict = {}  # the last epoch's result, saved with its checkpoint
+        self.score: float | None = None  # the best value of the first objective so far (SCORE)
+        try:
+            self.device = resolve_device(cfg.device)
+        except UserError:
+            self.device = torch.device("cpu")  # build_run below reports the bad device in its one line
+        # What the GPU holds before this trial builds anything: a reused actor's next trial must
+        # start where the first did (nothing of the last trial kept), benchmarks/gpu.py reads it.
+        start = gpu_memory_mb(self.device, reset_peak=True)
+        self.own_spec = student_spec(cfg, self.data)
+        static = dict((sh["static_by_architecture"] or {}).get(json.dumps(self.own_spec, sort_keys=True)) or {})
+        if not static:
+            latency = any(m == "latency/cpu_ms" for m, _ in spec.search.objectives)
+            static = static_metrics(self.own_spec, self.data, needs_latency=latency)
+        static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
+        static["trial/gpu_ids"] = ",".join(str(g) for g in gpus)  # the GPUs Ray gave it ("" for none)
+        if start:
+            static["gpu/allocated_at_start_mb"] = start["gpu/allocated_mb"]
+        self.static = static
+        teacher = unpack_teacher(sh["teacher_payload"]) if sh["teacher_payload"] is not None else None
+        set_threads(cfg.threads)
+        try:
+            self.run = build_run(cfg, self.data, teacher, sh["teacher_outputs"], lambda _: None)
+        except UserError as exc:
+            self.failed = exc  # reported by the first step
+
+    def step(self) -> dict:
+        if self.failed is None:
+            try:
+                metrics, self.best_val = run_epoch(self.run, self.data, self.epoch, self.best_val)
+                self.epoch += 1
+                memory = {k: v for k, v in gpu_memory_mb(self.device).items() if k == "gpu/peak_mb"}
+                self.last_metrics = {**metrics, **self.static, **memory}
+                self.last_metrics[SCORE] = self.score = best_so_far(self.score, self.last_metrics, self.spec.search.objectives[0])
+                return {**self.last_metrics, "done": self.epoch >= self.cfg.epochs}
+            except (TrainingDiverged, UserError) as exc:
+                self.failed = exc
+        # Retrying the same settings would fail the same way (a divergence, or a setting that
+        # cannot work, such as AT weights for stages the models do not have): end the trial now
+        # with the worst score, so the searcher avoids this region, and keep the reason.
+        worst = {m: (0.0 if mode == "max" else float(1e30)) for m, mode in self.spec.search.objectives}
+        kind = "trial/diverged" if isinstance(self.failed, TrainingDiverged) else "trial/invalid"
+        return {**self.static, **worst, kind: 1.0, "trial/error": str(self.failed), "done": True}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        if self.run is None or self.failed is not None:
+            return  # nothing worth keeping: the best checkpoint stays an earlier epoch's
+        run = self.run
+        torch.save(
+            EpochState(self.epoch, self.best_val, run.student, run.method, run.optimizer, run.scheduler).training_state(),
+            Path(checkpoint_dir) / STATE_FILE,
+        )
+        metrics = {k: v for k, v in self.last_metrics.items() if k.startswith(("val/", "train/"))}
+        save_checkpoint(
+            Path(checkpoint_dir) / STUDENT_FILE, run.student, self.own_spec, dataset=self.data.info(), metrics=metrics,
+            config=self.cfg.to_dict(),
+        )  # fmt: skip
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        state_file = Path(checkpoint_dir) / STATE_FILE
+        if self.run is not None and state_file.is_file():
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+            self.epoch, self.best_val = restore(self.run, state)
+
+    def reset_config(self, new_config: dict) -> bool:
+        self.release()
+        self.start_trial(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        # A reused actor runs the next trial: nothing of this one may stay (GPU memory, graphs).
+        if self.run is not None:
+            for tap in self.run.taps:
+                tap.close()
+        self.run = self.data = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if "torch._dynamo" in sys.modules:  # only a compiled run has graphs to drop (importing Dynamo takes ~2 s)
+            torch.compiler.reset()

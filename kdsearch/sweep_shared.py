@@ -1,0 +1,150 @@
+"""What every trial of a sweep shares, prepared once in the driver: the data, the teacher and
+the teacher's outputs for every epoch (when they fit the budget)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from kdsearch.data import load_data
+from kdsearch.checkpoint import save_checkpoint
+from kdsearch.methods import method_class
+from kdsearch.provenance import provenance
+from kdsearch.runtime import resolve_device, set_threads
+from kdsearch.search_space import SweepSpec
+from kdsearch.storage_guard import StorageGuard
+from kdsearch.sweep_folder import MANIFEST
+from kdsearch.teachers import Teacher, get_teacher, given_teacher
+
+
+from kdsearch.sweep_plan import SweepOptions, SweepPlan
+
+
+def needs_teacher(spec: SweepSpec) -> bool:
+    """Whether any trial's method will need the teacher: the fixed settings, or any choice the
+    space offers for a method setting (DML's use_teacher: [true, false])."""
+    cfg = spec.example_config()
+    cls = method_class(cfg.method)
+    if cls.uses_teacher(cfg.method_args):
+        return True
+    return any(
+        cls.uses_teacher({**cfg.method_args, key: value})
+        for key, dist in spec.space.items()
+        if dist["kind"] == "choice"
+        for value in dist["args"]
+    )
+
+
+def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], None]):
+    """The teacher's outputs for every view of every epoch, once, if they fit the budget."""
+    from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes
+
+    from kdsearch.train import teacher_feature_names
+
+    attention = method_class(cfg.method).needs_attention
+    names = teacher_feature_names(cfg, teacher) if attention else None
+    size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
+    if size > budget_bytes():
+        log(
+            f"teacher outputs would take {size / 1e9:.1f} GB, over the budget (KDSEARCH_TEACHER_CACHE_GB): trials run the teacher live"
+        )
+        return None
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    outputs = compute_teacher_outputs(
+        teacher.model,
+        data,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        crop_pad=cfg.crop_pad,
+        flip=cfg.flip,
+        attention=attention,
+        device=device,
+        amp=cfg.amp if cfg.amp is not None else device.type == "cuda",  # the trials' precision, checked by fits()
+        names=names,
+    )
+    log(
+        f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
+        f"({outputs.nbytes() / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)"
+    )
+    return outputs
+
+
+@dataclass
+class Shared:
+    """What every trial shares, prepared once in the driver."""
+
+    data: object  # DatasetSplits
+    teacher: Teacher | None
+    teacher_outputs: object | None
+    manifest: dict
+    guard: StorageGuard | None  # local storage only
+
+
+def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[str], None]) -> Shared:
+    from kdsearch import ray_trials
+
+    spec = plan.spec
+    base = spec.example_config()
+    manifest = {
+        "name": plan.name,
+        "sweep_dir": plan.sweep_dir,
+        "space_file": plan.space_file,
+        "tracking_uri": plan.tracking_uri,
+        "parent_run_id": tracker.parent_id,
+        "method": base.method,
+        "dataset": base.dataset,
+        "teacher": base.teacher,
+        "student": base.student,
+        "epochs": base.epochs,
+        "space": spec.space,
+        "objectives": [list(o) for o in spec.search.objectives],
+        "overrides": plan.overrides,
+        "provenance": provenance(),
+    }
+    set_threads(None)
+    data = opts.data if opts.data is not None else load_data(base)
+    guard = StorageGuard(plan.storage, plan.sweep_dir, plan.spec, data) if plan.local else None
+    if guard is not None:
+        guard.check_room()
+    plan.folder.write_manifest(manifest)
+    plan.folder.publish([plan.folder.path / MANIFEST])
+    if guard is not None:
+        guard.place()
+    fixed = spec.fixed_config()
+    if opts.teacher is not None:
+        teacher = given_teacher(opts.teacher, fixed, data)
+        outputs = compute_shared_outputs(teacher, data, fixed, log) if opts.teacher_cache else None
+    elif not needs_teacher(spec):
+        teacher, outputs = None, None
+    elif ray_trials.gpu_elsewhere(fixed.device):
+        # A head node without a GPU: train (or load) the teacher and compute its outputs on a
+        # cluster GPU, not on the driver's CPU while the GPUs idle.
+        teacher, outputs, node = ray_trials.run_on_a_gpu(teacher_and_outputs, fixed, data, opts.teacher_cache)
+        keep_local_copy(teacher, data)
+        log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
+    else:
+        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log)
+    log(
+        f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
+        f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
+    )
+    return Shared(data, teacher, outputs, manifest, guard)
+
+
+def teacher_and_outputs(cfg, data, cache_outputs: bool, log: Callable[[str], None] = lambda _: None):
+    """The sweep's teacher and, within the budget, its outputs for every view (moved to the CPU)."""
+    teacher = get_teacher(cfg, data, log=log)
+    outputs = compute_shared_outputs(teacher, data, cfg, log) if cache_outputs else None
+    teacher.model.cpu()
+    return teacher, outputs
+
+
+def keep_local_copy(teacher: Teacher, data) -> None:
+    """A teacher trained on another node was cached on that node's disk: cache it here too, so
+    that best/config.yaml's teacher_checkpoint exists where the sweep's results are."""
+    if teacher.path is not None and not Path(teacher.path).is_file() and teacher.spec is not None:
+        save_checkpoint(teacher.path, teacher.model, teacher.spec, dataset=data.info(), metrics=teacher.metrics)
