@@ -95,6 +95,7 @@ def measure_in_trial(base: dict, data, threads: int) -> float:
     """The CE run as a one-trial sweep through kdsearch.ray_trials, with `threads` CPUs per trial."""
     from kdsearch import ray_trials
     from kdsearch.search_space import parse_sweep
+    from kdsearch.sweep_options import SweepOptions
 
     spec = parse_sweep(
         {
@@ -111,11 +112,9 @@ def measure_in_trial(base: dict, data, threads: int) -> float:
                 spec,
                 data,
                 None,
+                SweepOptions(cpus_per_trial=threads, verbose=0),
                 storage=storage,
                 name="speed",
-                resume=False,
-                resources=ray_trials.TrialResources(threads),
-                verbose=0,
             )
         finally:
             ray_trials.stop_ray()

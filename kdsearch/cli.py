@@ -12,14 +12,34 @@ import typing
 from pathlib import Path
 
 from kdsearch import interrupts
-from kdsearch.config import TrainConfig, parse_value, read_config_yaml
+from kdsearch.config import TrainConfig, read_config_yaml
+from kdsearch.values import parse_value
 from kdsearch.errors import Interrupted, UserError
 from kdsearch.summary import format_summary, format_sweep_summary
 
 
 class _Parser(argparse.ArgumentParser):
+    more_help: typing.Callable[[], str] | None = None  # text after the flags, built only when help is shown
+
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text + "\n" + self.more_help() if self.more_help is not None else text
+
+
+def _methods_help() -> str:
+    """Each method (from the registry) with its settings and their defaults, for --set."""
+    from kdsearch.methods import METHODS, method_settings
+
+    lines = ["methods and their settings (--method NAME, --set KEY=VALUE; defaults shown):"]
+    for name, cls in METHODS.items():
+        settings = ", ".join(f"{k}={v}" for k, v in method_settings(name).items()) or "no settings"
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+        lines.append(f"  {name:<5} {doc.splitlines()[0] if doc else cls.__name__}")
+        lines.append(f"        {settings}")
+    return "\n".join(lines) + "\n"
 
 
 _PATHS = ("data_dir", "cache_dir", "teacher_checkpoint")  # taken as written, never parsed as YAML
@@ -52,6 +72,24 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
     )
     parser.add_argument("--config", metavar="YAML", help="read settings from a YAML file; flags override it")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per sweep option (``SweepOptions.flags``), its type, help and default read from the field."""
+    from kdsearch.sweep_options import SweepOptions
+
+    hints = typing.get_type_hints(SweepOptions)
+    for f in SweepOptions.flags():
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        if kind is bool:
+            action = "store_true" if f.default is False else argparse.BooleanOptionalAction
+            parser.add_argument(flag, dest=f.name, action=action, default=f.default, help=text)
+            continue
+        if f.default is not None and "default" not in text:
+            text += f" (default {f.default:g})" if isinstance(f.default, float) else f" (default {f.default})"
+        metavar = f.metadata["metavar"] or f.name.upper()
+        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, metavar=metavar, help=text)
 
 
 def parse_assignments(items: list[str], flag: str = "--set") -> dict:
@@ -135,29 +173,14 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from kdsearch.sweeper import SweepOptions, run_sweep
+    from kdsearch.sweep_options import SweepOptions
+    from kdsearch.sweeper import run_sweep
 
-    if (args.gpus_per_trial is not None and args.gpus_per_trial < 0) or args.cpus_per_trial <= 0:
-        raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0 (fractions like 0.25 share a GPU)")
     overrides = parse_assignments(args.fixed)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
-    opts = SweepOptions(
-        num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        address=args.address,
-        storage=args.storage,
-        tracking_uri=args.tracking_uri,
-        name=args.name,
-        resume=args.resume,
-        overrides=overrides,
-        smoke=args.smoke,
-        verbose=0 if args.quiet else 1,
-        warm_start=args.warm_start,
-        shared_storage=args.shared_storage,
-    )
+    flags = {f.name: getattr(args, f.name) for f in SweepOptions.flags()}
+    opts = SweepOptions(**flags, overrides=overrides, verbose=0 if args.quiet else 1)
     summary = run_sweep(args.space, opts, log=_log(args.quiet))
     print(format_sweep_summary(summary))
     return 0
@@ -295,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run one distillation and print accuracy and compression metrics")
     _add_config_flags(train)
+    train.more_help = _methods_help
     train.add_argument("--save", metavar="PATH", help="write the student checkpoint here")
     train.add_argument("--json", action="store_true", help="print the final config and metrics as one JSON object")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -318,27 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fix a training or method setting over the file's, e.g. --set epochs=5 (repeatable; recorded for --resume)",
     )
     sweep.add_argument("--data-dir", help="folder holding the dataset files (default $KDSEARCH_DATA or ./data)")
-    sweep.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
-    sweep.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as resources allow)")
-    sweep.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default 1)")
-    sweep.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=None,
-        help="GPUs per trial; fractions share a GPU (default: 1 when the Ray cluster has GPUs, else 0)",
-    )
-    sweep.add_argument("--address", help="join a Ray cluster: auto, or ray://HOST:PORT (default: a local Ray)")
-    sweep.add_argument("--storage", help="folder or URI for trial results and checkpoints (default ./sweeps)")
-    sweep.add_argument(
-        "--shared-storage", action="store_true", help="the --storage folder is mounted on every node of the Ray cluster"
-    )
-    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
-    sweep.add_argument("--name", help="sweep name, also the MLflow experiment (default: the file's name)")
-    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name and storage")
-    sweep.add_argument(
-        "--warm-start", metavar="SWEEP", help="seed the searcher with a finished sweep's trials (name or folder; same objectives)"
-    )
-    sweep.add_argument("--smoke", action="store_true", help="two short trials, to check the set-up end to end")
+    _add_sweep_flags(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress output")
     sweep.set_defaults(func=cmd_sweep)
 

@@ -8,15 +8,14 @@ field carries its command-line help and choices as metadata (``kdsearch.cli`` re
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from kdsearch.errors import UserError
+from kdsearch.values import coerce, load_yaml
 
 # Per-dataset defaults: the models, schedule and augmentation that work for that data.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -80,7 +79,7 @@ class TrainConfig:
     filled in when the config is built, so ``TrainConfig(method="kd")`` is a complete run."""
 
     # What to distil
-    method: str = _opt("kd", "distillation method: ce (the student alone), kd, at or dml")
+    method: str = _opt("kd", "distillation method: one of those listed at the end of `kdsearch train --help`")
     method_args: dict = _opt({}, "the method's settings (--set KEY=VALUE)")
     dataset: str = _opt("digits", "dataset", tuple(DATASET_DEFAULTS))
     student: str | None = _opt(None, f"student architecture: {_ARCH_HELP} ({_PRESET})")
@@ -186,6 +185,12 @@ class TrainConfig:
                 raise UserError(f"features: unknown key {role!r}: use features: {{student: [...], teacher: [...]}}")
             if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
                 raise UserError(f"features: {role} must be a list of module names, e.g. [layer1, layer2], got {names!r}")
+        # Every setting of the method with its value, defaults included: a config (and so best/,
+        # a checkpoint, MLflow's params) says which temperature and alpha a run used, and keeps
+        # its meaning if a default changes later.
+        from kdsearch.methods import resolve_settings
+
+        object.__setattr__(self, "method_args", resolve_settings(self.method, self.method_args))
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
@@ -216,87 +221,3 @@ def read_config_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
     return values
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a value against a field's type, accepting '1e-3' and 3 for a float."""
-    args = typing.get_args(hint)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise UserError(f"{where} must not be empty")
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if typing.get_origin(base) is list:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} must be a list, got {value!r}")
-        (item,) = typing.get_args(base) or (Any,)
-        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if base is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{where} must be true or false, got {value!r}")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UserError(f"{where} must be an integer, got {value!r}")
-    if base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{where} must be a number, got {value!r}")
-    if base is str:
-        if isinstance(value, str):
-            return value
-        raise UserError(f"{where} must be a string, got {value!r}")
-    return value
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the number people mean."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; a missing or malformed file is a one-line UserError."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 YAML"
-        ) from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value (``--set temperature=4``) read as YAML: numbers, lists, booleans."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
-        return text

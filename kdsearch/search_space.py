@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdsearch.config import TrainConfig, load_yaml
+from kdsearch.config import TrainConfig
+from kdsearch.values import load_yaml
 from kdsearch.data import DATASETS
 from kdsearch.errors import UserError
 from kdsearch.methods import METHODS, check_method, method_settings

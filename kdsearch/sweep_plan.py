@@ -10,31 +10,10 @@ from pathlib import Path
 
 
 from kdsearch.errors import UserError
+from kdsearch.sweep_options import SweepOptions
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
 from kdsearch import remote
 from kdsearch.sweep_folder import SweepFolder, SweepLock
-
-
-@dataclass
-class SweepOptions:
-    num_samples: int | None = None
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1
-    gpus_per_trial: float | None = None  # None: one per trial when the cluster has GPUs
-    shared_storage: bool = False  # a local --storage that every node of a cluster mounts
-    address: str | None = None
-    storage: str | None = None
-    tracking_uri: str | None = None
-    name: str | None = None
-    resume: bool = False
-    overrides: dict | None = None  # fixed settings from the command line (--set, --data-dir), recorded in sweep.json
-    smoke: bool = False
-    register: bool = True
-    teacher_cache: bool = True  # compute the teacher's outputs once for all trials (within the memory budget)
-    verbose: int = 1
-    warm_start: str | None = None  # another sweep (name or folder) whose trials seed this one's searcher
-    data: object | None = None  # DatasetSplits to search on instead of the config's dataset (the Python API)
-    teacher: object | None = None  # a Teacher or an nn.Module to distil from instead of the config's (the Python API)
 
 
 def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:

@@ -20,7 +20,8 @@ from kdsearch.sweep_folder import MANIFEST
 from kdsearch.teachers import Teacher, get_teacher, given_teacher
 
 
-from kdsearch.sweep_plan import SweepOptions, SweepPlan
+from kdsearch.sweep_options import SweepOptions
+from kdsearch.sweep_plan import SweepPlan
 
 
 def needs_teacher(spec: SweepSpec) -> bool:

@@ -32,7 +32,8 @@ from kdsearch.teachers import file_sha256, reference_teacher
 from kdsearch.train import final_metrics
 
 
-from kdsearch.sweep_plan import SweepOptions, SweepPlan, plan_sweep, resume_command
+from kdsearch.sweep_options import SweepOptions
+from kdsearch.sweep_plan import SweepPlan, plan_sweep, resume_command
 from kdsearch.sweep_shared import Shared, prepare_shared
 
 
@@ -346,14 +347,10 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
             plan.spec,
             shared.data,
             shared.teacher,
+            opts,
             storage=plan.storage,
             name=plan.name,
-            resume=opts.resume,
-            resources=ray_trials.TrialResources(
-                opts.cpus_per_trial, opts.gpus_per_trial, opts.shared_storage, opts.max_concurrent
-            ),
             tracker=tracker,
-            verbose=opts.verbose,
             teacher_outputs=shared.teacher_outputs,
             stop_check=shared.guard.stop_reason if shared.guard is not None else None,
             study_db=plan.folder.study_db,

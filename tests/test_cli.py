@@ -251,3 +251,30 @@ def test_bad_data_and_checkpoints_through_the_cli(tmp_path):
     )
     assert_one_line_error(run("export", str(tmp_path / "notes.pt"), "--out", str(tmp_path / "o")), "is not a readable checkpoint")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_sweep_flags_are_the_sweep_options_with_their_defaults_written_once(capsys):
+    """One source for the sweep's options: each SweepOptions field with help is a flag, parsed to
+    the field's default when not given, and the defaults its help states come from the field."""
+    import dataclasses
+
+    from kdsearch.cli import build_parser
+    from kdsearch.errors import UserError
+    from kdsearch.sweep_options import SweepOptions
+
+    parser = build_parser()
+    args = parser.parse_args(["sweep", "space.yaml"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sweep", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for f in SweepOptions.flags():
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in help_text and " ".join(f.metadata["help"].split()) in help_text, flag
+        assert getattr(args, f.name) == f.default, f.name
+    assert "CPUs per trial (default 1)" in help_text
+    assert {f.name for f in dataclasses.fields(SweepOptions)} - {f.name for f in SweepOptions.flags()} == {
+        "overrides", "verbose", "data", "teacher"
+    }  # fmt: skip
+    assert parser.parse_args(["sweep", "s.yaml", "--cpus-per-trial", "0.5", "--no-register"]).register is False
+    with pytest.raises(UserError, match="--cpus-per-trial must be > 0"):
+        SweepOptions(cpus_per_trial=0)  # the Python API is checked as the command line is

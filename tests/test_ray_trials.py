@@ -6,6 +6,7 @@ from kdsearch.errors import UserError
 from kdsearch.ray_trials import make_searcher, warm_start
 from kdsearch.search_space import parse_sweep
 from kdsearch.sweep_folder import TrialRecord
+from kdsearch.sweep_options import SweepOptions
 
 
 def _drive(spec, trials):
@@ -153,17 +154,14 @@ def test_as_many_trials_start_at_once_as_the_cluster_runs_and_the_settings_go_wh
     monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
     monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
     with pytest.raises(Captured):
-        runner.run_trials(
-            spec, None, None, storage=str(tmp_path), name="s", resume=False,
-            resources=runner.TrialResources(cpus_per_trial=2, gpus_per_trial=0.25),
-        )  # fmt: skip
+        runner.run_trials(spec, None, None, SweepOptions(cpus_per_trial=2, gpus_per_trial=0.25), storage=str(tmp_path), name="s")
     assert captured["config"].max_concurrent_trials is None  # not a cap: an autoscaling cluster still grows
     assert captured["env"] == {"TUNE_MAX_PENDING_TRIALS_PG": "4", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     assert captured["pending"] == 4  # what Tune then does under the searcher: four trials starting at once, not one
     assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ and "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
     monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "7")  # the user's own setting wins, and stays
     with pytest.raises(Captured):
-        runner.run_trials(spec, None, None, storage=str(tmp_path), name="s", resume=False)
+        runner.run_trials(spec, None, None, SweepOptions(), storage=str(tmp_path), name="s")
     assert captured["env"]["TUNE_MAX_PENDING_TRIALS_PG"] == "7" and os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "7"
 
 

@@ -98,3 +98,13 @@ def test_the_readme_train_and_teacher_commands_run_on_stand_in_data(tmp_path, mo
         args += ["--epochs", "1", "--teacher-epochs", "1"] + ([] if "--json" in args else ["--quiet"])
         code = main(args)
         assert code == 0, f"{command}\n{capsys.readouterr().err[-1500:]}"
+
+
+def test_the_versions_the_readme_says_were_tested_are_those_in_the_result_file():
+    import json
+
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "versions.json").read_text())["versions"]
+    sentence = README.split("Last tested with", 1)[1].split("([versions.md]", 1)[0]
+    quoted = dict(re.findall(r"(Ray|Optuna|MLflow|torch|Python) (\d+\.\d+\.\d+)", sentence))
+    assert quoted.keys() == {"Ray", "Optuna", "MLflow", "torch", "Python"}, sentence
+    assert {k.lower(): v for k, v in quoted.items()} == {k: recorded[k] for k in ("ray", "optuna", "mlflow", "torch", "python")}

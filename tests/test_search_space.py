@@ -43,7 +43,8 @@ def test_flat_keys_route_to_config_or_method_and_lists_reassemble():
     )
     assert set(spec.space) == {"beta", "weights.0", "weights.2", "lr"}
     cfg = spec.trial_config({"beta": 50.0, "weights.0": 0.5, "weights.2": 1.5, "lr": 0.01})
-    assert cfg.lr == 0.01 and cfg.method_args == {"p": 2.0, "beta": 50.0, "weights": [0.5, 1.0, 1.5]}
+    defaults = {"alpha": 0.0, "temperature": 4.0, "resize": "pool"}  # the method's own, filled in
+    assert cfg.lr == 0.01 and cfg.method_args == {"p": 2.0, "beta": 50.0, "weights": [0.5, 1.0, 1.5], **defaults}
 
 
 def test_two_objectives_switch_to_nsga2():
@@ -144,7 +145,7 @@ def test_fixed_settings_of_a_space_with_drawn_list_items():
         {"fixed": {"method": "at", "dataset": "digits"}, "space": {"weights": [{"uniform": [0, 2]}, 1.0, {"uniform": [0, 2]}]}},
         "w.yaml",
     )
-    assert "weights" not in spec.fixed_config().method_args
+    assert spec.fixed_config().method_args["weights"] is None  # AT's default: one weight per stage
     assert spec.trial_config({"weights.0": 0.5, "weights.2": 1.5}).method_args["weights"] == [0.5, 1.0, 1.5]
 
 

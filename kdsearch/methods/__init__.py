@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
-from kdsearch.config import coerce
+from kdsearch.values import coerce
 from kdsearch.errors import UserError, lookup
 from kdsearch.methods.at import AttentionTransfer
 from kdsearch.methods.base import Method
@@ -52,6 +52,11 @@ def check_settings(name: str, args: Mapping[str, object]) -> dict:
     return out
 
 
+def resolve_settings(name: str, args: Mapping[str, object]) -> dict:
+    """Every setting of method ``name``: its defaults, with ``args`` (checked) over them."""
+    return {**method_settings(name), **check_settings(name, args)}
+
+
 def build_method(name: str, args: Mapping[str, object], *, objective: Objective, make_peer: Callable[[], nn.Module]) -> Method:
     """Instantiate a method; unknown or invalid settings are a one-line UserError."""
     cls = method_class(name)
@@ -80,4 +85,5 @@ __all__ = [
     "check_settings",
     "method_class",
     "method_settings",
+    "resolve_settings",
 ]

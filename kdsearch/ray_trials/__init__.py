@@ -38,7 +38,7 @@ from kdsearch.ray_trials.cluster import (  # noqa: E402
     trials_at_once,
     user_code,
 )
-from kdsearch.ray_trials.runner import TrialResources, can_resume, copy_from_checkpoint, make_searcher, run_trials  # noqa: E402
+from kdsearch.ray_trials.runner import can_resume, copy_from_checkpoint, make_searcher, run_trials  # noqa: E402
 from kdsearch.ray_trials.study import warm_start  # noqa: E402
 from kdsearch.ray_trials.trainable import STATE_FILE, STUDENT_FILE, EpochTrainable  # noqa: E402
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped  # noqa: E402
@@ -47,7 +47,6 @@ __all__ = [
     "EpochTrainable",
     "STATE_FILE",
     "STUDENT_FILE",
-    "TrialResources",
     "TrialsInterrupted",
     "TrialsStopped",
     "can_resume",

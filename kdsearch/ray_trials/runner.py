@@ -10,7 +10,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
@@ -24,19 +23,10 @@ from kdsearch.ray_trials import cluster, compat
 from kdsearch.ray_trials.searcher import StudySearcher, searcher_for
 from kdsearch.ray_trials.trainable import SCORE, EpochTrainable, architecture_metrics, payload, teacher_payload
 from kdsearch.search_space import SweepSpec
+from kdsearch.sweep_options import SweepOptions
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped, environment, graceful_ctrl_c, stop_when
 from kdsearch.sweep_folder import TrialRecord
 from kdsearch.teachers import Teacher
-
-
-@dataclass
-class TrialResources:
-    """What each trial asks of the Ray cluster, and how many may run at once."""
-
-    cpus_per_trial: float = 1
-    gpus_per_trial: float | None = None  # None: one per trial when the cluster has GPUs, else none
-    shared_storage: bool = False  # a local storage folder that every node of a cluster mounts
-    max_concurrent: int | None = None  # None: the search space's setting, else what the cluster fits
 
 
 def make_searcher(
@@ -142,26 +132,24 @@ def run_trials(
     spec: SweepSpec,
     data: DatasetSplits,
     teacher: Teacher | None,
+    opts: SweepOptions,
     *,
     storage: str,
     name: str,
-    resume: bool,
-    resources: TrialResources | None = None,
     tracker=None,
-    verbose: int = 1,
     teacher_outputs=None,
     stop_check: Callable[[], str | None] | None = None,
     study_db: Path | None = None,
 ) -> list[TrialRecord]:
-    """Run (or resume) the sweep in ``storage/name`` and return every trial. ``stop_check`` is
-    asked every second while the trials run; a reason it returns stops them gracefully (state
-    saved, resumable) and raises ``TrialsStopped``. ``study_db``: where the Optuna study is
-    written when the trials end (also after Ctrl-C and on a resume)."""
-    res = resources or TrialResources()
-    gpus_per_trial = cluster.gpus_per_trial_default(res.gpus_per_trial)
-    cluster.check_resources(res.cpus_per_trial, gpus_per_trial)
-    cluster.check_storage(storage, res.shared_storage)
-    trainable = _trainable(spec, data, teacher, teacher_outputs, res.cpus_per_trial, gpus_per_trial)
+    """Run (or resume, ``opts.resume``) the sweep in ``storage/name`` with ``opts``' resources and
+    return every trial. ``stop_check`` is asked every second while the trials run; a reason it
+    returns stops them gracefully (state saved, resumable) and raises ``TrialsStopped``.
+    ``study_db``: where the Optuna study is written when the trials end (also after Ctrl-C and
+    on a resume)."""
+    gpus_per_trial = cluster.gpus_per_trial_default(opts.gpus_per_trial)
+    cluster.check_resources(opts.cpus_per_trial, gpus_per_trial)
+    cluster.check_storage(storage, opts.shared_storage)
+    trainable = _trainable(spec, data, teacher, teacher_outputs, opts.cpus_per_trial, gpus_per_trial)
     settings = {
         # Each trial's params.json and result.json are all kdsearch reads (and what Tune restores
         # from); Tune's CSV and TensorBoard copies of every result cost time per trial and epoch.
@@ -170,10 +158,10 @@ def run_trials(
         # each waiting for the last one's actor to come up (4 trials at 0.25 GPU came up 20 s
         # apart). As many as the cluster runs now; not a cap on how many run. A value the user set wins.
         "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
-        or str(cluster.trials_at_once(res.cpus_per_trial, gpus_per_trial)),
+        or str(cluster.trials_at_once(opts.cpus_per_trial, gpus_per_trial)),
     }
     with environment(settings):
-        tuner, searcher = _tuner(spec, trainable, storage, name, resume, study_db, res, tracker, verbose)
+        tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker)
         # The driver's objects so far (Ray, torch, MLflow, the data) live as long as the sweep: kept
         # out of the garbage collector while Tune's loop runs, its automatic full collections, each
         # ~100 ms among them, stay short.
@@ -192,10 +180,10 @@ def run_trials(
     return records
 
 
-def _tuner(spec: SweepSpec, trainable, storage: str, name: str, resume: bool, study_db, res: TrialResources, tracker, verbose):
+def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: SweepOptions, tracker):
     """A new sweep's Tuner with its searcher, or the Tuner Tune restores (its searcher inside)."""
     path = os.path.join(storage, name)
-    if resume:
+    if opts.resume:
         if not tune.Tuner.can_restore(path):
             raise UserError(f"nothing to resume at {path}: run the sweep without --resume first (same --name and --storage)")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True), None
@@ -207,11 +195,11 @@ def _tuner(spec: SweepSpec, trainable, storage: str, name: str, resume: bool, st
             search_alg=searcher,
             scheduler=scheduler(spec, epochs),
             num_samples=spec.search.num_samples,
-            max_concurrent_trials=res.max_concurrent or spec.search.max_concurrent,
+            max_concurrent_trials=opts.max_concurrent or spec.search.max_concurrent,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
-        run_config=_run_config(spec, name, storage, tracker, verbose),
+        run_config=_run_config(spec, name, storage, tracker, opts.verbose),
     )
     return tuner, searcher
 
