@@ -1,7 +1,7 @@
 """The Python API: ``kdsearch.fit(config)`` finds what a run needs and trains.
 (``kdsearch.sweep(space)`` is ``kdsearch.sweeper.sweep``.)
 
-The engine (``kdsearch.train.fit``) takes its data and teacher from the caller; this is
+The engine (``kdsearch.train.train_student``) takes its data and teacher from the caller; this is
 the caller for a config alone: it loads the dataset, finds the cached teacher or trains it
 once, and, for methods without a teacher, picks the teacher the student is compared with.
 """
@@ -17,7 +17,7 @@ from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits, load_data
 from kdsearch.methods import check_method, method_class
 from kdsearch.models.imported import import_models
-from kdsearch.runtime import resolve_stem, set_threads
+from kdsearch.runtime import set_threads
 from kdsearch.teachers import Teacher, get_teacher, given_teacher, reference_teacher
 
 
@@ -28,7 +28,7 @@ def resolve_teacher(
     one its compression is measured against (trained or an untrained model of its architecture)."""
     if method_class(cfg.method).uses_teacher(cfg.method_args):
         return get_teacher(cfg, data, log=log)
-    return reference_teacher(cfg, data, resolve_stem(cfg.stem, data.image_size)) if reference else None
+    return reference_teacher(cfg, data) if reference else None
 
 
 def fit(
@@ -44,7 +44,7 @@ def fit(
     """Train a student for ``config``; ``data`` and ``teacher`` are found when not given.
 
     Other keyword arguments (``on_epoch_end``, ``resume``, ``teacher_outputs``) go to the
-    engine, ``kdsearch.train.fit``.
+    engine, ``kdsearch.train.train_student``.
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     check_method(cfg.method, cfg.method_args)
@@ -57,4 +57,6 @@ def fit(
             teacher = given_teacher(teacher, cfg, data)
         else:
             teacher = resolve_teacher(cfg, data, reference=measure_speed and evaluate_test, log=log)
-        return train.fit(cfg, data, teacher, log=log, measure_speed=measure_speed, evaluate_test=evaluate_test, **engine_options)
+        return train.train_student(
+            cfg, data, teacher, log=log, measure_speed=measure_speed, evaluate_test=evaluate_test, **engine_options
+        )

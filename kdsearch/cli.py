@@ -267,7 +267,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from kdsearch.sweep_folder import resolve_sweep
 
     folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
-    result = sync_sweep(folder, args.tracking_uri, log=_log(False))
+    result = sync_sweep(folder, args.tracking_uri)
     print(
         f"synced {result['trials']} trials of {folder.location} to {result['tracking_uri']} "
         f"({result['epochs_added']} epochs were missing); parent run {result['parent_run_id']}"

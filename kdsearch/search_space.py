@@ -38,7 +38,7 @@ from kdsearch.config import TrainConfig
 from kdsearch.values import load_yaml
 from kdsearch.data import DATASETS
 from kdsearch.errors import UserError
-from kdsearch.methods import METHODS, check_method, method_settings
+from kdsearch.methods import check_method, method_class, method_settings
 from kdsearch.models import MODELS
 from kdsearch.models.imported import is_import_path
 
@@ -222,8 +222,10 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
     if not isinstance(fixed_raw, dict) or not isinstance(space_raw, dict):
         raise UserError(f"{source}: fixed and space must be mappings of settings")
     method = fixed_raw.get("method", TrainConfig.method)
-    if method not in METHODS:
-        raise UserError(f"{source}: fixed.method: unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    try:
+        method_class(method)
+    except UserError as exc:
+        raise UserError(f"{source}: fixed.method: {exc}") from None
     settings = method_settings(method)
 
     def route(key: str, where: str) -> str:

@@ -17,7 +17,7 @@ def trial_bytes(spec: SweepSpec, data) -> int:
     from torch import nn
 
     from kdsearch.checkpoint import build_from_spec
-    from kdsearch.methods import Objective, build_method
+    from kdsearch.methods import TaskLoss, build_method
     from kdsearch.train import student_spec
 
     cfg = spec.example_config()
@@ -28,7 +28,7 @@ def trial_bytes(spec: SweepSpec, data) -> int:
     def nbytes(module: nn.Module) -> int:
         return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
-    method = build_method(cfg.method, cfg.method_args, objective=Objective(), make_peer=student)
+    method = build_method(cfg.method, cfg.method_args, objective=TaskLoss(), make_peer=student)
     one = nbytes(student())
     return 2 * (one + 2 * (one + nbytes(method))) + (256 << 10)
 

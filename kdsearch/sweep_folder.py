@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from kdsearch import remote
+from kdsearch import object_storage
 from kdsearch.errors import UserError
 
 MANIFEST = "sweep.json"
@@ -102,7 +102,7 @@ class SweepFolder:
     def publish(self, files: list[Path]) -> None:
         """Copy files written into the local mirror of a remote sweep to its URI."""
         if self.uri is not None:
-            remote.push(self.path, self.uri, [Path(f) for f in files])
+            object_storage.push(self.path, self.uri, [Path(f) for f in files])
 
     @property
     def location(self) -> str:
@@ -166,7 +166,7 @@ class SweepFolder:
     def trial_checkpoint(self, trial_id: str) -> Path:
         """The student a trial kept (its best epoch's checkpoint, as Tune keeps one a trial)."""
         if self.uri is not None:
-            remote.pull(self.uri, trial=trial_id)
+            object_storage.pull(self.uri, trial=trial_id)
         found = sorted((self.path / f"trial_{trial_id}").glob("checkpoint_*/student.pt"))
         if not found:
             trials = ", ".join(sorted(p.name.removeprefix("trial_") for p in self.path.glob("trial_*"))) or "none"
@@ -226,7 +226,7 @@ class SweepLock:
 
 def remote_sweep(uri: str) -> SweepFolder:
     """The sweep kept at ``uri`` (s3://bucket/path/name), its small files copied here."""
-    folder = SweepFolder(remote.pull(uri.rstrip("/")), uri.rstrip("/"))
+    folder = SweepFolder(object_storage.pull(uri.rstrip("/")), uri.rstrip("/"))
     if not folder.exists():
         raise UserError(f"{uri} holds no {MANIFEST}: pass the URI of a sweep written by `kdsearch sweep` (<storage>/<name>)")
     return folder
@@ -234,11 +234,11 @@ def remote_sweep(uri: str) -> SweepFolder:
 
 def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | None = None) -> SweepFolder:
     """A sweep from a folder, a URI, a sweep name (under --storage, default ./sweeps) or an MLflow run id."""
-    if remote.is_uri(source):
+    if object_storage.is_uri(source):
         return remote_sweep(source)
     if SweepFolder(Path(source)).exists():
         return SweepFolder(Path(source))
-    if storage is not None and remote.is_uri(storage) and "/" not in source:
+    if storage is not None and object_storage.is_uri(storage) and "/" not in source:
         return remote_sweep(f"{storage.rstrip('/')}/{source}")
     candidates = [SweepFolder(Path(source)), SweepFolder(Path(storage or Path.cwd() / "sweeps") / source)]
     if candidates[1].exists():
@@ -247,7 +247,7 @@ def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | N
         from kdsearch import tracking  # MLflow only when asked for a run id
 
         sweep_dir = tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri())
-        if remote.is_uri(sweep_dir):
+        if object_storage.is_uri(sweep_dir):
             return remote_sweep(sweep_dir)
         folder = SweepFolder(Path(sweep_dir))
         if folder.exists():

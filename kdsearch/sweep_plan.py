@@ -12,7 +12,7 @@ from pathlib import Path
 from kdsearch.errors import UserError
 from kdsearch.sweep_options import SweepOptions
 from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
-from kdsearch import remote
+from kdsearch import object_storage
 from kdsearch.sweep_folder import SweepFolder, SweepLock
 
 
@@ -56,7 +56,7 @@ class SweepPlan:
 
     @property
     def local(self) -> bool:
-        return not remote.is_uri(self.storage)
+        return not object_storage.is_uri(self.storage)
 
 
 def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
@@ -65,16 +65,16 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
         overrides["data_dir"] = str(Path(str(overrides["data_dir"])).expanduser().resolve())  # the same data from any folder
     name = check_sweep_name(opts.name) if opts.name is not None else load_sweep(path, overrides).name
     storage = opts.storage or str(Path.cwd() / "sweeps")
-    if not remote.is_uri(storage):
+    if not object_storage.is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
         try:
             Path(storage).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the sweep storage {storage} ({exc.strerror}): pass a writable --storage") from None
     sweep_dir = f"{storage.rstrip('/')}/{name}"
-    if remote.is_uri(storage):
-        remote.check_writable(storage)  # a bucket that is down or missing: one line, before anything trains
-        folder = SweepFolder(remote.mirror_dir(sweep_dir), sweep_dir)
+    if object_storage.is_uri(storage):
+        object_storage.check_writable(storage)  # a bucket that is down or missing: one line, before anything trains
+        folder = SweepFolder(object_storage.mirror_dir(sweep_dir), sweep_dir)
     else:
         folder = SweepFolder(Path(sweep_dir))
     lock = SweepLock(folder.path.parent / f".{name}.lock").acquire(name)
@@ -88,8 +88,8 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
 def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, overrides, lock) -> SweepPlan:
     from kdsearch import tracking
 
-    if opts.resume and folder.uri is not None and remote.exists(sweep_dir):
-        remote.pull(sweep_dir)
+    if opts.resume and folder.uri is not None and object_storage.exists(sweep_dir):
+        object_storage.pull(sweep_dir)
     if opts.resume and folder.exists():
         recorded = folder.read_manifest().get("overrides") or {}
         if overrides and overrides != recorded:
@@ -113,7 +113,7 @@ def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, over
         lock,
         user_code(spec),  # the user's models import here, or the sweep stops now with one line
     )
-    there = Path(sweep_dir).exists() if plan.local else remote.exists(sweep_dir)
+    there = Path(sweep_dir).exists() if plan.local else object_storage.exists(sweep_dir)
     if opts.resume and not there:
         raise UserError(f"nothing to resume at {sweep_dir}: run the sweep without --resume first (same --name and --storage)")
     if not opts.resume and there:

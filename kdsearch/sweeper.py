@@ -23,10 +23,9 @@ from kdsearch.checkpoint import load_model, save_checkpoint
 from kdsearch.errors import Interrupted, UserError
 from kdsearch.provenance import as_tags, provenance
 from kdsearch.report import build_report, pareto_trials, trial_table
-from kdsearch.runtime import resolve_stem
 from kdsearch.search_space import SweepSpec
 from kdsearch.smoke import smoke_check
-from kdsearch import interrupts, remote
+from kdsearch import interrupts, object_storage
 from kdsearch.sweep_folder import MANIFEST, SweepFolder, TrialRecord, ranked
 from kdsearch.teachers import file_sha256, reference_teacher
 from kdsearch.train import final_metrics
@@ -82,7 +81,7 @@ def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> b
         return False
 
 
-def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None, log: Callable[[str], None] = print) -> dict:
+def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None) -> dict:
     """Push a sweep folder's trials, best student and report to MLflow (after an outage)."""
     from kdsearch import tracking
     from kdsearch.model_registry import register_student
@@ -185,13 +184,13 @@ def best_trial(plan: SweepPlan, trials: list[TrialRecord]) -> TrialRecord | None
     return ranked(usable, metric, mode)[0] if usable else None
 
 
-def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], best: TrialRecord) -> Best:
+def finalise_best(plan: SweepPlan, shared: Shared, best: TrialRecord) -> Best:
     """Test the best trial's student, write ``best/`` and the report: everything the sweep
     produced is written locally first; MLflow only mirrors it."""
     from kdsearch import ray_trials
 
     if plan.folder.uri is not None:
-        remote.pull(plan.folder.uri)  # the trials' logs, which the report reads
+        object_storage.pull(plan.folder.uri)  # the trials' logs, which the report reads
     best_cfg = dataclasses.replace(plan.spec.trial_config(dict(best.params)), threads=None)
     if best_cfg.data_dir is None and best_cfg.dataset != "digits":  # the folder read, so a rerun elsewhere finds it
         from kdsearch.data import default_data_dir
@@ -203,7 +202,7 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
         # best/config.yaml names the exact teacher the trials distilled from, so a rerun uses it.
         best_cfg = dataclasses.replace(best_cfg, teacher_checkpoint=str(teacher.path), teacher_sha256=file_sha256(teacher.path))
     if teacher is None:
-        teacher = reference_teacher(fixed, data, resolve_stem(fixed.stem, data.image_size))
+        teacher = reference_teacher(fixed, data)
     checkpoint = ray_trials.copy_from_checkpoint(best.best_checkpoint, ray_trials.STUDENT_FILE, plan.folder.best_student)
     model, payload = load_model(checkpoint)
     metrics = {
@@ -235,7 +234,7 @@ def finalise_best(plan: SweepPlan, shared: Shared, trials: list[TrialRecord], be
     return Best(best, best_cfg.to_dict(), metrics, checkpoint, model, report)
 
 
-def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: Best, data, register: bool) -> bool:
+def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: Best, register: bool) -> bool:
     from kdsearch import tracking
     from kdsearch.model_registry import register_student
 
@@ -307,7 +306,7 @@ def _forget_unstarted(plan: SweepPlan, opts: SweepOptions, tracker) -> None:
         if plan.local:
             shutil.rmtree(plan.sweep_dir, ignore_errors=True)
         else:
-            remote.delete(plan.sweep_dir)
+            object_storage.delete(plan.sweep_dir)
             shutil.rmtree(plan.folder.path, ignore_errors=True)
 
 
@@ -378,10 +377,10 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         _guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), plan.tracking_uri, plan.name)
         reasons = "; ".join(f"{t.trial_id}: {t.failure or 'no result'}" for t in trials[:3])
         raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
-    best = finalise_best(plan, shared, trials, winner)
+    best = finalise_best(plan, shared, winner)
     tracker.drain()  # the live logging's thread has caught up: its time is all counted
     live_mlflow_s, started = tracker.seconds, time.perf_counter()
-    synced = mirror_to_mlflow(plan, tracker, trials, best, shared.data, opts.register)
+    synced = mirror_to_mlflow(plan, tracker, trials, best, opts.register)
     from kdsearch.ray_trials.study import label_runs
 
     if synced and label_runs(plan.folder.study_db, plan.name, tracker.run_ids()):

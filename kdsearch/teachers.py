@@ -25,14 +25,14 @@ from kdsearch.checkpoint import build_from_spec, load_model, model_spec
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData
-from kdsearch import remote
+from kdsearch import object_storage
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import Objective
+from kdsearch.methods import TaskLoss
 from kdsearch.models import pretrained_arch
 from kdsearch.models.pretrained import load_weights, read_weights_file, torchvision_weights
 from kdsearch.runtime import resolve_device, resolve_stem
-from kdsearch.train import fit
+from kdsearch.train import train_student
 
 # The settings of a teacher's own training run that change what teacher comes out of it.
 _TEACHER_KEY_FIELDS = (
@@ -52,7 +52,7 @@ class Teacher:
 
 
 def default_cache_dir() -> Path:
-    return remote.cache_root()
+    return object_storage.cache_root()
 
 
 def teacher_training_config(cfg: TrainConfig) -> TrainConfig:
@@ -131,7 +131,7 @@ def load_teacher_checkpoint(path: str | Path, data: DatasetSplits, payload: dict
 def _measure(model: nn.Module, data: DatasetSplits, cfg: TrainConfig) -> dict:
     device = resolve_device(cfg.device)
     model.to(device).eval()
-    objective = Objective(multilabel=data.multilabel)
+    objective = TaskLoss(multilabel=data.multilabel)
     out = {}
     for split, (x, y) in {"val": (data.val_x, data.val_y), "test": (data.test_x, data.test_y)}.items():
         metrics = evaluate(
@@ -141,7 +141,7 @@ def _measure(model: nn.Module, data: DatasetSplits, cfg: TrainConfig) -> dict:
     return out
 
 
-def reference_teacher(cfg: TrainConfig, data: DatasetSplits, stem: str) -> Teacher:
+def reference_teacher(cfg: TrainConfig, data: DatasetSplits) -> Teacher:
     """The teacher a teacher-free run (ce, dml) is compared against: the user's or the
     cached one when it exists (with its accuracy), else an untrained model of the
     teacher architecture (enough for parameters, size, FLOPs and latency)."""
@@ -236,7 +236,7 @@ def get_teacher(cfg: TrainConfig, data: DatasetSplits, log: Callable[[str], None
 
     what = "fine-tuning" if model is not None else "training"
     log(f"{what} teacher {cfg.teacher} on {data.name} for {cfg.teacher_epochs} epochs (cached at {path})")
-    result = fit(
+    result = train_student(
         teacher_training_config(cfg), data, None, log=lambda m: log(f"[teacher] {m}"), measure_speed=False, initial_student=model
     )
     metrics = {k: v for k, v in result.metrics.items() if k.startswith(("val/", "test/"))}

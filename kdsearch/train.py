@@ -26,7 +26,7 @@ from kdsearch.data.pipeline import DeviceData
 from kdsearch import interrupts
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import Method, Objective, Outputs, build_method
+from kdsearch.methods import Method, TaskLoss, Outputs, build_method
 from kdsearch.models import feature_names
 from kdsearch.models.imported import head_name
 from kdsearch.models.taps import Forward, feature_forward
@@ -45,7 +45,7 @@ class EpochState:
     scheduler: object
 
     def training_state(self) -> dict:
-        """A snapshot of plain state dicts (loadable with weights_only=True) for ``fit(resume=...)``."""
+        """A snapshot of plain state dicts (loadable with weights_only=True) for ``train_student(resume=...)``."""
         return copy.deepcopy(
             {
                 "epoch": self.epoch,
@@ -91,7 +91,7 @@ class FitResult:
 
 
 @dataclass
-class Run:
+class TrainingRun:
     """Everything ``fit`` builds before its first epoch."""
 
     cfg: TrainConfig
@@ -164,7 +164,7 @@ def build_run(
     teacher_outputs,
     log: Callable[[str], None],
     initial_student: nn.Module | None = None,
-) -> Run:
+) -> TrainingRun:
     device = resolve_device(cfg.device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
@@ -178,7 +178,7 @@ def build_run(
 
     student = initial_student if initial_student is not None else make_student()
     method = build_method(
-        cfg.method, cfg.method_args, objective=Objective(data.multilabel, cfg.label_smoothing), make_peer=make_student
+        cfg.method, cfg.method_args, objective=TaskLoss(data.multilabel, cfg.label_smoothing), make_peer=make_student
     )
     if method.needs_teacher and teacher is None:
         raise UserError(f"method {cfg.method!r} needs a teacher: pass one (kdsearch.fit finds or trains it for a config)")
@@ -223,7 +223,7 @@ def build_run(
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
     optimizer = build_optimizer(cfg, parameter_groups(cfg, student, method))
     scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
-    return Run(
+    return TrainingRun(
         cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, student_forward, teacher_forward, outputs, taps
     )
 
@@ -259,7 +259,7 @@ def check_features(forward: Forward, role: str, data: DatasetSplits, device, mem
             )
 
 
-def restore(run: Run, state: dict) -> tuple[int, float]:
+def restore(run: TrainingRun, state: dict) -> tuple[int, float]:
     """Load a saved ``EpochState.training_state()``; returns (epochs done, best validation accuracy)."""
     run.student.load_state_dict(state["student"])
     run.method.load_state_dict(state["method"])
@@ -268,7 +268,7 @@ def restore(run: Run, state: dict) -> tuple[int, float]:
     return int(state["epoch"]), float(state["best_val"])
 
 
-def train_epoch(run: Run, epoch: int) -> dict:
+def train_epoch(run: TrainingRun, epoch: int) -> dict:
     """One pass over the training split; the mean of each loss term."""
     cfg = run.cfg
     started = time.perf_counter()
@@ -313,7 +313,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
 
 def plain_loss(multilabel: bool):
     """Validation and test losses: the task's loss without label smoothing, comparable across runs."""
-    return Objective(multilabel).hard
+    return TaskLoss(multilabel).hard
 
 
 def final_metrics(
@@ -345,7 +345,7 @@ def final_metrics(
     return metrics
 
 
-def fit(
+def train_student(
     config: TrainConfig | dict,
     data: DatasetSplits,
     teacher=None,
@@ -377,7 +377,7 @@ def fit(
             tap.close()
 
 
-def run_epoch(run: Run, data: DatasetSplits, epoch: int, best_val: float) -> tuple[dict, float]:
+def run_epoch(run: TrainingRun, data: DatasetSplits, epoch: int, best_val: float) -> tuple[dict, float]:
     """Train one epoch and validate: the epoch's metrics, and the best validation accuracy so far."""
     started = time.perf_counter()
     metrics = {"epoch": epoch + 1, **train_epoch(run, epoch)}
@@ -390,7 +390,7 @@ def run_epoch(run: Run, data: DatasetSplits, epoch: int, best_val: float) -> tup
     return metrics, best_val
 
 
-def train_and_test(run: Run, cfg, data, teacher, on_epoch_end, log, measure_speed, evaluate_test, resume) -> FitResult:
+def train_and_test(run: TrainingRun, cfg, data, teacher, on_epoch_end, log, measure_speed, evaluate_test, resume) -> FitResult:
     first_epoch, best_val = restore(run, resume) if resume is not None else (0, -math.inf)
     if resume is not None:
         log(f"resuming after epoch {first_epoch}")

@@ -106,13 +106,7 @@ def test_train_help_lists_each_registered_method_with_its_settings_and_defaults(
     assert "num_peers=2, temperature=1.0, weight=1.0, use_teacher=False" in text
 
 
-def test_a_new_method_is_its_own_file_and_one_registry_line(tmp_path, monkeypatch, capsys):
-    """A toy method in a module of its own, registered with one line, is a method everywhere:
-    its settings resolve into the config, --help lists them, and fit trains with it."""
-    import importlib
-
-    (tmp_path / "toy_method.py").write_text(
-        '''"""Label smoothing toward the teacher's top class (a toy)."""
+TOY_METHOD = '''"""Label smoothing toward the teacher's top class (a toy)."""
 
 import torch.nn.functional as F
 
@@ -131,7 +125,14 @@ class TeacherTop(Method):
         top = F.cross_entropy(student.logits, teacher.logits.argmax(1))
         return {"loss": (1 - self.weight) * ce + self.weight * top, "ce": ce, "top": top}
 '''
-    )
+
+
+def test_a_new_method_is_its_own_file_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    """A toy method in a module of its own, registered with one line, is a method everywhere:
+    its settings resolve into the config, --help lists them, and fit trains with it."""
+    import importlib
+
+    (tmp_path / "toy_method.py").write_text(TOY_METHOD)
     monkeypatch.syspath_prepend(str(tmp_path))
     from kdsearch import methods
     from kdsearch.api import fit
@@ -146,3 +147,32 @@ class TeacherTop(Method):
     result = fit(cfg, measure_speed=False)
     assert [set(h) >= {"train/top", "train/ce"} for h in result.history] == [True, True]
     assert result.metrics["val/acc"] > 0.2
+
+
+@pytest.mark.slow
+def test_a_users_own_method_by_import_path_runs_a_two_trial_sweep(tmp_path, monkeypatch):
+    """Outside kdsearch's tree a method is named by import path, as a model is: the Ray workers
+    get its module, the trials train with it, and best/config.yaml says its settings."""
+    (tmp_path / "toy_method.py").write_text(TOY_METHOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from kdsearch.sweeper import SweepOptions, run_sweep
+
+    space = {
+        "name": "toy",
+        "fixed": {"method": "toy_method:TeacherTop", "dataset": "digits", "epochs": 2, "teacher_epochs": 2},
+        "space": {"weight": {"uniform": [0.1, 0.5]}},
+        "search": {"num_samples": 2, "scheduler": "fifo", "seed": 0},
+    }
+    opts = SweepOptions(
+        storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False,
+        overrides={"cache_dir": str(tmp_path / "cache")},
+    )  # fmt: skip
+    summary = run_sweep(space, opts, log=lambda _: None)
+    assert len(summary.table) == 2 and (summary.table["status"] == "ok").all()
+    best = yaml.safe_load((summary.out_dir / "best" / "config.yaml").read_text())
+    assert best["method"] == "toy_method:TeacherTop" and set(best["method_args"]) == {"weight"}
+    assert 0.1 <= best["method_args"]["weight"] <= 0.5
+    history = (summary.out_dir / f"trial_{summary.table['trial'][0]}" / "result.json").read_text()
+    assert '"train/top"' in history
+    with pytest.raises(UserError, match="is not a kdsearch Method subclass"):
+        TrainConfig(method="toy_method:F.cross_entropy", dataset="digits")

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsearch.errors import UserError
-from kdsearch.methods import METHODS, Objective, Outputs, build_method
+from kdsearch.methods import METHODS, TaskLoss, Outputs, build_method
 from kdsearch.methods.at import attention_distance, attention_map
 
-SINGLE = Objective(multilabel=False)
-MULTI = Objective(multilabel=True)
+SINGLE = TaskLoss(multilabel=False)
+MULTI = TaskLoss(multilabel=True)
 
 
 def test_kd_term_is_zero_when_student_equals_teacher():
@@ -178,7 +178,10 @@ def test_dml_cohort_size_and_frozen_teacher():
 def test_unknown_method_and_setting_are_one_line_errors():
     with pytest.raises(UserError) as err:
         build_method("fitnets", {}, objective=SINGLE, make_peer=None)
-    assert str(err.value) == f"unknown method 'fitnets': choose one of {', '.join(sorted(METHODS))}"
+    assert (
+        str(err.value)
+        == f"unknown method 'fitnets': choose one of {', '.join(sorted(METHODS))}, or name your own Method subclass as module:Class"
+    )
     with pytest.raises(UserError, match="method 'kd' has no setting 'temp': its settings are temperature, alpha"):
         build_method("kd", {"temp": 4}, objective=SINGLE, make_peer=None)
     with pytest.raises(UserError, match="alpha must be in"):
@@ -187,16 +190,16 @@ def test_unknown_method_and_setting_are_one_line_errors():
 
 def test_method_settings_are_checked_against_their_declared_types():
     with pytest.raises(UserError, match="method 'kd': temperature must be a number, got 'abc'"):
-        build_method("kd", {"temperature": "abc"}, objective=Objective(), make_peer=lambda: None)
+        build_method("kd", {"temperature": "abc"}, objective=TaskLoss(), make_peer=lambda: None)
     with pytest.raises(UserError, match=r"method 'at': weights\[1\] must be a number, got 'x'"):
-        build_method("at", {"weights": [1, "x"]}, objective=Objective(), make_peer=lambda: None)
-    assert build_method("kd", {"temperature": "8"}, objective=Objective(), make_peer=lambda: None).temperature == 8.0
+        build_method("at", {"weights": [1, "x"]}, objective=TaskLoss(), make_peer=lambda: None)
+    assert build_method("kd", {"temperature": "8"}, objective=TaskLoss(), make_peer=lambda: None).temperature == 8.0
 
 
 def test_methods_declare_what_they_need():
     assert [METHODS[m].uses_teacher({}) for m in ("ce", "kd", "at", "dml")] == [False, True, True, False]
     assert METHODS["dml"].uses_teacher({"use_teacher": True}) and METHODS["at"].needs_attention
-    dml = build_method("dml", {"num_peers": 3}, objective=Objective(), make_peer=lambda: torch.nn.Linear(2, 2))
+    dml = build_method("dml", {"num_peers": 3}, objective=TaskLoss(), make_peer=lambda: torch.nn.Linear(2, 2))
     assert len(dml.extra_modules()) == 2 and not dml.needs_teacher
 
 

@@ -89,7 +89,10 @@ def test_a_grid_runs_every_combination_once():
         ({"space": {"lrr": {"uniform": [0, 1]}}}, "space: unknown key 'lrr'"),
         ({"space": {"dataset": {"choice": ["digits"]}}}, "space.dataset: dataset cannot vary within a sweep"),
         ({"space": {"alpha": 0.5}}, "space.alpha: expected a distribution"),
-        ({"fixed": {"method": "fitnet"}}, "fixed.method: unknown method 'fitnet'; choose one of at, ce, dml, kd"),
+        (
+            {"fixed": {"method": "fitnet"}},
+            "fixed.method: unknown method 'fitnet': choose one of at, ce, dml, kd, or name your own Method subclass as module:Class",
+        ),
         ({"fixed": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'"),
         ({"fixed": {"student": "vgg"}}, "student: unknown architecture 'vgg'"),
         ({"fixed": {"epochs": "ten"}}, "epochs must be an integer"),

@@ -217,7 +217,7 @@ def test_the_engine_needs_its_teacher_passed_in(digits):
     from kdsearch import train
 
     with pytest.raises(UserError, match="method 'kd' needs a teacher"):
-        train.fit(TrainConfig(method="kd", **FAST), digits)
+        train.train_student(TrainConfig(method="kd", **FAST), digits)
 
 
 def test_gpu_memory_is_read_on_cuda_only_and_the_peak_resets(monkeypatch):

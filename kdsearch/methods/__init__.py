@@ -16,7 +16,8 @@ from kdsearch.methods.base import Method
 from kdsearch.methods.ce import CrossEntropy
 from kdsearch.methods.dml import DeepMutualLearning
 from kdsearch.methods.kd import HintonKD
-from kdsearch.methods.objective import Objective, Outputs
+from kdsearch.methods.task_loss import TaskLoss, Outputs
+from kdsearch.models.imported import import_object, is_import_path
 
 METHODS = {"ce": CrossEntropy, "kd": HintonKD, "at": AttentionTransfer, "dml": DeepMutualLearning}
 
@@ -26,7 +27,7 @@ _CONTEXT = ("objective", "make_peer")
 
 def method_settings(name: str) -> dict[str, object]:
     """A method's hyperparameters and their defaults."""
-    cls = lookup(METHODS, name, "method")
+    cls = method_class(name)
     return {
         p.name: p.default
         for p in inspect.signature(cls).parameters.values()
@@ -35,7 +36,17 @@ def method_settings(name: str) -> dict[str, object]:
 
 
 def method_class(name: str) -> type[Method]:
-    return lookup(METHODS, name, "method")
+    """A registered method, or the user's own named by import path (``mymethods:TeacherTop``,
+    a ``Method`` subclass; Ray workers get its module as they get the user's models)."""
+    if name in METHODS or not is_import_path(str(name)):
+        try:
+            return lookup(METHODS, name, "method")
+        except UserError as exc:
+            raise UserError(f"{exc}, or name your own Method subclass as module:Class") from None
+    cls = import_object(name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"method {name!r} is not a kdsearch Method subclass: subclass kdsearch.methods.base.Method")
+    return cls
 
 
 def check_settings(name: str, args: Mapping[str, object]) -> dict:
@@ -57,7 +68,7 @@ def resolve_settings(name: str, args: Mapping[str, object]) -> dict:
     return {**method_settings(name), **check_settings(name, args)}
 
 
-def build_method(name: str, args: Mapping[str, object], *, objective: Objective, make_peer: Callable[[], nn.Module]) -> Method:
+def build_method(name: str, args: Mapping[str, object], *, objective: TaskLoss, make_peer: Callable[[], nn.Module]) -> Method:
     """Instantiate a method; unknown or invalid settings are a one-line UserError."""
     cls = method_class(name)
     settings = check_settings(name, args)
@@ -72,13 +83,13 @@ def build_method(name: str, args: Mapping[str, object], *, objective: Objective,
 def check_method(name: str, args: Mapping[str, object]) -> None:
     """Build the method once with stand-in models, so that a bad setting is a one-line error
     before any data is loaded or any teacher trained."""
-    build_method(name, args, objective=Objective(), make_peer=nn.Identity)
+    build_method(name, args, objective=TaskLoss(), make_peer=nn.Identity)
 
 
 __all__ = [
     "METHODS",
     "Method",
-    "Objective",
+    "TaskLoss",
     "Outputs",
     "build_method",
     "check_method",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kdsearch.features import attention_map
 from kdsearch.methods.base import Method
-from kdsearch.methods.objective import Objective, Outputs
+from kdsearch.methods.task_loss import TaskLoss, Outputs
 
 
 def attention_distance(student_map: torch.Tensor, teacher_map: torch.Tensor, resize: str = "pool") -> torch.Tensor:
@@ -69,7 +69,7 @@ class AttentionTransfer(Method):
         temperature: float = 4.0,
         resize: str = "pool",
         *,
-        objective: Objective,
+        objective: TaskLoss,
     ):
         super().__init__(objective=objective)
         if not beta >= 0:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from kdsearch.methods.objective import Objective, Outputs
+from kdsearch.methods.task_loss import TaskLoss, Outputs
 
 
 class Method(nn.Module):
@@ -29,7 +29,7 @@ class Method(nn.Module):
     needs_attention: bool = False
     attention_p: float = 2.0
 
-    def __init__(self, *, objective: Objective):
+    def __init__(self, *, objective: TaskLoss):
         super().__init__()
         self.objective = objective
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kdsearch.methods.base import Method
-from kdsearch.methods.objective import Outputs
+from kdsearch.methods.task_loss import Outputs
 
 
 class CrossEntropy(Method):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdsearch.methods.base import Method
-from kdsearch.methods.objective import Objective, Outputs
+from kdsearch.methods.task_loss import TaskLoss, Outputs
 
 
 class DeepMutualLearning(Method):
@@ -27,7 +27,7 @@ class DeepMutualLearning(Method):
         weight: float = 1.0,
         use_teacher: bool = False,
         *,
-        objective: Objective,
+        objective: TaskLoss,
         make_peer: Callable[[], nn.Module],
     ):
         super().__init__(objective=objective)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 
 from kdsearch.methods.base import Method
-from kdsearch.methods.objective import Objective, Outputs
+from kdsearch.methods.task_loss import TaskLoss, Outputs
 
 
 class HintonKD(Method):
     needs_teacher = True
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, *, objective: Objective):
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, *, objective: TaskLoss):
         super().__init__(objective=objective)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")

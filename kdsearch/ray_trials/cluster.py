@@ -17,12 +17,12 @@ from kdsearch.search_space import SweepSpec
 
 
 def user_code(spec: SweepSpec) -> list[str]:
-    """The files and folders of the user's own models (import paths) that are not installed:
-    sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
+    """The files and folders of the user's own models and method (import paths) that are not
+    installed: sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
     from kdsearch.models.imported import import_models, module_file
 
     base = spec.example_config()
-    names = {base.student, base.teacher}
+    names = {base.student, base.teacher, base.method}
     for key in ("student", "teacher"):
         dist = spec.space.get(key)
         if dist is not None and dist["kind"] == "choice":

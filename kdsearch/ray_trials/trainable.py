@@ -121,16 +121,15 @@ def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict
 
 class EpochTrainable(tune.Trainable):
     """A trial: one epoch per ``step()``, run in the actor's main thread (a function trainable
-    runs in a thread beside Tune's own and trained at 0.90x a plain Ray task here, this at 0.95x:
-    benchmarks/speed.py). Tune checkpoints it after every epoch and keeps the best; it restores
+    runs in a thread beside Tune's own, and trains slower: benchmarks/results/speed-cpu.md).
+    Tune checkpoints it after every epoch and keeps the best; it restores
     from the last one on a retry or ``--resume``; a reused actor is reset for the next trial."""
 
     def setup(self, config: dict, **shared) -> None:
         self.shared = shared  # spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share
-        # What this worker holds before its first trial (Ray, torch, kdsearch: ~500,000 objects)
-        # stays for the actor's life: kept out of the garbage collector, a full collection
-        # between trials (release) takes 0.1 ms, not 80-150 ms, and so do the automatic ones.
-        # (No collection first: a new worker's imports leave ~20 garbage objects, not worth 0.15 s.)
+        # What this worker holds before its first trial (Ray, torch, kdsearch) stays for the
+        # actor's life: kept out of the garbage collector, the full collection between trials
+        # (release) and the automatic ones do not walk it (benchmarks/results/many-trials-gc.md).
         gc.freeze()
         self.start_trial(config)
 

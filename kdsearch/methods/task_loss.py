@@ -25,7 +25,7 @@ class Outputs(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Objective:
+class TaskLoss:
     multilabel: bool = False
     label_smoothing: float = 0.0
 
