@@ -47,12 +47,13 @@ def fit(
     engine, ``kdsearch.train.train_student``.
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
-    check_method(cfg.method, cfg.method_args)
+    check_method(cfg.method, cfg.method_args, cfg.epochs)
     import_models((cfg.student, cfg.teacher))  # the user's models import now, not after a teacher trained
     set_threads(cfg.threads)
     with interrupts.remembered():  # a Ctrl-C is never lost, even one Python swallowed in a finaliser
         if data is None:
             data = load_data(cfg)
+        check_method(cfg.method, cfg.method_args, cfg.epochs, data.multilabel)  # DKD on multi-label data: before a teacher trains
         if teacher is not None:
             teacher = given_teacher(teacher, cfg, data)
         else:

@@ -338,7 +338,7 @@ def _check_names(spec: SweepSpec) -> None:
     if cfg.dataset not in DATASETS:
         raise UserError(f"{spec.source}: dataset: unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
     try:
-        check_method(cfg.method, cfg.method_args)
+        check_method(cfg.method, cfg.method_args, cfg.epochs)
     except UserError as exc:
         raise UserError(f"{spec.source}: {exc}") from None
 

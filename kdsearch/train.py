@@ -23,7 +23,7 @@ from kdsearch.compression import compression_report
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData
-from kdsearch import interrupts
+from kdsearch import interrupts, schedules
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import Method, TaskLoss, Outputs, build_method
@@ -108,6 +108,7 @@ class TrainingRun:
     teacher_forward: Callable | None  # None: no teacher, or its outputs are looked up
     teacher_outputs: object | None  # kdsearch.teacher_outputs.TeacherOutputs (host memory)
     taps: list[Forward]  # the feature readers behind the forwards, closed when training ends
+    moving: dict  # the method's settings that follow a schedule (kdsearch.schedules), as written
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -223,8 +224,23 @@ def build_run(
     val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
     optimizer = build_optimizer(cfg, parameter_groups(cfg, student, method))
     scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
+    moving = schedules.scheduled(cfg.method_args)
     return TrainingRun(
-        cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, student_forward, teacher_forward, outputs, taps
+        cfg,
+        device,
+        amp,
+        spec,
+        student,
+        method,
+        train,
+        val,
+        optimizer,
+        scheduler,
+        student_forward,
+        teacher_forward,
+        outputs,
+        taps,
+        moving,
     )
 
 
@@ -277,8 +293,13 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     sums: dict[str, torch.Tensor] = {}
     steps = 0
     looked_up = run.teacher_outputs.epoch_on(epoch, run.device) if run.teacher_outputs is not None else None
+    per_epoch = run.train.num_batches(cfg.batch_size)
     for x, y, idx in run.train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.flip):
         interrupts.check()
+        if run.moving:  # scheduled settings follow the share of training done, step by step
+            progress = (epoch * per_epoch + steps) / max(cfg.epochs * per_epoch - 1, 1)
+            for name, value in schedules.settings_at(run.moving, progress, cfg.epochs).items():
+                setattr(run.method, name, value)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             student_out = Outputs(*run.student_forward(x))
             teacher_out = None
@@ -303,6 +324,10 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
         for k, v in terms.items():  # summed on the device: no host sync per step
             sums[k] = sums.get(k, 0) + v.detach().float()
     out = {f"train/{k}": float(v) / steps for k, v in sums.items()}  # float() waits for the device
+    if run.moving:  # what each scheduled setting was at the epoch's last step
+        out.update(
+            schedules.as_metrics(run.moving, (epoch * per_epoch + steps - 1) / max(cfg.epochs * per_epoch - 1, 1), cfg.epochs)
+        )
     out["time/epoch_train_s"] = time.perf_counter() - started  # the training steps alone, without validation
     if not math.isfinite(out["train/loss"]):
         raise TrainingDiverged(

@@ -242,3 +242,46 @@ def test_at_pairing_keeps_order_and_falls_back_where_sizes_differ():
         (2, 2),
     ]  # more student stages
     assert pair_stages([(16, 16), (8, 8)], [(32, 32), (16, 16), (8, 8), (4, 4)]) == [(0, 1), (1, 2)]
+
+
+def test_dkd_matches_the_papers_formulas_computed_independently():
+    """Zhao et al. 2022, eq. 7: CE + alpha * TCKD + beta * NCKD, each KL at temperature T times
+    T^2: TCKD over (target, not target), NCKD over the non-target classes renormalised."""
+    import numpy as np
+
+    from kdsearch.methods.dkd import DecoupledKD
+
+    rng = np.random.default_rng(0)
+    zs, zt = rng.normal(size=(5, 7)) * 3, rng.normal(size=(5, 7)) * 3
+    y = np.array([0, 3, 6, 2, 2])
+    alpha, beta, t = 1.5, 8.0, 4.0
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    ps, pt = softmax(zs / t), softmax(zt / t)
+    tckd = nckd = 0.0
+    for i, c in enumerate(y):
+        bs, bt = np.array([ps[i, c], 1 - ps[i, c]]), np.array([pt[i, c], 1 - pt[i, c]])
+        tckd += (bt * np.log(bt / bs)).sum()
+        rest = [k for k in range(7) if k != c]
+        ns, nt = ps[i, rest] / ps[i, rest].sum(), pt[i, rest] / pt[i, rest].sum()
+        nckd += (nt * np.log(nt / ns)).sum()
+    tckd, nckd = tckd / len(y) * t * t, nckd / len(y) * t * t
+    ce = np.mean([-np.log(softmax(zs)[i, c]) for i, c in enumerate(y)])
+
+    method = DecoupledKD(alpha=alpha, beta=beta, temperature=t, objective=TaskLoss())
+    out = method(Outputs(torch.tensor(zs), []), torch.tensor(y), Outputs(torch.tensor(zt), []), None)
+    assert out["tckd"].item() == pytest.approx(tckd, rel=1e-5)
+    assert out["nckd"].item() == pytest.approx(nckd, rel=1e-5)
+    assert out["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(ce + alpha * tckd + beta * nckd, rel=1e-5)
+    # with alpha = beta = 1 and the teacher's confidence folded back in, DKD is not KD: check it differs
+    kd = TaskLoss().soft(torch.tensor(zs), torch.tensor(zt), t).item()
+    assert abs(kd - (tckd + nckd)) > 1e-3
+
+
+def test_dkd_on_multi_label_data_is_one_line():
+    with pytest.raises(UserError, match="method 'dkd': DKD is single-label"):
+        build_method("dkd", {}, objective=TaskLoss(multilabel=True), make_peer=nn.Identity)

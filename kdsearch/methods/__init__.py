@@ -10,16 +10,18 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from kdsearch.values import coerce
+from kdsearch import schedules
 from kdsearch.errors import UserError, lookup
 from kdsearch.methods.at import AttentionTransfer
 from kdsearch.methods.base import Method
 from kdsearch.methods.ce import CrossEntropy
+from kdsearch.methods.dkd import DecoupledKD
 from kdsearch.methods.dml import DeepMutualLearning
 from kdsearch.methods.kd import HintonKD
 from kdsearch.methods.task_loss import TaskLoss, Outputs
 from kdsearch.models.imported import import_object, is_import_path
 
-METHODS = {"ce": CrossEntropy, "kd": HintonKD, "at": AttentionTransfer, "dml": DeepMutualLearning}
+METHODS = {"ce": CrossEntropy, "kd": HintonKD, "at": AttentionTransfer, "dml": DeepMutualLearning, "dkd": DecoupledKD}
 
 # Keyword-only constructor arguments filled in by the trainer, not hyperparameters.
 _CONTEXT = ("objective", "make_peer")
@@ -51,7 +53,8 @@ def method_class(name: str) -> type[Method]:
 
 def check_settings(name: str, args: Mapping[str, object]) -> dict:
     """The settings, each checked against its declared type (``--set temperature=abc`` is a
-    one-line error naming the setting, the value and the type), unknown keys refused."""
+    one-line error naming the setting, the value and the type), unknown keys refused. A number
+    (or a list item) may be a schedule (``kdsearch.schedules``), kept as written."""
     valid = method_settings(name)
     hints = typing.get_type_hints(method_class(name).__init__)
     out = {}
@@ -59,7 +62,17 @@ def check_settings(name: str, args: Mapping[str, object]) -> dict:
         if key not in valid:
             listed = ", ".join(valid) or "none"
             raise UserError(f"method {name!r} has no setting {key!r}: its settings are {listed}")
-        out[key] = coerce(value, hints[key], f"method {name!r}: {key}") if key in hints else value
+        where = f"method {name!r}: {key}"
+        if schedules.is_schedule(value):
+            out[key] = schedules.check_schedule(value, where)
+        elif isinstance(value, list) and schedules.has_schedule(value):
+            out[key] = [
+                schedules.check_schedule(v, f"{where}[{i}]") if schedules.is_schedule(v) else v for i, v in enumerate(value)
+            ]
+            if key in hints:  # the items that are not schedules: of the list's type
+                coerce(schedules.setting_at(out[key], 0.0, 1), hints[key], where)
+        else:
+            out[key] = coerce(value, hints[key], where) if key in hints else value
     return out
 
 
@@ -71,19 +84,41 @@ def resolve_settings(name: str, args: Mapping[str, object]) -> dict:
 def build_method(name: str, args: Mapping[str, object], *, objective: TaskLoss, make_peer: Callable[[], nn.Module]) -> Method:
     """Instantiate a method; unknown or invalid settings are a one-line UserError."""
     cls = method_class(name)
-    settings = check_settings(name, args)
-    context = {"objective": objective, "make_peer": make_peer}
-    params = inspect.signature(cls).parameters
+    settings = schedules.settings_at(check_settings(name, args), 0.0, 1)  # a schedule's first value; the trainer moves it
     try:
-        return cls(**settings, **{k: v for k, v in context.items() if k in params})
+        return cls(**settings, **_context(name, objective, make_peer))
     except (TypeError, ValueError) as exc:
         raise UserError(f"method {name!r}: {exc}") from None
 
 
-def check_method(name: str, args: Mapping[str, object]) -> None:
+def check_method(name: str, args: Mapping[str, object], epochs: int = 1, multilabel: bool = False) -> None:
     """Build the method once with stand-in models, so that a bad setting is a one-line error
-    before any data is loaded or any teacher trained."""
-    build_method(name, args, objective=TaskLoss(), make_peer=nn.Identity)
+    before any data is loaded or any teacher trained; a scheduled setting is checked by the
+    method at many points of a run of ``epochs`` epochs, and must be one its loss reads at
+    each step (an attribute of the method under its own name)."""
+    objective = TaskLoss(multilabel)
+    method = build_method(name, args, objective=objective, make_peer=nn.Identity)
+    settings = check_settings(name, args)
+    moving = schedules.scheduled(settings)
+    for key in moving:
+        if not hasattr(method, key):
+            raise UserError(
+                f"method {name!r}: {key} cannot follow a schedule (it is fixed when the method is built); give a value"
+            )
+    for progress in schedules.check_points(moving, epochs):
+        now = schedules.settings_at(settings, progress, epochs)
+        try:
+            method_class(name)(**now, **_context(name, objective, nn.Identity))
+        except (TypeError, ValueError) as exc:
+            values = ", ".join(f"{k} {schedules.setting_at(v, progress, epochs)!r}" for k, v in moving.items())
+            raise UserError(
+                f"method {name!r}: its schedule leaves the valid range at {progress:.0%} of training ({values}): {exc}"
+            ) from None
+
+
+def _context(name: str, objective: TaskLoss, make_peer) -> dict:
+    params = inspect.signature(method_class(name)).parameters
+    return {k: v for k, v in {"objective": objective, "make_peer": make_peer}.items() if k in params}
 
 
 __all__ = [
