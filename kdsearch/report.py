@@ -51,6 +51,32 @@ def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def methods_table(table: pd.DataFrame, manifest: dict) -> pd.DataFrame | None:
+    """The best trial of each method, best first (a sweep that compares methods), else None."""
+    if "method" not in table or table["method"].nunique() < 2:
+        return None
+    best_col = f"best {manifest['objectives'][0][0]}"
+    rows = []
+    for method, group in table.groupby("method", sort=False):  # the table is ranked: a group's first is its best
+        finished = group.dropna(subset=[best_col])
+        best = finished.iloc[0] if len(finished) else group.iloc[0]
+        settings = {k: best[k] for k in table.columns if k.startswith(f"{method}.") and pd.notna(best[k])}
+        rows.append(
+            {
+                "method": method,
+                best_col: best[best_col],
+                "trial": best["trial"],
+                "trials": len(group),
+                "epochs run": int(group["epochs run"].sum()),
+                "its settings": ", ".join(
+                    f"{k.split('.', 1)[1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.', 1)[1]}={v}"
+                    for k, v in settings.items()
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def _pareto(points: list[tuple[float, float]], mode: str = "max") -> list[tuple[float, float]]:
     """Points no other point beats on both size (lower) and the objective (higher for max, lower for min)."""
     sign = 1 if mode == "max" else -1
@@ -99,6 +125,8 @@ def _importances(trials: list[dict], manifest: dict) -> dict[str, float]:
     metric, mode = manifest["objectives"][0]
     dists = {}
     for key, dist in manifest["space"].items():
+        if "when" in dist:
+            continue  # drawn by some trials only (a method's settings): fANOVA needs every trial to have it
         kind, args = dist["kind"], dist["args"]
         if kind == "choice":
             dists[key] = optuna.distributions.CategoricalDistribution(args)
@@ -131,6 +159,35 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+
+    by_method = methods_table(table, manifest)
+    if by_method is not None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for i, method in enumerate(by_method["method"]):
+            scores = table.loc[table["method"] == method, best_col].dropna()
+            ax.scatter([i] * len(scores), scores, color="tab:blue", alpha=0.4, label="trials" if i == 0 else None)
+        ax.scatter(range(len(by_method)), by_method[best_col], color="tab:red", marker="D", label="best of the method")
+        ax.set_xticks(range(len(by_method)), by_method["method"])
+        ax.set_ylabel(best_col)
+        ax.set_title("methods compared, same sweep")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "methods.png")
+    top = [t for t in ranked(trials, metric, mode)[:3] if any(k.startswith("schedule/") for h in t.history for k in h)]
+    if top:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for t in top:
+            epochs = [h.get("epoch", i + 1) for i, h in enumerate(t.history)]
+            left.plot(epochs, [h.get(metric) for h in t.history], label=f"trial {t.trial_id}")
+            for key in sorted({k for h in t.history for k in h if k.startswith("schedule/")}):
+                right.plot(epochs, [h.get(key) for h in t.history], label=f"{t.trial_id}: {key.removeprefix('schedule/')}")
+        left.set(xlabel="epoch", ylabel=metric, title="learning curves of the best trials")
+        right.set(xlabel="epoch", ylabel="value", title="their scheduled settings")
+        right.set_yscale("symlog", linthresh=1.0)
+        for ax in (left, right):
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        save(fig, "schedules.png")
 
     numeric = [k for k, d in manifest["space"].items() if d["kind"] != "choice" and k in table]
     for key in numeric:
@@ -197,5 +254,11 @@ def build_report(sweep_dir: Path, out: Path | None = None) -> dict:
     table = trial_table(trials, manifest)
     table.to_csv(out / TABLE_CSV, index=False)
     (out / TABLE_MD).write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    files = [out / TABLE_CSV, out / TABLE_MD]
+    by_method = methods_table(table, manifest)
+    if by_method is not None:
+        by_method.to_csv(out / "methods.csv", index=False)
+        (out / "methods.md").write_text(by_method.to_markdown(index=False, floatfmt=".4g") + "\n")
+        files += [out / "methods.csv", out / "methods.md"]
     plots, notes = make_plots(trials, table, manifest, out)
-    return {"out": out, "table": table, "files": [out / TABLE_CSV, out / TABLE_MD, *plots], "notes": notes, "manifest": manifest}
+    return {"out": out, "table": table, "methods": by_method, "files": [*files, *plots], "notes": notes, "manifest": manifest}

@@ -29,6 +29,7 @@ here is validated before any trial starts; a mistake is one line naming the file
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,19 +39,20 @@ from kdsearch.config import TrainConfig
 from kdsearch.values import load_yaml
 from kdsearch.data import DATASETS
 from kdsearch.errors import UserError
+from kdsearch.schedules import has_schedule
+from kdsearch.space_templates import MISSING, check_distribution, fill, grid, make_template, params_of
 from kdsearch.methods import check_method, method_class, method_settings
 from kdsearch.models import MODELS
 from kdsearch.models.imported import is_import_path
 
 LATE_RUNG = 0.8  # where ASHA's first rung goes by default, as a share of a trial's epochs
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "nsga2", "grid")
 SCHEDULERS = ("asha", "fifo")
 # One sweep shares one dataset and one teacher; these cannot vary between trials.
 # The data (and its subset) and the teacher are prepared once in the driver for all trials:
 # a value drawn per trial would be recorded but never used.
 NOT_SEARCHABLE = (
-    *("method", "dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "train_subset"),
+    *("dataset", "data_dir", "download", "image_size", "val_fraction", "split_seed", "train_subset"),
     *("teacher", "teacher_width", "teacher_checkpoint", "teacher_sha256", "teacher_epochs", "teacher_lr"),
     *("teacher_batch_size", "teacher_seed", "cache_dir", "device", "threads", "epochs"),
 )
@@ -98,25 +100,37 @@ class SweepSpec:
     source: str
     name: str
     fixed: dict  # TrainConfig keys, method settings collected under method_args
-    space: dict[str, dict]  # flat parameter name -> {"kind": ..., "args": [...]}
+    space: dict[str, dict]  # flat parameter name -> {"kind", "args"[, "when"]}
     search: SearchSettings
-    list_params: dict[str, list] = field(default_factory=dict)  # "weights" -> [item or "weights.0", ...]
+    # setting -> {"method": its method when the method is searched, else None; "name"; "template"}
+    templates: dict[str, dict] = field(default_factory=dict)
+    per_method: dict[str, dict] = field(default_factory=dict)  # method -> its fixed settings (method searched)
+
+    @property
+    def methods(self) -> list[str]:
+        """The methods a trial may train with: the searched choices, or the one fixed."""
+        dist = self.space.get("method")
+        return list(dist["args"]) if dist is not None else [self.fixed.get("method", TrainConfig.method)]
 
     def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        """Merge one trial's sampled values into the fixed settings."""
+        """Merge one trial's sampled values into the fixed settings: a template whose values were
+        not all drawn (fixed_config, another method's settings) leaves its setting to the default."""
         values = dict(self.fixed)
         method_args = dict(values.pop("method_args", {}))
-        assembled = dict(sampled)
-        for key, items in self.list_params.items():  # e.g. weights: [weights.0, weights.1, 1.0]
-            drawn = [i for i in items if isinstance(i, str) and i in self.space]
-            if any(i not in assembled for i in drawn):
-                continue  # not drawn here (fixed_config): the method's default
-            assembled[key] = [assembled.pop(i) if i in drawn else i for i in items]
-        for key, value in assembled.items():
-            if key in _CONFIG_FIELDS:
-                values[key] = value
+        method = sampled.get("method", self.methods[0])
+        if "method" in self.space:
+            values["method"] = method
+            method_args.update(self.per_method.get(method, {}))
+        for entry in self.templates.values():
+            if entry["method"] not in (None, method):
+                continue
+            value = fill(entry["template"], sampled)
+            if value is MISSING:
+                continue
+            if entry["method"] is None and entry["name"] in _CONFIG_FIELDS:
+                values[entry["name"]] = value
             else:
-                method_args[key] = value
+                method_args[entry["name"]] = value
         return TrainConfig.from_dict({**values, "method_args": method_args}, source=self.source)
 
     def fixed_config(self) -> TrainConfig:
@@ -124,35 +138,16 @@ class SweepSpec:
         the shared teacher is trained with, so it does not depend on the search space."""
         return self.trial_config({})
 
-    def example_config(self) -> TrainConfig:
-        """The resolved config of a trial that draws the first value of every distribution."""
-        return self.trial_config({key: dist["args"][0] for key, dist in self.space.items()})
+    def example_config(self, method: str | None = None) -> TrainConfig:
+        """The resolved config of a trial that draws the first value of every distribution (and
+        ``method``, when given and searched)."""
+        first = {key: dist["args"][0] for key, dist in self.space.items()}
+        if method is not None and "method" in self.space:
+            first["method"] = method
+        return self.trial_config(first)
 
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def _check_distribution(spec: Any, where: str) -> dict | None:
-    """A ``{kind: args}`` mapping as a checked distribution, or None for a fixed value."""
-    if not isinstance(spec, dict):
-        return None
-    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-        raise UserError(f"{where}: a distribution is one of {', '.join(f'{{{d}: [...]}}' for d in DISTRIBUTIONS)}, got {spec!r}")
-    kind, args = next(iter(spec.items()))
-    if not isinstance(args, list) or not args:
-        raise UserError(f"{where}: {kind} needs a list, e.g. {{{kind}: [1, 10]}}")
-    if kind == "choice":
-        return {"kind": kind, "args": list(args)}
-    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
-        raise UserError(f"{where}: {kind} needs two numbers [low, high], got {args!r}")
-    low, high = args
-    if not low < high:
-        raise UserError(f"{where}: {kind} bounds must be [low, high] with low < high, got [{low}, {high}]")
-    if kind == "loguniform" and low <= 0:
-        raise UserError(f"{where}: loguniform bounds must be > 0, got [{low}, {high}]; use uniform for ranges that include 0")
-    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-        raise UserError(f"{where}: int bounds must be integers, got [{low}, {high}]")
-    return {"kind": kind, "args": [int(low), int(high)] if kind == "int" else [float(low), float(high)]}
 
 
 def _objectives(search: dict, source: str) -> tuple[tuple[str, str], ...]:
@@ -221,52 +216,47 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
     space_raw = raw.get("space") or {}
     if not isinstance(fixed_raw, dict) or not isinstance(space_raw, dict):
         raise UserError(f"{source}: fixed and space must be mappings of settings")
-    method = fixed_raw.get("method", TrainConfig.method)
-    try:
-        method_class(method)
-    except UserError as exc:
-        raise UserError(f"{source}: fixed.method: {exc}") from None
-    settings = method_settings(method)
-
-    def route(key: str, where: str) -> str:
-        if key in _CONFIG_FIELDS and key != "method_args":
-            return "config"
-        if key in settings:
-            return "method"
-        raise UserError(
-            f"{where}: unknown key {key!r}; not a training setting nor a setting of method {method!r} ({', '.join(settings) or 'none'})"
-        )
-
+    methods = _methods(fixed_raw, space_raw, source)
+    searched = "method" in space_raw
+    space: dict[str, dict] = {}
+    if searched:
+        space["method"] = {"kind": "choice", "args": methods}
     fixed: dict[str, Any] = {"method_args": dict(fixed_raw.get("method_args") or {})}
+    per_method: dict[str, dict] = {}
     for key, value in fixed_raw.items():
         if key == "method_args":
             continue
-        if route(key, f"{source}: fixed") == "method":
+        if searched and key in methods:
+            per_method[key] = _section(value, key, f"{source}: fixed.{key}")
+        elif _route(key, methods[0] if not searched else None, f"{source}: fixed") == "method":
             fixed["method_args"][key] = value
         else:
             fixed[key] = value
-    space: dict[str, dict] = {}
-    list_params: dict[str, list] = {}
+    templates: dict[str, dict] = {}
     for key, value in space_raw.items():
-        where = f"{source}: space.{key}"
-        route(key, f"{source}: space")
-        if key in NOT_SEARCHABLE:
-            raise UserError(f"{where}: {key} cannot vary within a sweep; put it under fixed (one sweep per {key})")
-        if isinstance(value, list) and any(isinstance(v, dict) for v in value):
-            items = []
-            for i, item in enumerate(value):
-                dist = _check_distribution(item, f"{where}[{i}]")
-                if dist is None:
-                    items.append(item)
-                else:
-                    space[f"{key}.{i}"] = dist
-                    items.append(f"{key}.{i}")
-            list_params[key] = items
+        if key == "method":
             continue
-        dist = _check_distribution(value, where)
-        if dist is None:
-            raise UserError(f"{where}: expected a distribution like {{uniform: [0, 1]}}; put fixed values under fixed")
-        space[key] = dist
+        if searched and key in methods:
+            when = {"param": "method", "in": [key]}
+            for name, inner in _section(value, key, f"{source}: space.{key}").items():
+                template = make_template(inner, f"{key}.{name}", f"{source}: space.{key}.{name}", space, when)
+                templates[f"{key}.{name}"] = {"method": key, "name": name, "template": template}
+            continue
+        route = _route(key, methods[0] if not searched else None, f"{source}: space")
+        if key in NOT_SEARCHABLE:
+            raise UserError(f"{source}: space.{key}: {key} cannot vary within a sweep; put it under fixed (one sweep per {key})")
+        template = make_template(value, key, f"{source}: space.{key}", space)
+        if not params_of(template):
+            if not has_schedule(value):
+                raise UserError(
+                    f"{source}: space.{key}: expected a distribution like {{uniform: [0, 1]}}; put fixed values under fixed"
+                )
+            if route == "method":  # a schedule with nothing searched in it: a fixed setting
+                fixed["method_args"][key] = value
+            else:
+                fixed[key] = value
+            continue
+        templates[key] = {"method": None, "name": key, "template": template}
     search = _search_settings(raw.get("search"), source)
     if search.sampler == "grid":
         search = _grid_settings(space, search, raw.get("search") or {}, source)
@@ -275,9 +265,58 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
         check_sweep_name(name)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
-    spec = SweepSpec(source=source, name=name, fixed=fixed, space=space, search=search, list_params=list_params)
+    spec = SweepSpec(source, name, fixed, space, search, templates, per_method)
     _check_names(spec)
     return spec
+
+
+def _methods(fixed_raw: dict, space_raw: dict, source: str) -> list[str]:
+    """The method a sweep trains with, or those it compares (``space.method: {choice: [...]}``)."""
+    if "method" in space_raw:
+        if "method" in fixed_raw:
+            raise UserError(f"{source}: method is both fixed and searched: drop fixed.method or space.method")
+        dist = check_distribution(space_raw["method"], f"{source}: space.method")
+        if dist["kind"] != "choice":
+            raise UserError(f"{source}: space.method: methods are compared as a choice, e.g. {{choice: [ce, kd, at, dkd]}}")
+        methods = list(dist["args"])
+    else:
+        methods = [fixed_raw.get("method", TrainConfig.method)]
+    for method in methods:
+        try:
+            method_class(method)
+        except UserError as exc:
+            raise UserError(f"{source}: {'space' if 'method' in space_raw else 'fixed'}.method: {exc}") from None
+    return methods
+
+
+def _route(key: str, method: str | None, where: str) -> str:
+    """Whether a flat key is a training setting ("config") or the fixed method's ("method")."""
+    if key in _CONFIG_FIELDS and key != "method_args":
+        return "config"
+    if method is None:
+        raise UserError(
+            f"{where}: unknown key {key!r}; the method is searched, so a method's settings go under its name, "
+            f"e.g. kd: {{{key}: ...}}"
+        )
+    settings = method_settings(method)
+    if key in settings:
+        return "method"
+    raise UserError(
+        f"{where}: unknown key {key!r}; not a training setting nor a setting of method {method!r} ({', '.join(settings) or 'none'})"
+    )
+
+
+def _section(value: Any, method: str, where: str) -> dict:
+    """A searched method's own settings (``kd: {temperature: ...}``), each one of its settings."""
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: the settings of method {method} are a mapping, e.g. {method}: {{...}}")
+    settings = method_settings(method)
+    for key in value:
+        if key not in settings:
+            raise UserError(
+                f"{where}: method {method!r} has no setting {key!r}: its settings are {', '.join(settings) or 'none'}"
+            )
+    return dict(value)
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -295,14 +334,12 @@ def check_sweep_name(name: object) -> str:
 
 
 def grid_size(space: dict) -> int:
-    size = 1
-    for dist in space.values():
-        size *= len(dist["args"])
-    return size
+    return len(grid(space))
 
 
 def _grid_settings(space: dict, search: SearchSettings, raw: dict, source: str) -> SearchSettings:
-    """A grid runs every combination of the choice lists once: num_samples is its size."""
+    """A grid runs every combination of the choice lists once (a method's with that method
+    alone): num_samples is its size."""
     for key, dist in space.items():
         if dist["kind"] != "choice":
             raise UserError(
@@ -324,10 +361,11 @@ def _check_names(spec: SweepSpec) -> None:
     """Build a config from the first value of each distribution, so that an unknown
     dataset, model, option or a wrong type stops the sweep before any trial."""
     try:
-        cfg = spec.example_config()
+        configs = [spec.example_config(method) for method in spec.methods]
     except UserError as exc:
         message = str(exc)
         raise UserError(message if message.startswith(spec.source) else f"{spec.source}: {message}") from None
+    cfg = configs[0]
     for field_name in ("student", "teacher"):
         arch = getattr(cfg, field_name)
         if arch not in MODELS and not is_import_path(arch):  # import paths are imported when the sweep is planned
@@ -338,9 +376,28 @@ def _check_names(spec: SweepSpec) -> None:
     if cfg.dataset not in DATASETS:
         raise UserError(f"{spec.source}: dataset: unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
     try:
-        check_method(cfg.method, cfg.method_args, cfg.epochs)
+        for each in configs:
+            check_method(each.method, each.method_args, each.epochs)
+        _check_schedule_corners(spec)
     except UserError as exc:
         raise UserError(f"{spec.source}: {exc}") from None
+
+
+def _check_schedule_corners(spec: SweepSpec) -> None:
+    """A searched schedule must stay in its setting's range for every draw: checked at each
+    corner of its own distributions' bounds (every value of a choice), the rest at their first."""
+    first = {key: dist["args"][0] for key, dist in spec.space.items()}
+    for entry in spec.templates.values():
+        if not has_schedule(fill(entry["template"], first)):
+            continue
+        own = params_of(entry["template"])
+        bounds = [spec.space[p]["args"] if spec.space[p]["kind"] == "choice" else spec.space[p]["args"][:2] for p in own]
+        for corner in itertools.product(*bounds):
+            drawn = {**first, **dict(zip(own, corner))}
+            if entry["method"] is not None:
+                drawn["method"] = entry["method"]
+            cfg = spec.trial_config(drawn)
+            check_method(cfg.method, cfg.method_args, cfg.epochs)
 
 
 def load_sweep(path: str | Path | dict, overrides: dict | None = None) -> SweepSpec:

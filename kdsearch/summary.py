@@ -49,6 +49,10 @@ def format_sweep_summary(summary, top: int = 5) -> str:
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         table = summary.table[shown].head(top).to_string(index=False)
     lines = [f"top trials of {summary.name} ({len(summary.table)} in all):", table, ""]
+    if summary.methods is not None:
+        best_col = f"best {metric}"
+        ranking = ", ".join(f"{r['method']} {r[best_col]:.4f}" for _, r in summary.methods.iterrows())
+        lines.append(f"best method: {summary.methods['method'].iloc[0]} (best {metric} of each: {ranking})")
     lines.append(
         "best config: "
         + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_params.items())

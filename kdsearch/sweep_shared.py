@@ -14,6 +14,7 @@ from kdsearch.checkpoint import save_checkpoint
 from kdsearch.methods import method_class
 from kdsearch.provenance import provenance
 from kdsearch.runtime import resolve_device, set_threads
+from kdsearch.space_templates import PARAM
 from kdsearch.search_space import SweepSpec
 from kdsearch.storage_guard import StorageGuard
 from kdsearch.sweep_folder import MANIFEST
@@ -25,27 +26,33 @@ from kdsearch.sweep_plan import SweepPlan
 
 
 def needs_teacher(spec: SweepSpec) -> bool:
-    """Whether any trial's method will need the teacher: the fixed settings, or any choice the
-    space offers for a method setting (DML's use_teacher: [true, false])."""
-    cfg = spec.example_config()
-    cls = method_class(cfg.method)
-    if cls.uses_teacher(cfg.method_args):
-        return True
-    return any(
-        cls.uses_teacher({**cfg.method_args, key: value})
-        for key, dist in spec.space.items()
-        if dist["kind"] == "choice"
-        for value in dist["args"]
-    )
+    """Whether any trial's method will need the teacher: any method the sweep may train with,
+    with its fixed settings or any choice the space offers for one (DML's use_teacher: [true, false])."""
+    for method in spec.methods:
+        cfg, cls = spec.example_config(method), method_class(method)
+        if cls.uses_teacher(cfg.method_args):
+            return True
+        for entry in spec.templates.values():
+            dist = spec.space.get((entry["template"] or {}).get(PARAM)) if isinstance(entry["template"], dict) else None
+            if entry["method"] in (None, method) and dist is not None and dist["kind"] == "choice":
+                if any(cls.uses_teacher({**cfg.method_args, entry["name"]: value}) for value in dist["args"]):
+                    return True
+    return False
 
 
-def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], None]):
-    """The teacher's outputs for every view of every epoch, once, if they fit the budget."""
+def needs_attention(spec: SweepSpec) -> bool:
+    """Whether any method the sweep may train with reads the teacher's attention maps."""
+    return any(method_class(method).needs_attention for method in spec.methods)
+
+
+def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], None], attention: bool | None = None):
+    """The teacher's outputs for every view of every epoch, once, if they fit the budget; with
+    its attention maps when ``attention`` (default: when ``cfg.method`` reads them)."""
     from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes
 
     from kdsearch.train import teacher_feature_names
 
-    attention = method_class(cfg.method).needs_attention
+    attention = method_class(cfg.method).needs_attention if attention is None else attention
     names = teacher_feature_names(cfg, teacher) if attention else None
     size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
     if size > budget_bytes():
@@ -96,7 +103,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         "space_file": plan.space_file,
         "tracking_uri": plan.tracking_uri,
         "parent_run_id": tracker.parent_id,
-        "method": base.method,
+        "method": ",".join(spec.methods),
         "dataset": base.dataset,
         "teacher": base.teacher,
         "student": base.student,
@@ -118,17 +125,19 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     fixed = spec.fixed_config()
     if opts.teacher is not None:
         teacher = given_teacher(opts.teacher, fixed, data)
-        outputs = compute_shared_outputs(teacher, data, fixed, log) if opts.teacher_cache else None
+        outputs = compute_shared_outputs(teacher, data, fixed, log, needs_attention(spec)) if opts.teacher_cache else None
     elif not needs_teacher(spec):
         teacher, outputs = None, None
     elif ray_trials.gpu_elsewhere(fixed.device):
         # A head node without a GPU: train (or load) the teacher and compute its outputs on a
         # cluster GPU, not on the driver's CPU while the GPUs idle.
-        teacher, outputs, node = ray_trials.run_on_a_gpu(teacher_and_outputs, fixed, data, opts.teacher_cache)
+        teacher, outputs, node = ray_trials.run_on_a_gpu(
+            teacher_and_outputs, fixed, data, opts.teacher_cache, lambda _: None, needs_attention(spec)
+        )
         keep_local_copy(teacher, data)
         log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
     else:
-        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log)
+        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, needs_attention(spec))
     log(
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
@@ -136,10 +145,12 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     return Shared(data, teacher, outputs, manifest, guard)
 
 
-def teacher_and_outputs(cfg, data, cache_outputs: bool, log: Callable[[str], None] = lambda _: None):
+def teacher_and_outputs(
+    cfg, data, cache_outputs: bool, log: Callable[[str], None] = lambda _: None, attention: bool | None = None
+):
     """The sweep's teacher and, within the budget, its outputs for every view (moved to the CPU)."""
     teacher = get_teacher(cfg, data, log=log)
-    outputs = compute_shared_outputs(teacher, data, cfg, log) if cache_outputs else None
+    outputs = compute_shared_outputs(teacher, data, cfg, log, attention) if cache_outputs else None
     teacher.model.cpu()
     return teacher, outputs
 

@@ -53,6 +53,7 @@ class SweepSummary:
     synced: bool = True  # False: MLflow was unreachable at the end; `kdsearch sync` catches up
     smoke_check: str | None = None  # --smoke: the line that says the set-up learns
     pareto: list[str] | None = None  # several objectives: the undominated trials, to export with --trial
+    methods: object | None = None  # a sweep comparing methods: the best trial of each (pandas.DataFrame), best first
 
     @property
     def trials(self):
@@ -141,7 +142,7 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
         plan.tracking_uri,
         experiment=plan.name,
         sweep_dir=plan.sweep_dir,
-        tags={"method": base.method, "dataset": base.dataset, "teacher": base.teacher, "student": base.student}
+        tags={"method": ",".join(plan.spec.methods), "dataset": base.dataset, "teacher": base.teacher, "student": base.student}
         | as_tags(provenance()),
     )
     failed: dict = {}
@@ -250,6 +251,8 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
             register_student(plan.tracking_uri, tracker.parent_id, best.checkpoint, f"{plan.name}-student")
         if best.report is not None:
             tracking.log_report_to_run(tracker.parent_id, plan.tracking_uri, best.report["files"])
+            if best.report["methods"] is not None:
+                tracker.log_methods(best.report["methods"].to_dict("records"), plan.spec.search.metric)
         tracker.finish()
 
     return _guard_mlflow(mirror, plan.tracking_uri, plan.name)
@@ -416,6 +419,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         synced,
         checked,
         pareto_trials(trial_table(trials, shared.manifest), plan.spec.search.objectives),
+        best.report["methods"] if best.report is not None else None,
     )
 
 

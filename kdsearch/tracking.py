@@ -327,6 +327,16 @@ class SweepTracker:
             self.client.log_artifact(run_id, str(config_path))
         self.client.log_artifact(run_id, str(student_path), artifact_path="best_student")
 
+    def log_methods(self, best_by_method: list[dict], metric: str) -> None:
+        """A sweep that compares methods: each method's best score as a metric on the parent run
+        (``<method>/best_<metric>``), the best method as the tag ``best.method``."""
+        scores = {f"{row['method']}/best_{metric}": row[f"best {metric}"] for row in best_by_method}
+        self.client.log_batch(
+            self.parent_id,
+            metrics=_metrics(scores, 0, int(time.time() * 1000)),
+            tags=[RunTag("best.method", str(best_by_method[0]["method"]))],
+        )
+
     def finish(self, status: str = "FINISHED") -> None:
         self.drain()
         self.client.set_terminated(self.parent_id, status)

@@ -12,9 +12,10 @@ SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
 def test_every_shipped_space_parses_and_builds_a_trial_config(path):
+    from kdsearch.methods import METHODS
+
     spec = load_sweep(path)
-    cfg = spec.example_config()
-    assert spec.space and cfg.method in ("kd", "at", "dml")
+    assert spec.space and all(spec.example_config(m).method in METHODS for m in spec.methods)
     for dist in spec.space.values():
         if dist["kind"] in ("uniform", "loguniform", "int"):
             assert dist["args"][0] < dist["args"][1]
@@ -91,7 +92,26 @@ def test_a_grid_runs_every_combination_once():
         ({"space": {"alpha": 0.5}}, "space.alpha: expected a distribution"),
         (
             {"fixed": {"method": "fitnet"}},
-            "fixed.method: unknown method 'fitnet': choose one of at, ce, dml, kd, or name your own Method subclass as module:Class",
+            "fixed.method: unknown method 'fitnet': choose one of at, ce, dkd, dml, kd, or name your own Method subclass as module:Class",
+        ),
+        ({"space": {"method": {"choice": ["kd", "fitnet"]}}}, "space.method: unknown method 'fitnet'"),
+        ({"space": {"method": {"uniform": [0, 1]}}}, "space.method: methods are compared as a choice"),
+        ({"fixed": {"method": "kd"}, "space": {"method": {"choice": ["kd"]}}}, "method is both fixed and searched"),
+        (
+            {"space": {"method": {"choice": ["kd", "at"]}, "alpha": {"uniform": [0, 1]}}},
+            "space: unknown key 'alpha'; the method is searched, so a method's settings go under its name, e.g. kd: {alpha: ...}",
+        ),
+        (
+            {"space": {"method": {"choice": ["kd", "at"]}, "kd": {"beta": {"uniform": [0, 1]}}}},
+            "space.kd: method 'kd' has no setting 'beta': its settings are temperature, alpha",
+        ),
+        (
+            {"fixed": {"method": "kd"}, "space": {"alpha": {"schedule": "linear", "start": {"uniform": [0.5, 1.5]}, "end": 0.0}}},
+            "its schedule leaves the valid range",
+        ),
+        (
+            {"fixed": {"method": "kd"}, "space": {"alpha": {"schedule": "wavy", "start": {"uniform": [0.5, 1.0]}}}},
+            "unknown schedule 'wavy'",
         ),
         ({"fixed": {"dataset": "imagenet"}}, "unknown dataset 'imagenet'"),
         ({"fixed": {"student": "vgg"}}, "student: unknown architecture 'vgg'"),
@@ -172,3 +192,82 @@ def test_asha_judges_a_trial_late_in_its_schedule_unless_told_otherwise():
         if spec.search.scheduler == "asha" and path.stem != "quickstart":
             assert spec.search.first_rung(epochs) >= 0.8 * epochs, path.stem
             assert spec.search.startup_trials() == 4, path.stem  # as measured in search_efficiency.py
+
+
+def test_a_sweep_over_methods_draws_each_methods_settings_only_with_it():
+    spec = parse_sweep(
+        {
+            "fixed": {"dataset": "digits", "kd": {"temperature": 2.0}},
+            "space": {
+                "method": {"choice": ["ce", "kd", "dkd"]},
+                "kd": {"alpha": {"uniform": [0, 1]}},
+                "dkd": {"beta": {"uniform": [1, 10]}},
+                "lr": {"loguniform": [1e-2, 2e-1]},
+            },
+        },
+        "m.yaml",
+    )
+    assert spec.methods == ["ce", "kd", "dkd"]
+    assert spec.space["kd.alpha"]["when"] == {"param": "method", "in": ["kd"]} and "when" not in spec.space["lr"]
+    kd = spec.trial_config({"method": "kd", "kd.alpha": 0.3, "lr": 0.05})
+    assert (kd.method, kd.method_args, kd.lr) == ("kd", {"temperature": 2.0, "alpha": 0.3}, 0.05)
+    dkd = spec.trial_config({"method": "dkd", "dkd.beta": 4.0, "lr": 0.05})
+    assert dkd.method_args == {"alpha": 1.0, "beta": 4.0, "temperature": 4.0}
+    assert spec.trial_config({"method": "ce", "lr": 0.05}).method_args == {}
+    assert spec.fixed_config().method == "ce"  # the teacher's config does not depend on the draw
+
+
+def test_a_grid_over_methods_crosses_each_method_with_its_own_grid_only():
+    from kdsearch.space_templates import grid
+
+    spec = parse_sweep(
+        {
+            "fixed": {"dataset": "digits"},
+            "space": {
+                "method": {"choice": ["ce", "kd", "dkd"]},
+                "kd": {"alpha": {"choice": [0.5, 0.9]}, "temperature": {"choice": [2.0, 4.0]}},
+                "dkd": {"beta": {"choice": [2.0, 8.0]}},
+                "lr": {"choice": [0.05, 0.1]},
+            },
+            "search": {"sampler": "grid"},
+        },
+        "g.yaml",
+    )
+    assert spec.search.num_samples == (1 + 4 + 2) * 2 == len(grid(spec.space))
+
+
+def test_a_schedule_in_the_space_searches_its_numbers_and_its_shape():
+    spec = parse_sweep(
+        {
+            "fixed": {"method": "kd", "dataset": "digits"},
+            "space": {
+                "alpha": {"schedule": "linear", "start": {"uniform": [0.5, 1.0]}, "end": {"uniform": [0.0, 0.5]}},
+                "temperature": {"schedule": {"choice": ["cosine", "linear"]}, "start": {"loguniform": [2, 16]}, "end": 1.0},
+            },
+        },
+        "s.yaml",
+    )
+    assert set(spec.space) == {"alpha.start", "alpha.end", "temperature.schedule", "temperature.start"}
+    cfg = spec.trial_config({"alpha.start": 0.8, "alpha.end": 0.1, "temperature.schedule": "linear", "temperature.start": 8.0})
+    assert cfg.method_args == {
+        "alpha": {"schedule": "linear", "start": 0.8, "end": 0.1},
+        "temperature": {"schedule": "linear", "start": 8.0, "end": 1.0},
+    }
+    fixed = parse_sweep(
+        {
+            "fixed": {"method": "at", "dataset": "digits", "beta": {"schedule": "warmup", "epochs": 5, "value": 1000}},
+            "space": {"weights": [{"schedule": "step", "values": [0, 1], "at": [0.3]}, 1.0, 1.0], "lr": {"uniform": [0.01, 0.1]}},
+        },
+        "f.yaml",
+    )  # a schedule with nothing searched in it is a fixed setting, in space or fixed
+    assert fixed.fixed_config().method_args["weights"][0]["schedule"] == "step"
+    assert fixed.fixed_config().method_args["beta"] == {"schedule": "warmup", "epochs": 5.0, "value": 1000.0}
+
+
+@pytest.mark.parametrize("path", ["search_spaces/fashion_mnist-methods.yaml", "search_spaces/fashion_mnist-kd-schedules.yaml"])
+def test_the_shipped_method_and_schedule_spaces_resolve_on_digits(path):
+    from pathlib import Path
+
+    spec = load_sweep(Path(__file__).resolve().parent.parent / path, {"dataset": "digits", "train_subset": None})
+    for method in spec.methods:
+        assert spec.example_config(method).method == method

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import free_port, wait_until
 from mlflow import MlflowClient
 
@@ -334,3 +335,69 @@ def test_tunes_loop_waits_for_events_not_ten_times_a_second(tmp_path, monkeypatc
     assert len(summary.table) == 2 and (summary.table["epochs run"] == 2).all() and (summary.table["status"] == "ok").all()
     timed = [t for t in waits if t is not None]
     assert timed and min(timed) >= 1.0, sorted(timed)[:5]
+
+
+def test_a_sweep_comparing_kd_and_dkd_with_a_scheduled_alpha_runs_from_the_command_line(tmp_path):
+    """One sweep over two methods, each with its own settings and a scheduled alpha: it exports and
+    registers its best student, names the best method, and MLflow holds each trial's alpha per epoch."""
+    space = tmp_path / "kd-dkd.yaml"
+    space.write_text(f"""
+name: kd-dkd
+fixed: {{dataset: digits, epochs: 3, teacher_epochs: 5, cache_dir: {tmp_path / "cache"}}}
+space:
+  method: {{choice: [kd, dkd]}}
+  kd: {{alpha: {{schedule: linear, start: {{uniform: [0.5, 1.0]}}, end: {{uniform: [0.0, 0.5]}}}}}}
+  dkd: {{alpha: {{schedule: warmup, epochs: 1, value: {{uniform: [0.5, 2.0]}}}}, beta: {{uniform: [1, 8]}}}}
+  lr: {{loguniform: [3e-2, 1e-1]}}
+search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
+""")
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "sweeps"
+    cmd = [sys.executable, "-m", "kdsearch"]
+    run = subprocess.run(
+        [*cmd, "sweep", str(space), "--storage", str(storage), "--tracking-uri", db, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    methods = [json.loads((p / "params.json").read_text())["method"] for p in (storage / "kd-dkd").glob("trial_*")]
+    assert sorted(set(methods)) == ["dkd", "kd"], methods
+    assert "best method: " in run.stdout
+    report = (storage / "kd-dkd" / "report" / "methods.md").read_text()
+    assert "| kd " in report and "| dkd " in report
+    assert (storage / "kd-dkd" / "report" / "schedules.png").is_file()
+
+    client = MlflowClient(db)
+    experiment = client.get_experiment_by_name("kd-dkd").experiment_id
+    trial_runs = [r for r in client.search_runs([experiment]) if r.data.tags.get("kdsearch.role") == "trial"]
+    assert len(trial_runs) == 4
+    for r in trial_runs:
+        curve = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "schedule/alpha"), key=lambda m: m.step)]
+        assert len(curve) == 3, r.data.params
+        if r.data.params["method"] == "kd":  # linear from start to end: falling
+            assert curve[0] > curve[1] > curve[2] and "kd.alpha.start" in r.data.params and "dkd.beta" not in r.data.params
+        else:  # warmed up over the first of 3 epochs, then held
+            assert curve[0] < curve[1] == curve[2] and "dkd.beta" in r.data.params and "kd.alpha.start" not in r.data.params
+    parent = next(r for r in client.search_runs([experiment]) if r.data.tags.get("kdsearch.role") == "sweep")
+    assert (
+        parent.data.tags["best.method"] in ("kd", "dkd")
+        and f"{parent.data.tags['best.method']}/best_val/acc" in parent.data.metrics
+    )
+    assert str(client.get_model_version_by_alias("kd-dkd-student", "champion").version) == "1"
+    best = yaml.safe_load((storage / "kd-dkd" / "best" / "config.yaml").read_text())
+    assert best["method_args"]["alpha"]["schedule"] in ("linear", "warmup")
+    out = tmp_path / "export"
+    exported = subprocess.run(
+        [*cmd, "export", "kd-dkd", "--storage", str(storage), "--format", "onnx", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr
+    card = json.loads((out / "model.json").read_text())
+    assert (
+        card["config"]["method_args"]["alpha"] == best["method_args"]["alpha"]
+        if "config" in card
+        else (out / "model.onnx").is_file()
+    )

@@ -97,15 +97,9 @@ def check_method(name: str, args: Mapping[str, object], epochs: int = 1, multila
     method at many points of a run of ``epochs`` epochs, and must be one its loss reads at
     each step (an attribute of the method under its own name)."""
     objective = TaskLoss(multilabel)
-    method = build_method(name, args, objective=objective, make_peer=nn.Identity)
     settings = check_settings(name, args)
     moving = schedules.scheduled(settings)
-    for key in moving:
-        if not hasattr(method, key):
-            raise UserError(
-                f"method {name!r}: {key} cannot follow a schedule (it is fixed when the method is built); give a value"
-            )
-    for progress in schedules.check_points(moving, epochs):
+    for progress in schedules.check_points(moving, epochs) if moving else []:
         now = schedules.settings_at(settings, progress, epochs)
         try:
             method_class(name)(**now, **_context(name, objective, nn.Identity))
@@ -114,6 +108,12 @@ def check_method(name: str, args: Mapping[str, object], epochs: int = 1, multila
             raise UserError(
                 f"method {name!r}: its schedule leaves the valid range at {progress:.0%} of training ({values}): {exc}"
             ) from None
+    method = build_method(name, args, objective=objective, make_peer=nn.Identity)
+    for key in moving:
+        if not hasattr(method, key):
+            raise UserError(
+                f"method {name!r}: {key} cannot follow a schedule (it is fixed when the method is built); give a value"
+            )
 
 
 def _context(name: str, objective: TaskLoss, make_peer) -> dict:

@@ -22,7 +22,7 @@ def user_code(spec: SweepSpec) -> list[str]:
     from kdsearch.models.imported import import_models, module_file
 
     base = spec.example_config()
-    names = {base.student, base.teacher, base.method}
+    names = {base.student, base.teacher, *spec.methods}
     for key in ("student", "teacher"):
         dist = spec.space.get(key)
         if dist is not None and dist["kind"] == "choice":

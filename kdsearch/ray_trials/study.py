@@ -16,6 +16,8 @@ from pathlib import Path
 
 import optuna
 
+from kdsearch.space_templates import active, grid  # noqa: F401  (grid: the searcher enumerates it)
+
 TRIAL_ATTR = "kdsearch.trial_id"  # an Optuna trial's user attribute: the kdsearch (Ray Tune) trial id
 RUN_ATTR = "kdsearch.mlflow_run_id"  # and the MLflow run that logged it
 REPEAT_ATTR = "kdsearch.repeat"  # a draw of settings already trained, told their result and drawn again
@@ -54,12 +56,6 @@ def is_conditional(space: dict) -> bool:
     return any("when" in dist for dist in space.values())
 
 
-def active(dist: dict, drawn: dict) -> bool:
-    """Whether a space entry is drawn, given the settings drawn before it."""
-    when = dist.get("when")
-    return when is None or (when["param"] in drawn and drawn[when["param"]] in when["in"])
-
-
 def suggest(trial: optuna.Trial, space: dict) -> dict:
     """A trial's settings, drawn by ``trial`` in the space's order (define-by-run: an entry whose
     condition does not hold is not drawn at all, so the sampler never sees it)."""
@@ -75,21 +71,6 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
         else:
             drawn[name] = trial.suggest_float(name, float(args[0]), float(args[1]), log=kind == "loguniform")
     return drawn
-
-
-def grid(space: dict) -> list[dict]:
-    """Every combination of the choice lists, each once, in order; an entry whose condition does
-    not hold adds no combinations (its method's grid is crossed only with that method)."""
-    combos: list[dict] = [{}]
-    for name, dist in space.items():
-        grown = []
-        for combo in combos:
-            if active(dist, combo):
-                grown += [{**combo, name: value} for value in dist["args"]]
-            else:
-                grown.append(combo)
-        combos = grown
-    return combos
 
 
 def build_sampler(sampler: str, seed: int, *, startup_trials: int, population_size: int, conditional: bool, offset: int = 0):
