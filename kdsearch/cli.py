@@ -315,6 +315,13 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kdsearch", description="Find the best way to distill a large network into a small one.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_training_commands(sub)
+    _add_result_commands(sub)
+    return parser
+
+
+def _add_training_commands(sub) -> None:
+    """train, teacher and sweep: the commands that train."""
 
     train = sub.add_parser("train", help="run one distillation and print accuracy and compression metrics")
     _add_config_flags(train)
@@ -346,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress output")
     sweep.set_defaults(func=cmd_sweep)
 
+
+def _add_result_commands(sub) -> None:
+    """export, predict, report, sync and ui: the commands that read what was trained."""
     export = sub.add_parser("export", help="export the best student of a sweep, verified, with a model card")
     export.add_argument(
         "source",
@@ -393,7 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     ui.add_argument("--name", help="print only this sweep's experiment address")
     ui.set_defaults(func=cmd_ui)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,6 +143,77 @@ def _importances(trials: list[dict], manifest: dict) -> dict[str, float]:
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
 
 
+def _parameter_plots(plt, table: pd.DataFrame, manifest: dict):
+    """(parameter, the trials' scores against it) for each numeric parameter searched."""
+    best_col = f"best {manifest['objectives'][0][0]}"
+    for key, dist in manifest["space"].items():
+        if dist["kind"] == "choice" or key not in table:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.scatter(table[key], table[best_col], c="tab:blue", alpha=0.8)
+        if dist["kind"] == "loguniform":
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel=best_col, title=f"{best_col} against {key}")
+        ax.grid(alpha=0.3)
+        yield key, fig
+
+
+def _methods_plot(plt, table: pd.DataFrame, manifest: dict):
+    """Each method's trials and its best, side by side (a sweep that compares methods), else None."""
+    by_method = methods_table(table, manifest)
+    if by_method is None:
+        return None
+    best_col = f"best {manifest['objectives'][0][0]}"
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, method in enumerate(by_method["method"]):
+        scores = table.loc[table["method"] == method, best_col].dropna()
+        ax.scatter([i] * len(scores), scores, color="tab:blue", alpha=0.4, label="trials" if i == 0 else None)
+    ax.scatter(range(len(by_method)), by_method[best_col], color="tab:red", marker="D", label="best of the method")
+    ax.set_xticks(range(len(by_method)), by_method["method"])
+    ax.set_ylabel(best_col)
+    ax.set_title("methods compared, same sweep")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _schedules_plot(plt, trials: list[TrialRecord], metric: str, mode: str):
+    """The best trials' learning curves beside their scheduled settings, when they have any."""
+    top = [t for t in ranked(trials, metric, mode)[:3] if any(k.startswith("schedule/") for h in t.history for k in h)]
+    if not top:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for t in top:
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(t.history)]
+        left.plot(epochs, [h.get(metric) for h in t.history], label=f"trial {t.trial_id}")
+        for key in sorted({k for h in t.history for k in h if k.startswith("schedule/")}):
+            right.plot(epochs, [h.get(key) for h in t.history], label=f"{t.trial_id}: {key.removeprefix('schedule/')}")
+    left.set(xlabel="epoch", ylabel=metric, title="learning curves of the best trials")
+    right.set(xlabel="epoch", ylabel="value", title="their scheduled settings")
+    right.set_yscale("symlog", linthresh=1.0)
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _importances_plot(plt, trials: list[TrialRecord], manifest: dict):
+    """(Optuna's fANOVA importances as a bar chart, or None and why not)."""
+    best_col = f"best {manifest['objectives'][0][0]}"
+    try:
+        importances = _importances(trials, manifest)
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+        return None, f"parameter importances skipped: {exc}"
+    if not importances:
+        return None, "parameter importances skipped: needs at least two finished trials"
+    fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * len(importances)))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance (fANOVA)")
+    ax.set_title(f"what moves {best_col}")
+    return fig, None
+
+
 def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, out: Path) -> tuple[list[Path], list[str]]:
     import matplotlib
 
@@ -160,45 +231,14 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
         plt.close(fig)
         written.append(path)
 
-    by_method = methods_table(table, manifest)
-    if by_method is not None:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for i, method in enumerate(by_method["method"]):
-            scores = table.loc[table["method"] == method, best_col].dropna()
-            ax.scatter([i] * len(scores), scores, color="tab:blue", alpha=0.4, label="trials" if i == 0 else None)
-        ax.scatter(range(len(by_method)), by_method[best_col], color="tab:red", marker="D", label="best of the method")
-        ax.set_xticks(range(len(by_method)), by_method["method"])
-        ax.set_ylabel(best_col)
-        ax.set_title("methods compared, same sweep")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, "methods.png")
-    top = [t for t in ranked(trials, metric, mode)[:3] if any(k.startswith("schedule/") for h in t.history for k in h)]
-    if top:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for t in top:
-            epochs = [h.get("epoch", i + 1) for i, h in enumerate(t.history)]
-            left.plot(epochs, [h.get(metric) for h in t.history], label=f"trial {t.trial_id}")
-            for key in sorted({k for h in t.history for k in h if k.startswith("schedule/")}):
-                right.plot(epochs, [h.get(key) for h in t.history], label=f"{t.trial_id}: {key.removeprefix('schedule/')}")
-        left.set(xlabel="epoch", ylabel=metric, title="learning curves of the best trials")
-        right.set(xlabel="epoch", ylabel="value", title="their scheduled settings")
-        right.set_yscale("symlog", linthresh=1.0)
-        for ax in (left, right):
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-        save(fig, "schedules.png")
+    for name, fig in (
+        ("methods.png", _methods_plot(plt, table, manifest)),
+        ("schedules.png", _schedules_plot(plt, trials, metric, mode)),
+    ):
+        if fig is not None:
+            save(fig, name)
 
-    numeric = [k for k, d in manifest["space"].items() if d["kind"] != "choice" and k in table]
-    for key in numeric:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.scatter(table[key], table[best_col], c="tab:blue", alpha=0.8)
-        if manifest["space"][key]["kind"] == "loguniform":
-            ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel(best_col)
-        ax.set_title(f"{best_col} against {key}")
-        ax.grid(alpha=0.3)
+    for key, fig in _parameter_plots(plt, table, manifest):
         save(fig, f"acc_vs_{key.replace('/', '_').replace('.', '_')}.png")
 
     xs, ys = best_so_far(trials, metric, mode)
@@ -224,20 +264,11 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
         ax.grid(alpha=0.3)
         save(fig, "pareto.png")
 
-    try:
-        importances = _importances(trials, manifest)
-    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
-        importances = {}
-        notes.append(f"parameter importances skipped: {exc}")
-    if importances:
-        fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * len(importances)))
-        names = list(importances)[::-1]
-        ax.barh(names, [importances[n] for n in names])
-        ax.set_xlabel("importance (fANOVA)")
-        ax.set_title(f"what moves {best_col}")
+    fig, note = _importances_plot(plt, trials, manifest)
+    if fig is not None:
         save(fig, "importances.png")
-    elif not notes:
-        notes.append("parameter importances skipped: needs at least two finished trials")
+    elif note:
+        notes.append(note)
     return written, notes
 
 

@@ -232,6 +232,24 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
             fixed["method_args"][key] = value
         else:
             fixed[key] = value
+    templates = _templates(space_raw, methods, searched, space, fixed, source)
+    search = _search_settings(raw.get("search"), source)
+    if search.sampler == "grid":
+        search = _grid_settings(space, search, raw.get("search") or {}, source)
+    name = raw.get("name") or Path(source).stem
+    try:
+        check_sweep_name(name)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    spec = SweepSpec(source, name, fixed, space, search, templates, per_method)
+    _check_names(spec)
+    return spec
+
+
+def _templates(space_raw: dict, methods: list[str], searched: bool, space: dict, fixed: dict, source: str) -> dict:
+    """Each ``space`` setting as a template (its distributions into ``space``): a searched
+    method's own settings under its name, drawn only with it; a schedule with nothing searched
+    in it goes to ``fixed``."""
     templates: dict[str, dict] = {}
     for key, value in space_raw.items():
         if key == "method":
@@ -257,17 +275,7 @@ def parse_sweep(raw: Any, source: str) -> SweepSpec:
                 fixed[key] = value
             continue
         templates[key] = {"method": None, "name": key, "template": template}
-    search = _search_settings(raw.get("search"), source)
-    if search.sampler == "grid":
-        search = _grid_settings(space, search, raw.get("search") or {}, source)
-    name = raw.get("name") or Path(source).stem
-    try:
-        check_sweep_name(name)
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
-    spec = SweepSpec(source, name, fixed, space, search, templates, per_method)
-    _check_names(spec)
-    return spec
+    return templates
 
 
 def _methods(fixed_raw: dict, space_raw: dict, source: str) -> list[str]:

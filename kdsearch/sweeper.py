@@ -334,6 +334,52 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
 
 
 def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]) -> SweepSummary:
+    tracker, shared, trials, timings = _run_trials(plan, opts, log)
+    winner = best_trial(plan, trials)
+    if winner is None:
+        _guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), plan.tracking_uri, plan.name)
+        reasons = "; ".join(f"{t.trial_id}: {t.failure or 'no result'}" for t in trials[:3])
+        raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
+    best = finalise_best(plan, shared, winner)
+    tracker.drain()  # the live logging's thread has caught up: its time is all counted
+    live_mlflow_s, started = tracker.seconds, time.perf_counter()
+    synced = mirror_to_mlflow(plan, tracker, trials, best, opts.register)
+    from kdsearch.ray_trials.study import label_runs
+
+    if synced and label_runs(plan.folder.study_db, plan.name, tracker.run_ids()):
+        plan.folder.publish([plan.folder.study_db])
+    # Where the sweep's time went (benchmarks/speed.py and gpu.py read these): the data and the
+    # teacher (trained or loaded, and its outputs cached), the trials (Ray Tune's loop,
+    # including the live MLflow logging it does), that logging, the MLflow work at the end
+    # (catching up, the best student, registering), the report.
+    timings.update(mlflow_live_s=live_mlflow_s, mlflow_end_s=time.perf_counter() - started, report_s=best.report["seconds"])
+    plan.folder.update_manifest(timings=timings)
+    plan.folder.publish([plan.folder.path / MANIFEST])
+    table = trial_table(trials, shared.manifest)
+    return SweepSummary(
+        plan.name,
+        plan.sweep_dir,
+        plan.folder.path,
+        table,
+        dict(winner.params),
+        best.config,
+        best.metrics,
+        best.checkpoint,
+        plan.tracking_uri,
+        tracker.parent_id,
+        shared.manifest["objectives"],
+        [(t.trial_id, t.failure) for t in trials if t.failure is not None],
+        synced,
+        smoke_check(shared.data, shared.teacher, best.metrics) if opts.smoke else None,
+        pareto_trials(table, plan.spec.search.objectives),
+        best.report["methods"] if best.report is not None else None,
+    )
+
+
+def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]):
+    """MLflow and Ray up, what the trials share prepared, the trials run; every way this can
+    stop (Ctrl-C, a full disk, a user's mistake) ends here in one line, Ray always stopped.
+    Returns (tracker, shared, trials, timings so far)."""
     from kdsearch import ray_trials
 
     tracker, shared = None, None
@@ -373,54 +419,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
         ray_trials.stop_ray()
         if shared is not None and shared.guard is not None:
             shared.guard.release()
-
-    trials_s = time.perf_counter() - trials_started
-    winner = best_trial(plan, trials)
-    if winner is None:
-        _guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), plan.tracking_uri, plan.name)
-        reasons = "; ".join(f"{t.trial_id}: {t.failure or 'no result'}" for t in trials[:3])
-        raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
-    best = finalise_best(plan, shared, winner)
-    tracker.drain()  # the live logging's thread has caught up: its time is all counted
-    live_mlflow_s, started = tracker.seconds, time.perf_counter()
-    synced = mirror_to_mlflow(plan, tracker, trials, best, opts.register)
-    from kdsearch.ray_trials.study import label_runs
-
-    if synced and label_runs(plan.folder.study_db, plan.name, tracker.run_ids()):
-        plan.folder.publish([plan.folder.study_db])
-    # Where the sweep's time went (benchmarks/speed.py and gpu.py read these): the data and the
-    # teacher (trained or loaded, and its outputs cached), the trials (Ray Tune's loop,
-    # including the live MLflow logging it does), that logging, the MLflow work at the end
-    # (catching up, the best student, registering), the report.
-    timings = {
-        "prepare_s": prepare_s,
-        "trials_s": trials_s,
-        "mlflow_live_s": live_mlflow_s,
-        "mlflow_end_s": time.perf_counter() - started,
-        "report_s": best.report["seconds"],
-    }
-    plan.folder.update_manifest(timings=timings)
-    plan.folder.publish([plan.folder.path / MANIFEST])
-    checked = smoke_check(shared.data, shared.teacher, best.metrics) if opts.smoke else None
-    failures = [(t.trial_id, t.failure) for t in trials if t.failure is not None]
-    return SweepSummary(
-        plan.name,
-        plan.sweep_dir,
-        plan.folder.path,
-        trial_table(trials, shared.manifest),
-        dict(winner.params),
-        best.config,
-        best.metrics,
-        best.checkpoint,
-        plan.tracking_uri,
-        tracker.parent_id,
-        shared.manifest["objectives"],
-        failures,
-        synced,
-        checked,
-        pareto_trials(trial_table(trials, shared.manifest), plan.spec.search.objectives),
-        best.report["methods"] if best.report is not None else None,
-    )
+    return tracker, shared, trials, {"prepare_s": prepare_s, "trials_s": time.perf_counter() - trials_started}
 
 
 def sweep(

@@ -179,14 +179,5 @@ def compute_teacher_outputs(
             for store, m in zip(maps_out, epoch_maps):
                 store[epoch] = m.cpu()
     forward.close()
-    return TeacherOutputs(
-        logits_out,
-        maps_out,
-        seed,
-        crop_pad,
-        flip,
-        data.fingerprint(),
-        weights_fingerprint(teacher),
-        names if attention else None,
-        amp,
-    )
+    fingerprints = (data.fingerprint(), weights_fingerprint(teacher))
+    return TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip, *fingerprints, names if attention else None, amp)

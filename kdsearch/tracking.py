@@ -25,25 +25,13 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from kdsearch.errors import UserError  # noqa: E402
+from kdsearch.tracking_uri import default_tracking_uri, ui_command  # noqa: E402, F401  (kept where callers look)
 
 TRIAL_TAG = "kdsearch.trial_id"
 SWEEP_TAG = "kdsearch.sweep_dir"
 ROLE_TAG = "kdsearch.role"
 _LOG = logging.getLogger("kdsearch.tracking")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
-
-
-def default_tracking_uri() -> str:
-    """MLflow's own default (a sqlite file in the working directory), made absolute so that
-    the `mlflow ui` command printed at the end works from anywhere."""
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def ui_command(tracking_uri: str, name: str) -> str:
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    default = tracking_uri == default_tracking_uri()
-    return f"kdsearch ui --name {name}" + ("" if default else f" --tracking-uri {tracking_uri}")
 
 
 def _metrics(values: dict, step: int, timestamp: int) -> list[Metric]:

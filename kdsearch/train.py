@@ -187,6 +187,37 @@ def build_run(
     method.to(device, memory_format=memory_format)
 
     teacher_model = teacher.model if method.needs_teacher else None
+    outputs = _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, amp, device, memory_format, log)
+
+    student_forward, teacher_forward = _forwards(cfg, data, spec, student, teacher, outputs, method, device, memory_format)
+    taps = [f for f in (student_forward, teacher_forward) if f is not None]
+    if cfg.compile:
+        student_forward, teacher_forward = _compiled(student_forward, teacher_forward, method)
+    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
+    val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
+    optimizer = build_optimizer(cfg, parameter_groups(cfg, student, method))
+    scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
+    forwards = (student_forward, teacher_forward, outputs, taps, schedules.scheduled(cfg.method_args))
+    return TrainingRun(cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, *forwards)
+
+
+def _forwards(cfg, data, spec, student, teacher, outputs, method: Method, device, memory_format):
+    """The student's forward (logits and the features it names), and the live teacher's when its
+    outputs are not looked up; checked to give AT its maps."""
+    student_forward = feature_forward(student, feature_names(cfg, "student", spec["arch"]), "student")
+    teacher_forward = None
+    if method.needs_teacher and outputs is None:
+        teacher_forward = feature_forward(teacher.model, teacher_feature_names(cfg, teacher), "teacher")
+    if method.needs_attention:
+        check_features(student_forward, "student", data, device, memory_format)
+        if teacher_forward is not None:
+            check_features(teacher_forward, "teacher", data, device, memory_format)
+    return student_forward, teacher_forward
+
+
+def _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, amp, device, memory_format, log):
+    """The shared teacher outputs a run looks up, on this device; None to run the teacher live
+    (then made ready: on the device, frozen), or when the method needs no teacher."""
     outputs = teacher_outputs if teacher_model is not None else None
     if outputs is not None and not outputs.fits(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher), amp):
         outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
@@ -198,50 +229,21 @@ def build_run(
             p.requires_grad_(False)
     if teacher_model is not None:
         log(f"teacher outputs: {'looked up in the shared cache' if outputs is not None else 'computed live every step'}")
+    return outputs
 
-    student_forward = feature_forward(student, feature_names(cfg, "student", spec["arch"]), "student")
-    teacher_forward = None
-    if teacher_model is not None and outputs is None:
-        teacher_forward = feature_forward(teacher_model, teacher_feature_names(cfg, teacher), "teacher")
-    taps = [f for f in (student_forward, teacher_forward) if f is not None]
-    if method.needs_attention:
-        check_features(student_forward, "student", data, device, memory_format)
-        if teacher_forward is not None:
-            check_features(teacher_forward, "teacher", data, device, memory_format)
-    if cfg.compile:
-        # The forward passes only (the loss and optimiser step stay eager), with static shapes:
-        # one graph for the batch size, one for the epoch's last batch. Dynamo's cache is reset
-        # first: a reused Ray actor would otherwise pile entries onto the same code object until
-        # Dynamo silently falls back to eager.
-        torch.compiler.reset()
-        student_forward = torch.compile(student_forward.__call__, dynamic=False)
-        if teacher_forward is not None:
-            teacher_forward = torch.compile(teacher_forward.__call__, dynamic=False)
-        for module in method.extra_modules():
-            module.compile(dynamic=False)
 
-    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
-    val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
-    optimizer = build_optimizer(cfg, parameter_groups(cfg, student, method))
-    scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
-    moving = schedules.scheduled(cfg.method_args)
-    return TrainingRun(
-        cfg,
-        device,
-        amp,
-        spec,
-        student,
-        method,
-        train,
-        val,
-        optimizer,
-        scheduler,
-        student_forward,
-        teacher_forward,
-        outputs,
-        taps,
-        moving,
-    )
+def _compiled(student_forward, teacher_forward, method: Method):
+    """The forward passes compiled (the loss and optimiser step stay eager), with static shapes:
+    one graph for the batch size, one for the epoch's last batch. Dynamo's cache is reset first:
+    a reused Ray actor would otherwise pile entries onto the same code object until Dynamo
+    silently falls back to eager."""
+    torch.compiler.reset()
+    student_forward = torch.compile(student_forward.__call__, dynamic=False)
+    if teacher_forward is not None:
+        teacher_forward = torch.compile(teacher_forward.__call__, dynamic=False)
+    for module in method.extra_modules():
+        module.compile(dynamic=False)
+    return student_forward, teacher_forward
 
 
 def teacher_feature_names(cfg: TrainConfig, teacher) -> list[str] | None:
