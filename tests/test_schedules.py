@@ -154,3 +154,20 @@ def test_the_loss_uses_the_scheduled_value_at_each_step(digits, cache_dir):
     assert [h["train/loss"] for h in held] == [h["train/loss"] for h in constant]
     assert dropped[0]["train/loss"] == constant[0]["train/loss"]
     assert dropped[1]["train/loss"] == pytest.approx(dropped[1]["train/ce"], rel=1e-5)
+
+
+def test_a_resumed_run_follows_the_schedule_where_it_left_off(digits):
+    """The schedule is read from the epoch and step, not from a counter kept in memory: a run
+    resumed after its second epoch gives the uninterrupted run's values and result."""
+    cfg = TrainConfig(
+        method="dml",
+        dataset="digits",
+        epochs=3,
+        threads=2,
+        method_args={"weight": {"schedule": "cosine", "start": 0.0, "end": 2.0}},
+    )
+    states = {}
+    full = fit(cfg, data=digits, on_epoch_end=lambda m, s: states.setdefault(s.epoch, s.training_state()), measure_speed=False)
+    resumed = fit(cfg, data=digits, resume=states[2], measure_speed=False)
+    assert [h["schedule/weight"] for h in resumed.history] == [h["schedule/weight"] for h in full.history][2:]
+    assert resumed.history[-1]["train/loss"] == pytest.approx(full.history[-1]["train/loss"], rel=1e-5)

@@ -401,3 +401,33 @@ search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
         if "config" in card
         else (out / "model.onnx").is_file()
     )
+
+
+@pytest.mark.parametrize("space", ["fashion_mnist-methods", "fashion_mnist-kd-schedules"])
+def test_the_shipped_methods_and_schedules_spaces_run_on_digits(space, tmp_path):
+    """The README's example spaces, as a user would try them first: --smoke on digits."""
+    root = Path(__file__).resolve().parent.parent
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdsearch",
+        "sweep",
+        str(root / "search_spaces" / f"{space}.yaml"),
+        "--smoke",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "train_subset=null",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--storage",
+        str(tmp_path / "s"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--quiet",
+        "--no-register",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    trials = load_trials(tmp_path / "s" / space)
+    assert len(trials) == 2 and all(t.failure is None for t in trials)
