@@ -122,7 +122,7 @@ def test_fashion_mnist_from_data_dir(tmp_path):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["train", "--method", "fitnet"], ["unknown method 'fitnet'", "at, ce, dml, kd"]),
+        (["train", "--method", "fitnet"], ["unknown method 'fitnet'", "at, ce, dkd, dml, kd"]),
         (["train", "--dataset", "imagenet"], ["unknown dataset 'imagenet'", "celeba, cifar10"]),
         (["train", "--method", "ce", "--student", "vgg"], ["unknown architecture 'vgg'", "resnet18"]),
         (["train", "--dataset", "cifar10", "--data-dir", "/no/such"], ["data directory /no/such does not exist", "--download"]),
