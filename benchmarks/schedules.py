@@ -1,6 +1,6 @@
 """Do schedules help, and does one sweep over methods find the best method at less cost?
 
-    python benchmarks/schedules.py            # Fashion-MNIST, 3 search seeds: about 20 minutes on 2 CPU cores (small: 1,500 images, 4 epochs)
+    python benchmarks/schedules.py            # Fashion-MNIST, 3 search seeds: 24 minutes on 2 CPU cores beside a CI run (small: 1,500 images, 4 epochs)
     python benchmarks/schedules.py --quick    # digits, 1 seed, tiny: checks the path (CI)
 
 (a) The best constant KD settings against the best scheduled KD settings (alpha linear from a
