@@ -45,11 +45,16 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path) -> None:
+CARD_KEY = "kdsearch.card"  # the model card, as JSON, in safetensors metadata and ONNX metadata_props
+
+
+def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, card: dict) -> None:
+    card_json = json.dumps(card)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p)))
+        tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+        _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt", CARD_KEY: card_json}))
     elif fmt == "pt":
         _atomic_write(path, lambda p: torch.save(model.state_dict(), p))
     elif fmt == "torchscript":
@@ -75,6 +80,12 @@ def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path) -> Non
                     external_data=False,
                     verbose=False,
                 )
+            import onnx
+
+            proto = onnx.load(str(p))
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = CARD_KEY, card_json
+            onnx.save(proto, str(p))
 
         _atomic_write(path, export)
 
@@ -107,9 +118,34 @@ def _model_from_weights(path: Path, spec: dict) -> nn.Module:
     return model.eval()
 
 
+def preprocessing(channels: int, size) -> dict:
+    """How ``kdsearch predict`` turns an image file into the model's input, step by step, so that a
+    client following the card alone gets the same pixels."""
+    mode = "L" if channels == 1 else "RGB"
+    return {
+        "steps": [
+            f"decode the file with Pillow and convert it to mode {mode!r}"
+            + (" (luma: L = R * 299/1000 + G * 587/1000 + B * 114/1000)" if mode == "L" else "")
+            + ", before anything else",
+            "crop the centred square: side = min(width, height), left = (width - side) // 2, "
+            "top = (height - side) // 2, box (left, top, left + side, top + side)",
+            f"resize the square to {size[1]}x{size[0]} (width x height) with Pillow's bilinear filter "
+            "(Image.BILINEAR, which antialiases when it shrinks)",
+            "take the uint8 pixels as (channels, height, width), stack images as (N, C, H, W)",
+            "x = (pixels / 255 - mean) / std per channel, as float32",
+        ],
+        "library": "Pillow",
+        "mode": mode,
+        "crop": "centre-square",
+        "resize": {"height": size[0], "width": size[1], "interpolation": "bilinear"},
+        "layout": "NCHW",
+    }
+
+
 def model_card(payload: dict) -> dict:
     data = payload.get("dataset", {})
     config = payload.get("config", {})
+    size = data.get("image_size")
     return {
         "format": "kdsearch-export/1",
         "architecture": payload["model"],
@@ -119,6 +155,7 @@ def model_card(payload: dict) -> dict:
             "size": data.get("image_size"),
             "dtype": "float32, NCHW",
             "normalisation": {"mean": data.get("mean"), "std": data.get("std"), "note": "x = (pixels / 255 - mean) / std"},
+            "preprocessing": preprocessing(data.get("in_channels") or 3, size) if size else None,
         },
         "task": "multi-label (one sigmoid per attribute)" if data.get("multilabel") else "single-label (softmax over classes)",
         "class_names": data.get("class_names"),
@@ -191,7 +228,7 @@ def export_student(checkpoint: str | Path, formats: list[str], out_dir: str | Pa
     card = model_card(payload)
     for fmt in dict.fromkeys(formats):
         path = out / FILES[fmt]
-        _write(fmt, model, x[:2], path)
+        _write(fmt, model, x[:2], path, card)
         logits = _run(fmt, path, payload["model"], x)
         diff = (logits - reference).abs().max().item()
         ok = torch.allclose(logits, reference, atol=ATOL, rtol=RTOL)

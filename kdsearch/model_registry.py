@@ -47,7 +47,7 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
             sample = torch.zeros(2, card["input"]["channels"], *size, dtype=torch.uint8)
         example = sample[:2].permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C) uint8, real validation images
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))]),
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *card["input"]["size"], card["input"]["channels"]))]),
             outputs=Schema([ColSpec("double", str(c)) for c in card["class_names"]]),
         )
         with mlflow.start_run(run_id=run_id):
@@ -55,7 +55,7 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
                 name="student",
                 python_model=str(MLFLOW_MODEL_CODE),
                 artifacts={"model": str(Path(folder) / FILES["onnx"]), "card": str(Path(folder) / CARD)},
-                pip_requirements=["mlflow", "onnxruntime", "numpy", "pandas"],
+                pip_requirements=serving_requirements(),
                 signature=signature,
                 input_example=example,
                 registered_model_name=name,
@@ -67,6 +67,13 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
     version = str(info.registered_model_version)
     MlflowClient(tracking_uri).set_registered_model_alias(name, CHAMPION, version)
     return version
+
+
+def serving_requirements() -> list[str]:
+    """What the pyfunc model needs, pinned to the versions it is logged with."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "onnxruntime", "numpy", "pandas")]
 
 
 def _registered_version(uri: str, tracking_uri: str):

@@ -59,7 +59,8 @@ def load_predictor(
 
         model = model_registry.load_registered(source, tracking_uri or tracking.default_tracking_uri())
         card = model.unwrap_python_model().card
-        return (lambda images: model.predict(images).to_numpy()), card
+        # the pyfunc's signature takes (N, H, W, C), as a server's clients send it
+        return (lambda images: model.predict(np.ascontiguousarray(images.transpose(0, 2, 3, 1))).to_numpy()), card
     path = Path(source)
     if path.is_dir() and (path / CARD).is_file():
         student = load_student(path)

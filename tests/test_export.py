@@ -93,3 +93,64 @@ def test_export_works_where_the_data_is_not(tmp_path):
     assert report["formats"]["onnx"]["max_abs_diff"] <= 1e-4
     with pytest.raises(UserError, match="cannot load the validation data to verify the export"):
         export_student(path, ["onnx"], tmp_path / "out2", data_dir=str(tmp_path / "fm"))  # asked for data that is gone
+
+
+def card_only_client(onnx_path, image_paths):
+    """A deployment client that knows nothing of kdsearch: Pillow, numpy, onnx and onnxruntime,
+    and the model card the ONNX file carries. It follows the card's preprocessing fields."""
+    import onnx
+    from PIL import Image
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    card = json.loads(props["kdsearch.card"])
+    pre, norm = card["input"]["preprocessing"], card["input"]["normalisation"]
+    assert pre["library"] == "Pillow" and pre["crop"] == "centre-square" and pre["resize"]["interpolation"] == "bilinear"
+    batch = []
+    for path in image_paths:
+        img = Image.open(path).convert(pre["mode"])
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        img = img.resize((pre["resize"]["width"], pre["resize"]["height"]), Image.BILINEAR)
+        pixels = np.asarray(img, dtype=np.float32)
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        mean = np.asarray(norm["mean"], dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(norm["std"], dtype=np.float32).reshape(-1, 1, 1)
+        batch.append((pixels / 255 - mean) / std)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: np.stack(batch).astype(np.float32)})[0].astype(np.float64)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return card, z / z.sum(axis=1, keepdims=True)
+
+
+def test_a_client_with_the_card_alone_preprocesses_as_predict_does(tmp_path, capsys):
+    """Non-square colour photos: the card says every step (mode, centre crop, bilinear resize,
+    normalisation), so a client that reads only the card gets predict's probabilities."""
+    from PIL import Image
+    from safetensors import safe_open
+
+    from tests.conftest import write_image_folder
+
+    write_image_folder(tmp_path / "data", per_class=20, colour=True)
+    cfg = TrainConfig(dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=16, epochs=2, threads=2)
+    checkpoint = fit(cfg, measure_speed=False).save(tmp_path / "student.pt")
+    assert export_student(checkpoint, ["onnx", "safetensors"], tmp_path / "export")
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = []
+    for i in range(8):  # 64 wide, 48 high, colour gradients with noise: crop and interpolation both matter
+        base = np.linspace(0, 255, 64)[None, :, None] * rng.uniform(0.2, 1.0, size=(1, 1, 3))
+        pixels = (base + rng.integers(0, 60, size=(48, 64, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="RGB").save(photos / f"{i}.png")
+        names.append(photos / f"{i}.png")
+    assert main(["predict", str(tmp_path / "export"), str(photos), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    card, probs = card_only_client(tmp_path / "export" / "model.onnx", names)
+    expected = np.array([[r["probabilities"][c] for c in card["class_names"]] for r in results])
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert card["input"]["preprocessing"]["mode"] == "RGB" and card["input"]["size"] == [16, 16]
+    with safe_open(str(tmp_path / "export" / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "pt" and json.loads(meta["kdsearch.card"])["class_names"] == card["class_names"]

@@ -1,8 +1,9 @@
 """An MLflow pyfunc model of a distilled student that needs no kdsearch: MLflow stores this file
 as the model's code ("models from code") beside the student's ONNX file and its model card.
 
-Input: uint8 images, (N, H, W, C) or (N, C, H, W), at the card's size, grey or colour as the
-card says; they are normalised here with the card's mean and std. Output: a pandas DataFrame of
+Input: uint8 images as (N, H, W, C), at the card's size, with the card's channel count (grey
+images are (N, H, W, 1)); the model's signature says the same shape, so MLflow refuses anything
+else before it gets here. They are normalised here with the card's mean and std. Output: a pandas DataFrame of
 probabilities, one column per class name (multi-label: one sigmoid per attribute).
 Needs mlflow, numpy, pandas and onnxruntime. Imports nothing from kdsearch, on purpose.
 """
@@ -31,24 +32,20 @@ class DistilledStudent(mlflow.pyfunc.PythonModel):
 
     def _nchw(self, images):
         x = np.asarray(images)
-        if x.ndim == 3:  # one grey image per row, (N, H, W)
-            x = x[:, None]
-        if x.ndim != 4:
-            raise ValueError(f"expected images (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
-        if x.shape[1] != self.channels and x.shape[-1] == self.channels:
-            x = x.transpose(0, 3, 1, 2)
-        if x.shape[1:] != (self.channels, *self.size):
+        expected = (-1, *self.size, self.channels)
+        if x.ndim != 4 or x.shape[1:] != expected[1:]:
             raise ValueError(
-                f"expected {self.size[0]}x{self.size[1]} images with {self.channels} channel(s), "
-                f"(N, H, W, C) or (N, C, H, W), got shape {x.shape}"
+                f"expected uint8 images of shape (N, {expected[1]}, {expected[2]}, {expected[3]}) "
+                f"(N, height, width, channels), got shape {x.shape}"
             )
-        return x
+        return x.transpose(0, 3, 1, 2)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None):
         if isinstance(model_input, dict):
             model_input = next(iter(model_input.values()))
-        if isinstance(model_input, pd.DataFrame):
-            model_input = np.stack(model_input.iloc[:, 0].to_numpy())
+        if isinstance(model_input, pd.DataFrame):  # one column, a flattened image per row
+            rows = np.stack([np.asarray(v).ravel() for v in model_input.iloc[:, 0]])
+            model_input = rows.reshape(len(rows), *self.size, self.channels)
         x = (self._nchw(model_input).astype(np.float32) - self.mean) / self.std
         logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0].astype(np.float64)
         if self.multilabel:
