@@ -98,6 +98,12 @@ def test_a_factory_function_and_dml_peers_build_from_the_path(mynets, digits, ca
             "nonexistent_mod:Net",
             "cannot import 'nonexistent_mod' (for nonexistent_mod:Net): put nonexistent_mod.py in the current folder",
         ),
+        (
+            "notinstalledpkg.models:resnet10t",
+            "cannot import 'notinstalledpkg.models' (for notinstalledpkg.models:resnet10t): no package "
+            "'notinstalledpkg' is installed: pip install notinstalledpkg",
+        ),
+        ("mynets_dep:Net", "importing mynets_dep (for mynets_dep:Net) failed: it needs 'missingdep', which is not installed: pip install missingdep"),
         ("mynets:Missing", "mynets has no 'Missing' (for mynets:Missing): it defines TinyNet, make_tiny, no_module"),
         ("mynets:no_module", "mynets:no_module returned a str, not a torch.nn.Module"),
         ("mynets:", "'mynets:' is not an import path: write module:Name"),
@@ -105,6 +111,7 @@ def test_a_factory_function_and_dml_peers_build_from_the_path(mynets, digits, ca
     ],
 )
 def test_a_model_that_cannot_be_built_is_one_line(mynets, name, message):
+    (mynets / "mynets_dep.py").write_text("import missingdep\n")
     with pytest.raises(UserError) as err:
         build_model(name, 10, 1)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
@@ -275,3 +282,25 @@ def test_a_sweep_naming_a_model_that_cannot_be_imported_stops_before_ray(mynets,
     ):
         run_sweep(space, opts, log=lambda _: None)
     assert not (tmp_path / "m.db").exists()  # nothing started: no MLflow store, no Ray
+
+
+def test_only_the_users_own_code_is_shipped_to_ray_workers(mynets, tmp_path, monkeypatch):
+    """An installed distribution outside site-packages (a folder on PYTHONPATH with its
+    .dist-info) is not sent as py_modules; the user's own module is."""
+    from kdsearch.models.imported import module_file
+
+    ext = tmp_path / "ext"
+    (ext / "vendorpkg").mkdir(parents=True)
+    (ext / "vendorpkg" / "__init__.py").write_text("def Net(num_classes):\n    raise NotImplementedError\n")
+    info = ext / "vendorpkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vendorpkg\nVersion: 1.0\n")
+    (info / "top_level.txt").write_text("vendorpkg\n")
+    monkeypatch.syspath_prepend(str(ext))
+    monkeypatch.delitem(sys.modules, "mynets", raising=False)  # an earlier test's copy
+    (mynets / "ownpkg").mkdir()
+    (mynets / "ownpkg" / "__init__.py").write_text("")
+    assert module_file("vendorpkg:Net") is None
+    assert module_file("mynets:TinyNet") == (mynets / "mynets.py").resolve()
+    assert module_file("ownpkg:Net") == (mynets / "ownpkg").resolve()
+    assert module_file("torchvision.models:resnet18") is None and module_file("collections:OrderedDict") is None

@@ -35,12 +35,20 @@ def import_object(path: str):
     try:
         obj = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        top = (exc.name or "").split(".")[0]
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            if "." in module_name:  # a package path (timm.models): most often a package to install
+                raise UserError(
+                    f"cannot import {module_name!r} (for {path}): no package {top!r} is installed: pip install {top} "
+                    f"(or, if it is your own code, put its {top}/ folder in the current folder or on PYTHONPATH)"
+                ) from None
             raise UserError(
-                f"cannot import {module_name!r} (for {path}): put {module_name.split('.')[0]}.py in the current "
-                "folder or its folder on PYTHONPATH"
+                f"cannot import {module_name!r} (for {path}): put {top}.py in the current folder or its folder on "
+                f"PYTHONPATH (or, if it is a package, pip install {top})"
             ) from None
-        raise UserError(f"importing {module_name} (for {path}) failed: {exc}") from None
+        raise UserError(
+            f"importing {module_name} (for {path}) failed: it needs {top!r}, which is not installed: pip install {top}"
+        ) from None
     except Exception as exc:  # the user's module raised while importing
         raise UserError(f"importing {module_name} (for {path}) raised {type(exc).__name__}: {exc}") from None
     for part in attr.split("."):
@@ -63,9 +71,15 @@ def import_models(names) -> list[str]:
 
 
 def module_file(path: str) -> Path | None:
-    """Where the top-level package or module of an import path lives, if it is not installed
-    (not under site-packages): what a Ray cluster's workers must be sent."""
+    """Where the top-level package or module of an import path lives, if it is the user's own code:
+    what a Ray cluster's workers must be sent. Installed distributions (timm, torchvision; wherever
+    they live, site-packages or a folder on PYTHONPATH), the standard library and kdsearch itself
+    are not sent: workers install those as any dependency."""
+    from importlib.metadata import packages_distributions
+
     top = _split(path)[0].split(".")[0]
+    if top in sys.stdlib_module_names or top == "kdsearch" or top in packages_distributions():
+        return None
     module = sys.modules.get(top) or importlib.import_module(top)
     file = getattr(module, "__file__", None)
     if file is None:
