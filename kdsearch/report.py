@@ -48,7 +48,9 @@ def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
                 "latency/cpu_ms": last.get("latency/cpu_ms"),
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    empty = [c for c in ("student/params", "student/flops", "latency/cpu_ms") if c in table and table[c].isna().all()]
+    return table.drop(columns=empty)  # a column is filled or not shown
 
 
 def methods_table(table: pd.DataFrame, manifest: dict) -> pd.DataFrame | None:
@@ -250,8 +252,10 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
     ax.grid(alpha=0.3)
     save(fig, "best_so_far.png")
 
-    size_col = "latency/cpu_ms" if table["latency/cpu_ms"].notna().any() else "student/params"
-    points = [(s, a) for s, a in zip(table[size_col], table[best_col]) if pd.notna(s) and pd.notna(a)]
+    # accuracy against size only where the students differ in size: one size is one column of dots
+    sizes_vary = "student/params" in table and table["student/params"].nunique() > 1
+    size_col = "latency/cpu_ms" if "latency/cpu_ms" in table else "student/params"
+    points = [(s, a) for s, a in zip(table[size_col], table[best_col]) if pd.notna(s) and pd.notna(a)] if sizes_vary else []
     if points:
         front = _pareto(points, mode)
         fig, ax = plt.subplots(figsize=(5.5, 3.6))

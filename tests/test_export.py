@@ -130,7 +130,7 @@ def test_a_client_with_the_card_alone_preprocesses_as_predict_does(tmp_path, cap
     from PIL import Image
     from safetensors import safe_open
 
-    from tests.conftest import write_image_folder
+    from conftest import write_image_folder
 
     write_image_folder(tmp_path / "data", per_class=20, colour=True)
     cfg = TrainConfig(dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=16, epochs=2, threads=2)

@@ -151,7 +151,7 @@ def test_parent_run_shows_best_config_metrics_and_report_plots(browser, quicksta
     assert str(client.get_run(parent).data.metrics["test/acc"]) in page
 
     browser.get(f"{url}/#/experiments/{exp.experiment_id}/runs/{parent}/artifacts/report/best_so_far.png")
-    for plot in ("best_so_far.png", "pareto.png", "importances.png", "acc_vs_temperature.png"):
+    for plot in ("best_so_far.png", "importances.png", "acc_vs_temperature.png"):
         _click_artifact(browser, plot)
         _wait_text(browser, f"report/{plot}")
         WebDriverWait(browser, 30).until(

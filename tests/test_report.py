@@ -9,7 +9,7 @@ from kdsearch.report import _pareto, best_so_far, build_report
 from kdsearch.sweep_folder import load_trials
 
 
-def _fake_sweep(folder, rows, objective=("val/acc", "max"), failed=()):
+def _fake_sweep(folder, rows, objective=("val/acc", "max"), failed=(), same_size=False):
     """A finished sweep folder as Ray Tune and kdsearch leave it (trial logs + sweep.json);
     trials listed in ``failed`` diverged and end with the sentinel score."""
     space = {"temperature": {"kind": "loguniform", "args": [1.0, 20.0]}, "alpha": {"kind": "uniform", "args": [0.0, 1.0]}}
@@ -21,7 +21,7 @@ def _fake_sweep(folder, rows, objective=("val/acc", "max"), failed=()):
         (trial / "params.json").write_text(json.dumps(params))
         lines = [
             json.dumps(
-                {"epoch": e + 1, metric: a, "timestamp": 100 * i + e, "student/params": 1000 + i, "done": e + 1 == len(accs)}
+                {"epoch": e + 1, metric: a, "timestamp": 100 * i + e, "student/params": 1000 + (0 if same_size else i), "done": e + 1 == len(accs)}
             )
             for e, a in enumerate(accs)
         ]
@@ -57,6 +57,15 @@ def test_report_table_and_plots(tmp_path):
     for path in result["files"]:
         assert path.stat().st_size > 0
     assert (tmp_path / "report" / "trials.md").read_text().startswith("| trial")
+    assert "latency/cpu_ms" not in table and "student/flops" not in table  # no trial has them: not shown
+
+
+def test_one_student_size_draws_no_size_plot(tmp_path):
+    _fake_sweep(tmp_path, [({"temperature": float(t)}, [0.5 + t / 100]) for t in range(4)], same_size=True)
+    result = build_report(tmp_path)
+    names = {p.name for p in result["files"]}
+    assert "pareto.png" not in names and "best_so_far.png" in names
+    assert result["table"]["student/params"].tolist() == [1000] * 4
 
 
 def test_pareto_front_keeps_only_undominated_points():

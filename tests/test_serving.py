@@ -121,7 +121,7 @@ def test_mlflow_models_serve_answers_each_payload_format(tmp_path):
 
     import pandas as pd
 
-    from tests.conftest import free_port, wait_until
+    from conftest import free_port, wait_until
 
     cfg = TrainConfig(method="ce", dataset="digits", epochs=1, threads=2)
     data = load_data(cfg)

@@ -97,7 +97,7 @@ _ARCHITECTURE_KEYS = ("student", "student_width", "student_args", "stem")
 
 
 def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict]:
-    """Size metrics (and latency, when it is an objective) of every student architecture the
+    """Size metrics and batch-1 CPU latency of every student architecture the
     space can draw, measured once in the driver before any trial trains: a latency timed inside
     a trial shares the cores with the other trials and differs for the same architecture. A
     space that draws the architecture from a continuous range gets {} (trials measure it)."""
@@ -107,7 +107,6 @@ def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict
         if dist is not None and dist["kind"] != "choice":
             return {}
         choices[key] = dist["args"] if dist is not None else [None]
-    needs_latency = any(m == "latency/cpu_ms" for m, _ in spec.search.objectives)
     first = {key: dist["args"][0] for key, dist in spec.space.items()}
     out = {}
     for combo in itertools.product(*choices.values()):
@@ -115,7 +114,7 @@ def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict
         student = student_spec(spec.trial_config({**first, **drawn}), data)
         key = json.dumps(student, sort_keys=True)
         if key not in out:
-            out[key] = static_metrics(student, data, needs_latency)
+            out[key] = static_metrics(student, data, needs_latency=True)
     return out
 
 
@@ -156,9 +155,8 @@ class EpochTrainable(tune.Trainable):
         start = gpu_memory_mb(self.device, reset_peak=True)
         self.own_spec = student_spec(cfg, self.data)
         static = dict((sh["static_by_architecture"] or {}).get(json.dumps(self.own_spec, sort_keys=True)) or {})
-        if not static:
-            latency = any(m == "latency/cpu_ms" for m, _ in spec.search.objectives)
-            static = static_metrics(self.own_spec, self.data, needs_latency=latency)
+        if not static:  # an architecture drawn from a continuous range: measured here, beside the other trials
+            static = static_metrics(self.own_spec, self.data, needs_latency=True)
         static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
         static["trial/gpu_ids"] = ",".join(str(g) for g in gpus)  # the GPUs Ray gave it ("" for none)
         if start:
