@@ -1,20 +1,36 @@
 """kdsearch: find the best way to distill a large network into a small one."""
 
-from kdsearch.api import fit
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from kdsearch.config import TrainConfig
-from kdsearch.data import DatasetSplits
 from kdsearch.errors import UserError
-from kdsearch.export import load_student
-from kdsearch.train import FitResult
+
+if TYPE_CHECKING:
+    from kdsearch.api import fit
+    from kdsearch.data import DatasetSplits
+    from kdsearch.export import load_student
+    from kdsearch.sweeper import sweep
+    from kdsearch.train import FitResult
 
 __all__ = ["DatasetSplits", "TrainConfig", "FitResult", "UserError", "fit", "load_student", "sweep"]
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # kdsearch.sweep imports Ray and MLflow: only when it is used, so `import kdsearch` stays light.
-    if name == "sweep":
-        from kdsearch.sweeper import sweep
+# Imported when first used, so `import kdsearch` (and the command line's --help) does not load
+# torch, Ray or MLflow.
+_LAZY = {
+    "fit": "kdsearch.api",
+    "DatasetSplits": "kdsearch.data",
+    "load_student": "kdsearch.export",
+    "FitResult": "kdsearch.train",
+    "sweep": "kdsearch.sweeper",
+}
 
-        return sweep
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'kdsearch' has no attribute {name!r}")

@@ -278,3 +278,19 @@ def test_the_sweep_flags_are_the_sweep_options_with_their_defaults_written_once(
     assert parser.parse_args(["sweep", "s.yaml", "--cpus-per-trial", "0.5", "--no-register"]).register is False
     with pytest.raises(UserError, match="--cpus-per-trial must be > 0"):
         SweepOptions(cpus_per_trial=0)  # the Python API is checked as the command line is
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["sweep", "--help"], ["export", "--help"], ["sweep"], ["train", "--epochs", "x"], ["nosuch"]]
+)
+def test_help_and_argument_errors_load_no_torch_ray_or_mlflow(args):
+    """Help and argument errors answer at once: importing torch alone takes over a second."""
+    code = (
+        "import sys\nfrom kdsearch.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna', 'pandas') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().splitlines()[-1] == "HEAVY []", proc.stderr
+    assert ("usage: kdsearch" in proc.stdout) if "--help" in args else ("error:" in proc.stderr)
