@@ -103,7 +103,10 @@ def test_a_factory_function_and_dml_peers_build_from_the_path(mynets, digits, ca
             "cannot import 'notinstalledpkg.models' (for notinstalledpkg.models:resnet10t): no package "
             "'notinstalledpkg' is installed: pip install notinstalledpkg",
         ),
-        ("mynets_dep:Net", "importing mynets_dep (for mynets_dep:Net) failed: it needs 'missingdep', which is not installed: pip install missingdep"),
+        (
+            "mynets_dep:Net",
+            "importing mynets_dep (for mynets_dep:Net) failed: it needs 'missingdep', which is not installed: pip install missingdep",
+        ),
         ("mynets:Missing", "mynets has no 'Missing' (for mynets:Missing): it defines TinyNet, make_tiny, no_module"),
         ("mynets:no_module", "mynets:no_module returned a str, not a torch.nn.Module"),
         ("mynets:", "'mynets:' is not an import path: write module:Name"),

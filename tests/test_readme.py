@@ -24,6 +24,7 @@ COMMANDS = [
 # Flags the README names that belong to other programs (benchmarks, Ray, pip, make).
 OTHER_TOOLS = {
     "--work",
+    "--env-manager",  # mlflow models serve
     "--tiny",
     "--quick",
     "--out",

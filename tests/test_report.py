@@ -21,7 +21,13 @@ def _fake_sweep(folder, rows, objective=("val/acc", "max"), failed=(), same_size
         (trial / "params.json").write_text(json.dumps(params))
         lines = [
             json.dumps(
-                {"epoch": e + 1, metric: a, "timestamp": 100 * i + e, "student/params": 1000 + (0 if same_size else i), "done": e + 1 == len(accs)}
+                {
+                    "epoch": e + 1,
+                    metric: a,
+                    "timestamp": 100 * i + e,
+                    "student/params": 1000 + (0 if same_size else i),
+                    "done": e + 1 == len(accs),
+                }
             )
             for e, a in enumerate(accs)
         ]
