@@ -112,6 +112,14 @@ class SweepSpec:
         dist = self.space.get("method")
         return list(dist["args"]) if dist is not None else [self.fixed.get("method", TrainConfig.method)]
 
+    def fixed_settings(self) -> dict[str, Any]:
+        """What every trial shares, as Ray Tune's config carries it under ``FIXED_KEY`` (so that
+        Ray's ExperimentAnalysis shows it): the spec's fixed section, and the method, dataset,
+        teacher and student each trial trains with unless they are searched."""
+        example = self.example_config()
+        shown = {k: getattr(example, k) for k in ("method", "dataset", "teacher", "student") if k not in self.space}
+        return {**shown, **self.fixed}
+
     def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
         """Merge one trial's sampled values into the fixed settings: a template whose values were
         not all drawn (fixed_config, another method's settings) leaves its setting to the default."""

@@ -30,6 +30,14 @@ from kdsearch.errors import UserError
 MANIFEST = "sweep.json"
 
 
+FIXED_KEY = "fixed"  # the key of every trial's Tune config that holds the fixed settings
+
+
+def searched(config: dict) -> dict:
+    """A trial's Tune config without its fixed settings: the values the searcher drew."""
+    return {k: v for k, v in config.items() if k != FIXED_KEY}
+
+
 @dataclass
 class TrialRecord:
     trial_id: str
@@ -283,7 +291,7 @@ def load_trials(sweep_dir: Path) -> list[TrialRecord]:
         trials.append(
             TrialRecord(
                 trial_id=folder.name.removeprefix("trial_"),
-                params=json.loads(params_path.read_text()),
+                params=searched(json.loads(params_path.read_text())),
                 history=history,
                 status="ERROR" if error_file.is_file() else "TERMINATED",
                 error=error,

@@ -131,7 +131,7 @@ def test_as_many_trials_start_at_once_as_the_cluster_runs_and_the_settings_go_wh
         pass
 
     class FakeTuner:
-        def __init__(self, trainable, *, tune_config, run_config):
+        def __init__(self, trainable, *, param_space, tune_config, run_config):
             captured["config"] = tune_config
             captured["env"] = {k: os.environ.get(k) for k in ("TUNE_MAX_PENDING_TRIALS_PG", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
             captured["pending"] = _get_max_pending_trials(SearchGenerator(tune_config.search_alg))

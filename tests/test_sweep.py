@@ -80,7 +80,7 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     assert len({r.data.tags["kdsearch.trial_id"] for r in trials}) == 2
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert {"temperature", "alpha", "lr"} <= set(run.data.params)
+        assert {"temperature", "alpha", "lr"} <= set(run.data.params) and "fixed" not in run.data.params
         assert run.data.tags["method"] == "kd" and run.data.tags["dataset"] == "digits" and run.data.tags["student"] == "resnet8"
         history = client.get_metric_history(run.info.run_id, "val/acc")
         assert sorted(m.step for m in history) == list(range(1, int(run.data.metrics["epoch"]) + 1))  # each epoch once
@@ -101,6 +101,18 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
         "report/acc_vs_temperature.png",
     } <= report
     assert "report/pareto.png" not in report  # one student size: no accuracy-against-size plot
+
+    # Ray's own tools read the experiment folder without kdsearch: the fixed settings are in
+    # every trial's config, the score kdsearch ranks by in every result.
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(tmp_path / "sweeps" / "tiny"))
+    frame = analysis.dataframe(metric="trial/score", mode="max")
+    assert len(frame) == 2 and set(frame["config/fixed/method"]) == {"kd"} and set(frame["config/fixed/dataset"]) == {"digits"}
+    assert set(frame["config/fixed/teacher"]) == {"resnet8"} and set(frame["config/fixed/student"]) == {"resnet8"}
+    best = analysis.get_best_config(metric="trial/score", mode="max")
+    assert best["fixed"]["method"] == "kd" and {k: best[k] for k in summary.best_params} == summary.best_params
+    assert max(frame["trial/score"]) == pytest.approx(summary.table.iloc[0]["best val/acc"])
     table = pd.read_csv(tmp_path / "sweeps" / "tiny" / "report" / "trials.csv")
     assert table["latency/cpu_ms"].notna().all() and table["latency/cpu_ms"].nunique() == 1  # measured once, in the driver
 

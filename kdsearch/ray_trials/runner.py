@@ -25,7 +25,7 @@ from kdsearch.ray_trials.trainable import SCORE, EpochTrainable, architecture_me
 from kdsearch.search_space import SweepSpec
 from kdsearch.sweep_options import SweepOptions
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped, environment, graceful_ctrl_c, stop_when
-from kdsearch.sweep_folder import TrialRecord
+from kdsearch.sweep_folder import FIXED_KEY, TrialRecord, searched
 from kdsearch.teachers import Teacher
 
 
@@ -116,10 +116,10 @@ class ForwardResults(tune.Callback):
         self.tracker = tracker
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.trial_started(trial.trial_id, dict(trial.config))
+        self.tracker.trial_started(trial.trial_id, searched(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.tracker.trial_result(trial.trial_id, dict(trial.config), result)
+        self.tracker.trial_result(trial.trial_id, searched(trial.config), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.trial_finished(trial.trial_id, "FINISHED")
@@ -191,6 +191,7 @@ def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: 
     searcher = make_searcher(spec, name, study_db, max_epochs=epochs)
     tuner = tune.Tuner(
         trainable,
+        param_space={FIXED_KEY: spec.fixed_settings()},  # constants: every trial's config shows them to Ray's tools
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler(spec, epochs),

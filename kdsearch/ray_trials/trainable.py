@@ -24,6 +24,7 @@ from kdsearch.data import DatasetSplits
 from kdsearch.errors import UserError
 from kdsearch.runtime import gpu_memory_mb, resolve_device, set_threads
 from kdsearch.search_space import SweepSpec
+from kdsearch.sweep_folder import searched
 from kdsearch.teachers import Teacher
 from kdsearch.train import EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
 
@@ -45,7 +46,7 @@ def best_so_far(score: float | None, metrics: dict, objective: tuple[str, str]) 
 def payload(data: DatasetSplits) -> dict:
     """What trials get of the data: numpy arrays, which Ray's object store hands to every worker
     of a node without a copy; no test images (trials select on validation; the driver tests)."""
-    out = {k: getattr(data, k) for k in ("name", "class_names", "multilabel", "mean", "std")}
+    out = {k: getattr(data, k) for k in ("name", "class_names", "multilabel", "mean", "std", "split")}
     out.update({k: getattr(data, k).numpy() for k in ("train_x", "train_y", "val_x", "val_y")})
     out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())
     return out
@@ -137,7 +138,7 @@ class EpochTrainable(tune.Trainable):
         spec: SweepSpec = sh["spec"]
         self.spec, self.run, self.failed = spec, None, None
         self.data = unpack(sh["data_payload"])
-        cfg = dataclasses.replace(spec.trial_config(sampled), threads=sh["threads"])
+        cfg = dataclasses.replace(spec.trial_config(searched(sampled)), threads=sh["threads"])
         gpus = ray.get_gpu_ids()
         if not gpus and cfg.device == "auto":
             cfg = dataclasses.replace(cfg, device="cpu")  # no GPU of its own: never another trial's
