@@ -24,6 +24,7 @@ from torch import nn
 from kdsearch.checkpoint import build_from_spec, load_model, model_spec
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
+from kdsearch.data.splits import HELD_OUT
 from kdsearch.data.pipeline import DeviceData
 from kdsearch import object_storage
 from kdsearch.errors import UserError
@@ -125,7 +126,30 @@ def load_teacher_checkpoint(path: str | Path, data: DatasetSplits, payload: dict
             f"teacher checkpoint {path} takes {spec['in_channels']} input channels but {data.name} images have "
             f"{data.in_channels}: pass a teacher trained on {data.name}"
         )
+    check_split(path, payload.get("dataset", {}), data)
     return model, payload
+
+
+def check_split(path, recorded: dict, data: DatasetSplits) -> None:
+    """Refuse a teacher trained on the same dataset under another split: its training images
+    may be this run's validation images (then selection is biased) or test images (then the
+    reported accuracy is). A checkpoint that records no split (an older one) is not checked."""
+    theirs, ours = recorded.get("split") or {}, data.split or {}
+    if recorded.get("name") != data.name or not theirs or not ours:
+        return
+    keys = [k for k in ("val_fraction", "split_seed") if theirs.get(k) != ours.get(k)]
+    if not keys or HELD_OUT not in (ours.get("val"), ours.get("test")):
+        return
+    which = "test" if ours.get("test") == HELD_OUT else "validation"
+    raise UserError(
+        f"teacher checkpoint {path} was trained with "
+        + ", ".join(f"{k}={theirs.get(k)}" for k in keys)
+        + f" but this run uses "
+        + ", ".join(f"{k}={ours.get(k)}" for k in keys)
+        + f": it may have trained on this run's {which} images; pass "
+        + " ".join(f"--{k.replace('_', '-')} {theirs.get(k)}" for k in keys)
+        + " (or train the teacher under this split)"
+    )
 
 
 def _measure(model: nn.Module, data: DatasetSplits, cfg: TrainConfig) -> dict:

@@ -232,3 +232,30 @@ def test_gpu_memory_is_read_on_cuda_only_and_the_peak_resets(monkeypatch):
     cuda = torch.device("cuda", 0)
     assert gpu_memory_mb(cuda, reset_peak=True) == {"gpu/allocated_mb": 1.0, "gpu/peak_mb": 3.0}
     assert gpu_memory_mb(cuda) == {"gpu/allocated_mb": 1.0, "gpu/peak_mb": 1.0}
+
+
+def test_checkpoints_record_the_split_and_a_teacher_from_another_split_is_refused(tmp_path):
+    """A teacher trained under another split_seed/val_fraction may have trained on this run's
+    held-out images: refused, naming the flags that give its split; the same split is taken."""
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "data", per_class=15)
+    base = dict(dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=8, epochs=1, threads=2, teacher="resnet8")
+    teacher = fit(TrainConfig(method="ce", split_seed=3, **base), measure_speed=False).save(tmp_path / "teacher.pt")
+    split = load_model(teacher)[1]["dataset"]["split"]
+    assert split == {"val_fraction": 0.1, "split_seed": 3, "val": "held out by split_seed", "test": "held out by split_seed"}
+    cfg = TrainConfig(method="kd", teacher_checkpoint=str(teacher), **base)
+    with pytest.raises(UserError) as err:
+        fit(cfg, measure_speed=False)
+    assert str(err.value) == (
+        f"teacher checkpoint {teacher} was trained with split_seed=3 but this run uses split_seed=0: it may have trained "
+        "on this run's test images; pass --split-seed 3 (or train the teacher under this split)"
+    )
+    assert fit(dataclasses.replace(cfg, split_seed=3), measure_speed=False).metrics["val/acc"] >= 0
+
+    digits = load_dataset("digits")  # its own test split: only validation is at stake
+    assert digits.split["test"] == "the dataset's own" and digits.split["val"] == "held out by split_seed"
+    ce = fit(TrainConfig(method="ce", **{**FAST, "epochs": 1, "val_fraction": 0.2}), measure_speed=False)
+    with pytest.raises(UserError, match="was trained with val_fraction=0.2 but this run uses val_fraction=0.1: it may have "
+                       "trained on this run's validation images; pass --val-fraction 0.2"):  # fmt: skip
+        get_teacher(TrainConfig(method="kd", teacher_checkpoint=str(ce.save(tmp_path / "d.pt")), **FAST), digits)

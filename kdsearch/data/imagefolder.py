@@ -183,4 +183,4 @@ def load_imagefolder(
     else:
         train_x, train_y, test_x, test_y = hold_out(train_x, train_y, val_fraction, split_seed)
     val_x, val_y = parts["val"] if "val" in listed else (None, None)
-    return RawDataset(train_x, train_y, test_x, test_y, class_names, multilabel, val_x, val_y)
+    return RawDataset(train_x, train_y, test_x, test_y, class_names, multilabel, val_x, val_y, "test" not in listed)

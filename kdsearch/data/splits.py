@@ -27,6 +27,10 @@ class RawDataset:
     multilabel: bool = False
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    test_from_train: bool = False  # the test split was held out of train by split_seed (not the dataset's own)
+
+
+HELD_OUT, OWN = "held out by split_seed", "the dataset's own"
 
 
 @dataclass
@@ -43,6 +47,9 @@ class DatasetSplits:
     # Per-channel statistics of the training images in [0, 1] units, used to normalise.
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    # Which images are validation and test: {"val_fraction", "split_seed", "val", "test"}, where
+    # val/test say "held out by split_seed" or "the dataset's own". Checkpoints record it.
+    split: dict = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
@@ -98,7 +105,8 @@ class DatasetSplits:
         x, y = as_images(train_x, "train_x"), as_labels(train_y, multilabel, "train_y")
         if len(x) != len(y):
             raise UserError(f"train_x has {len(x)} images but train_y {len(y)} labels")
-        if test_x is None:
+        held_out = test_x is None
+        if held_out:
             x, y, tx, ty = hold_out(x, y, val_fraction, split_seed)
         else:
             tx, ty = as_images(test_x, "test_x"), as_labels(test_y, multilabel, "test_y")
@@ -107,7 +115,7 @@ class DatasetSplits:
         if class_names is None:
             k = int(y.shape[1]) if multilabel else int(y.max()) + 1
             class_names = [str(i) for i in range(k)]
-        raw = RawDataset(x, y, tx, ty, list(class_names), multilabel, vx, vy)
+        raw = RawDataset(x, y, tx, ty, list(class_names), multilabel, vx, vy, test_from_train=held_out)
         try:
             return make_splits(name, raw, val_fraction, split_seed)
         except ValueError as exc:
@@ -138,6 +146,7 @@ class DatasetSplits:
             "std": list(self.std),
             "class_names": self.class_names,
             "multilabel": self.multilabel,
+            "split": dict(self.split),
         }
 
 
@@ -193,6 +202,12 @@ def make_splits(
         multilabel=raw.multilabel,
         mean=mean,
         std=std,
+        split={
+            "val_fraction": val_fraction,
+            "split_seed": split_seed,
+            "val": HELD_OUT if raw.val_x is None else OWN,
+            "test": HELD_OUT if raw.test_from_train else OWN,
+        },
     )
 
 
