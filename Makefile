@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast browser clean
+.PHONY: demo test test-fast mutants browser clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(VENV)/.installed browser
 
 test-fast: $(VENV)/.installed   # the inner loop: no Ray, subprocess or browser tests
 	$(PY) -m pytest -q -m "not slow"
+
+mutants: $(VENV)/.installed   # deliberate bugs the tests must catch (tests/mutants.py); also part of make test
+	$(PY) tests/mutants.py
 
 # The MLflow UI test drives Debian's Chromium: installed here when missing and this is root on
 # Debian/Ubuntu, else make stops with one line saying how (a recipe's $(error) fires only when it runs).

@@ -171,3 +171,38 @@ def test_fashion_mnist_resized_to_image_size(tmp_path):
     assert (data.train_x.float().mean((1, 2, 3)) - plain.train_x.float().mean((1, 2, 3))).abs().max() < 3
     with pytest.raises(UserError, match="image_size 4 is too small"):
         load_dataset("fashion_mnist", tmp_path / "fm", image_size=4)
+
+
+def _counts(*tensors):
+    from collections import Counter
+
+    return Counter(bytes(image.numpy().tobytes()) for t in tensors for image in t)
+
+
+@pytest.mark.parametrize("split_seed, val_fraction", [(0, 0.1), (3, 0.25)])
+def test_train_val_and_test_partition_the_images(split_seed, val_fraction, tmp_path):
+    """Every image lands in exactly one split (counted with multiplicity, digits has duplicates):
+    digits (its test held out by sklearn), tensors and an image folder (test held out by split_seed)."""
+    from sklearn.datasets import load_digits
+
+    from conftest import write_image_folder
+    from kdsearch import DatasetSplits
+    from kdsearch.data.imagefolder import decode
+
+    digits = load_dataset("digits", val_fraction=val_fraction, split_seed=split_seed)
+    original = torch.from_numpy(np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    assert _counts(digits.train_x, digits.val_x, digits.test_x) == _counts(original)
+
+    images = torch.stack([torch.full((1, 2, 2), 0, dtype=torch.uint8) + i % 256 for i in range(500)])
+    images[:, 0, 0, 0] = torch.arange(500) // 256  # every image distinct
+    labels = torch.arange(500) % 5
+    own = DatasetSplits.from_tensors(images, labels, val_fraction=val_fraction, split_seed=split_seed)
+    assert _counts(own.train_x, own.val_x, own.test_x) == _counts(images)
+    assert min(own.sizes().values()) > 0
+
+    written = write_image_folder(tmp_path / "folder", per_class=20)
+    folder = load_dataset("imagefolder", tmp_path / "folder", image_size=8, val_fraction=val_fraction, split_seed=split_seed)
+    mode = "L" if folder.in_channels == 1 else "RGB"
+    files = [torch.from_numpy(decode(tmp_path / "folder" / name, 8, mode)) for name in written]
+    assert _counts(folder.train_x, folder.val_x, folder.test_x) == _counts(torch.stack(files))
+    assert folder.split["test"] == "held out by split_seed" and min(folder.sizes().values()) > 0

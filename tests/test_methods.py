@@ -165,6 +165,24 @@ def test_dml_each_peer_learns_only_from_its_own_loss():
     assert torch.allclose(peer.grad, b_ref.grad, atol=1e-6)
 
 
+def test_dml_with_the_frozen_teacher_learns_from_it_too():
+    """use_teacher: each learner's KL term is the mean over the other peers and the teacher; the
+    teacher gets no gradient."""
+    torch.manual_seed(0)
+    a, b, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5, requires_grad=True), torch.randint(0, 5, (4,))
+    dml = build_method(
+        "dml", {"temperature": 2.0, "weight": 0.5, "use_teacher": True}, objective=SINGLE, make_peer=lambda: _Fixed(b)
+    )
+    out = dml(Outputs(a, []), y, Outputs(t, []), torch.zeros(4))
+    student_kl = (SINGLE.soft(a, b, 2.0) + SINGLE.soft(a, t, 2.0)) / 2
+    peer_kl = (SINGLE.soft(b, a, 2.0) + SINGLE.soft(b, t, 2.0)) / 2
+    assert out["mutual"].item() == pytest.approx(student_kl.item(), rel=1e-6)
+    expected = F.cross_entropy(a, y) + 0.5 * student_kl + F.cross_entropy(b, y) + 0.5 * peer_kl
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    out["loss"].backward()
+    assert t.grad is None
+
+
 def test_dml_cohort_size_and_frozen_teacher():
     peers = []
     dml = build_method(

@@ -133,7 +133,8 @@ def test_attention_transfer_reads_the_named_modules_of_any_model(mynets, digits,
     )
     result = fit(cfg, data=digits, log=logs.append, measure_speed=False)
     assert any("AT pairs: teacher stage 1 (12x8x8) <-> student stage 1 (8x8x8)" in line for line in logs), logs
-    assert result.metrics["train/at"] > 0 if "train/at" in result.metrics else result.history[-1]["train/at"] > 0
+    last, beta = result.history[-1], result.config.method_args["beta"]
+    assert last["train/at"] > 0 and last["train/loss"] == pytest.approx(last["train/ce"] + beta / 2 * last["train/at"], rel=1e-5)
 
 
 def test_features_a_model_lacks_are_named_with_its_modules(mynets, digits, cache_dir):

@@ -496,3 +496,32 @@ def test_a_restored_searcher_tells_the_trial_it_knew_was_running_when_it_ends(tm
     restored.on_trial_complete("t0", result={"val/acc": 0.7, "training_iteration": 2, "config": dict(running)})
     trials = restored.study.get_trials()
     assert [(t.state.name, t.user_attrs["kdsearch.trial_id"], t.value) for t in trials] == [("COMPLETE", "t0", 0.7)]
+
+
+def test_trials_receive_no_test_images():
+    """Trials select on validation; the driver alone reads the test split, once, to report."""
+    import torch
+
+    from kdsearch.data import load_dataset
+    from kdsearch.ray_trials.trainable import payload, unpack
+
+    data = load_dataset("digits")
+    sent = payload(data)
+    assert sent["test_x"].shape == (0, 1, 8, 8) and sent["test_y"].shape == (0,)
+    got = unpack(sent)
+    assert len(got.test_x) == 0 and torch.equal(got.val_x, data.val_x) and torch.equal(got.train_x, data.train_x)
+    assert got.split == data.split and got.mean == data.mean
+
+
+def test_a_trials_reported_score_is_its_best_epoch_so_far():
+    """trial/score, reported every epoch, is what Tune keeps the checkpoint by and ASHA compares."""
+    from kdsearch.ray_trials.trainable import best_so_far
+
+    scores, score = [], None
+    for acc in (0.5, 0.9, float("nan"), 0.7, 0.95):
+        score = best_so_far(score, {"val/acc": acc}, ("val/acc", "max"))
+        scores.append(score)
+    assert scores == [0.5, 0.9, 0.9, 0.9, 0.95]
+    assert best_so_far(0.3, {"val/loss": 0.4}, ("val/loss", "min")) == 0.3
+    assert best_so_far(0.3, {"val/loss": 0.2}, ("val/loss", "min")) == 0.2
+    assert best_so_far(None, {}, ("val/acc", "max")) is None

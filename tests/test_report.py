@@ -60,8 +60,15 @@ def test_report_table_and_plots(tmp_path):
         "pareto.png",
         "importances.png",
     } <= names
+    from PIL import Image
+
     for path in result["files"]:
-        assert path.stat().st_size > 0
+        if path.suffix != ".png":
+            continue
+        with Image.open(path) as img:  # a real figure: its size at 110 dpi, and drawn on
+            assert img.size[0] in (550, 605) and img.size[1] >= 150, (path.name, img.size)
+            pixels = np.asarray(img.convert("L"))
+        assert (pixels < 128).mean() > 0.01, f"{path.name} is nearly blank"
     assert (tmp_path / "report" / "trials.md").read_text().startswith("| trial")
     assert "latency/cpu_ms" not in table and "student/flops" not in table  # no trial has them: not shown
 

@@ -101,6 +101,8 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
         "report/acc_vs_temperature.png",
     } <= report
     assert "report/pareto.png" not in report  # one student size: no accuracy-against-size plot
+    for trial in load_trials(tmp_path / "sweeps" / "tiny"):  # trials never see the test split
+        assert trial.history and not [k for row in trial.history for k in row if k.startswith("test/")]
 
     # Ray's own tools read the experiment folder without kdsearch: the fixed settings are in
     # every trial's config, the score kdsearch ranks by in every result.
@@ -444,5 +446,7 @@ def test_the_shipped_methods_and_schedules_spaces_run_on_digits(space, tmp_path)
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    verdict = [line for line in run.stdout.splitlines() if line.startswith("smoke check:")]
+    assert len(verdict) == 1 and verdict[0].endswith("the set-up learns"), run.stdout[-2000:]
     trials = load_trials(tmp_path / "s" / space)
     assert len(trials) == 2 and all(t.failure is None for t in trials)

@@ -1,0 +1,140 @@
+"""Deliberate bugs the suite must catch: each mutant changes one line of kdsearch the way a real
+regression would (a dropped loss term, a leaked split, a wrong ranking) and names the tests that
+must then fail. ``tests/test_mutants.py`` applies each one to a copy of the repository and runs
+those tests there; ``make mutants`` does the same from the command line.
+
+A mutant whose text no longer occurs in its file fails the check too: when the code moves, the
+mutant is moved with it, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or "file::-k expression" selections that must fail
+
+
+MUTANTS = (
+    Mutant(
+        "DML drops the frozen teacher (use_teacher)",
+        "kdsearch/methods/dml.py",
+        "frozen = [teacher.logits.detach()] if self.needs_teacher else []",
+        "frozen = []",
+        ("tests/test_methods.py::test_dml_with_the_frozen_teacher_learns_from_it_too",),
+    ),
+    Mutant(
+        "KD loses the T^2 factor",
+        "kdsearch/methods/task_loss.py",
+        'log_target=True, reduction="batchmean") * (t * t)',
+        'log_target=True, reduction="batchmean")',
+        ("tests/test_methods.py",),
+    ),
+    Mutant(
+        "AT's weight beta/2 becomes beta",
+        "kdsearch/methods/at.py",
+        "loss = ce + self.beta / 2 * at",
+        "loss = ce + self.beta * at",
+        ("tests/test_methods.py",),
+    ),
+    Mutant(
+        "trials receive the test split",
+        "kdsearch/ray_trials/trainable.py",
+        "out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())",
+        "out.update(test_x=data.test_x.numpy(), test_y=data.test_y.numpy())",
+        ("tests/test_ray_trials.py::test_trials_receive_no_test_images",),
+    ),
+    Mutant(
+        "one validation image is also trained on",
+        "kdsearch/data/splits.py",
+        "val_idx, train_idx = order[:n_val], order[n_val:]",
+        "val_idx, train_idx = order[:n_val], order[n_val - 1 :]",
+        ("tests/test_data.py::test_train_val_and_test_partition_the_images",),
+    ),
+    Mutant(
+        "one held-out test image is also trained on",
+        "kdsearch/data/splits.py",
+        "return x[order[n_out:]], y[order[n_out:]], x[order[:n_out]], y[order[:n_out]]",
+        "return x[order[n_out - 1 :]], y[order[n_out - 1 :]], x[order[:n_out]], y[order[:n_out]]",
+        ("tests/test_data.py::test_train_val_and_test_partition_the_images",),
+    ),
+    Mutant(
+        "a trial's score is its last epoch, not its best",
+        "kdsearch/ray_trials/trainable.py",
+        'return float(max(score, value) if mode == "max" else min(score, value))',
+        "return float(value)",
+        ("tests/test_ray_trials.py::test_a_trials_reported_score_is_its_best_epoch_so_far",),
+    ),
+    Mutant(
+        "ties rank the later trial first",
+        "kdsearch/sweep_folder.py",
+        "return (not usable, -sign * score if usable else 0.0, t.trial_id)",
+        "return (not usable, -sign * score if usable else 0.0, [-ord(c) for c in t.trial_id])",
+        ("tests/test_ray_trials.py::test_a_tie_goes_to_the_trial_that_started_first_and_failed_trials_rank_last",),
+    ),
+    Mutant(
+        "a teacher from another split is taken",
+        "kdsearch/teachers.py",
+        '    check_split(path, payload.get("dataset", {}), data)\n',
+        "",
+        ("tests/test_train.py::test_checkpoints_record_the_split_and_a_teacher_from_another_split_is_refused",),
+    ),
+    Mutant(
+        "the model card says nearest-neighbour resizing while predict resizes bilinearly",
+        "kdsearch/export.py",
+        '"resize": {"height": size[0], "width": size[1], "interpolation": "bilinear"},',
+        '"resize": {"height": size[0], "width": size[1], "interpolation": "nearest"},',
+        ("tests/test_export.py::test_a_client_with_the_card_alone_preprocesses_as_predict_does",),
+    ),
+)
+
+
+def run_mutant(mutant: Mutant, timeout: float = 600) -> tuple[bool, str]:
+    """(caught, what happened): the mutant applied to a copy of the repository, its tests run there."""
+    source = (ROOT / mutant.file).read_text()
+    if source.count(mutant.old) != 1:
+        return False, f"its text occurs {source.count(mutant.old)} times in {mutant.file}: update the mutant"
+    with tempfile.TemporaryDirectory(prefix="kdsearch-mutant-") as tmp:
+        copy = Path(tmp)
+        for part in ("kdsearch", "tests", "search_spaces"):
+            shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+        (copy / mutant.file).write_text(source.replace(mutant.old, mutant.new))
+        env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests]
+        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+        probe = subprocess.run(
+            [sys.executable, "-c", "import kdsearch; print(kdsearch.__file__)"], cwd=copy, env=env, capture_output=True, text=True
+        )
+        if not probe.stdout.startswith(str(copy)):
+            return False, f"the copy's kdsearch was not the one imported ({probe.stdout.strip()})"
+    return proc.returncode == 1, tail  # 1: tests ran and failed (5 would be: none collected)
+
+
+def main() -> int:
+    missed = 0
+    for mutant in MUTANTS:
+        caught, tail = run_mutant(mutant)
+        missed += not caught
+        print(f"{'caught' if caught else 'MISSED'}  {mutant.name}: {tail}")
+    print(f"{len(MUTANTS) - missed} of {len(MUTANTS)} mutants caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
