@@ -180,8 +180,8 @@ def test_no_module_is_over_500_lines_and_no_function_over_60():
     assert not long_functions, long_functions
 
 
-def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
-    readme = (PACKAGE.parent / "README.md").read_text()
+def test_the_layout_page_names_every_module_and_only_modules_that_exist():
+    readme = (PACKAGE.parent / "docs" / "layout.md").read_text()
     block = readme.split("## Layout", 1)[1].split("```", 2)[1]
     named, folder = set(), ""
     for line in block.splitlines():

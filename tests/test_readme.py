@@ -1,5 +1,6 @@
-"""The README's commands and flags are the CLI's: a command it shows that the CLI refuses, or a
-flag it names that no command has, fails here (the README once showed a sweep --data-dir that did not exist)."""
+"""The README's and docs/' commands and flags are the CLI's: a command they show that the CLI
+refuses, or a flag they name that no command has, fails here (the README once showed a sweep
+--data-dir that did not exist). Every number next to a link to a result file is in that file."""
 
 import re
 import shlex
@@ -15,9 +16,11 @@ from kdsearch.search_space import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PAGES = {"README.md": README} | {f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
+ALL_TEXT = "\n".join(PAGES.values())
 COMMANDS = [
     line.strip()
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    for block in re.findall(r"```bash\n(.*?)```", ALL_TEXT, flags=re.S)
     for line in block.splitlines()
     if line.strip().startswith("kdsearch ")
 ]
@@ -32,6 +35,7 @@ OTHER_TOOLS = {
     "--num-cpus",
     "--smoke-test",
     "--revs",
+    "--trials",
     "--many",
     "--noise",
     "--repeats",
@@ -50,6 +54,8 @@ def test_every_command_the_readme_shows_parses(command):
     try:
         build_parser().parse_args(args)
     except SystemExit as exc:
+        if exc.code == 0 and "--help" in args:
+            return
         pytest.fail(f"README command refused by the CLI (exit {exc.code}): {command}")
     for space in [a for a in args if a.startswith("search_spaces/")]:
         overrides = {"data_dir": "/data"} if "--data-dir" in args else None
@@ -67,7 +73,7 @@ def _all_flags() -> set[str]:
 
 
 def test_every_flag_the_readme_names_exists():
-    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", README))
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", ALL_TEXT))
     unknown = sorted(named - _all_flags() - OTHER_TOOLS)
     assert not unknown, f"the README names flags no kdsearch command has: {unknown}"
 
@@ -94,7 +100,7 @@ def test_the_readme_train_and_teacher_commands_run_on_stand_in_data(tmp_path, mo
     monkeypatch.setenv("KDSEARCH_DATA", str(tmp_path / "fashion_mnist"))
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    for command in [c for c in COMMANDS if c.startswith(("kdsearch train", "kdsearch teacher"))]:
+    for command in [c for c in COMMANDS if c.startswith(("kdsearch train", "kdsearch teacher")) and "--help" not in c]:
         args = [a.replace("~/data", str(tmp_path / "data")) for a in shlex.split(command, comments=True)[1:]]
         args += ["--epochs", "1", "--teacher-epochs", "1"] + ([] if "--json" in args else ["--quiet"])
         code = main(args)
@@ -109,3 +115,56 @@ def test_the_versions_the_readme_says_were_tested_are_those_in_the_result_file()
     quoted = dict(re.findall(r"(Ray|Optuna|MLflow|torch|Python) (\d+\.\d+\.\d+)", sentence))
     assert quoted.keys() == {"Ray", "Optuna", "MLflow", "torch", "Python"}, sentence
     assert {k.lower(): v for k, v in quoted.items()} == {k: recorded[k] for k in ("ray", "optuna", "mlflow", "torch", "python")}
+
+
+NUMBER = re.compile(r"(?<![\w./,])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?=%|x\b|[\s,;:)\]]|\.(?:\s|$)|$)")
+LINK = re.compile(r"\]\(((?:\.\./)?benchmarks/results/[^)#\s]+)\)")
+
+
+def _numbers(text: str) -> set[str]:
+    """The figures in a text, commas dropped: decimals, and integers of 3 or more digits (small
+    counts such as '3 seeds' or '2 cores' are not results)."""
+    out = set()
+    for whole, frac in NUMBER.findall(text):
+        digits = whole.replace(",", "")
+        if frac or len(digits) >= 3:
+            out.add(digits + (frac or ""))
+    return out
+
+
+def _quotes():
+    """(page, paragraph, the result files it links) for each paragraph that links a result file,
+    and for the table or paragraph after one that ends with a colon; fenced code is left out."""
+    for page, text in PAGES.items():
+        text = re.sub(r"```.*?```", "", text, flags=re.S)
+        carried = set()
+        for paragraph in re.split(r"\n\s*\n", text):
+            here = {
+                (ROOT / "docs" / f).resolve() if page.startswith("docs/") else (ROOT / f).resolve()
+                for f in LINK.findall(paragraph)
+            }
+            files = here or carried
+            if files:
+                yield page, paragraph, files
+            carried = here if here and paragraph.rstrip().endswith(":") else set()
+
+
+def test_every_number_beside_a_result_file_is_in_that_file():
+    checked, wrong = 0, []
+    for page, paragraph, files in _quotes():
+        sources = [f for f in files if f.is_file()]
+        assert len(sources) == len(files), f"{page} links a result file that does not exist: {sorted(map(str, files))}"
+        if not all(f.suffix in (".md", ".json", ".csv", ".txt") for f in sources):
+            continue  # a linked plot
+        found = set().union(*(_numbers(f.read_text()) for f in sources))
+        quoted = _numbers(re.sub(r"`[^`]*`", "", LINK.sub("", paragraph)))  # inline code holds settings, not results
+        checked += len(quoted)
+        wrong += [
+            f"{page}: {n} (not in {', '.join(f.name for f in sources)}): ...{paragraph[:80]!r}" for n in sorted(quoted - found)
+        ]
+    assert checked >= 40, checked  # the pages do quote results
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_docs_state_no_count_of_tests():
+    assert not re.findall(r"\b\d+ tests\b", ALL_TEXT)
