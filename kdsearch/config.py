@@ -125,7 +125,7 @@ class TrainConfig:
     weight_decay: float = _opt(5e-4, "weight decay")
     schedule: str = _opt(
         "onecycle",
-        "learning-rate schedule (onecycle: measured best, benchmarks/results/schedule.md)",
+        "learning-rate schedule (onecycle: chosen on validation accuracy, benchmarks/results/schedule.md)",
         ("onecycle", "cosine", "constant"),
     )
     warmup: float = _opt(
