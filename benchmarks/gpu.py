@@ -371,7 +371,7 @@ def sweep_rows(r: dict, goal) -> list[tuple]:
     return rows
 
 
-def write(r: dict, out: Path, tiny: bool) -> None:
+def write(r: dict, out: Path, tiny: bool, quiet: bool = False) -> None:
     goal = lambda ok, text: f"{text}: {'holds' if ok else 'MISSED'}" if not tiny else f"{text} (not judged in --tiny)"  # noqa: E731
     rows = []
     for part, make in (("train", training_rows), ("sweeps", sweep_rows)):
@@ -405,14 +405,15 @@ def write(r: dict, out: Path, tiny: bool) -> None:
         "",
         f"Training batch {r['batch']} for the single-training rows. The sweeps are `kdsearch sweep` runs (Ray Tune, "
         "Optuna, MLflow on SQLite), timed from the command's start to its end; trial img/s drop each trial's first epoch.",
-        f"Wall time of the whole benchmark: {r['wall_s']:.0f} s.",
+        f"Wall time of the benchmark so far: {r['wall_s']:.0f} s; parts finished: {', '.join(r.get('finished', [])) or 'none'}.",
     ]
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"speed-gpu{'-tiny' if tiny else ''}"
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(r, indent=2, default=str))
-    print("\n".join(lines))
-    print(f"\nwritten: {stem}.md, {stem}.json")
+    if not quiet:
+        print("\n".join(lines))
+        print(f"\nwritten: {stem}.md, {stem}.json")
 
 
 def main() -> None:
@@ -457,7 +458,11 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - a benchmark part that breaks is a result to report
             results["errors"][part] = f"{type(exc).__name__}: {exc}"[-3000:]
             print(f"part {part} failed: {results['errors'][part]}", file=sys.stderr, flush=True)
+        else:
+            results.setdefault("finished", []).append(part)
         save()
+        # The result files after every part: a run cut short (out of GPU time) keeps what finished.
+        write({**results, "wall_s": time.perf_counter() - started}, out, args.tiny, quiet=True)
     results["wall_s"] = time.perf_counter() - started
     write(results, out, args.tiny)
     partial.unlink(missing_ok=True)
