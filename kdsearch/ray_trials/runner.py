@@ -275,7 +275,7 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
     return TrialRecord(
         trial_id=str(trial_id),
-        params=dict(result.config or {}),
+        params=searched(result.config or {}),
         history=history,
         status="ERROR" if result.error else "TERMINATED",
         error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
