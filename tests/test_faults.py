@@ -393,3 +393,48 @@ def test_the_python_api_does_not_lose_a_swallowed_ctrl_c_either(tmp_path, monkey
         )
     assert len(epochs) <= 1  # stopped in the first epoch, not after 300
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and Python's own handler is back
+
+
+def test_a_sweep_interrupted_twice_finishes_with_every_trial_once_and_the_study_whole(tmp_path):
+    """A sweep that outlives a working day: Ctrl-C, --resume, Ctrl-C again, --resume to the end.
+    Every trial is counted once (folders, MLflow runs, epochs, the Optuna study)."""
+    import optuna
+
+    space = tmp_path / "day.yaml"
+    space.write_text(f"""
+name: day
+fixed: {{method: ce, dataset: digits, epochs: 2, teacher: resnet8, student: resnet8, cache_dir: {tmp_path / "cache"}}}
+space:
+  lr: {{loguniform: [1e-2, 2e-1]}}
+search: {{num_samples: 10, scheduler: fifo, sampler: tpe, n_startup_trials: 3, seed: 0}}
+""")
+    db, storage = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "s"
+    args = ("--storage", str(storage), "--tracking-uri", db, "--max-concurrent", "2")
+
+    def finished_trials():
+        return sum(1 for p in (storage / "day").glob("trial_*/result.json") if '"done": true' in p.read_text())
+
+    for extra, stop_after in (((), 2), (("--resume",), 5)):
+        sweep = _Sweep(space, *args, *extra)
+        wait_until(lambda: sweep.proc.poll() is not None or finished_trials() >= stop_after, 300, f"{stop_after} trials")
+        assert sweep.proc.poll() is None, "".join(sweep.err)[-2000:]
+        sweep.proc.send_signal(signal.SIGINT)
+        assert sweep.finish(timeout=180) == 130, "".join(sweep.err)[-2000:]
+    done = subprocess.run(
+        [sys.executable, "-m", "kdsearch", "sweep", str(space), "--resume", *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    folders = sorted((storage / "day").glob("trial_*"))
+    assert len(folders) == 10
+    client = MlflowClient(db)
+    experiment = client.get_experiment_by_name("day").experiment_id
+    runs = client.search_runs([experiment], "tags.`kdsearch.role` = 'trial'")
+    assert sorted(r.data.tags["kdsearch.trial_id"] for r in runs) == sorted(f.name.removeprefix("trial_") for f in folders)
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]  # each epoch once
+    study = optuna.load_study(study_name="day", storage=f"sqlite:///{storage / 'day' / 'optuna.db'}")
+    trained = [t for t in study.trials if not t.user_attrs.get("kdsearch.repeat")]
+    assert sorted(t.user_attrs["kdsearch.trial_id"] for t in trained) == sorted(f.name.removeprefix("trial_") for f in folders)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trained)
+    assert {t.user_attrs["kdsearch.mlflow_run_id"] for t in trained} == {r.info.run_id for r in runs}
