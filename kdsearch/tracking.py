@@ -98,13 +98,14 @@ class SweepTracker:
         self._steps: dict[str, int] = {}  # trial id -> last step logged
         self._offline = False
         self._new_parent = False  # True: this process created the parent run, so no trial run exists yet
+        self._listed = False  # True: the experiment's existing trial runs are all in _runs
         self.seconds = 0.0  # spent logging to MLflow, in this process
         self._queue: queue.Queue | None = None  # live events, logged in order by one thread off Tune's loop
         self._busy = threading.Lock()  # held by that thread while it logs one event
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "seconds", "_queue", "_busy"):
+        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "_listed", "seconds", "_queue", "_busy"):
             state.pop(key, None)
         return state
 
@@ -203,6 +204,24 @@ class SweepTracker:
         )
         return False
 
+    def _existing_trial_runs(self) -> None:
+        """Every trial run the experiment already holds, in pages of 1,000: one query for the whole
+        sweep instead of one per trial (whose cost grew with the experiment: quadratic in trials)."""
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'", max_results=1000, page_token=token
+            )
+            for run in page:
+                trial_id = run.data.tags.get(TRIAL_TAG)
+                if trial_id and trial_id not in self._runs:
+                    self._runs[trial_id] = run.info.run_id
+                    self._steps[trial_id] = int(run.data.metrics.get("epoch", 0))  # the last epoch logged
+            token = page.token
+            if not token:
+                break
+        self._listed = True
+
     def _run_for(self, trial_id: str, params: dict) -> str:
         if trial_id in self._runs:
             return self._runs[trial_id]
@@ -210,7 +229,7 @@ class SweepTracker:
         # outage cut its logging short (a search per trial costs more as the experiment grows).
         found = (
             []
-            if self._new_parent and not self._offline
+            if (self._new_parent and not self._offline) or self._listed
             else self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
         )
         if found:
@@ -276,6 +295,8 @@ class SweepTracker:
 
     def _sync(self, trials) -> int:
         added = 0
+        if not (self._new_parent and not self._offline):
+            self._existing_trial_runs()
         for trial in trials:
             run_id = self._run_for(trial.trial_id, trial.params)
             start = self._steps.get(trial.trial_id, 0)
@@ -285,14 +306,14 @@ class SweepTracker:
                 if step > start:
                     metrics += _metrics(row, step, int(row.get("timestamp", time.time()) * 1000))
                     added += 1
-            for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
-                self.client.log_batch(run_id, metrics=metrics[i : i + 900])
-            if trial.history:
-                self._steps[trial.trial_id] = max(int(r.get("epoch") or r.get("training_iteration") or 0) for r in trial.history)
             tags = [RunTag("kdsearch.status", trial.status)]
             if trial.error:
                 tags.append(RunTag("kdsearch.error", trial.error[:500]))
-            self.client.log_batch(run_id, tags=tags)
+            chunks = [metrics[i : i + 900] for i in range(0, len(metrics), 900)] or [[]]  # at most 1000 metrics a batch
+            for i, chunk in enumerate(chunks):
+                self.client.log_batch(run_id, metrics=chunk, tags=tags if i == len(chunks) - 1 else [])
+            if trial.history:
+                self._steps[trial.trial_id] = max(int(r.get("epoch") or r.get("training_iteration") or 0) for r in trial.history)
             self.client.set_terminated(run_id, "FAILED" if trial.status == "ERROR" else "FINISHED")
         return added
 

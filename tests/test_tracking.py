@@ -86,8 +86,15 @@ def test_a_new_sweep_creates_trial_runs_without_searching_and_a_resumed_one_find
     again.start({})
     history = [{"epoch": 1, "val/acc": 0.6}]
     again.sync([TrialRecord(t, {"alpha": 0.5}, history, "TERMINATED") for t in ("a", "b", "c")])
-    assert len(searches) == 1 + 3  # the parent, then each trial's existing run
+    assert len(searches) == 1 + 1  # the parent, then one query listing the trials' existing runs (not one per trial)
     assert sorted(r.data.tags["kdsearch.trial_id"] for r in _runs(tracker, "trial")) == ["a", "b", "c"]  # none twice
+    third = tracking.SweepTracker(tracker.tracking_uri, experiment="exp", sweep_dir=tracker.sweep_dir, tags={"method": "kd"})
+    third.start({})
+    longer = history + [{"epoch": 2, "val/acc": 0.7}]
+    assert third.sync([TrialRecord(t, {"alpha": 0.5}, longer, "TERMINATED") for t in ("a", "b", "c")]) == 3  # epoch 2 only
+    client = MlflowClient(tracker.tracking_uri)
+    for run in _runs(tracker, "trial"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]
 
 
 def test_live_logging_never_holds_up_the_caller_and_drains_in_order(tracker, monkeypatch):
