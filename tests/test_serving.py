@@ -38,15 +38,21 @@ def kdsearch_free_python(root):
     return python
 
 
-def test_the_registered_student_serves_without_kdsearch(tmp_path, capsys):
-    cfg = TrainConfig(method="ce", dataset="digits", epochs=2, threads=2)
+def registered_digits_student(tmp_path, name: str, epochs: int):
+    """A digits student trained here, logged on a run as a sweep's log_best does, and registered
+    as ``name``: (data, checkpoint, tracking uri, client, version)."""
+    cfg = TrainConfig(method="ce", dataset="digits", epochs=epochs, threads=2)
     data = load_data(cfg)
     checkpoint = fit(cfg, data=data, measure_speed=False).save(tmp_path / "student.pt")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("serve", artifact_location=str(tmp_path / "artifacts")))
-    client.log_artifact(run.info.run_id, str(checkpoint), artifact_path="best_student")  # as a sweep's log_best does
-    version = register_student(uri, run.info.run_id, checkpoint, "serve-student")
+    run = client.create_run(client.create_experiment(name, artifact_location=str(tmp_path / "artifacts")))
+    client.log_artifact(run.info.run_id, str(checkpoint), artifact_path="best_student")
+    return data, checkpoint, uri, client, register_student(uri, run.info.run_id, checkpoint, name)
+
+
+def test_the_registered_student_serves_without_kdsearch(tmp_path, capsys):
+    data, checkpoint, uri, client, version = registered_digits_student(tmp_path, "serve-student", epochs=2)
     assert str(client.get_model_version_by_alias("serve-student", "champion").version) == version
 
     # kdsearch's own probabilities on 5 validation images, as uint8 (N, H, W, C)
@@ -123,14 +129,7 @@ def test_mlflow_models_serve_answers_each_payload_format(tmp_path):
 
     from conftest import free_port, wait_until
 
-    cfg = TrainConfig(method="ce", dataset="digits", epochs=1, threads=2)
-    data = load_data(cfg)
-    checkpoint = fit(cfg, data=data, measure_speed=False).save(tmp_path / "student.pt")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("rest", artifact_location=str(tmp_path / "artifacts")))
-    client.log_artifact(run.info.run_id, str(checkpoint), artifact_path="best_student")
-    register_student(uri, run.info.run_id, checkpoint, "rest-student")
+    data, checkpoint, uri, _, _ = registered_digits_student(tmp_path, "rest-student", epochs=1)
     import mlflow
     import onnxruntime
 
