@@ -168,3 +168,13 @@ def test_every_number_beside_a_result_file_is_in_that_file():
 
 def test_the_docs_state_no_count_of_tests():
     assert not re.findall(r"\b\d+ tests\b", ALL_TEXT)
+
+
+def test_every_whole_search_space_the_pages_show_loads(tmp_path):
+    """A YAML block with a name, fixed settings and a space is a space a user will copy: it loads."""
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", ALL_TEXT, flags=re.S) if re.search(r"^name:", b, flags=re.M)]
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"space{i}.yaml"
+        path.write_text(block)
+        assert load_sweep(path, {"data_dir": "/data"}).space, block
