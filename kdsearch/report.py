@@ -145,11 +145,8 @@ def _importances(trials: list[TrialRecord], manifest: dict) -> tuple[dict[str, f
             dists[key] = optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    usable = [
-        (t, t.best(metric, mode))
-        for t in trials
-        if t.failure is None and math.isfinite(t.best(metric, mode)) and all(k in t.params for k in dists)
-    ]
+    scored = [(t, t.best(metric, mode)) for t in trials if t.failure is None and all(k in t.params for k in dists)]
+    usable = [(t, v) for t, v in scored if math.isfinite(v)]
     chosen = random.Random(0).sample(usable, IMPORTANCE_TRIALS) if len(usable) > IMPORTANCE_TRIALS else usable
     study.add_trials(
         [optuna.trial.create_trial(params={k: t.params[k] for k in dists}, distributions=dists, value=v) for t, v in chosen]
