@@ -226,21 +226,15 @@ class SweepTracker:
         if trial_id in self._runs:
             return self._runs[trial_id]
         # A trial of a resumed sweep may have its run already; a new sweep's cannot, unless an
-        # outage cut its logging short (a search per trial costs more as the experiment grows).
-        found = (
-            []
-            if (self._new_parent and not self._offline) or self._listed
-            else self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
-        )
-        if found:
-            run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "epoch")
-            self._steps[trial_id] = max((m.step for m in history), default=0)
-        else:
-            tags = {**self.tags, TRIAL_TAG: trial_id, ROLE_TAG: "trial", "mlflow.parentRunId": self.parent_id}
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags).info.run_id
-            self.client.log_batch(run_id, params=[Param(k, _str(v)[:6000]) for k, v in params.items()])
-            self._steps[trial_id] = 0
+        # outage cut its logging short. The experiment's trial runs are listed once, not searched per trial.
+        if not (self._new_parent and not self._offline) and not self._listed:
+            self._existing_trial_runs()
+            if trial_id in self._runs:
+                return self._runs[trial_id]
+        tags = {**self.tags, TRIAL_TAG: trial_id, ROLE_TAG: "trial", "mlflow.parentRunId": self.parent_id}
+        run_id = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags).info.run_id
+        self.client.log_batch(run_id, params=[Param(k, _str(v)[:6000]) for k, v in params.items()])
+        self._steps[trial_id] = 0
         self._runs[trial_id] = run_id
         return run_id
 
@@ -295,8 +289,6 @@ class SweepTracker:
 
     def _sync(self, trials) -> int:
         added = 0
-        if not (self._new_parent and not self._offline):
-            self._existing_trial_runs()
         for trial in trials:
             run_id = self._run_for(trial.trial_id, trial.params)
             start = self._steps.get(trial.trial_id, 0)
