@@ -50,14 +50,15 @@ def real_sweep(work: Path, epochs: int) -> Path:
     return work / "sweeps" / "big"
 
 
-def grow(template: Path, dest: Path, trials: int, seed: int = 0) -> None:
-    """``template``'s sweep folder with ``trials`` trials: its own two and generated ones."""
+def grow(template: Path, dest: Path, trials: int, seed: int = 0, epochs: int | None = None) -> None:
+    """``template``'s sweep folder with ``trials`` trials: its own and generated ones, each with the
+    epochs of its first trial (its first ``epochs`` of them, when given)."""
     shutil.copytree(template, dest)
     first = next(template.glob("trial_*"))
     params = json.loads((first / "params.json").read_text())
-    rows = [json.loads(line) for line in (first / "result.json").read_text().splitlines()]
+    rows = [json.loads(line) for line in (first / "result.json").read_text().splitlines()][:epochs]
     rng = random.Random(seed)
-    for i in range(trials - 2):
+    for i in range(trials - len(list(template.glob("trial_*")))):
         trial = dest / f"trial_{i:08x}x"
         trial.mkdir()
         mine = {**params, "temperature": rng.uniform(1, 10), "alpha": rng.uniform(0.3, 0.9)}

@@ -98,6 +98,7 @@ def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None) -> dict:
     tracker.start({})
     trials = folder.trials()
     added = tracker.sync(trials)
+    tracker.log_top(ranked(trials, *manifest["objectives"][0]), *manifest["objectives"][0])
     best = folder.read_best()
     if best is not None:
         config, metrics = best
@@ -241,6 +242,9 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
 
     def mirror():
         tracker.sync(trials)
+        tracker.log_top(
+            ranked(trials, plan.spec.search.metric, plan.spec.search.mode), plan.spec.search.metric, plan.spec.search.mode
+        )
         tracker.log_best(
             best.trial.params,
             best.config,

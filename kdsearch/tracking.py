@@ -30,6 +30,10 @@ from kdsearch.tracking_uri import default_tracking_uri, ui_command  # noqa: E402
 TRIAL_TAG = "kdsearch.trial_id"
 SWEEP_TAG = "kdsearch.sweep_dir"
 ROLE_TAG = "kdsearch.role"
+TOP_TAG = "kdsearch.top_trials"  # the parent run's best trials' run ids, best first (JSON)
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
+TOP_TRIALS = 10
+TOP_HEADING = "**Top "
 _LOG = logging.getLogger("kdsearch.tracking")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
@@ -328,6 +332,40 @@ class SweepTracker:
             self.client.log_artifact(run_id, str(config_path))
         self.client.log_artifact(run_id, str(student_path), artifact_path="best_student")
 
+    def log_top(self, ranked, metric: str, mode: str, n: int = TOP_TRIALS) -> list[str]:
+        """The parent run's description in the MLflow UI: the best ``n`` of the ``ranked`` trials
+        (``sweep_folder.ranked``: best first), linked, with their scores and settings, and a link
+        to MLflow's page comparing them, so a sweep of 2,000 trials is compared without scrolling
+        its runs table. Their run ids, best first, in ``TOP_TAG``. A description the user wrote is
+        kept. Returns those run ids."""
+        scored = [t for t in ranked if t.failure is None and math.isfinite(t.best(metric, mode))]
+        top = [t for t in scored if t.trial_id in self._runs][:n]
+        if not top:
+            return []
+        ids = [self._runs[t.trial_id] for t in top]
+        names = list(dict.fromkeys(k for t in top for k in t.params))[:6]
+        rows = [
+            f"| {rank} | [trial_{t.trial_id}](#/experiments/{self.experiment_id}/runs/{self._runs[t.trial_id]}) "
+            f"| {t.best(metric, mode):.4f} | " + " | ".join(_cell(t.params.get(k)) for k in names) + " |"
+            for rank, t in enumerate(top, start=1)
+        ]
+        note = "\n".join(
+            [
+                f"{TOP_HEADING}{len(top)} of {len(scored)} trials by {metric}** ([compare them side by side]"
+                f"({compare_link(self.experiment_id, ids)}))",
+                "",
+                "| rank | trial | " + " | ".join([metric, *names]) + " |",
+                "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+                *rows,
+            ]
+        )
+        tags = [RunTag(TOP_TAG, json.dumps(ids))]
+        current = self.client.get_run(self.parent_id).data.tags.get(NOTE_TAG)
+        if not current or current.startswith(TOP_HEADING):
+            tags.append(RunTag(NOTE_TAG, note[:8000]))
+        self.client.log_batch(self.parent_id, tags=tags)
+        return ids
+
     def log_methods(self, best_by_method: list[dict], metric: str) -> None:
         """A sweep that compares methods: each method's best score as a metric on the parent run
         (``<method>/best_<metric>``), the best method as the tag ``best.method``."""
@@ -370,6 +408,20 @@ def sweep_dir_of_run(run_id: str, tracking_uri: str) -> str:
     if not sweep_dir:
         raise UserError(f"MLflow run {run_id} is not a kdsearch sweep run (no {SWEEP_TAG} tag): pass the sweep's parent run id")
     return sweep_dir
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _str(value).replace("|", "/")[:24]
+
+
+def compare_link(experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow UI's page comparing these runs (relative to the UI's address)."""
+    from urllib.parse import quote
+
+    ids, experiments = json.dumps(run_ids, separators=(",", ":")), json.dumps([experiment_id])
+    return f"#/compare-runs?runs={quote(ids)}&experiments={quote(experiments)}"
 
 
 def log_report_to_run(run_id: str, tracking_uri: str, files: list[Path]) -> None:

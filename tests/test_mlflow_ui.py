@@ -5,6 +5,7 @@ Screenshots go to the test's folder, and also to $KDSEARCH_SCREENSHOTS when set 
 picture is made that way).
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -202,3 +203,54 @@ def _click(driver, by, selector):
 def _click_artifact(driver, name):
     """Select a file in the run's artifact tree."""
     _click(driver, By.XPATH, f"//*[normalize-space(text())='{name}']")
+
+
+def _large_sweep_io():
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "large_sweep_io.py"
+    spec = importlib.util.spec_from_file_location("large_sweep_io", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_sweep_of_2000_trials_is_compared_from_its_parent_run(browser, quickstart, tmp_path):
+    """Issue 31: the quickstart's folder grown to 2,000 trials (as Ray Tune leaves them) and synced
+    to an empty store: the parent run's page lists the 10 best, linked to MLflow's comparison of them."""
+    from kdsearch.sweep_folder import SweepFolder, ranked
+    from kdsearch.sweeper import sync_sweep
+
+    _, summary, _, _ = quickstart
+    folder = tmp_path / "big" / "quickstart"
+    _large_sweep_io().grow(Path(summary.sweep_dir), folder, 2000, epochs=2)
+    store = f"sqlite:///{tmp_path / 'big.db'}"
+    sync_sweep(SweepFolder(folder), tracking_uri=store)
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("quickstart")
+    parent = client.search_runs([exp.experiment_id], "tags.`kdsearch.role` = 'sweep'")[0]
+    trials = SweepFolder(folder).trials()
+    top = ranked(trials, "val/acc", "max")[:10]
+    names = [f"trial_{t.trial_id}" for t in top]
+    ids = json.loads(parent.data.tags[tracking.TOP_TAG])
+    assert [client.get_run(i).info.run_name for i in ids] == names  # best first, as best/ ranks them
+
+    proc, url = tracking.start_ui_server(store, port=free_port())
+    try:
+        browser.get(f"{url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}")
+        _wait_text(browser, "Top 10 of 2000 trials by val/acc", names[0], timeout=60)
+        _close_assistant(browser)
+        _click(browser, By.XPATH, "//*[normalize-space()='Show more']")  # the description opens folded
+        page = _wait_text(browser, *names)
+        assert f"{top[0].best('val/acc', 'max'):.4f}" in page
+        _shot(browser, tmp_path, "mlflow-top-trials.png")
+        before = set(browser.window_handles)
+        _click(browser, By.XPATH, "//a[normalize-space()='compare them side by side']")  # opens a new tab
+        WebDriverWait(browser, 30).until(lambda d: set(d.window_handles) - before)
+        browser.switch_to.window((set(browser.window_handles) - before).pop())
+        assert "/compare-runs?runs=" in browser.current_url
+        _wait_text(browser, "Comparing 10 Runs", "Run details", "temperature", *names, timeout=60)
+        _shot(browser, tmp_path, "mlflow-compare-top.png")
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

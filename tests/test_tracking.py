@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from kdsearch import tracking
 from kdsearch.checkpoint import save_checkpoint
 from kdsearch.errors import UserError
-from kdsearch.sweep_folder import TrialRecord
+from kdsearch.sweep_folder import TrialRecord, ranked
 
 
 @pytest.fixture
@@ -155,3 +155,33 @@ def test_after_mlflow_fell_behind_the_catch_up_waits_for_the_call_in_flight_and_
     runs = _runs(tracker, "trial")
     assert len(runs) == 1, [r.info.run_id for r in runs]
     assert [m.value for m in MlflowClient(tracker.tracking_uri).get_metric_history(runs[0].info.run_id, "val/acc")] == [0.6]
+
+
+def test_the_parent_run_lists_the_best_trials_with_a_link_comparing_them(tracker):
+    """Issue 31: a sweep of thousands of trials is compared from its parent run's description."""
+    import json
+    from urllib.parse import unquote
+
+    trials = [
+        TrialRecord(f"t{i:02d}", {"alpha": i / 20}, [{"epoch": 1, "val/acc": 0.5 + (i * 7 % 13) / 100}], "TERMINATED")
+        for i in range(13)
+    ]
+    trials.append(TrialRecord("bad", {"alpha": 0.9}, [{"epoch": 1, "val/acc": 0.99}], "ERROR", error="boom"))
+    tracker.sync(trials)
+    ids = tracker.log_top(ranked(trials, "val/acc", "max"), "val/acc", "max")
+    client = MlflowClient(tracker.tracking_uri)
+    names = [client.get_run(i).info.run_name for i in ids]
+    # best first (ties: the trial started first), failed trials never, at most ten
+    expected = sorted((t for t in trials if t.status != "ERROR"), key=lambda t: (-t.history[0]["val/acc"], t.trial_id))
+    assert names == [f"trial_{t.trial_id}" for t in expected[:10]]
+    tags = client.get_run(tracker.parent_id).data.tags
+    assert json.loads(tags[tracking.TOP_TAG]) == ids
+    note = tags[tracking.NOTE_TAG]
+    assert note.startswith("**Top 10 of 13 trials by val/acc**")
+    assert f"#/compare-runs?runs={json.dumps(ids, separators=(',', ':'))}&experiments=" in unquote(note)
+    assert f"| 1 | [trial_{expected[0].trial_id}](#/experiments/{tracker.experiment_id}/runs/{ids[0]}) | 0.6200 | 0.55 |" in note
+
+    client.set_tag(tracker.parent_id, tracking.NOTE_TAG, "my notes on this sweep")  # a description the user wrote
+    tracker.log_top(ranked(trials[:3], "val/acc", "max"), "val/acc", "max")
+    tags = client.get_run(tracker.parent_id).data.tags
+    assert tags[tracking.NOTE_TAG] == "my notes on this sweep" and len(json.loads(tags[tracking.TOP_TAG])) == 3
