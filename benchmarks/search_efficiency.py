@@ -227,6 +227,17 @@ def main() -> None:
         metavar="K",
         help="also train the settings every run picked (at 1/3 of the grid's epochs and at its budget) with fresh training seeds 1..K",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="also simulate TPE + ASHA and random search with N trials at once (e.g. 2 8 32) on a surrogate fitted to "
+        "the grid's and random search's trials (search_concurrency.py); writes concurrency.{md,csv}",
+    )
+    parser.add_argument(
+        "--sim-seeds", type=int, default=10, metavar="K", help="search seeds per simulated strategy and concurrency (default 10)"
+    )
     args = parser.parse_args()
     s = SETTINGS["quick" if args.quick else "full"]
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -311,6 +322,36 @@ def main() -> None:
     if args.retrain_picks and any(r["strategy"] == "grid" for r in runs):
         args.picks = retrain_picks(runs, all_spaces["grid"]["fixed"], args.retrain_picks, work)
         write(out, runs, s, args, work)
+    if args.concurrency and any(r["strategy"] == "grid" for r in runs):
+        simulate_concurrency(runs, all_spaces, s, args, work, out)
+
+
+def simulate_concurrency(runs: list[dict], all_spaces: dict, s: dict, args, work: Path, out: Path) -> None:
+    """The concurrency axis (issue 31): TPE + ASHA and random search at N trials at once, simulated
+    on a surrogate of the real grid and random trials (search_concurrency.py)."""
+    import search_concurrency
+
+    design = []
+    for r in runs:
+        if r["strategy"] in ("grid", "random"):
+            for t in load_trials(work / "sweeps" / r["sweep"]):
+                accs = [h["val/acc"] for h in t.history if isinstance(h.get("val/acc"), (int, float))]
+                if len(accs) == s["epochs"] and not any(h.get("trial/diverged") for h in t.history):
+                    design.append(({k: t.params[k] for k in s["grid"]}, accs))
+    budget = next(r for r in runs if r["strategy"] == "grid")["epochs used"]
+    size = math.prod(len(v) for v in s["grid"].values())
+    table, quality = search_concurrency.run(
+        design,
+        {BASE: all_spaces[BASE], "random": all_spaces["random"]},
+        budget,
+        args.concurrency,
+        list(range(args.sim_seeds)),
+        {BASE: all_spaces[BASE]["search"]["num_samples"] / size, "random": 1.0},
+        size,
+    )
+    search_concurrency.write(
+        out, table, quality, budget, args.concurrency, BASE, f"python benchmarks/search_efficiency.py {' '.join(sys.argv[1:])}"
+    )
 
 
 def train_again(fixed: dict, settings: dict, seed: int, path: Path) -> dict:
