@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +35,17 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < max(2, batch_size // 2):
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
+
+
+def crop_flip(padded: torch.Tensor, idx, dy, dx, flips, height: int, width: int) -> torch.Tensor:
+    """Crops (N, C, H, W) of zero-padded NHWC images ``padded[idx]`` at (dy, dx), mirrored where
+    ``flips``: one gather reads whole pixels, a flipped image its columns in reverse."""
+    ar_h = torch.arange(height, device=padded.device)
+    ar_w = torch.arange(width, device=padded.device)
+    cols = torch.where(flips[:, None], width - 1 - ar_w, ar_w)
+    rows = (dy[:, None] + ar_h)[:, :, None]  # (N, H, 1)
+    cols = (dx[:, None] + cols)[:, None, :]  # (N, 1, W)
+    return padded[idx[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
 
 class DeviceData:
@@ -74,12 +86,7 @@ class DeviceData:
     def augmented(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """uint8 views (N, C, H, W) of images ``idx``: a crop at (dy, dx) of the zero-padded image
         (offsets in [0, 2*pad]), mirrored where ``flips``. All arguments on this device."""
-        ar_h = torch.arange(self.height, device=self.device)
-        ar_w = torch.arange(self.width, device=self.device)
-        cols = torch.where(flips[:, None], self.width - 1 - ar_w, ar_w)  # a flip reads the columns backwards
-        rows = (dy[:, None] + ar_h)[:, :, None]  # (N, H, 1)
-        cols = (dx[:, None] + cols)[:, None, :]  # (N, 1, W)
-        return self.padded[idx[:, None, None], rows, cols].permute(0, 3, 1, 2)
+        return crop_flip(self.padded, idx, dy, dx, flips, self.height, self.width)
 
     def train_batches(
         self, batch_size: int, seed: int, epoch: int, flip: bool
@@ -97,3 +104,68 @@ class DeviceData:
         x = self.x
         for start in range(0, len(self), batch_size):
             yield self.normalise(x[start : start + batch_size]), self.y[start : start + batch_size]
+
+
+class HostData(DeviceData):
+    """One split read where it already is: the node's one shared copy in host memory (Ray's
+    object store hands every trial of a node the same read-only pages) or a memory-mapped uint8
+    file on disk (``stream``). Nothing is copied whole: each batch's images are gathered on the
+    host (in file order, so a memory map reads forward), moved to the device, and padded,
+    cropped and flipped there. The same seed gives the same batches, pixel for pixel, as
+    ``DeviceData``: the same order, the same views."""
+
+    def __init__(self, x, y, mean, std, device: torch.device, channels_last: bool = False, pad: int = 0):
+        self.pad = int(pad)
+        self.source = x  # (N, C, H, W) uint8: a tensor, a numpy array or a numpy memory map
+        self.height, self.width = int(x.shape[2]), int(x.shape[3])
+        self.y = (y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))).to(device)
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+
+    def __len__(self) -> int:
+        return int(self.source.shape[0])
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.rows(torch.arange(len(self)))
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` (a CPU tensor) as uint8 (N, C, H, W) on the device, read in file order."""
+        order = torch.argsort(idx)
+        sorted_idx = idx[order].numpy()
+        if isinstance(self.source, torch.Tensor):
+            got = self.source[torch.from_numpy(sorted_idx)]
+        else:
+            got = torch.from_numpy(np.ascontiguousarray(self.source[sorted_idx]))
+        out = torch.empty_like(got)
+        out[order] = got
+        if self.device.type == "cuda":
+            out = out.pin_memory()
+        return out.to(self.device, non_blocking=True)
+
+    def augmented(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        batch = self.rows(idx.cpu()).permute(0, 2, 3, 1)
+        if self.pad:
+            batch = F.pad(batch, (0, 0, self.pad, self.pad, self.pad, self.pad))
+        local = torch.arange(len(batch), device=self.device)
+        return crop_flip(batch, local, dy.to(self.device), dx.to(self.device), flips.to(self.device), self.height, self.width)
+
+    def train_batches(
+        self, batch_size: int, seed: int, epoch: int, flip: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        n, pad = len(self), self.pad
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7919)
+        order = torch.randperm(n, generator=g)
+        dy, dx, flips = view_params(n, seed, epoch, pad, flip)
+        for start, end in batch_bounds(n, batch_size):
+            idx = order[start:end]
+            images = self.augmented(idx, dy[idx], dx[idx], flips[idx])
+            on_device = idx.to(self.device)
+            yield self.normalise(images), self.y[on_device], on_device
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(self)))
+            yield self.normalise(self.rows(idx)), self.y[start : start + batch_size]

@@ -1,0 +1,96 @@
+"""Where the training data lives (issue 30): the device, the node's shared host copy, or files
+streamed from disk; the choice and its error, and the same batches from each."""
+
+import numpy as np
+import pytest
+import torch
+
+from kdsearch.data import placement
+from kdsearch.data.pipeline import DeviceData, HostData
+from kdsearch.errors import UserError
+
+GB = 1024**3
+
+
+def _images(n=300, c=3, h=10, w=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def test_host_and_streamed_batches_equal_the_device_path_pixel_for_pixel(tmp_path):
+    x, y = _images()
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    np.save(tmp_path / "x.npy", x.numpy())
+    mapped = torch.from_numpy(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    device = DeviceData(x, y, mean, std, "cpu", pad=4)
+    sources = {"host": HostData(x, y, mean, std, "cpu", pad=4), "stream": HostData(mapped, y, mean, std, "cpu", pad=4)}
+    for epoch in (0, 3):
+        want = list(device.train_batches(64, seed=5, epoch=epoch, flip=True))
+        for name, data in sources.items():
+            got = list(data.train_batches(64, seed=5, epoch=epoch, flip=True))
+            assert len(got) == len(want) == device.num_batches(64) == data.num_batches(64)
+            for (gx, gy, gi), (wx, wy, wi) in zip(got, want):
+                assert torch.equal(gi, wi) and torch.equal(gy, wy), name
+                assert torch.equal(gx, wx), f"{name}: epoch {epoch} batch differs"
+    for name, data in sources.items():
+        for (gx, gy), (wx, wy) in zip(data.eval_batches(100), device.eval_batches(100)):
+            assert torch.equal(gx, wx) and torch.equal(gy, wy), name
+        assert torch.equal(data.x, device.x)
+    # every image once an epoch
+    seen = torch.cat([i for _, _, i in sources["stream"].train_batches(64, seed=1, epoch=2, flip=False)])
+    assert sorted(seen.tolist()) == list(range(len(x)))
+
+
+def _sizes(**changes):
+    base = dict(
+        images=162_770,
+        shape=(3, 128, 128),
+        data=8 * GB,
+        padded=10 * GB,
+        trials=4,
+        device="cuda",
+        device_share=10 * GB,
+        host_free=20 * GB,
+        disk_free=100 * GB,
+        disk_path="/cache",
+    )
+    return placement.Sizes(**{**base, **changes})
+
+
+def test_auto_takes_the_device_then_the_host_then_the_disk_and_says_why():
+    where, line = placement.choose("auto", _sizes(device_share=40 * GB))
+    assert where == "device" and line.startswith("data placement: device (chosen; 162,770 training images of 3x128x128")
+    assert "10.00 GB padded per trial" in line and "4 trials at once" in line
+    assert placement.choose("auto", _sizes())[0] == "host"  # 10 GB padded > 0.75 of a 10 GB share
+    assert placement.choose("auto", _sizes(host_free=8 * GB))[0] == "stream"
+    # on a CPU the device is host memory: four padded copies and the shared one must fit there
+    assert placement.choose("auto", _sizes(device="cpu", host_free=80 * GB))[0] == "device"
+    assert placement.choose("auto", _sizes(device="cpu", host_free=40 * GB))[0] == "host"
+
+
+def test_nothing_fits_is_one_line_naming_the_size_the_limits_and_what_would():
+    with pytest.raises(UserError) as err:
+        placement.choose("auto", _sizes(host_free=4 * GB, disk_free=6 * GB))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("the data fits nowhere: 162,770 training images of 3x128x128: 8.00 GB")
+    assert "4.00 GB host memory free, 6.00 GB disk free under /cache" in message
+    assert "a smaller image_size (96 px or less would fit)" in message and "fewer trials per GPU" in message
+    with pytest.raises(UserError, match=r"^data_placement device does not fit in the device memory: .*10.00 GB padded"):
+        placement.choose("device", _sizes())
+    with pytest.raises(UserError, match="data_placement 'disk' is not one of auto, device, host, stream"):
+        placement.choose("disk", _sizes())
+
+
+def test_shards_are_written_once_and_read_as_memory_maps(tmp_path):
+    from kdsearch.data import load_dataset
+
+    data = load_dataset("digits")
+    folder = placement.shard_dir(tmp_path, data)
+    paths = placement.write_shards(data, folder)
+    stamp = {k: (tmp_path / p).stat().st_mtime_ns for k, p in paths.items()}
+    assert placement.write_shards(data, folder) == paths
+    assert {k: (tmp_path / p).stat().st_mtime_ns for k, p in paths.items()} == stamp  # not written again
+    opened = placement.open_shards(paths)
+    assert torch.equal(opened["train_x"], data.train_x) and torch.equal(opened["val_y"], data.val_y)
+    assert isinstance(opened["train_x"].numpy().base, np.memmap) or not opened["train_x"].numpy().flags.owndata
