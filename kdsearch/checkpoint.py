@@ -50,11 +50,12 @@ def build_from_spec(spec: dict) -> nn.Module:
     return build_model(spec["arch"], spec["num_outputs"], spec["in_channels"], spec["stem"], spec["width"], spec.get("args"))
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, **meta) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module | dict, spec: dict, **meta) -> Path:
     """Write ``{format, model spec, state_dict, **meta}`` to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    weights = model if isinstance(model, dict) else model.state_dict()  # a module, or its state dict
+    state = {k: v.detach().to("cpu").clone() for k, v in weights.items()}
     payload = {"format": FORMAT, "model": spec, "state_dict": state, **meta}
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
         torch.save(payload, tmp)

@@ -104,6 +104,12 @@ class TrainConfig:
     download: bool = _opt(False, "download the dataset through torchvision if it is not in --data-dir")
     image_size: int | None = _opt(None, f"decode resolution of CelebA and image folders; resizes Fashion-MNIST ({_PRESET})")
     data_memory_gb: float | None = _opt(None, "most GiB an image folder may take decoded (default: half the memory)")
+    data_placement: str = _opt(
+        "auto",
+        "where the training data lives: on each trial's device, in the node's one shared host copy, or streamed from "
+        "memory-mapped files on disk (auto: the first that fits, said in one line)",
+        ("auto", "device", "host", "stream"),
+    )
     val_fraction: float = _opt(0.1, "share of the training split held out for validation")
     split_seed: int = _opt(0, "seed of the validation split, fixed apart from --seed so every run selects on the same images")
     train_subset: int | None = _opt(None, "train (and search) on this many training images")

@@ -20,6 +20,8 @@
       grace_period: 3                     # ASHA's first rung, in epochs (default: at 80% of the
                                           # epochs; earlier rungs judge one-cycle trials on noise)
       reduction_factor: 2
+      checkpoint_every: 5                 # also checkpoint every 5 epochs (default: only at ASHA's
+                                          # rungs and a trial's end; a resume restarts from there)
       seed: 0
 
 A key names a TrainConfig field or, failing that, a setting of the method. Everything
@@ -70,6 +72,7 @@ class SearchSettings:
     scheduler: str = "asha"
     grace_period: int | None = None  # None: one rung, at LATE_RUNG of the epochs (first_rung)
     reduction_factor: int = 2
+    checkpoint_every: int | None = None  # None: a trial checkpoints at ASHA's rungs and at its end only
     seed: int = 0
     max_failures: int = 1  # retries of a trial that raised, from its last checkpoint
 
@@ -90,6 +93,19 @@ class SearchSettings:
         if self.grace_period is not None:
             return min(self.grace_period, epochs)
         return max(1, min(epochs, round(LATE_RUNG * epochs)))
+
+    def checkpoint_epochs(self, epochs: int) -> set[int]:
+        """The epochs after which a trial checkpoints before its last (which always does): ASHA's
+        rungs, where a stopped trial ends, and every ``checkpoint_every`` epochs when set. Fewer
+        checkpoints write fewer bytes, and Ray Tune saves its whole experiment state (every trial)
+        at each one: benchmarks/results/many-trials.md measured that growing with the sweep."""
+        out = set(range(self.checkpoint_every, epochs, self.checkpoint_every)) if self.checkpoint_every else set()
+        if self.scheduler == "asha":
+            rung = self.first_rung(epochs)
+            while rung < epochs:
+                out.add(rung)
+                rung *= self.reduction_factor
+        return out
 
     def startup_trials(self) -> int:
         return self.n_startup_trials if self.n_startup_trials is not None else max(1, min(10, self.num_samples // 3))

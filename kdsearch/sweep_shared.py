@@ -90,6 +90,7 @@ class Shared:
     teacher_outputs: object | None
     manifest: dict
     guard: StorageGuard | None  # local storage only
+    placement: str | None = None  # where the training data lives (data.placement), chosen before the teacher trains
 
 
 def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[str], None]) -> Shared:
@@ -122,6 +123,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     plan.folder.publish([plan.folder.path / MANIFEST])
     if guard is not None:
         guard.place()
+    placement, data = ray_trials.place_data(spec, data, opts, log)
     fixed = spec.fixed_config()
     if opts.teacher is not None:
         teacher = given_teacher(opts.teacher, fixed, data)
@@ -142,7 +144,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
     )
-    return Shared(data, teacher, outputs, manifest, guard)
+    return Shared(data, teacher, outputs, manifest, guard, placement)
 
 
 def teacher_and_outputs(

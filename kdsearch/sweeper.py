@@ -406,6 +406,7 @@ def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None])
             teacher_outputs=shared.teacher_outputs,
             stop_check=shared.guard.stop_reason if shared.guard is not None else None,
             study_db=plan.folder.study_db,
+            placement=shared.placement,
         )
     except (ray_trials.TrialsInterrupted, KeyboardInterrupt) as exc:
         raise interrupted(plan, opts, tracker, exc) from None

@@ -61,7 +61,7 @@ def teacher_training_config(cfg: TrainConfig) -> TrainConfig:
     teacher's own settings (``teacher_*``, else the dataset's presets) on the same data and
     execution settings. Nothing of the student's optimisation enters it."""
     same = ("dataset", "data_dir", "download", "image_size", "data_memory_gb", "val_fraction", "split_seed", "train_subset")
-    execution = ("device", "amp", "channels_last", "compile", "threads", "eval_batch_size", "cache_dir", "stem")
+    execution = ("device", "amp", "channels_last", "compile", "threads", "eval_batch_size", "cache_dir", "stem", "data_placement")
     arch = teacher_arch(cfg)
     return TrainConfig(
         method="ce",

@@ -22,7 +22,8 @@ from kdsearch.checkpoint import build_from_spec, model_spec, save_checkpoint
 from kdsearch.compression import compression_report
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
-from kdsearch.data.pipeline import DeviceData
+from kdsearch.data.pipeline import DeviceData, split_for
+from kdsearch.data.placement import place
 from kdsearch import interrupts, schedules
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
@@ -165,11 +166,15 @@ def build_run(
     teacher_outputs,
     log: Callable[[str], None],
     initial_student: nn.Module | None = None,
+    placement: str | None = None,
 ) -> TrainingRun:
+    """``placement``: where the data lives, when a sweep's driver chose it for every trial
+    (data.placement); else chosen here from ``cfg.data_placement``."""
     device = resolve_device(cfg.device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.preserve_format
+    placement, data = place(cfg, data, device, log, decided=placement)
 
     torch.manual_seed(cfg.seed)
     spec = student_spec(cfg, data)
@@ -193,8 +198,9 @@ def build_run(
     taps = [f for f in (student_forward, teacher_forward) if f is not None]
     if cfg.compile:
         student_forward, teacher_forward = _compiled(student_forward, teacher_forward, method)
-    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
-    val = DeviceData(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
+    split = split_for(placement)
+    train = split(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
+    val = split(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
     optimizer = build_optimizer(cfg, parameter_groups(cfg, student, method))
     scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
     forwards = (student_forward, teacher_forward, outputs, taps, schedules.scheduled(cfg.method_args))

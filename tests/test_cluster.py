@@ -66,7 +66,7 @@ name: cl
 fixed: {{method: ce, dataset: digits, epochs: {EPOCHS}, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{loguniform: [3e-2, 1e-1]}}
-search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2}}
+search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2, checkpoint_every: 1}}
 """)
     folder = tmp_path / "s" / "cl"
     killed = {}

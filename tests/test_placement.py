@@ -94,3 +94,66 @@ def test_shards_are_written_once_and_read_as_memory_maps(tmp_path):
     opened = placement.open_shards(paths)
     assert torch.equal(opened["train_x"], data.train_x) and torch.equal(opened["val_y"], data.val_y)
     assert isinstance(opened["train_x"].numpy().base, np.memmap) or not opened["train_x"].numpy().flags.owndata
+
+
+def test_a_run_trains_the_same_from_the_device_the_host_copy_and_the_disk(tmp_path):
+    from kdsearch import TrainConfig, fit
+    from kdsearch.data import load_dataset
+
+    data = load_dataset("digits")
+    results, lines = {}, {}
+    for where in ("device", "host", "stream"):
+        cfg = TrainConfig(
+            method="ce", dataset="digits", student="resnet8", epochs=2, crop_pad=1, flip=True, cache_dir=str(tmp_path / "cache")
+        )
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "data_placement": where})
+        said = []
+        results[where] = fit(cfg, data=data, log=said.append, measure_speed=False, evaluate_test=False)
+        lines[where] = [line for line in said if line.startswith("data placement:")]
+    assert lines["stream"][0].startswith("data placement: stream (as asked; 1,")
+    assert len(list((tmp_path / "cache" / "shards").glob("digits-*/train_x.npy"))) == 1  # the files it read
+
+    # the same seed: the same batches, so the same model, bit for bit, wherever the data lived
+    def learnt(history):
+        return [{k: v for k, v in h.items() if not k.startswith("time/")} for h in history]
+
+    for where in ("host", "stream"):
+        assert learnt(results[where].history) == learnt(results["device"].history), where
+    assert results["stream"].metrics["val/acc"] > 0.3
+
+
+@pytest.mark.slow
+def test_a_sweep_chooses_in_the_driver_and_its_trials_stream_from_the_files(tmp_path):
+    """The driver chooses for as many trials as run at once and says so before anything trains;
+    trials of a streamed sweep map the files (no copy of the data through Ray's object store)
+    and train as the in-memory trials of the same settings do."""
+    import yaml
+
+    from kdsearch.sweep_folder import load_trials
+    from kdsearch.sweeper import SweepOptions, run_sweep
+
+    scores = {}
+    for where in ("device", "stream"):
+        space = tmp_path / f"{where}.yaml"
+        space.write_text(
+            yaml.safe_dump(
+                {
+                    "name": where,
+                    "fixed": {"method": "ce", "dataset": "digits", "student": "resnet8", "epochs": 2, "data_placement": where,
+                              "cache_dir": str(tmp_path / "cache")},
+                    "space": {"lr": {"loguniform": [0.03, 0.1]}},
+                    "search": {"num_samples": 2, "sampler": "random", "scheduler": "fifo", "seed": 0},
+                }
+            )
+        )  # fmt: skip
+        said = []
+        opts = SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False)
+        run_sweep(space, opts, log=said.append)
+        line = next(s for s in said if s.startswith("data placement:"))
+        assert (
+            line.startswith(f"data placement: {where} (as asked; 1,293 training images of 1x8x8") and "2 trials at once" in line
+        )
+        trials = load_trials(tmp_path / "s" / where)
+        scores[where] = sorted((t.params["lr"], [h["val/acc"] for h in t.history]) for t in trials)
+    assert scores["stream"] == scores["device"]
+    assert list((tmp_path / "cache" / "shards").glob("digits-*/val_x.npy"))

@@ -451,3 +451,47 @@ def test_the_shipped_methods_and_schedules_spaces_run_on_digits(space, tmp_path)
     assert len(verdict) == 1 and verdict[0].endswith("the set-up learns"), run.stdout[-2000:]
     trials = load_trials(tmp_path / "s" / space)
     assert len(trials) == 2 and all(t.failure is None for t in trials)
+
+
+def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one_save_per_trial(tmp_path, monkeypatch):
+    """Issue 31: Ray Tune saved its whole experiment state (every trial, the searcher) at every trial
+    checkpoint while ``num_to_keep`` was set: work per trial that grew with the sweep. Counted here:
+    Tune's saves of the experiment state, and each trial's checkpoints (issue 30: fewer bytes)."""
+    from ray import tune
+
+    from kdsearch.ray_trials import runner
+
+    saves = []
+
+    class CountSaves(tune.Callback):
+        def get_state(self):  # Tune asks every callback for its state at each save of the experiment
+            saves.append(1)
+            return {}
+
+    made = runner._run_config
+    monkeypatch.setattr(
+        runner, "_run_config", lambda *a, **k: (lambda c: (c.callbacks.append(CountSaves()), c)[1])(made(*a, **k))
+    )
+    trials = 16
+    space = tmp_path / "many.yaml"
+    raw = yaml.safe_load(SPACE.format(epochs=3, samples=trials, cache=tmp_path / "cache", scheduler="asha"))
+    raw["search"].update(sampler="random", grace_period=2, reduction_factor=2)
+    space.write_text(yaml.safe_dump(raw))
+    opts = SweepOptions(
+        storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False, max_concurrent=2
+    )
+    summary = run_sweep(space, opts, log=lambda _: None)
+    assert len(summary.table) == trials
+    assert len(saves) < trials / 2, f"{len(saves)} saves of the experiment state for {trials} trials"  # was one or more a trial
+
+    for record in load_trials(summary.out_dir):
+        epochs = len(record.history)
+        folders = sorted(Path(record.path).glob("checkpoint_*"))
+        # a trial ASHA stopped at its rung (epoch 2): one checkpoint; one that went on: the rung's and the end's
+        assert len(folders) == (1 if epochs == 2 else 2), (epochs, folders)
+        best_epoch = max(record.history, key=lambda h: (h["val/acc"], h["epoch"]))
+        _, payload = load_model(folders[-1] / "student.pt")
+        assert payload["metrics"]["val/acc"] == best_epoch["val/acc"]  # the last checkpoint holds the best epoch's student
+    # the best student is the best trial's best epoch, whichever epoch that was
+    _, payload = load_model(summary.checkpoint)
+    assert payload["metrics"]["val/acc"] == max(summary.table["best val/acc"])

@@ -169,3 +169,8 @@ class HostData(DeviceData):
         for start in range(0, len(self), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(self)))
             yield self.normalise(self.rows(idx)), self.y[start : start + batch_size]
+
+
+def split_for(placement: str):
+    """The class that holds a split where ``placement`` says (data.placement)."""
+    return DeviceData if placement == "device" else HostData

@@ -29,7 +29,7 @@ HEADROOM = 0.75  # the share of a memory (or disk) the data may take; the rest i
 
 
 def gb(n: float) -> str:
-    return f"{n / 1024**3:.2f} GB" if n >= 1024**2 else f"{n / 1024**2:.2f} MB" if n >= 1024 else f"{n:.0f} B"
+    return f"{n / 1024**3:.2f} GB" if n >= 1024**3 else f"{n / 1024**2:.2f} MB" if n >= 1024 else f"{n:.0f} B"
 
 
 def free_host_memory() -> int:
@@ -173,3 +173,44 @@ def open_shards(paths: dict[str, str]) -> dict[str, torch.Tensor]:
         for name, path in paths.items():
             out[name] = torch.from_numpy(np.load(path, mmap_mode="r"))
     return out
+
+
+def device_memory(device: torch.device) -> int | None:
+    """The training device's memory in bytes (None on a CPU: its memory is the host's)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return None
+
+
+def mapped_file(x) -> str | None:
+    """The file a split's tensor is a memory map of (streamed), or None (an in-memory copy)."""
+    array = x.numpy() if isinstance(x, torch.Tensor) else x
+    while array is not None and not isinstance(array, np.memmap):
+        array = getattr(array, "base", None)
+    return None if array is None else str(array.filename)
+
+
+def is_mapped(x) -> bool:
+    return mapped_file(x) is not None
+
+
+def place(cfg, data, device: torch.device, log, trials: int = 1, share: float = 1.0, decided: str | None = None):
+    """The placement for ``cfg`` (``decided`` when a sweep's driver chose it for its trials) and the
+    data as it lives there: a streamed run reads memory-mapped files in the cache (written once)."""
+    if decided is None:
+        total = device_memory(device)
+        found = sizes(data, int(cfg.crop_pad or 0), trials, device.type, int(total * share) if total else None, _cache(cfg))
+        decided, line = choose(cfg.data_placement, found)
+        log(line)
+    if decided == "stream" and not is_mapped(data.train_x):
+        import dataclasses
+
+        paths = write_shards(data, shard_dir(_cache(cfg), data))
+        data = dataclasses.replace(data, **open_shards(paths))
+    return decided, data
+
+
+def _cache(cfg) -> Path:
+    from kdsearch.object_storage import cache_root
+
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_root()

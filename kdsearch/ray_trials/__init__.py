@@ -38,7 +38,7 @@ from kdsearch.ray_trials.cluster import (  # noqa: E402
     trials_at_once,
     user_code,
 )
-from kdsearch.ray_trials.runner import can_resume, copy_from_checkpoint, make_searcher, run_trials  # noqa: E402
+from kdsearch.ray_trials.runner import can_resume, copy_from_checkpoint, make_searcher, place_data, run_trials  # noqa: E402
 from kdsearch.ray_trials.study import warm_start  # noqa: E402
 from kdsearch.ray_trials.trainable import STATE_FILE, STUDENT_FILE, EpochTrainable  # noqa: E402
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped  # noqa: E402
@@ -57,6 +57,7 @@ __all__ = [
     "gpus_per_trial_default",
     "make_searcher",
     "run_on_a_gpu",
+    "place_data",
     "run_trials",
     "start_ray",
     "stop_ray",

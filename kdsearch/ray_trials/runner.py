@@ -140,16 +140,17 @@ def run_trials(
     teacher_outputs=None,
     stop_check: Callable[[], str | None] | None = None,
     study_db: Path | None = None,
+    placement: str | None = None,
 ) -> list[TrialRecord]:
     """Run (or resume, ``opts.resume``) the sweep in ``storage/name`` with ``opts``' resources and
     return every trial. ``stop_check`` is asked every second while the trials run; a reason it
     returns stops them gracefully (state saved, resumable) and raises ``TrialsStopped``.
     ``study_db``: where the Optuna study is written when the trials end (also after Ctrl-C and
-    on a resume)."""
+    on a resume). ``placement``: where the data lives (``place_data``); None: each trial chooses."""
     gpus_per_trial = cluster.gpus_per_trial_default(opts.gpus_per_trial)
     cluster.check_resources(opts.cpus_per_trial, gpus_per_trial)
     cluster.check_storage(storage, opts.shared_storage)
-    trainable = _trainable(spec, data, teacher, teacher_outputs, opts.cpus_per_trial, gpus_per_trial)
+    trainable = _trainable(spec, data, teacher, teacher_outputs, opts.cpus_per_trial, gpus_per_trial, placement)
     settings = {
         # Each trial's params.json and result.json are all kdsearch reads (and what Tune restores
         # from); Tune's CSV and TensorBoard copies of every result cost time per trial and epoch.
@@ -205,7 +206,24 @@ def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: 
     return tuner, searcher
 
 
-def _trainable(spec: SweepSpec, data, teacher, teacher_outputs, cpus_per_trial: float, gpus_per_trial: float):
+def place_data(spec: SweepSpec, data: DatasetSplits, opts: SweepOptions, log: Callable[[str], None]):
+    """Where the sweep's training data lives (data.placement), chosen in the driver before
+    anything trains for as many trials as run at once, and said in one line; a sweep whose data
+    fits nowhere stops here in one line. Returns (placement, the data as it lives there)."""
+    import torch
+
+    from kdsearch.data import placement
+
+    gpus = cluster.gpus_per_trial_default(opts.gpus_per_trial)
+    caps = (cluster.trials_at_once(opts.cpus_per_trial, gpus), opts.max_concurrent or spec.search.max_concurrent)
+    trials = min([spec.search.num_samples, *(c for c in caps if c)])
+    device = torch.device("cuda") if gpus and torch.cuda.is_available() else torch.device("cpu")
+    return placement.place(spec.fixed_config(), data, device, log, trials=trials, share=min(1.0, gpus) if gpus else 1.0)
+
+
+def _trainable(
+    spec: SweepSpec, data, teacher, teacher_outputs, cpus_per_trial: float, gpus_per_trial: float, placement: str | None
+):
     """EpochTrainable with what every trial shares (through Ray's object store) and its resources."""
     trainable = tune.with_parameters(
         EpochTrainable,
@@ -216,6 +234,7 @@ def _trainable(spec: SweepSpec, data, teacher, teacher_outputs, cpus_per_trial: 
         teacher_outputs=teacher_outputs,
         static_by_architecture=architecture_metrics(spec, data),
         gpu_share=gpus_per_trial,
+        placement=placement,
     )
     return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
 
@@ -230,13 +249,11 @@ def _run_config(spec: SweepSpec, name: str, storage: str, tracker, verbose: int)
         callbacks=callbacks,
         verbose=verbose,
         progress_reporter=SweepProgress(spec) if verbose else None,
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=1,
-            checkpoint_score_attribute=spec.search.metric,
-            checkpoint_score_order=spec.search.mode,
-            checkpoint_frequency=1,  # every epoch: --resume and retries lose none
-            checkpoint_at_end=True,
-        ),
+        # A trial checkpoints at ASHA's rungs (and every checkpoint_every epochs) as it asks, and at
+        # its end; each checkpoint's student is its best epoch's so far. All are kept (a couple a
+        # trial): with num_to_keep set, Tune saves its whole experiment state at every trial
+        # checkpoint, a cost that grows with the sweep (benchmarks/results/many-trials.md).
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=True),
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
     )
 
@@ -263,11 +280,7 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
     frame = result.metrics_dataframe
     history = frame.to_dict("records") if frame is not None else []
     best = None
-    try:
-        checkpoint = result.get_best_checkpoint(spec.search.metric, spec.search.mode)
-    except (RuntimeError, ValueError, KeyError):
-        checkpoint = None
-    checkpoint = checkpoint or result.checkpoint
+    checkpoint = result.checkpoint  # the latest: it holds the trial's best student so far
     if checkpoint is not None:
         best = checkpoint.path
         if "://" in storage and "://" not in best:  # pyarrow gives object-store paths without their scheme

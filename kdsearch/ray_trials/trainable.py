@@ -46,8 +46,11 @@ def best_so_far(score: float | None, metrics: dict, objective: tuple[str, str]) 
 def payload(data: DatasetSplits) -> dict:
     """What trials get of the data: numpy arrays, which Ray's object store hands to every worker
     of a node without a copy; no test images (trials select on validation; the driver tests)."""
+    from kdsearch.data.placement import mapped_file
+
     out = {k: getattr(data, k) for k in ("name", "class_names", "multilabel", "mean", "std", "split")}
-    out.update({k: getattr(data, k).numpy() for k in ("train_x", "train_y", "val_x", "val_y")})
+    for k in ("train_x", "train_y", "val_x", "val_y"):  # streamed data: the files, each trial maps them
+        out[k] = {"mapped": mapped_file(getattr(data, k))} if mapped_file(getattr(data, k)) else getattr(data, k).numpy()
     out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())
     return out
 
@@ -56,6 +59,9 @@ def unpack(payload: dict) -> DatasetSplits:
     with warnings.catch_warnings():  # read-only views of the object store: training only reads them
         warnings.simplefilter("ignore", UserWarning)
         values = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in payload.items()}
+        for k, v in payload.items():
+            if isinstance(v, dict) and "mapped" in v:
+                values[k] = torch.from_numpy(np.load(v["mapped"], mmap_mode="r"))
     return DatasetSplits(**values)
 
 
@@ -126,7 +132,9 @@ class EpochTrainable(tune.Trainable):
     from the last one on a retry or ``--resume``; a reused actor is reset for the next trial."""
 
     def setup(self, config: dict, **shared) -> None:
-        self.shared = shared  # spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share
+        self.shared = (
+            shared  # spec, data_payload, teacher_payload, threads, teacher_outputs, static_by_architecture, gpu_share, placement
+        )
         # What this worker holds before its first trial (Ray, torch, kdsearch) stays for the
         # actor's life: kept out of the garbage collector, the full collection between trials
         # (release) and the automatic ones do not walk it (benchmarks/results/many-trials-gc.md).
@@ -145,8 +153,12 @@ class EpochTrainable(tune.Trainable):
         if gpus and sh["gpu_share"] < 1 and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(sh["gpu_share"])  # a fractional trial keeps to its share
         self.cfg, self.epoch, self.best_val = cfg, 0, -math.inf
-        self.last_metrics: dict = {}  # the last epoch's result, saved with its checkpoint
+        self.last_metrics: dict = {}  # the last epoch's result
         self.score: float | None = None  # the best value of the first objective so far (SCORE)
+        # The student at its best epoch so far (ties: the later) and that epoch's metrics: a trial
+        # checkpoints only at ASHA's rungs and its end, and each checkpoint's student.pt is this one.
+        self.best_student: tuple[dict, dict] | None = None
+        self.checkpoint_epochs = spec.search.checkpoint_epochs(int(spec.trial_config(searched(sampled)).epochs or 0))
         try:
             self.device = resolve_device(cfg.device)
         except UserError:
@@ -166,7 +178,7 @@ class EpochTrainable(tune.Trainable):
         teacher = unpack_teacher(sh["teacher_payload"]) if sh["teacher_payload"] is not None else None
         set_threads(cfg.threads)
         try:
-            self.run = build_run(cfg, self.data, teacher, sh["teacher_outputs"], lambda _: None)
+            self.run = build_run(cfg, self.data, teacher, sh["teacher_outputs"], lambda _: None, placement=sh.get("placement"))
         except UserError as exc:
             self.failed = exc  # reported by the first step
 
@@ -178,7 +190,14 @@ class EpochTrainable(tune.Trainable):
                 memory = {k: v for k, v in gpu_memory_mb(self.device).items() if k == "gpu/peak_mb"}
                 self.last_metrics = {**metrics, **self.static, **memory}
                 self.last_metrics[SCORE] = self.score = best_so_far(self.score, self.last_metrics, self.spec.search.objectives[0])
-                return {**self.last_metrics, "done": self.epoch >= self.cfg.epochs}
+                if self.last_metrics.get(self.spec.search.metric) == self.score:  # the best epoch so far
+                    weights = {k: v.detach().to("cpu", copy=True) for k, v in self.run.student.state_dict().items()}
+                    self.best_student = (
+                        weights,
+                        {k: v for k, v in self.last_metrics.items() if k.startswith(("val/", "train/"))},
+                    )
+                done = self.epoch >= self.cfg.epochs
+                return {**self.last_metrics, "done": done, "should_checkpoint": not done and self.epoch in self.checkpoint_epochs}
             except (TrainingDiverged, UserError) as exc:
                 self.failed = exc
         # Retrying the same settings would fail the same way (a divergence, or a setting that
@@ -196,10 +215,10 @@ class EpochTrainable(tune.Trainable):
             EpochState(self.epoch, self.best_val, run.student, run.method, run.optimizer, run.scheduler).training_state(),
             Path(checkpoint_dir) / STATE_FILE,
         )
-        metrics = {k: v for k, v in self.last_metrics.items() if k.startswith(("val/", "train/"))}
+        weights, metrics = self.best_student or (run.student, {})
         save_checkpoint(
-            Path(checkpoint_dir) / STUDENT_FILE, run.student, self.own_spec, dataset=self.data.info(), metrics=metrics,
-            config=self.cfg.to_dict(),
+            Path(checkpoint_dir) / STUDENT_FILE, weights, self.own_spec, dataset=self.data.info(), metrics=metrics,
+            config=self.cfg.to_dict(), score=self.score,
         )  # fmt: skip
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
@@ -207,6 +226,11 @@ class EpochTrainable(tune.Trainable):
         if self.run is not None and state_file.is_file():
             state = torch.load(state_file, map_location="cpu", weights_only=True)
             self.epoch, self.best_val = restore(self.run, state)
+            student = Path(checkpoint_dir) / STUDENT_FILE
+            if student.is_file():  # the best student so far, and the score, carry over the resume
+                payload = torch.load(student, map_location="cpu", weights_only=True)
+                self.best_student = (payload["state_dict"], payload.get("metrics") or {})
+                self.score = payload.get("score")
 
     def reset_config(self, new_config: dict) -> bool:
         self.release()
