@@ -174,7 +174,6 @@ def build_run(
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.preserve_format
-    placement, data = place(cfg, data, device, log, decided=placement)
 
     torch.manual_seed(cfg.seed)
     spec = student_spec(cfg, data)
@@ -198,6 +197,7 @@ def build_run(
     taps = [f for f in (student_forward, teacher_forward) if f is not None]
     if cfg.compile:
         student_forward, teacher_forward = _compiled(student_forward, teacher_forward, method)
+    placement, data = place(cfg, data, device, log, decided=placement)  # said once the settings are known to work
     split = split_for(placement)
     train = split(data.train_x, data.train_y, data.mean, data.std, device, channels_last, pad=cfg.crop_pad)
     val = split(data.val_x, data.val_y, data.mean, data.std, device, channels_last)
