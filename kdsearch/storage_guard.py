@@ -11,9 +11,10 @@ from kdsearch.search_space import SweepSpec
 
 
 def trial_bytes(spec: SweepSpec, data) -> int:
-    """About what one trial writes: two checkpoints (its best and its latest), each the student
-    alone plus the training state (student, the method's modules such as DML's peers, and SGD's
-    momentum for all of them), and its logs."""
+    """About what one trial writes: a checkpoint at each of ASHA's rungs, every
+    ``checkpoint_every`` epochs and at its end (all kept), each the student alone plus the
+    training state (student, the method's modules such as DML's peers, and SGD's momentum for
+    all of them), and its logs."""
     from torch import nn
 
     from kdsearch.checkpoint import build_from_spec
@@ -30,7 +31,8 @@ def trial_bytes(spec: SweepSpec, data) -> int:
 
     method = build_method(cfg.method, cfg.method_args, objective=TaskLoss(), make_peer=student)
     one = nbytes(student())
-    return 2 * (one + 2 * (one + nbytes(method))) + (256 << 10)
+    checkpoints = len(spec.search.checkpoint_epochs(int(cfg.epochs or 1))) + 1
+    return checkpoints * (one + 2 * (one + nbytes(method))) + (256 << 10)
 
 
 def _mb(n: float) -> str:
