@@ -41,6 +41,7 @@ OTHER_TOOLS = {
     "--repeats",
     "--retrain-picks",
     "--reuse-only",
+    "--concurrency",  # benchmarks/search_efficiency.py
 }
 
 

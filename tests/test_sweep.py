@@ -205,7 +205,7 @@ def _finished_trials(sweep_dir: Path, epochs: int) -> list[Path]:
     return done
 
 
-EPOCHS = 25  # about 5 s a trial here: long enough to interrupt the second one
+EPOCHS = 60  # several seconds a trial here: long enough to interrupt the second one
 
 
 def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
@@ -236,7 +236,7 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
     proc.wait()
     finished = {p.parent.name: p.read_text() for p in _finished_trials(storage / "tiny", EPOCHS)}
-    assert len(finished) == 1
+    assert 1 <= len(finished) <= 2  # one or two finished, the rest left for the resume
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # same name without --resume: refused
     assert again.returncode == 2 and "add --resume" in again.stderr
