@@ -158,7 +158,7 @@ class EpochTrainable(tune.Trainable):
         # The student at its best epoch so far (ties: the later) and that epoch's metrics: a trial
         # checkpoints only at ASHA's rungs and its end, and each checkpoint's student.pt is this one.
         self.best_student: tuple[dict, dict] | None = None
-        self.checkpoint_epochs = spec.search.checkpoint_epochs(int(spec.trial_config(searched(sampled)).epochs or 0))
+        self.checkpoint_epochs = spec.search.checkpoint_epochs(int(cfg.epochs or 0))
         try:
             self.device = resolve_device(cfg.device)
         except UserError:
