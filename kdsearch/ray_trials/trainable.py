@@ -50,7 +50,8 @@ def payload(data: DatasetSplits) -> dict:
 
     out = {k: getattr(data, k) for k in ("name", "class_names", "multilabel", "mean", "std", "split")}
     for k in ("train_x", "train_y", "val_x", "val_y"):  # streamed data: the files, each trial maps them
-        out[k] = {"mapped": mapped_file(getattr(data, k))} if mapped_file(getattr(data, k)) else getattr(data, k).numpy()
+        path = mapped_file(getattr(data, k))
+        out[k] = {"mapped": path} if path else getattr(data, k).numpy()
     out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())
     return out
 
