@@ -439,3 +439,48 @@ search: {{num_samples: 10, scheduler: fifo, sampler: tpe, n_startup_trials: 3, s
     assert sorted(t.user_attrs["kdsearch.trial_id"] for t in trained) == sorted(f.name.removeprefix("trial_") for f in folders)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trained)
     assert {t.user_attrs["kdsearch.mlflow_run_id"] for t in trained} == {r.info.run_id for r in runs}
+
+
+def test_a_trial_whose_worker_dies_resumes_from_its_checkpoint_with_every_epoch_in_its_history(tmp_path, monkeypatch):
+    # The student's process dies for real (os._exit, as the kernel's OOM killer or a lost node
+    # would end it) in its 20th-odd epoch, once: Tune restarts the trial from its last checkpoint.
+    # Its result.json must still hold every epoch: Ray copies the file back from storage when a
+    # trial restarts, and the storage copy is only as new as Tune's last save of its state.
+    code = tmp_path / "project"
+    code.mkdir()
+    mark = tmp_path / "crashed"
+    (code / "crashy.py").write_text(
+        "import os\nfrom pathlib import Path\nfrom torch import nn\n\n"
+        "calls = 0\n\n\n"
+        "class Crashy(nn.Sequential):\n"
+        "    def forward(self, x):\n"
+        "        global calls\n"
+        "        calls += self.training\n"
+        f"        if calls == 400 and not Path({str(mark)!r}).exists():\n"
+        f"            Path({str(mark)!r}).write_text('')\n"
+        "            os._exit(1)\n"
+        "        return super().forward(x)\n\n\n"
+        "def crashy(num_classes, in_channels):\n"
+        "    return Crashy(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                  nn.Linear(8, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(code))
+    space = tmp_path / "crash.yaml"
+    space.write_text(f"""
+name: crash
+fixed: {{method: ce, dataset: digits, student: crashy:crashy, epochs: 40, cache_dir: {tmp_path / "cache"}}}
+space:
+  lr: {{choice: [0.05]}}
+search: {{sampler: grid, scheduler: fifo, max_failures: 1, checkpoint_every: 1}}
+""")
+    summary = run_sweep(
+        space,
+        SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False),
+        log=lambda _: None,
+    )
+    assert mark.exists()  # it did die once
+    (result,) = (tmp_path / "s" / "crash").glob("trial_*/result.json")
+    epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
+    assert epochs[-1] == 40 and sorted(set(epochs)) == list(range(1, 41)), epochs
+    assert len(epochs) < 40 + 5  # resumed from its checkpoint, not retrained from the start
+    assert list(summary.table["status"]) == ["ok"]

@@ -1,5 +1,7 @@
 """The searcher kdsearch gives Ray Tune, driven directly (no Ray cluster needed)."""
 
+from pathlib import Path
+
 import pytest
 
 from kdsearch.errors import UserError
@@ -461,6 +463,48 @@ def test_tunes_idle_wait_is_raised_only_on_the_ray_it_was_written_for(monkeypatc
         with compat.calm_tune_loop() as calmed:
             assert not calmed
     assert "has no ray.air.execution._internal.actor_manager.RayActorManager" in caplog.text
+
+
+def test_a_restarted_trial_keeps_its_result_lines_and_a_resumed_sweep_reads_them_from_storage(tmp_path):
+    """Tune restarts a trial whose worker died from its checkpoint, and its result log copies the
+    trial's result.json back from storage, a copy only as new as Tune's last save: the epochs
+    since were lost (a 2-node cluster lost epoch 49 of 80). kdsearch's log keeps what it wrote."""
+    import json
+
+    import pyarrow.fs
+
+    from kdsearch.ray_trials import compat
+
+    class Trial:  # what a result log reads of one of Tune's trials
+        def __init__(self, local):
+            self.local_path, self.config, self.checkpoint = str(local), {"lr": 0.1}, object()
+            local.mkdir(parents=True)  # Tune makes it when it creates the trial
+            self.storage = type(
+                "Storage",
+                (),
+                {"trial_fs_path": str(tmp_path / "storage" / "t"), "storage_filesystem": pyarrow.fs.LocalFileSystem()},
+            )
+
+        def init_local_path(self):
+            Path(self.local_path).mkdir(parents=True, exist_ok=True)
+
+    def lines(trial):
+        return [json.loads(line)["epoch"] for line in Path(trial.local_path, "result.json").read_text().splitlines()]
+
+    (tmp_path / "storage" / "t").mkdir(parents=True)
+    (tmp_path / "storage" / "t" / "result.json").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2)))
+    log, trial = compat.ResultLog(), Trial(tmp_path / "driver" / "t")
+    trial.checkpoint = None  # a new trial
+    log.log_trial_start(trial)
+    for epoch in (1, 2, 3, 4):
+        log.log_trial_result(epoch, trial, {"epoch": epoch})
+    trial.checkpoint = object()
+    log.log_trial_start(trial)  # its worker died: Tune starts it again from its epoch-4 checkpoint
+    log.log_trial_result(5, trial, {"epoch": 5})
+    assert lines(trial) == [1, 2, 3, 4, 5]
+    resumed = Trial(tmp_path / "driver2" / "t")  # `--resume`: a new driver, with no copy of its own
+    compat.ResultLog().log_trial_start(resumed)
+    assert lines(resumed) == [1, 2]
 
 
 def test_a_trial_drawn_after_the_last_saved_state_is_still_told_when_it_ends(tmp_path):

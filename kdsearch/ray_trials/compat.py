@@ -8,6 +8,12 @@ raises it to ``IDLE_WAIT_S`` through Tune's actor manager, only on the Ray versi
 written and tested for; on any other version Tune's own loop runs unchanged, with one log line.
 Every event (a result, an actor up, a failure) still ends the wait at once; a graceful stop
 (Ctrl-C, a full disk) is seen within it.
+
+``ResultLog``: Tune's JSON result log, except that a trial restarted by this driver (its worker
+or node died) keeps the lines it has. Ray 2.60 copies the trial's result.json back from storage
+whenever a trial starts from a checkpoint, and that copy is only as new as Tune's last save of
+its state: the epochs logged since were lost from the trial's history (seen on a 2-node cluster).
+The copy from storage is still made where this driver has none (a resumed sweep).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+from pathlib import Path
 
 import ray
+from ray.tune.logger import JsonLoggerCallback
 
 TESTED_RAY = "2.60."  # the Ray minor version whose actor manager this was written against
 IDLE_WAIT_S = 1.0
@@ -56,3 +64,12 @@ def calm_tune_loop(version: str | None = None):
         yield True
     finally:
         manager.next = original
+
+
+class ResultLog(JsonLoggerCallback):
+    """Each trial's result.json, one line per result; a restarted trial's lines are kept."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        if Path(trial.local_path, file_name).is_file():
+            return  # this driver wrote it: it holds every line storage has, and the newest
+        super()._restore_from_remote(file_name, trial)

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from tabulate import tabulate
 
@@ -240,7 +239,7 @@ def _trainable(
 
 
 def _run_config(spec: SweepSpec, name: str, storage: str, tracker, verbose: int) -> tune.RunConfig:
-    callbacks: list = [JsonLoggerCallback()]
+    callbacks: list = [compat.ResultLog()]
     if tracker is not None:
         callbacks.append(ForwardResults(tracker))
     return tune.RunConfig(
