@@ -113,6 +113,10 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     assert len(frame) == 2 and set(frame["config/fixed/method"]) == {"kd"} and set(frame["config/fixed/dataset"]) == {"digits"}
     assert set(frame["config/fixed/teacher"]) == {"resnet8"} and set(frame["config/fixed/student"]) == {"resnet8"}
     best = analysis.get_best_config(metric="trial/score", mode="max")
+    # Finished trials keep their metrics' min, max, average and last (what "scope=all" reads),
+    # not Tune's running-average windows (compat.LightFinishedTrials: the driver's memory per trial).
+    assert analysis.get_best_trial("val/acc", "max", scope="all").config == analysis.get_best_trial("val/acc", "max").config
+    assert all("val/acc" in t.metric_analysis and not t.metric_n_steps for t in analysis.trials)
     assert set(summary.best_params) == {"temperature", "alpha", "lr"}  # the searched values, as the summary prints them
     assert best["fixed"]["method"] == "kd" and {k: best[k] for k in summary.best_params} == summary.best_params
     assert max(frame["trial/score"]) == pytest.approx(summary.table.iloc[0]["best val/acc"])
@@ -495,3 +499,32 @@ def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one
     # the best student is the best trial's best epoch, whichever epoch that was
     _, payload = load_model(summary.checkpoint)
     assert payload["metrics"]["val/acc"] == max(summary.table["best val/acc"])
+
+
+def test_trials_the_shared_teacher_outputs_do_not_serve_say_why_once(tmp_path):
+    # The driver computes the teacher's outputs once for the fixed settings; a trial whose searched
+    # seed gives other crops and flips cannot look them up and runs its teacher live: said, once.
+    space = tmp_path / "seeds.yaml"
+    space.write_text(f"""
+name: seeds
+fixed: {{method: kd, dataset: digits, teacher: resnet8, teacher_epochs: 1, epochs: 1, flip: true, cache_dir: {tmp_path / "cache"}}}
+space:
+  seed: {{choice: [0, 1, 2]}}
+search: {{sampler: grid, scheduler: fifo}}
+""")
+    logs = []
+    summary = run_sweep(
+        space,
+        SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0, register=False),
+        log=logs.append,
+    )
+    assert any("computed once for all trials" in line for line in logs)
+    live = [line for line in logs if "runs its teacher live" in line]
+    assert len(live) == 2, logs  # seeds 1 and 2: one reason each
+    assert (
+        "not from the shared outputs: the cache has the views of seed 0, crop_pad 1, flip True; this run: seed 1"
+        in live[0] + live[1]
+    )
+    by_seed = {t.params["seed"]: t.history[-1].get("trial/teacher_live") for t in load_trials(tmp_path / "s" / "seeds")}
+    assert by_seed[0] is None and "seed 2" in by_seed[2]
+    assert set(summary.table["status"]) == {"ok"}

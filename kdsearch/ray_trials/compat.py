@@ -14,6 +14,12 @@ or node died) keeps the lines it has. Ray 2.60 copies the trial's result.json ba
 whenever a trial starts from a checkpoint, and that copy is only as new as Tune's last save of
 its state: the epochs logged since were lost from the trial's history (seen on a 2-node cluster).
 The copy from storage is still made where this driver has none (a resumed sweep).
+
+``LightFinishedTrials``: for every numeric metric of every trial, Tune keeps two running-average
+windows (deques, ~1.3 KB a metric) in the driver for the sweep's life, and writes them into
+every save of its state; a finished trial never updates them again. They are dropped when a
+trial finishes (its min, max, average and last values stay, for ExperimentAnalysis), on the
+tested Ray version only (benchmarks/results/many-trials.md: the driver's memory per trial).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 from pathlib import Path
 
 import ray
+from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 TESTED_RAY = "2.60."  # the Ray minor version whose actor manager this was written against
@@ -73,3 +80,18 @@ class ResultLog(JsonLoggerCallback):
         if Path(trial.local_path, file_name).is_file():
             return  # this driver wrote it: it holds every line storage has, and the newest
         super()._restore_from_remote(file_name, trial)
+
+
+class LightFinishedTrials(tune.Callback):
+    """Drops a finished trial's running-average windows (never updated again) from the driver."""
+
+    def __init__(self, version: str | None = None):
+        self.enabled = (version or ray.__version__).startswith(TESTED_RAY)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        meta = getattr(trial, "run_metadata", None)
+        windows = getattr(meta, "metric_n_steps", None)
+        if not self.enabled or not isinstance(windows, dict):
+            return
+        windows.clear()
+        meta.invalidate_cache()  # its state in Tune's next save is rebuilt without them
