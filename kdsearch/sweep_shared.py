@@ -3,6 +3,7 @@ the teacher's outputs for every epoch (when they fit the budget)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,40 +46,68 @@ def needs_attention(spec: SweepSpec) -> bool:
     return any(method_class(method).needs_attention for method in spec.methods)
 
 
-def compute_shared_outputs(teacher: Teacher, data, cfg, log: Callable[[str], None], attention: bool | None = None):
-    """The teacher's outputs for every view of every epoch, once, if they fit the budget; with
-    its attention maps when ``attention`` (default: when ``cfg.method`` reads them)."""
-    from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes
+def compute_shared_outputs(
+    teacher: Teacher, data, cfg, log: Callable[[str], None], attention: bool | None = None, copies: int = 1, disk: bool = True
+):
+    """The teacher's outputs for every view of every epoch, once; with its attention maps when
+    ``attention`` (default: when ``cfg.method`` reads them). In memory when they fit the budget
+    for ``copies`` held at once (the driver's and each trial's); else, with ``disk``, written to
+    the cache folder and memory-mapped (every trial of a node reads the same files); else None
+    (trials run the teacher live). Each way is said in one line."""
+    from kdsearch.data.placement import HEADROOM, cache_folder, gb
+    from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes, read_written, written_folder
 
     from kdsearch.train import teacher_feature_names
 
     attention = method_class(cfg.method).needs_attention if attention is None else attention
     names = teacher_feature_names(cfg, teacher) if attention else None
     size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
-    if size > budget_bytes():
-        log(
-            f"teacher outputs would take {size / 1e9:.1f} GB, over the budget (KDSEARCH_TEACHER_CACHE_GB): trials run the teacher live"
-        )
-        return None
+    budget = budget_bytes(copies)
     device = resolve_device(cfg.device)
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"  # the trials' precision, checked by mismatch()
+    views = dict(
+        seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=attention, amp=amp, names=names
+    )
+    folder = None
+    if size > budget:
+        memory = f"over the {gb(budget)} they may take in memory ({copies} copies at once; KDSEARCH_TEACHER_CACHE_GB sets it)"
+        root = cache_folder(cfg)
+        room = int(shutil.disk_usage(_existing(root)).free * HEADROOM)
+        if not disk or size > room:
+            where = (
+                f"and over the {gb(room)} free for them under {root}" if disk else "and computed away from this machine's disk"
+            )
+            log(f"teacher outputs would take {gb(size)}, {memory} {where}: trials run the teacher live")
+            return None
+        folder = written_folder(root, data, teacher.model, **views)
+        written = read_written(folder)
+        if written is not None:
+            log(
+                f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images ({gb(size)}, {memory}): read from {folder}"
+            )
+            return written
     started = time.perf_counter()
     outputs = compute_teacher_outputs(
-        teacher.model,
-        data,
-        seed=cfg.seed,
-        epochs=cfg.epochs,
-        crop_pad=cfg.crop_pad,
-        flip=cfg.flip,
-        attention=attention,
-        device=device,
-        amp=cfg.amp if cfg.amp is not None else device.type == "cuda",  # the trials' precision, checked by fits()
-        names=names,
+        teacher.model, data, device=device, names=names, folder=folder, **{k: v for k, v in views.items() if k != "names"}
+    )
+    where = (
+        f"{gb(outputs.nbytes())}, {memory}: written to {folder}, memory-mapped by every trial (one copy per node)"
+        if folder is not None
+        else f"{gb(outputs.nbytes())} in memory"
     )
     log(
         f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
-        f"({outputs.nbytes() / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)"
+        f"({where}, {time.perf_counter() - started:.1f} s)"
     )
     return outputs
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest folder that exists (what the disk's free space is asked of)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 @dataclass
@@ -124,22 +153,23 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     if guard is not None:
         guard.place()
     placement, data = ray_trials.place_data(spec, data, opts, log)
+    copies = ray_trials.sweep_trials_at_once(spec, opts) + 1  # of the teacher's outputs in memory: each trial's and the driver's
     fixed = spec.fixed_config()
     if opts.teacher is not None:
         teacher = given_teacher(opts.teacher, fixed, data)
-        outputs = compute_shared_outputs(teacher, data, fixed, log, needs_attention(spec)) if opts.teacher_cache else None
+        outputs = compute_shared_outputs(teacher, data, fixed, log, needs_attention(spec), copies) if opts.teacher_cache else None
     elif not needs_teacher(spec):
         teacher, outputs = None, None
     elif ray_trials.gpu_elsewhere(fixed.device):
         # A head node without a GPU: train (or load) the teacher and compute its outputs on a
         # cluster GPU, not on the driver's CPU while the GPUs idle.
         teacher, outputs, node = ray_trials.run_on_a_gpu(
-            teacher_and_outputs, fixed, data, opts.teacher_cache, lambda _: None, needs_attention(spec)
+            teacher_and_outputs, fixed, data, opts.teacher_cache, lambda _: None, needs_attention(spec), copies, False
         )
         keep_local_copy(teacher, data)
         log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
     else:
-        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, needs_attention(spec))
+        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, needs_attention(spec), copies)
     log(
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
@@ -148,11 +178,18 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
 
 
 def teacher_and_outputs(
-    cfg, data, cache_outputs: bool, log: Callable[[str], None] = lambda _: None, attention: bool | None = None
+    cfg,
+    data,
+    cache_outputs: bool,
+    log: Callable[[str], None] = lambda _: None,
+    attention: bool | None = None,
+    copies: int = 1,
+    disk: bool = True,
 ):
-    """The sweep's teacher and, within the budget, its outputs for every view (moved to the CPU)."""
+    """The sweep's teacher and its outputs for every view (``compute_shared_outputs``; the model
+    moved to the CPU). ``disk``: False where this runs on another node than the trials' driver."""
     teacher = get_teacher(cfg, data, log=log)
-    outputs = compute_shared_outputs(teacher, data, cfg, log, attention) if cache_outputs else None
+    outputs = compute_shared_outputs(teacher, data, cfg, log, attention, copies, disk) if cache_outputs else None
     teacher.model.cpu()
     return teacher, outputs
 

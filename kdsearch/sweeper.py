@@ -407,6 +407,7 @@ def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None])
             stop_check=shared.guard.stop_reason if shared.guard is not None else None,
             study_db=plan.folder.study_db,
             placement=shared.placement,
+            log=log,
         )
     except (ray_trials.TrialsInterrupted, KeyboardInterrupt) as exc:
         raise interrupted(plan, opts, tracker, exc) from None

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import shutil
+from pathlib import Path
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +30,7 @@ from kdsearch import interrupts
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData, view_params
+from kdsearch.data.placement import HEADROOM, free_host_memory, mapped_file, open_mapped
 from kdsearch.evaluate import inference_batch_size
 from kdsearch.features import normalised_attention
 from kdsearch.methods import Method
@@ -59,10 +64,28 @@ class TeacherOutputs:
     def epochs(self) -> int:
         return int(self.logits.shape[0])
 
+    def __getstate__(self) -> dict:
+        # Outputs written to disk (``write_to``) travel as their files: every trial of a node maps
+        # the same files (one copy, in the page cache) instead of receiving a copy of its own.
+        state = dict(self.__dict__)
+        state["logits"] = _by_file(self.logits)
+        state["attention"] = [_by_file(a) for a in self.attention] if self.attention is not None else None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["logits"] = _from_file(state["logits"])
+        state["attention"] = [_from_file(a) for a in state["attention"]] if state["attention"] is not None else None
+        self.__dict__.update(state)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether these outputs are memory maps of files on disk (``write_to``)."""
+        return mapped_file(self.logits) is not None
+
     def nbytes(self) -> int:
         return self.logits.numel() * 2 + sum(a.numel() * 2 for a in self.attention or [])
 
-    def fits(
+    def mismatch(
         self,
         cfg: TrainConfig,
         data: DatasetSplits,
@@ -70,30 +93,36 @@ class TeacherOutputs:
         method: Method,
         names: list[str] | None = None,
         amp: bool = False,
-    ) -> bool:
-        """Whether these outputs are this run's teacher on this run's views of these images,
-        holding everything the method reads: else the run computes its teacher live."""
-        same_views = (self.seed, self.crop_pad, bool(self.flip)) == (
-            cfg.seed,
-            cfg.crop_pad,
-            bool(cfg.flip),
-        ) and self.epochs >= cfg.epochs
-        serves = not method.needs_attention or (
-            self.attention is not None and method.attention_p == CACHED_ATTENTION_P and self.feature_names == names
-        )
-        return (
-            same_views
-            and serves
-            and self.amp == amp
-            and self.data_fingerprint == data.fingerprint()
-            and self.teacher_fingerprint == weights_fingerprint(teacher)
-        )
+    ) -> str | None:
+        """Why these outputs are not this run's teacher on this run's views of these images, holding
+        everything the method reads (then the run computes its teacher live); None when they are."""
+        if self.epochs < cfg.epochs:
+            return f"the cache covers {self.epochs} of this run's {cfg.epochs} epochs"
+        if (self.seed, self.crop_pad, bool(self.flip)) != (cfg.seed, cfg.crop_pad, bool(cfg.flip)):
+            return (
+                f"the cache has the views of seed {self.seed}, crop_pad {self.crop_pad}, flip {bool(self.flip)}; "
+                f"this run: seed {cfg.seed}, crop_pad {cfg.crop_pad}, flip {bool(cfg.flip)}"
+            )
+        if method.needs_attention:
+            if self.attention is None:
+                return f"the cache holds no attention maps and {cfg.method} reads them"
+            if method.attention_p != CACHED_ATTENTION_P:
+                return f"the cached attention maps are for p={CACHED_ATTENTION_P:g}, this run's p is {method.attention_p:g}"
+            if self.feature_names != names:
+                return f"the cached attention maps are of the teacher's {self.feature_names or 'stages'}, this run reads {names or 'its stages'}"
+        if self.amp != amp:
+            return f"the cache was computed {'under bf16' if self.amp else 'in fp32'}, this run is {'bf16' if amp else 'fp32'}"
+        if self.data_fingerprint != data.fingerprint():
+            return "the cache is of other training images"
+        if self.teacher_fingerprint != weights_fingerprint(teacher):
+            return "the cache is of another teacher's weights"
+        return None
 
     def for_device(self, device: torch.device) -> TeacherOutputs:
         """Kept in host memory (pinned for a GPU, so each epoch's slice copies asynchronously):
         only one epoch at a time goes to the device (``epoch_on``), not all of them."""
-        if device.type != "cuda":
-            return self
+        if device.type != "cuda" or self.mapped:
+            return self  # (memory maps stay maps: each epoch's slice is read and copied when it is used)
         pinned = [a.pin_memory() for a in self.attention] if self.attention is not None else None
         return dataclasses.replace(self, logits=self.logits.pin_memory(), attention=pinned)
 
@@ -115,8 +144,22 @@ class EpochOutputs:
         return logits, maps
 
 
-def budget_bytes() -> int:
-    return int(float(os.environ.get("KDSEARCH_TEACHER_CACHE_GB", "2")) * 1024**3)
+def _by_file(x: torch.Tensor):
+    path = mapped_file(x)
+    return {"mapped": path} if path else x
+
+
+def _from_file(x):
+    return open_mapped(x["mapped"]) if isinstance(x, dict) and "mapped" in x else x
+
+
+def budget_bytes(copies: int = 1) -> int:
+    """How large the outputs may be to stay in memory: ``KDSEARCH_TEACHER_CACHE_GB`` if set, else
+    the free host memory's usable share (``placement.HEADROOM``) split among the ``copies`` held
+    at once (the driver's and each trial's on this node: each receives its own)."""
+    if os.environ.get("KDSEARCH_TEACHER_CACHE_GB"):
+        return int(float(os.environ["KDSEARCH_TEACHER_CACHE_GB"]) * 1024**3)
+    return int(free_host_memory() * HEADROOM / max(1, copies))
 
 
 def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attention: bool, names: list[str] | None = None) -> int:
@@ -142,8 +185,11 @@ def compute_teacher_outputs(
     batch_size: int | None = None,
     amp: bool = False,
     names: list[str] | None = None,
+    folder: Path | None = None,
 ) -> TeacherOutputs:
-    """Run the teacher over every (epoch, image) view once; fp16 results on the CPU."""
+    """Run the teacher over every (epoch, image) view once; fp16 results on the CPU, or, with
+    ``folder``, written there epoch by epoch (memory is then one epoch's) and memory-mapped."""
+    staging = _staging(folder) if folder is not None else None
     batch_size = batch_size or inference_batch_size(device.type)
     teacher = teacher.to(device).eval()
     forward = feature_forward(teacher, names, "teacher")
@@ -172,12 +218,59 @@ def compute_teacher_outputs(
                     # normalises again, so this is exactly the live computation.
                     store[sl] = normalised_attention(f, CACHED_ATTENTION_P).half()
         if logits_out is None:
-            logits_out = torch.empty(epochs, *epoch_logits.shape, dtype=torch.float16)
-            maps_out = [torch.empty(epochs, *m.shape, dtype=torch.float16) for m in epoch_maps] if attention else None
+            logits_out = _empty(staging, "logits", (epochs, *epoch_logits.shape))
+            maps_out = (
+                [_empty(staging, f"attention{i}", (epochs, *m.shape)) for i, m in enumerate(epoch_maps)] if attention else None
+            )
         logits_out[epoch] = epoch_logits.cpu()
         if attention:
             for store, m in zip(maps_out, epoch_maps):
                 store[epoch] = m.cpu()
     forward.close()
     fingerprints = (data.fingerprint(), weights_fingerprint(teacher))
-    return TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip, *fingerprints, names if attention else None, amp)
+    outputs = TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip, *fingerprints, names if attention else None, amp)
+    return outputs if staging is None else _publish(outputs, staging, Path(folder))
+
+
+def _staging(folder: Path) -> Path:
+    staging = Path(folder).with_name(f".{Path(folder).name}.{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(outputs: TeacherOutputs, staging: Path, folder: Path) -> TeacherOutputs:
+    """The outputs written in ``staging`` become ``folder``, whole or not at all (a run stopped
+    midway leaves no half-written outputs); returned as maps of their final files."""
+    meta = {f.name: getattr(outputs, f.name) for f in dataclasses.fields(outputs) if f.name not in ("logits", "attention")}
+    meta["maps"] = len(outputs.attention) if outputs.attention is not None else None
+    (staging / "meta.json").write_text(json.dumps(meta))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return read_written(folder)
+
+
+def _empty(folder: Path | None, name: str, shape: tuple) -> torch.Tensor:
+    if folder is None:
+        return torch.empty(shape, dtype=torch.float16)
+    return torch.from_numpy(np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape))
+
+
+def written_folder(cache_dir: str | Path, data: DatasetSplits, teacher: nn.Module, **views) -> Path:
+    """Where outputs written to disk live: one folder per data, teacher weights and views."""
+    key = json.dumps([data.fingerprint(), weights_fingerprint(teacher), views], sort_keys=True, default=str)
+    return Path(cache_dir) / "teacher-outputs" / hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+def read_written(folder: Path) -> TeacherOutputs | None:
+    """Outputs written to ``folder`` by an earlier run (memory-mapped), or None."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    maps = meta.pop("maps")
+    logits = _from_file({"mapped": str(Path(folder) / "logits.npy")})
+    attention = (
+        [_from_file({"mapped": str(Path(folder) / f"attention{i}.npy")}) for i in range(maps)] if maps is not None else None
+    )
+    return TeacherOutputs(logits=logits, attention=attention, **meta)

@@ -60,6 +60,7 @@ class EpochState:
 
 
 EpochCallback = Callable[[dict, EpochState], None]
+LIVE_TEACHER = "teacher outputs: computed live every step"  # the log line's start when a run runs its teacher live
 
 
 class TrainingDiverged(UserError):
@@ -224,9 +225,11 @@ def _forwards(cfg, data, spec, student, teacher, outputs, method: Method, device
 def _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, amp, device, memory_format, log):
     """The shared teacher outputs a run looks up, on this device; None to run the teacher live
     (then made ready: on the device, frozen), or when the method needs no teacher."""
-    outputs = teacher_outputs if teacher_model is not None else None
-    if outputs is not None and not outputs.fits(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher), amp):
-        outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
+    outputs, why = teacher_outputs if teacher_model is not None else None, None
+    if outputs is not None:
+        why = outputs.mismatch(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher), amp)
+        if why is not None:
+            outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
     if outputs is not None:
         outputs = outputs.for_device(device)  # host memory; one epoch at a time on the device
     elif teacher_model is not None:
@@ -234,7 +237,11 @@ def _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, am
         for p in teacher_model.parameters():  # (a TorchScript module has no requires_grad_)
             p.requires_grad_(False)
     if teacher_model is not None:
-        log(f"teacher outputs: {'looked up in the shared cache' if outputs is not None else 'computed live every step'}")
+        log(
+            "teacher outputs: looked up in the shared cache"
+            if outputs is not None
+            else LIVE_TEACHER + (f" ({why})" if why else "")
+        )
     return outputs
 
 

@@ -157,3 +157,21 @@ def test_a_sweep_chooses_in_the_driver_and_its_trials_stream_from_the_files(tmp_
         scores[where] = sorted((t.params["lr"], [h["val/acc"] for h in t.history]) for t in trials)
     assert scores["stream"] == scores["device"]
     assert list((tmp_path / "cache" / "shards").glob("digits-*/val_x.npy"))
+
+
+def test_a_streamed_split_travels_to_the_trials_as_its_file_not_its_images(tmp_path):
+    import dataclasses
+
+    from kdsearch.data import load_dataset
+    from kdsearch.data.placement import mapped_file, open_shards, write_shards
+    from kdsearch.ray_trials.trainable import payload, unpack
+
+    data = load_dataset("digits")
+    paths = write_shards(data, tmp_path / "shards")
+    streamed = dataclasses.replace(data, **open_shards(paths))
+    sent = payload(streamed)
+    assert {k: sent[k] for k in paths} == {k: {"mapped": p} for k, p in paths.items()}
+    received = unpack(sent)
+    assert mapped_file(received.train_x) == paths["train_x"] and torch.equal(received.train_x, data.train_x)
+    assert mapped_file(streamed.train_x[5:]) == paths["train_x"]  # a view of the map is the map
+    assert mapped_file(data.train_x) is None and isinstance(payload(data)["train_x"], np.ndarray)

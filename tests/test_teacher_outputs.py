@@ -63,7 +63,10 @@ def test_fit_with_the_cache_trains_like_the_live_teacher(digits, cache_dir):
         measure_speed=False,
         log=logs.append,
     )
-    assert "teacher outputs: computed live every step" in logs
+    assert (
+        "teacher outputs: computed live every step (the cache has the views of seed 0, crop_pad 1, flip False; this run: seed 1, crop_pad 1, flip False)"
+        in logs
+    )
     alone = fit(TrainConfig(**{**cfg.to_dict(), "seed": 1}), data=digits, teacher=teacher, measure_speed=False)
     assert [h["train/kd"] for h in other.history] == [h["train/kd"] for h in alone.history]  # as if no cache were given
     assert other.metrics["val/acc"] == alone.metrics["val/acc"]
@@ -81,14 +84,14 @@ def test_outputs_for_other_images_or_another_teacher_are_not_used(digits, cache_
     other_split = load_dataset("digits", split_seed=1)
     assert subset.fingerprint() != digits.fingerprint() != other_split.fingerprint()
     assert load_dataset("digits").fingerprint() == digits.fingerprint()
-    for data, who in (
-        (subset, teacher),
-        (other_split, teacher),
-        (digits, get_teacher(dataclasses.replace(cfg, teacher_seed=1), digits)),
+    for data, who, why in (
+        (subset, teacher, "the cache is of other training images"),
+        (other_split, teacher, "the cache is of other training images"),
+        (digits, get_teacher(dataclasses.replace(cfg, teacher_seed=1), digits), "the cache is of another teacher's weights"),
     ):
         logs = []
         fit(cfg, data=data, teacher=who, teacher_outputs=outputs, measure_speed=False, evaluate_test=False, log=logs.append)
-        assert "teacher outputs: computed live every step" in logs
+        assert f"teacher outputs: computed live every step ({why})" in logs
     logs = []
     fit(cfg, data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, evaluate_test=False, log=logs.append)
     assert "teacher outputs: looked up in the shared cache" in logs
@@ -96,7 +99,12 @@ def test_outputs_for_other_images_or_another_teacher_are_not_used(digits, cache_
     bf16 = dataclasses.replace(outputs, amp=True)
     logs = []
     fit(cfg, data=digits, teacher=teacher, teacher_outputs=bf16, measure_speed=False, evaluate_test=False, log=logs.append)
-    assert "teacher outputs: computed live every step" in logs
+    assert "teacher outputs: computed live every step (the cache was computed under bf16, this run is fp32)" in logs
+    # a cache shorter than the run
+    logs = []
+    two = dataclasses.replace(cfg, epochs=2)
+    fit(two, data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, evaluate_test=False, log=logs.append)
+    assert "teacher outputs: computed live every step (the cache covers 1 of this run's 2 epochs)" in logs
 
 
 def test_at_uses_cached_attention_maps(digits, cache_dir):
@@ -115,4 +123,42 @@ def test_at_uses_cached_attention_maps(digits, cache_dir):
     )
     logs.clear()
     fit(cfg, data=digits, teacher=teacher, teacher_outputs=no_maps, measure_speed=False, log=logs.append)
-    assert "teacher outputs: computed live every step" in logs  # AT needs the maps
+    assert "teacher outputs: computed live every step (the cache holds no attention maps and at reads them)" in logs
+
+
+def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_the_same_files(digits, tmp_path, monkeypatch):
+    import pickle
+    import shutil as shutil_module
+
+    from kdsearch import sweep_shared
+    from kdsearch.sweep_shared import compute_shared_outputs
+
+    cfg = TrainConfig(method="at", epochs=2, teacher_epochs=1, teacher="resnet8", cache_dir=str(tmp_path), threads=2)
+    teacher = get_teacher(cfg, digits)
+    logs = []
+    in_memory = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3)
+    assert not in_memory.mapped and "in memory" in logs[-1]
+    monkeypatch.setenv("KDSEARCH_TEACHER_CACHE_GB", "0.0001")  # 0.1 MB: the logits and maps take 0.46 MB
+    written = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3)
+    assert written.mapped and "(0.46 MB, over the 0.10 MB they may take in memory (3 copies at once" in logs[-1]
+    assert f"written to {tmp_path / 'teacher-outputs'}" in logs[-1] and "memory-mapped by every trial" in logs[-1]
+    assert torch.equal(written.logits, in_memory.logits) and all(map(torch.equal, written.attention, in_memory.attention))
+    # what a trial receives: the files' paths, not the outputs (an in-memory copy travels whole)
+    sent = pickle.dumps(written)
+    assert len(sent) < 5_000 < in_memory.nbytes() < len(pickle.dumps(in_memory))
+    received = pickle.loads(sent)
+    assert received.mapped and torch.equal(received.logits, in_memory.logits)
+    # the next sweep of the same data, teacher and views reads them instead of computing them again
+    assert "read from" in (compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3) and logs[-1])
+    # a student trained on the mapped outputs is the one trained on the in-memory outputs
+    runs = [
+        fit(cfg, data=digits, teacher=teacher, teacher_outputs=o, measure_speed=False, evaluate_test=False)
+        for o in (received, in_memory)
+    ]
+    assert [h["train/at"] for h in runs[0].history] == [h["train/at"] for h in runs[1].history]
+    # no room on the disk either, or computed on another node: the trials run the teacher live, said
+    full = shutil_module.disk_usage(tmp_path)._replace(free=400_000)
+    monkeypatch.setattr(sweep_shared.shutil, "disk_usage", lambda _: full)
+    assert compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3) is None
+    assert logs[-1].startswith("teacher outputs would take 0.46 MB") and "and over the 0.29 MB free for them under" in logs[-1]
+    assert logs[-1].endswith(": trials run the teacher live")

@@ -165,14 +165,25 @@ def write_shards(data, folder: Path) -> dict[str, str]:
 
 def open_shards(paths: dict[str, str]) -> dict[str, torch.Tensor]:
     """The files as read-only tensors over memory maps: nothing is read until a batch asks."""
+    return {name: open_mapped(path) for name, path in paths.items()}
+
+
+# Tensors over memory-mapped files, by their storage's address: torch keeps no Python link from a
+# tensor to the numpy memmap it was made from, so ``mapped_file`` asks here. The maps stay open.
+_MAPPED: dict[int, tuple[str, np.ndarray]] = {}
+
+
+def open_mapped(path: str | Path) -> torch.Tensor:
+    """A read-only tensor over the .npy file at ``path`` (a memory map), known to ``mapped_file``."""
     import warnings
 
-    out = {}
+    array = np.load(path, mmap_mode="r")
     with warnings.catch_warnings():  # read-only memory maps: training only reads them
         warnings.simplefilter("ignore", UserWarning)
-        for name, path in paths.items():
-            out[name] = torch.from_numpy(np.load(path, mmap_mode="r"))
-    return out
+        tensor = torch.from_numpy(array)
+    if array.size:
+        _MAPPED[tensor.untyped_storage().data_ptr()] = (str(path), array)
+    return tensor
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -183,8 +194,11 @@ def device_memory(device: torch.device) -> int | None:
 
 
 def mapped_file(x) -> str | None:
-    """The file a split's tensor is a memory map of (streamed), or None (an in-memory copy)."""
-    array = x.numpy() if isinstance(x, torch.Tensor) else x
+    """The file a split's tensor (or array) is a memory map of (streamed), or None (in memory)."""
+    if isinstance(x, torch.Tensor):
+        known = _MAPPED.get(x.untyped_storage().data_ptr()) if x.numel() else None
+        return known[0] if known is not None else None
+    array = x
     while array is not None and not isinstance(array, np.memmap):
         array = getattr(array, "base", None)
     return None if array is None else str(array.filename)
@@ -199,18 +213,19 @@ def place(cfg, data, device: torch.device, log, trials: int = 1, share: float = 
     data as it lives there: a streamed run reads memory-mapped files in the cache (written once)."""
     if decided is None:
         total = device_memory(device)
-        found = sizes(data, int(cfg.crop_pad or 0), trials, device.type, int(total * share) if total else None, _cache(cfg))
+        found = sizes(data, int(cfg.crop_pad or 0), trials, device.type, int(total * share) if total else None, cache_folder(cfg))
         decided, line = choose(cfg.data_placement, found)
         log(line)
     if decided == "stream" and not is_mapped(data.train_x):
         import dataclasses
 
-        paths = write_shards(data, shard_dir(_cache(cfg), data))
+        paths = write_shards(data, shard_dir(cache_folder(cfg), data))
         data = dataclasses.replace(data, **open_shards(paths))
     return decided, data
 
 
-def _cache(cfg) -> Path:
+def cache_folder(cfg) -> Path:
+    """Where a run writes what it derives from its data once: shards, the teacher's outputs."""
     from kdsearch.object_storage import cache_root
 
     return Path(cfg.cache_dir) if cfg.cache_dir else cache_root()

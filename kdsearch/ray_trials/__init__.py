@@ -38,7 +38,14 @@ from kdsearch.ray_trials.cluster import (  # noqa: E402
     trials_at_once,
     user_code,
 )
-from kdsearch.ray_trials.runner import can_resume, copy_from_checkpoint, make_searcher, place_data, run_trials  # noqa: E402
+from kdsearch.ray_trials.runner import (  # noqa: E402
+    can_resume,
+    copy_from_checkpoint,
+    make_searcher,
+    place_data,
+    run_trials,
+    sweep_trials_at_once,
+)
 from kdsearch.ray_trials.study import warm_start  # noqa: E402
 from kdsearch.ray_trials.trainable import STATE_FILE, STUDENT_FILE, EpochTrainable  # noqa: E402
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped  # noqa: E402
@@ -61,6 +68,7 @@ __all__ = [
     "run_trials",
     "start_ray",
     "stop_ray",
+    "sweep_trials_at_once",
     "trials_at_once",
     "user_code",
     "warm_start",

@@ -4,6 +4,7 @@ and callbacks, and the trials as kdsearch records (no Ray types) when they end."
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import os
 import shutil
@@ -26,6 +27,8 @@ from kdsearch.sweep_options import SweepOptions
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped, environment, graceful_ctrl_c, stop_when
 from kdsearch.sweep_folder import FIXED_KEY, TrialRecord, searched
 from kdsearch.teachers import Teacher
+
+_LOG = logging.getLogger("kdsearch")
 
 
 def make_searcher(
@@ -108,6 +111,25 @@ def _short(value):
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
+class TeacherFallbacks(tune.Callback):
+    """Says, once per reason, that trials run the teacher live although the sweep shares its
+    outputs (a searched setting the shared outputs were not computed for: epochs, seed, views)."""
+
+    def __init__(self, log: Callable[[str], None] | None):
+        self.log, self.seen = log, set()
+
+    def __getstate__(self) -> dict:  # saved with the sweep's Tuner: a resumed sweep logs to kdsearch's logger
+        return {"log": None, "seen": set()}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        why = result.get("trial/teacher_live")
+        if why and why not in self.seen:
+            self.seen.add(why)
+            (self.log or _LOG.info)(
+                f"trial {trial.trial_id} runs its teacher live every step, not from the shared outputs: {why} (said once per reason)"
+            )
+
+
 class ForwardResults(tune.Callback):
     """Hands trial events to a tracker (kdsearch.tracking) without exposing Ray types."""
 
@@ -140,12 +162,14 @@ def run_trials(
     stop_check: Callable[[], str | None] | None = None,
     study_db: Path | None = None,
     placement: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[TrialRecord]:
     """Run (or resume, ``opts.resume``) the sweep in ``storage/name`` with ``opts``' resources and
     return every trial. ``stop_check`` is asked every second while the trials run; a reason it
     returns stops them gracefully (state saved, resumable) and raises ``TrialsStopped``.
     ``study_db``: where the Optuna study is written when the trials end (also after Ctrl-C and
-    on a resume). ``placement``: where the data lives (``place_data``); None: each trial chooses."""
+    on a resume). ``placement``: where the data lives (``place_data``); None: each trial chooses.
+    ``log``: told, once per reason, when trials run the teacher live beside ``teacher_outputs``."""
     gpus_per_trial = cluster.gpus_per_trial_default(opts.gpus_per_trial)
     cluster.check_resources(opts.cpus_per_trial, gpus_per_trial)
     cluster.check_storage(storage, opts.shared_storage)
@@ -161,7 +185,7 @@ def run_trials(
         or str(cluster.trials_at_once(opts.cpus_per_trial, gpus_per_trial)),
     }
     with environment(settings):
-        tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker)
+        tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker, log)
         # The driver's objects so far (Ray, torch, MLflow, the data) live as long as the sweep: kept
         # out of the garbage collector while Tune's loop runs, its automatic full collections, each
         # ~100 ms among them, stay short.
@@ -180,7 +204,13 @@ def run_trials(
     return records
 
 
-def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: SweepOptions, tracker):
+def trial_dirname(trial) -> str:
+    """A trial's folder: ``trial_<id>`` (a module function: Tune keeps it in every trial's saved
+    state, where a lambda is pickled whole, 1.3 KB a trial)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: SweepOptions, tracker, log=None):
     """A new sweep's Tuner with its searcher, or the Tuner Tune restores (its searcher inside)."""
     path = os.path.join(storage, name)
     if opts.resume:
@@ -198,9 +228,9 @@ def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: 
             num_samples=spec.search.num_samples,
             max_concurrent_trials=opts.max_concurrent or spec.search.max_concurrent,
             reuse_actors=True,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            trial_dirname_creator=trial_dirname,
         ),
-        run_config=_run_config(spec, name, storage, tracker, opts.verbose),
+        run_config=_run_config(spec, name, storage, tracker, opts.verbose, log),
     )
     return tuner, searcher
 
@@ -214,10 +244,16 @@ def place_data(spec: SweepSpec, data: DatasetSplits, opts: SweepOptions, log: Ca
     from kdsearch.data import placement
 
     gpus = cluster.gpus_per_trial_default(opts.gpus_per_trial)
-    caps = (cluster.trials_at_once(opts.cpus_per_trial, gpus), opts.max_concurrent or spec.search.max_concurrent)
-    trials = min([spec.search.num_samples, *(c for c in caps if c)])
     device = torch.device("cuda") if gpus and torch.cuda.is_available() else torch.device("cpu")
+    trials = sweep_trials_at_once(spec, opts)
     return placement.place(spec.fixed_config(), data, device, log, trials=trials, share=min(1.0, gpus) if gpus else 1.0)
+
+
+def sweep_trials_at_once(spec: SweepSpec, opts: SweepOptions) -> int:
+    """How many of the sweep's trials run at once: what the cluster holds, capped by the sweep."""
+    gpus = cluster.gpus_per_trial_default(opts.gpus_per_trial)
+    caps = (cluster.trials_at_once(opts.cpus_per_trial, gpus), opts.max_concurrent or spec.search.max_concurrent)
+    return min([spec.search.num_samples, *(c for c in caps if c)])
 
 
 def _trainable(
@@ -238,8 +274,8 @@ def _trainable(
     return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
 
 
-def _run_config(spec: SweepSpec, name: str, storage: str, tracker, verbose: int) -> tune.RunConfig:
-    callbacks: list = [compat.ResultLog()]
+def _run_config(spec: SweepSpec, name: str, storage: str, tracker, verbose: int, log=None) -> tune.RunConfig:
+    callbacks: list = [compat.ResultLog(), compat.LightFinishedTrials(), TeacherFallbacks(log)]
     if tracker is not None:
         callbacks.append(ForwardResults(tracker))
     return tune.RunConfig(

@@ -26,7 +26,7 @@ from kdsearch.runtime import gpu_memory_mb, resolve_device, set_threads
 from kdsearch.search_space import SweepSpec
 from kdsearch.sweep_folder import searched
 from kdsearch.teachers import Teacher
-from kdsearch.train import EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
+from kdsearch.train import LIVE_TEACHER, EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
 
 STATE_FILE = "state.pt"  # full training state, to resume the trial
 STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
@@ -57,12 +57,14 @@ def payload(data: DatasetSplits) -> dict:
 
 
 def unpack(payload: dict) -> DatasetSplits:
+    from kdsearch.data.placement import open_mapped
+
     with warnings.catch_warnings():  # read-only views of the object store: training only reads them
         warnings.simplefilter("ignore", UserWarning)
         values = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in payload.items()}
         for k, v in payload.items():
             if isinstance(v, dict) and "mapped" in v:
-                values[k] = torch.from_numpy(np.load(v["mapped"], mmap_mode="r"))
+                values[k] = open_mapped(v["mapped"])
     return DatasetSplits(**values)
 
 
@@ -178,10 +180,14 @@ class EpochTrainable(tune.Trainable):
         self.static = static
         teacher = unpack_teacher(sh["teacher_payload"]) if sh["teacher_payload"] is not None else None
         set_threads(cfg.threads)
+        lines: list[str] = []
         try:
-            self.run = build_run(cfg, self.data, teacher, sh["teacher_outputs"], lambda _: None, placement=sh.get("placement"))
+            self.run = build_run(cfg, self.data, teacher, sh["teacher_outputs"], lines.append, placement=sh.get("placement"))
         except UserError as exc:
             self.failed = exc  # reported by the first step
+        live = [line for line in lines if line.startswith(LIVE_TEACHER)]
+        if live and sh["teacher_outputs"] is not None:  # the sweep's shared cache does not serve this trial: why
+            static["trial/teacher_live"] = live[0].removeprefix(LIVE_TEACHER).removeprefix(" (").removesuffix(")")
 
     def step(self) -> dict:
         if self.failed is None:
