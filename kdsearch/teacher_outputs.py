@@ -8,8 +8,10 @@ by (epoch, index) instead of running the teacher in every step of every trial.
 Sizes (fp16): logits take epochs x N x classes x 2 bytes: CIFAR-10 at 30 epochs, 45,000
 images: 27 MB; digits at 15 epochs: 0.4 MB. Attention maps take epochs x N x (the sum of
 H x W over the teacher's stages) x 2 bytes: ResNet-50 on 32x32 CIFAR (1,360 values an
-image) at 30 epochs: 3.7 GB, over the default budget (``KDSEARCH_TEACHER_CACHE_GB``, 2),
-so such runs keep the live teacher for AT.
+image) at 30 epochs: 3.7 GB. Outputs over their in-memory budget (``budget_bytes``: the free
+host memory's usable share split among the copies held at once, or ``KDSEARCH_TEACHER_CACHE_GB``)
+are written once to the cache folder and memory-mapped: every trial of a node reads the same
+files, and the limit is the disk.
 """
 
 from __future__ import annotations
