@@ -53,13 +53,41 @@ def test_a_labels_csv_makes_a_multilabel_set(tmp_path):
     assert 0 <= result.metrics["test/acc"] <= 1
 
 
-def test_a_folder_too_big_for_memory_says_which_image_size_fits(tmp_path):
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_folder_over_its_memory_limit_is_decoded_to_disk_and_trains_streamed(tmp_path, colour):
+    from kdsearch.data.placement import mapped_file
+
+    write_folder(tmp_path, colour=colour)
+    in_memory = load_data(folder_config(tmp_path))
+    on_disk = load_data(folder_config(tmp_path, data_memory_gb=2e-5))  # 21 KB: the 36 images take 27 KB decoded
+    for split in ("train_x", "val_x", "test_x"):  # every split a file on disk, the same images
+        assert mapped_file(getattr(on_disk, split)) is not None and mapped_file(getattr(in_memory, split)) is None
+        assert torch.equal(getattr(on_disk, split), getattr(in_memory, split))
+    assert on_disk.in_channels == (3 if colour else 1) and on_disk.fingerprint() == in_memory.fingerprint()
+    assert load_data(folder_config(tmp_path, data_memory_gb=2e-5)).train_x.numel()  # a second load maps the same files
+    logs = []
+    cfg = folder_config(tmp_path, data_memory_gb=2e-5, method="ce", epochs=2, threads=2, data_placement="auto")
+    streamed = kdsearch.fit(cfg, data=on_disk, measure_speed=False, evaluate_test=False, log=logs.append)
+    assert any(line.startswith("data placement: stream") for line in logs), logs  # already on disk: trained from there
+    kept = kdsearch.fit(
+        folder_config(tmp_path, method="ce", epochs=2, threads=2, data_placement="host"),
+        data=in_memory,
+        measure_speed=False,
+        evaluate_test=False,
+    )
+    assert streamed.metrics["val/acc"] == kept.metrics["val/acc"]
+
+
+def test_a_folder_too_big_for_memory_and_disk_says_which_image_size_fits(tmp_path, monkeypatch):
     write_folder(tmp_path)
+    full = imagefolder.shutil.disk_usage(tmp_path)._replace(free=10_000)
+    monkeypatch.setattr(imagefolder.shutil, "disk_usage", lambda _: full)
     with pytest.raises(UserError) as err:
         load_data(folder_config(tmp_path, data_memory_gb=2e-5))
     message = str(err.value)
     assert message.startswith(
-        f"{tmp_path}: 36 images at 16x16 would take 0.0 GiB decoded, over the 0.0 GiB limit (data_memory_gb 2e-05)"
+        f"{tmp_path}: 36 images at 16x16 would take 0.03 MB decoded, over the 0.02 MB in memory (data_memory_gb 2e-05) "
+        f"and the 0.01 MB free on disk under {tmp_path}: "
     )
     assert message.endswith("use image_size 14 or less")  # 36 x 3 x 14 x 14 = 21,168 bytes <= 21,474
 

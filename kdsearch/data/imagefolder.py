@@ -3,8 +3,10 @@
 
 Every image is decoded once (centre square crop, resized to ``image_size``) into the uint8
 in-memory form the other datasets use, and the result is cached atomically beside the data
-(``kdsearch-cache/imagefolder-<size>-<content key>.npz``), keyed by the files' names, sizes and
-times. Images whose three channels are all equal are kept as one grey channel. Without
+(``kdsearch-cache/imagefolder-<size>-<content key>.npy``), keyed by the files' names, sizes and
+times. A folder over its memory limit (``data_memory_gb``, default half the memory) is decoded
+straight into that file instead and memory-mapped, its splits written beside it
+(``placement.take``): it trains by streaming, and the limit is the disk. Images whose three channels are all equal are kept as one grey channel. Without
 ``test/`` a test split is held out of ``train/`` (``val_fraction`` of it, by ``split_seed``),
 as the validation split is without ``val/``.
 
@@ -19,6 +21,7 @@ import csv
 import hashlib
 import math
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -138,6 +141,41 @@ def decode_cached(cache: Path, files: list[Path], size: int) -> np.ndarray:
     return out
 
 
+def decode_to_disk(cache: Path, files: list[Path], size: int) -> torch.Tensor:
+    """Every file decoded as RGB at ``size`` straight into the .npy file ``cache`` (written once,
+    atomically; memory: a chunk of images), returned as a read-only memory map of it."""
+    from kdsearch.data.placement import open_mapped, write_mapped
+
+    try:
+        if np.load(cache, mmap_mode="r").shape == (len(files), 3, size, size):
+            return open_mapped(cache)
+    except (OSError, ValueError):
+        pass  # none yet, or damaged: decode again
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes outside the GIL
+        write_mapped(
+            cache, (len(files), 3, size, size), lambda sl: np.stack(list(pool.map(lambda f: decode(f, size), files[sl])))
+        )
+    return open_mapped(cache)
+
+
+def _grey(x: torch.Tensor) -> bool:
+    """Whether every image's three channels are equal (read a chunk at a time)."""
+    return all(bool((c[:, 0] == c[:, 1]).all() and (c[:, 0] == c[:, 2]).all()) for c in torch.split(x, 4096))
+
+
+def _first_channel(x: torch.Tensor, cache: Path) -> torch.Tensor:
+    """The first channel of every image: in memory, or for a memory map a file beside it."""
+    from kdsearch.data.placement import mapped_file, open_mapped, write_mapped
+
+    if mapped_file(x) is None:
+        return x[:, :1].contiguous()
+    grey = cache.with_name(f"{cache.stem}-grey.npy")
+    if not grey.is_file():
+        write_mapped(grey, (len(x), 1, *x.shape[2:]), lambda sl: x[sl, :1].numpy())
+    return open_mapped(grey)
+
+
 def load_imagefolder(
     data_dir: Path,
     download: bool = False,
@@ -157,19 +195,10 @@ def load_imagefolder(
         class_names, listed = _class_folders(root)
         multilabel = False
     files = [p for split in SPLITS for p, _ in listed.get(split, [])]
-    need = len(files) * 3 * image_size * image_size
-    limit, source = memory_limit_bytes(memory_gb)
-    if need > limit:
-        fits = max(1, math.isqrt(limit // (3 * len(files))))
-        raise UserError(
-            f"{root}: {len(files)} images at {image_size}x{image_size} would take {need / 1024**3:.1f} GiB decoded, over the "
-            f"{limit / 1024**3:.1f} GiB limit ({source}): use image_size {fits} or less"
-        )
     cache = root / "kdsearch-cache" / f"imagefolder-{image_size}-{_content_key(files, image_size)}.npy"
-    images = decode_cached(cache, files, image_size)
-    if (images[:, 0] == images[:, 1]).all() and (images[:, 0] == images[:, 2]).all():
-        images = images[:, :1]  # grey images: one channel
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = _decoded(root, files, image_size, memory_gb, cache)
+    if _grey(x):
+        x = _first_channel(x, cache)  # grey images: one channel
     parts, start = {}, 0
     for split in (s for s in SPLITS if s in listed):
         entries = listed[split]
@@ -184,3 +213,24 @@ def load_imagefolder(
         train_x, train_y, test_x, test_y = hold_out(train_x, train_y, val_fraction, split_seed)
     val_x, val_y = parts["val"] if "val" in listed else (None, None)
     return RawDataset(train_x, train_y, test_x, test_y, class_names, multilabel, val_x, val_y, "test" not in listed)
+
+
+def _decoded(root: Path, files: list[Path], size: int, memory_gb: float | None, cache: Path) -> torch.Tensor:
+    """The images decoded: in memory within ``data_memory_gb`` (default: half the memory), else
+    decoded to a file on disk and memory-mapped (trained from by streaming); one line if neither."""
+    from kdsearch.data.placement import HEADROOM, gb
+
+    need = len(files) * 3 * size * size
+    limit, source = memory_limit_bytes(memory_gb)
+    if need <= limit:
+        return torch.from_numpy(decode_cached(cache, files, size))
+    folder = cache.parent if cache.parent.is_dir() else root
+    room = int(shutil.disk_usage(folder).free * HEADROOM) + (cache.stat().st_size if cache.is_file() else 0)
+    if need > room or not os.access(folder, os.W_OK):
+        fits = max(1, math.isqrt(max(limit, room) // (3 * len(files))))
+        where = f"the {gb(room)} free on disk under {folder}" if os.access(folder, os.W_OK) else f"{folder} is read-only"
+        raise UserError(
+            f"{root}: {len(files)} images at {size}x{size} would take {gb(need)} decoded, over the {gb(limit)} in memory "
+            f"({source}) and {where}: use image_size {fits} or less"
+        )
+    return decode_to_disk(cache, files, size)

@@ -101,15 +101,18 @@ def sizes(data, pad: int, trials: int, device: str, device_share: int | None, di
     )
 
 
-def choose(requested: str, s: Sizes) -> tuple[str, str]:
+def choose(requested: str, s: Sizes, on_disk: bool = False) -> tuple[str, str]:
     """The placement and the one line that says why; a UserError when nothing fits (or the one
-    asked for does not), naming the size, the limit and what would fit."""
+    asked for does not), naming the size, the limit and what would fit. ``on_disk``: the images
+    are already a file on disk (an image folder over its memory limit): ``auto`` streams them."""
     if requested not in PLACEMENTS:
         raise UserError(f"data_placement {requested!r} is not one of {', '.join(PLACEMENTS)}")
     order = ("device", "host", "stream") if requested == "auto" else (requested,)
+    if requested == "auto" and on_disk:
+        order = ("stream",)  # decoded to disk because over their memory limit (data_memory_gb): kept there
     for placement in order:
         if s.fits(placement):
-            why = "chosen" if requested == "auto" else "as asked"
+            why = "as asked" if requested != "auto" else "chosen: decoded to disk, over data_memory_gb" if on_disk else "chosen"
             return placement, f"data placement: {placement} ({why}; {s.describe()})"
     hint = _what_would_fit(s)
     if requested == "auto":
@@ -186,6 +189,44 @@ def open_mapped(path: str | Path) -> torch.Tensor:
     return tensor
 
 
+CHUNK = 4096  # images copied at a time between memory-mapped files
+
+
+def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]``; for a memory-mapped ``x`` (an image folder decoded to disk), written a chunk at
+    a time to a file beside it and mapped: a split of a set larger than memory stays on disk.
+    The file is named by what it holds, so the next run of the same split maps it again."""
+    path = mapped_file(x)
+    if path is None:
+        return x[idx]
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(repr((x.storage_offset(), tuple(x.shape), tuple(x.stride()))).encode())
+    digest.update(idx.to(torch.int64).contiguous().numpy().tobytes())
+    out = Path(path).with_name(f"{Path(path).stem}-{digest.hexdigest()}.npy")
+    if not out.is_file():
+        write_mapped(out, (len(idx), *x.shape[1:]), lambda s: x[idx[s]].numpy(), x.numpy().dtype)
+    return open_mapped(out)
+
+
+def write_mapped(path: Path, shape: tuple, rows, dtype=np.uint8) -> None:
+    """A .npy file of ``shape`` filled a chunk at a time (``rows(slice)`` gives a chunk's rows),
+    written atomically; a disk that fills up is a one-line error."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        for start in range(0, shape[0], CHUNK):
+            sl = slice(start, min(start + CHUNK, shape[0]))
+            out[sl] = rows(sl)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path} ({exc.strerror}): free space there, or set cache_dir") from None
+
+
 def device_memory(device: torch.device) -> int | None:
     """The training device's memory in bytes (None on a CPU: its memory is the host's)."""
     if device.type == "cuda":
@@ -214,7 +255,7 @@ def place(cfg, data, device: torch.device, log, trials: int = 1, share: float = 
     if decided is None:
         total = device_memory(device)
         found = sizes(data, int(cfg.crop_pad or 0), trials, device.type, int(total * share) if total else None, cache_folder(cfg))
-        decided, line = choose(cfg.data_placement, found)
+        decided, line = choose(cfg.data_placement, found, on_disk=is_mapped(data.train_x))
         log(line)
     if decided == "stream" and not is_mapped(data.train_x):
         import dataclasses

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kdsearch.data.placement import take
 from kdsearch.errors import UserError
 
 
@@ -183,12 +184,12 @@ def make_splits(
             raise ValueError(f"val_fraction {val_fraction} leaves no validation or no training images out of {n}")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
         val_idx, train_idx = order[:n_val], order[n_val:]
-        train_x, train_y = raw.train_x[train_idx], raw.train_y[train_idx]
-        val_x, val_y = raw.train_x[val_idx], raw.train_y[val_idx]
+        train_x, train_y = take(raw.train_x, train_idx), raw.train_y[train_idx]
+        val_x, val_y = take(raw.train_x, val_idx), raw.train_y[val_idx]
     if train_subset is not None and train_subset < len(train_x):
         # Already in a seeded random order for held-out splits; take a seeded subset otherwise.
         pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(split_seed + 1))[:train_subset]
-        train_x, train_y = train_x[pick], train_y[pick]
+        train_x, train_y = take(train_x, pick), train_y[pick]
     mean, std = channel_stats(train_x)
     return DatasetSplits(
         name=name,
@@ -243,4 +244,4 @@ def hold_out(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
     if not 0 < n_out < n:
         raise UserError(f"{n} training images are too few to hold out a test split of {fraction:g}: give a test split")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-    return x[order[n_out:]], y[order[n_out:]], x[order[:n_out]], y[order[:n_out]]
+    return take(x, order[n_out:]), y[order[n_out:]], take(x, order[:n_out]), y[order[:n_out]]
