@@ -73,7 +73,7 @@ def compute_shared_outputs(
         memory = f"over the {gb(budget)} they may take in memory ({copies} copies at once; KDSEARCH_TEACHER_CACHE_GB sets it)"
         root = cache_folder(cfg)
         room = int(shutil.disk_usage(_existing(root)).free * HEADROOM)
-        if not disk or size > room:
+        if not disk or size > room:  # (disk False: prepared on another node, or a cluster without a shared folder)
             where = (
                 f"and over the {gb(room)} free for them under {root}" if disk else "and computed away from this machine's disk"
             )
@@ -154,10 +154,13 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         guard.place()
     placement, data = ray_trials.place_data(spec, data, opts, log)
     copies = ray_trials.sweep_trials_at_once(spec, opts) + 1  # of the teacher's outputs in memory: each trial's and the driver's
+    disk = opts.shared_storage or ray_trials.node_count() == 1  # outputs written to disk: every node must see the files
     fixed = spec.fixed_config()
     if opts.teacher is not None:
         teacher = given_teacher(opts.teacher, fixed, data)
-        outputs = compute_shared_outputs(teacher, data, fixed, log, needs_attention(spec), copies) if opts.teacher_cache else None
+        outputs = (
+            compute_shared_outputs(teacher, data, fixed, log, needs_attention(spec), copies, disk) if opts.teacher_cache else None
+        )
     elif not needs_teacher(spec):
         teacher, outputs = None, None
     elif ray_trials.gpu_elsewhere(fixed.device):
@@ -169,7 +172,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         keep_local_copy(teacher, data)
         log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
     else:
-        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, needs_attention(spec), copies)
+        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, needs_attention(spec), copies, disk)
     log(
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"

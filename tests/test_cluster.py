@@ -118,6 +118,43 @@ search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2, checkpoint_
     assert len(summary.table) == 2 and set(summary.table["status"]) == {"ok"}
 
 
+def test_a_two_node_cluster_streams_from_files_only_in_a_folder_every_node_mounts(tmp_path):
+    # Streamed data is files the trials map: written on this machine, refused on a 2-node cluster
+    # unless the folder is one every node mounts (--shared-storage, as for --storage).
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 * 1024**2})
+    cluster.add_node(num_cpus=1, object_store_memory=200 * 1024**2)
+    space = tmp_path / "st.yaml"
+    space.write_text(f"""
+name: st
+fixed: {{method: ce, dataset: digits, epochs: 3, data_placement: stream, cache_dir: {tmp_path / "cache"}}}
+space:
+  lr: {{choice: [0.05, 0.1]}}
+search: {{sampler: grid, scheduler: fifo}}
+""")
+    opts = SweepOptions(
+        address=cluster.address,
+        storage=str(tmp_path / "s"),
+        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        verbose=0,
+        register=False,
+    )
+    said = []
+    try:
+        with pytest.raises(
+            UserError,
+            match=r"the streamed data's files are written under .*cache, a folder on this machine, but the Ray cluster has 2 nodes: set cache_dir to a folder every node mounts and pass --shared-storage",
+        ):
+            run_sweep(space, opts, log=lambda _: None)
+        summary = run_sweep(space, dataclasses.replace(opts, shared_storage=True), log=said.append)
+    finally:
+        cluster.shutdown()
+    assert any(line.startswith("data placement: stream (as asked;") for line in said)
+    assert list((tmp_path / "cache" / "shards").glob("digits-*/train_x.npy"))
+    histories = _epochs_by_trial(tmp_path / "s" / "st")
+    assert len(histories) == 2 and all(len(h) == 3 for h in histories.values())
+    assert set(summary.table["status"]) == {"ok"} and summary.best_metrics["test/acc"] > 0.5
+
+
 def test_fractional_gpu_trials_share_one_gpu(tmp_path):
     # A cluster that declares one GPU (Ray schedules by declared resources; here the trials then
     # train on the CPU): with --gpus-per-trial 0.5 two trials hold the same GPU at the same time.

@@ -507,6 +507,34 @@ def test_a_restarted_trial_keeps_its_result_lines_and_a_resumed_sweep_reads_them
     assert lines(resumed) == [1, 2]
 
 
+def test_tune_builds_no_dataframe_of_results_and_kdsearch_reads_each_trials_file_itself(tmp_path):
+    """Tune's ExperimentAnalysis (at the end of fit, and on a restore) reads every trial's results
+    into a DataFrame: 34 KB a trial, 67 MB at 2,000 trials. Skipped within the context, on the Ray
+    it was written for; kdsearch reads result.json itself, a cut-off last line and the config left out."""
+    import json
+
+    import pyarrow.fs
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    from kdsearch.ray_trials import compat
+    from kdsearch.ray_trials.runner import trial_history
+
+    original = ExperimentAnalysis._fetch_trial_dataframes
+    with compat.without_result_frames() as skipped:
+        assert skipped and ExperimentAnalysis._fetch_trial_dataframes(None) == {}
+    assert ExperimentAnalysis._fetch_trial_dataframes is original
+    with compat.without_result_frames(version="2.61.0") as skipped:
+        assert not skipped and ExperimentAnalysis._fetch_trial_dataframes is original
+
+    rows = [{"epoch": 1, "val/acc": 0.5, "config": {"lr": 0.1}}, {"epoch": 2, "val/acc": float("nan"), "config": {"lr": 0.1}}]
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 3, "val/')
+    result = type("Result", (), {"path": str(tmp_path), "filesystem": pyarrow.fs.LocalFileSystem()})
+    history = trial_history(result)
+    assert [h["epoch"] for h in history] == [1, 2] and all("config" not in h for h in history)
+    assert history[0]["val/acc"] == 0.5 and history[1]["val/acc"] != history[1]["val/acc"]  # NaN stays NaN
+    assert trial_history(type("Result", (), {"path": str(tmp_path / "none"), "filesystem": pyarrow.fs.LocalFileSystem()})) == []
+
+
 def test_a_trial_drawn_after_the_last_saved_state_is_still_told_when_it_ends(tmp_path):
     """A sweep killed (not stopped) loses what its searcher did since Tune last saved it; Tune
     still resumes the trial it had started. Its settings come with its results: the study gets it."""

@@ -132,11 +132,27 @@ def gpus_per_trial_default(gpus_per_trial: float | None) -> float:
 def check_storage(storage: str, shared: bool) -> None:
     """A local --storage exists on this machine only: on a cluster of several nodes a trial on
     another node fails at its first checkpoint, unless every node mounts the folder."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if "://" not in storage and len(nodes) > 1 and not shared:
+    nodes = node_count()
+    if "://" not in storage and nodes > 1 and not shared:
         raise UserError(
-            f"--storage {storage} is a folder on this machine but the Ray cluster has {len(nodes)} nodes: pass "
+            f"--storage {storage} is a folder on this machine but the Ray cluster has {nodes} nodes: pass "
             "--storage s3://bucket/path (or gs://...), or --shared-storage if every node mounts that folder"
+        )
+
+
+def node_count() -> int:
+    """How many nodes the Ray cluster has alive (1: this machine alone)."""
+    return len([n for n in ray.nodes() if n.get("Alive")])
+
+
+def check_shared_folder(folder, shared: bool, what: str) -> None:
+    """Files the trials map (streamed data, teacher outputs on disk) are written on this machine:
+    on a cluster of several nodes, every node must mount the folder they are in."""
+    nodes = node_count()
+    if nodes > 1 and not shared and "://" not in str(folder):
+        raise UserError(
+            f"{what} are written under {folder}, a folder on this machine, but the Ray cluster has {nodes} nodes: set "
+            "cache_dir to a folder every node mounts and pass --shared-storage, or set data_placement: host"
         )
 
 

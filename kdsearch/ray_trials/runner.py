@@ -4,6 +4,7 @@ and callbacks, and the trials as kdsearch records (no Ray types) when they end."
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -184,7 +185,7 @@ def run_trials(
         "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
         or str(cluster.trials_at_once(opts.cpus_per_trial, gpus_per_trial)),
     }
-    with environment(settings):
+    with environment(settings), compat.without_result_frames():
         tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker, log)
         # The driver's objects so far (Ray, torch, MLflow, the data) live as long as the sweep: kept
         # out of the garbage collector while Tune's loop runs, its automatic full collections, each
@@ -246,7 +247,11 @@ def place_data(spec: SweepSpec, data: DatasetSplits, opts: SweepOptions, log: Ca
     gpus = cluster.gpus_per_trial_default(opts.gpus_per_trial)
     device = torch.device("cuda") if gpus and torch.cuda.is_available() else torch.device("cpu")
     trials = sweep_trials_at_once(spec, opts)
-    return placement.place(spec.fixed_config(), data, device, log, trials=trials, share=min(1.0, gpus) if gpus else 1.0)
+    fixed = spec.fixed_config()
+    decided, data = placement.place(fixed, data, device, log, trials=trials, share=min(1.0, gpus) if gpus else 1.0)
+    if decided == "stream":
+        cluster.check_shared_folder(placement.cache_folder(fixed), opts.shared_storage, "the streamed data's files")
+    return decided, data
 
 
 def sweep_trials_at_once(spec: SweepSpec, opts: SweepOptions) -> int:
@@ -311,9 +316,27 @@ def can_resume(path: str) -> bool:
     return tune.Tuner.can_restore(path)
 
 
+def trial_history(result) -> list[dict]:
+    """A trial's results, one dict an epoch, read from its result.json in the sweep's storage
+    (a line cut short by a kill ends it; each line's copy of the trial's config is left out)."""
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/result.json") as f:
+            text = f.readall().decode("utf-8")
+    except (FileNotFoundError, OSError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        row.pop("config", None)
+        rows.append(row)
+    return rows
+
+
 def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
-    frame = result.metrics_dataframe
-    history = frame.to_dict("records") if frame is not None else []
+    history = trial_history(result)
     best = None
     checkpoint = result.checkpoint  # the latest: it holds the trial's best student so far
     if checkpoint is not None:
