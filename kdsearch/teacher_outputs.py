@@ -31,7 +31,7 @@ from torch import nn
 from kdsearch import interrupts
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
-from kdsearch.data.pipeline import DeviceData, view_params
+from kdsearch.data.pipeline import split_of, view_params
 from kdsearch.data.placement import HEADROOM, free_host_memory, mapped_file, open_mapped
 from kdsearch.evaluate import inference_batch_size
 from kdsearch.features import normalised_attention
@@ -195,7 +195,7 @@ def compute_teacher_outputs(
     batch_size = batch_size or inference_batch_size(device.type)
     teacher = teacher.to(device).eval()
     forward = feature_forward(teacher, names, "teacher")
-    train = DeviceData(data.train_x, data.train_y, data.mean, data.std, device, pad=crop_pad)
+    train = split_of(data.train_x, data.train_y, data.mean, data.std, device, pad=crop_pad)
     n = len(train)
     every = torch.arange(n, device=device)
     logits_out, maps_out = None, None

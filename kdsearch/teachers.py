@@ -25,7 +25,7 @@ from kdsearch.checkpoint import build_from_spec, load_model, model_spec
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.splits import HELD_OUT
-from kdsearch.data.pipeline import DeviceData
+from kdsearch.data.pipeline import DeviceData, split_of
 from kdsearch import object_storage
 from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
@@ -159,7 +159,7 @@ def _measure(model: nn.Module, data: DatasetSplits, cfg: TrainConfig) -> dict:
     out = {}
     for split, (x, y) in {"val": (data.val_x, data.val_y), "test": (data.test_x, data.test_y)}.items():
         metrics = evaluate(
-            model, DeviceData(x, y, data.mean, data.std, device), cfg.eval_batch_size, data.multilabel, objective.hard
+            model, split_of(x, y, data.mean, data.std, device), cfg.eval_batch_size, data.multilabel, objective.hard
         )
         out.update({f"{split}/{k}": v for k, v in metrics.items()})
     return out

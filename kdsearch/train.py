@@ -22,7 +22,7 @@ from kdsearch.checkpoint import build_from_spec, model_spec, save_checkpoint
 from kdsearch.compression import compression_report
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
-from kdsearch.data.pipeline import DeviceData, split_for
+from kdsearch.data.pipeline import DeviceData, split_for, split_of
 from kdsearch.data.placement import place
 from kdsearch import interrupts, schedules
 from kdsearch.errors import UserError
@@ -361,7 +361,7 @@ def final_metrics(
 ) -> dict:
     """The student on the test split, and what it costs next to its teacher (when there is one)."""
     device = resolve_device(cfg.device)
-    test = DeviceData(data.test_x, data.test_y, data.mean, data.std, device)
+    test = split_of(data.test_x, data.test_y, data.mean, data.std, device)
     metrics = {
         f"test/{k}": v
         for k, v in evaluate(

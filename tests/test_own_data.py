@@ -162,3 +162,30 @@ def test_the_python_api_sweeps_a_users_model_teacher_and_data(tmp_path, monkeypa
     assert result.best_config["student"] == "notebook_nets:small_cnn" and 0 <= result.best_metrics["test/acc"] <= 1
     with pytest.raises(UserError, match="unknown option 'samples'"):
         kdsearch.sweep(space, data=data, samples=3)
+
+
+def test_a_folder_on_disk_is_never_copied_whole_by_the_teacher_its_outputs_or_the_test(tmp_path, monkeypatch):
+    # Over its memory limit the folder is a file on disk; the teacher's training and measurement,
+    # its shared outputs, the student's run and its test all read it a batch at a time.
+    from kdsearch.data.pipeline import DeviceData
+    from kdsearch.data.placement import mapped_file
+    from kdsearch.sweep_shared import compute_shared_outputs
+    from kdsearch.teachers import get_teacher
+
+    write_folder(tmp_path / "images", per_class=20)
+    cfg = folder_config(tmp_path / "images", data_memory_gb=2e-5, method="kd", teacher="resnet8", teacher_epochs=1, epochs=1)
+    cfg = TrainConfig(**{**cfg.to_dict(), "threads": 2, "cache_dir": str(tmp_path / "cache")})
+    data = load_data(cfg)
+    assert mapped_file(data.train_x) is not None
+    copied, original = [], DeviceData.__init__
+
+    def spy(self, x, *args, **kwargs):
+        if mapped_file(x) is not None:
+            copied.append(tuple(x.shape))
+        original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(DeviceData, "__init__", spy)
+    teacher = get_teacher(cfg, data)
+    outputs = compute_shared_outputs(teacher, data, cfg, lambda _: None)
+    result = kdsearch.fit(cfg, data=data, teacher=teacher, teacher_outputs=outputs, measure_speed=False)
+    assert copied == [] and 0 <= result.metrics["test/acc"] <= 1

@@ -171,6 +171,14 @@ class HostData(DeviceData):
             yield self.normalise(self.rows(idx)), self.y[start : start + batch_size]
 
 
+def split_of(x, y, mean, std, device, pad: int = 0) -> DeviceData:
+    """A whole split for evaluation or the teacher's outputs: a memory-mapped one (an image folder
+    over its memory limit, streamed shards) read a batch at a time, any other copied to the device."""
+    from kdsearch.data.placement import is_mapped
+
+    return (HostData if is_mapped(x) else DeviceData)(x, y, mean, std, device, pad=pad)
+
+
 def split_for(placement: str):
     """The class that holds a split where ``placement`` says (data.placement)."""
     return DeviceData if placement == "device" else HostData
