@@ -153,7 +153,7 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     if guard is not None:
         guard.place()
     placement, data = ray_trials.place_data(spec, data, opts, log)
-    copies = ray_trials.sweep_trials_at_once(spec, opts) + 1  # of the teacher's outputs in memory: each trial's and the driver's
+    copies = 2  # of the teacher's outputs in memory: the driver's, and the one its trials share (Ray's object store)
     disk = opts.shared_storage or ray_trials.node_count() == 1  # outputs written to disk: every node must see the files
     fixed = spec.fixed_config()
     if opts.teacher is not None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -121,12 +122,10 @@ class TeacherOutputs:
         return None
 
     def for_device(self, device: torch.device) -> TeacherOutputs:
-        """Kept in host memory (pinned for a GPU, so each epoch's slice copies asynchronously):
-        only one epoch at a time goes to the device (``epoch_on``), not all of them."""
-        if device.type != "cuda" or self.mapped:
-            return self  # (memory maps stay maps: each epoch's slice is read and copied when it is used)
-        pinned = [a.pin_memory() for a in self.attention] if self.attention is not None else None
-        return dataclasses.replace(self, logits=self.logits.pin_memory(), attention=pinned)
+        """Kept where they are, in host memory (the node's one copy, shared) or on disk: only one
+        epoch at a time goes to the device (``epoch_on``), not all of them. Not pinned: a pinned
+        copy is one more copy per trial, and an epoch's slice is copied once an epoch."""
+        return self
 
     def epoch_on(self, epoch: int, device: torch.device) -> EpochOutputs:
         maps = [a[epoch].to(device, non_blocking=True) for a in self.attention] if self.attention is not None else None
@@ -147,18 +146,26 @@ class EpochOutputs:
 
 
 def _by_file(x: torch.Tensor):
+    # numpy, not torch: Ray's object store hands every trial of a node the same read-only pages
+    # of a numpy array (a torch tensor is copied into each trial)
     path = mapped_file(x)
-    return {"mapped": path} if path else x
+    return {"mapped": path} if path else x.numpy()
 
 
 def _from_file(x):
-    return open_mapped(x["mapped"]) if isinstance(x, dict) and "mapped" in x else x
+    if isinstance(x, dict) and "mapped" in x:
+        return open_mapped(x["mapped"])
+    if isinstance(x, np.ndarray):
+        with warnings.catch_warnings():  # read-only pages of the object store: trials only read them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(x)
+    return x
 
 
 def budget_bytes(copies: int = 1) -> int:
     """How large the outputs may be to stay in memory: ``KDSEARCH_TEACHER_CACHE_GB`` if set, else
     the free host memory's usable share (``placement.HEADROOM``) split among the ``copies`` held
-    at once (the driver's and each trial's on this node: each receives its own)."""
+    at once (a sweep's: the driver's, and the one Ray's object store shares with the node's trials)."""
     if os.environ.get("KDSEARCH_TEACHER_CACHE_GB"):
         return int(float(os.environ["KDSEARCH_TEACHER_CACHE_GB"]) * 1024**3)
     return int(free_host_memory() * HEADROOM / max(1, copies))
