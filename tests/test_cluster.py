@@ -118,41 +118,51 @@ search: {{num_samples: 2, scheduler: fifo, seed: 0, max_failures: 2, checkpoint_
     assert len(summary.table) == 2 and set(summary.table["status"]) == {"ok"}
 
 
-def test_a_two_node_cluster_streams_from_files_only_in_a_folder_every_node_mounts(tmp_path):
-    # Streamed data is files the trials map: written on this machine, refused on a 2-node cluster
-    # unless the folder is one every node mounts (--shared-storage, as for --storage).
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 * 1024**2})
-    cluster.add_node(num_cpus=1, object_store_memory=200 * 1024**2)
+def test_a_two_node_ray_start_cluster_streams_from_files_only_in_a_folder_every_node_mounts(tmp_path):
+    # Two nodes started as a user starts them (`ray start --head`, then `ray start --address`).
+    # Streamed data is files the trials map, written on this machine: refused on 2 nodes in one
+    # line unless the folder is one every node mounts (--shared-storage, as for --storage); then
+    # the trials on both nodes train from the same files.
     space = tmp_path / "st.yaml"
     space.write_text(f"""
 name: st
-fixed: {{method: ce, dataset: digits, epochs: 3, data_placement: stream, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: ce, dataset: digits, epochs: {EPOCHS}, data_placement: stream, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{choice: [0.05, 0.1]}}
 search: {{sampler: grid, scheduler: fifo}}
 """)
-    opts = SweepOptions(
-        address=cluster.address,
-        storage=str(tmp_path / "s"),
-        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-        verbose=0,
-        register=False,
-    )
-    said = []
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "RAY_AUTH_MODE": "disabled"}
+    bin_dir = Path(sys.executable).parent
+    temp = tempfile.mkdtemp(prefix="kdray")  # short: Ray's socket paths must fit 107 characters
+    node = ["--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats"]
+    sweep = [str(bin_dir / "kdsearch"), "sweep", str(space), "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "s")]
+    sweep += ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     try:
-        with pytest.raises(
-            UserError,
-            match=r"the streamed data's files are written under .*cache, a folder on this machine, but the Ray cluster has 2 nodes: set cache_dir to a folder every node mounts and pass --shared-storage",
-        ):
-            run_sweep(space, opts, log=lambda _: None)
-        summary = run_sweep(space, dataclasses.replace(opts, shared_storage=True), log=said.append)
+        head = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
+        subprocess.run([*head, *node], cwd="/", env=env, check=True, capture_output=True)
+        subprocess.run(
+            [str(bin_dir / "ray"), "start", f"--address=127.0.0.1:{port}", *node],
+            cwd="/",
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        refused = subprocess.run([*sweep, "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        shared = subprocess.run([*sweep, "--shared-storage"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     finally:
-        cluster.shutdown()
-    assert any(line.startswith("data placement: stream (as asked;") for line in said)
-    assert list((tmp_path / "cache" / "shards").glob("digits-*/train_x.npy"))
+        kill_processes_mentioning(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert (
+        f"the streamed data's files are written under {tmp_path / 'cache'}, a folder on this machine, but the Ray cluster has "
+        "2 nodes: set cache_dir to a folder every node mounts and pass --shared-storage" in refused.stderr
+    )
+    assert shared.returncode == 0, shared.stderr[-2000:]
+    assert "data placement: stream (as asked;" in shared.stdout + shared.stderr and "best student: val/acc" in shared.stdout
     histories = _epochs_by_trial(tmp_path / "s" / "st")
-    assert len(histories) == 2 and all(len(h) == 3 for h in histories.values())
-    assert set(summary.table["status"]) == {"ok"} and summary.best_metrics["test/acc"] > 0.5
+    assert len(histories) == 2 and all(len(h) == EPOCHS for h in histories.values())
+    assert len({line["trial/node"] for h in histories.values() for line in h}) == 2  # both nodes trained from the files
 
 
 def test_fractional_gpu_trials_share_one_gpu(tmp_path):
