@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 from kdsearch.data import load_data
+from kdsearch.data.placement import host_bytes
 from kdsearch.checkpoint import save_checkpoint
 from kdsearch.methods import method_class
 from kdsearch.provenance import provenance
@@ -47,11 +48,18 @@ def needs_attention(spec: SweepSpec) -> bool:
 
 
 def compute_shared_outputs(
-    teacher: Teacher, data, cfg, log: Callable[[str], None], attention: bool | None = None, copies: int = 1, disk: bool = True
+    teacher: Teacher,
+    data,
+    cfg,
+    log: Callable[[str], None],
+    attention: bool | None = None,
+    copies: int = 1,
+    disk: bool = True,
+    reserved: int = 0,
 ):
     """The teacher's outputs for every view of every epoch, once; with its attention maps when
     ``attention`` (default: when ``cfg.method`` reads them). In memory when they fit the budget
-    for ``copies`` held at once (the driver's and each trial's); else, with ``disk``, written to
+    for ``copies`` held at once beside the ``reserved`` bytes of the data's placement; else, with ``disk``, written to
     the cache folder and memory-mapped (every trial of a node reads the same files); else None
     (trials run the teacher live). Each way is said in one line."""
     from kdsearch.data.placement import HEADROOM, cache_folder, gb
@@ -62,7 +70,7 @@ def compute_shared_outputs(
     attention = method_class(cfg.method).needs_attention if attention is None else attention
     names = teacher_feature_names(cfg, teacher) if attention else None
     size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
-    budget = budget_bytes(copies)
+    budget = budget_bytes(copies, reserved)
     device = resolve_device(cfg.device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"  # the trials' precision, checked by mismatch()
     views = dict(
@@ -70,7 +78,10 @@ def compute_shared_outputs(
     )
     folder = None
     if size > budget:
-        memory = f"over the {gb(budget)} they may take in memory ({copies} copies at once; KDSEARCH_TEACHER_CACHE_GB sets it)"
+        beside = f", beside the data's {gb(reserved)}" if reserved else ""
+        memory = (
+            f"over the {gb(budget)} they may take in memory ({copies} copies at once{beside}; KDSEARCH_TEACHER_CACHE_GB sets it)"
+        )
         root = cache_folder(cfg)
         room = int(shutil.disk_usage(_existing(root)).free * HEADROOM)
         if not disk or size > room:  # (disk False: prepared on another node, or a cluster without a shared folder)
@@ -156,10 +167,14 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
     copies = 2  # of the teacher's outputs in memory: the driver's, and the one its trials share (Ray's object store)
     disk = opts.shared_storage or ray_trials.node_count() == 1  # outputs written to disk: every node must see the files
     fixed = spec.fixed_config()
+    trials = ray_trials.sweep_trials_at_once(spec, opts)
+    reserved = host_bytes(placement, data, int(fixed.crop_pad or 0), trials, resolve_device(fixed.device).type)
     if opts.teacher is not None:
         teacher = given_teacher(opts.teacher, fixed, data)
         outputs = (
-            compute_shared_outputs(teacher, data, fixed, log, needs_attention(spec), copies, disk) if opts.teacher_cache else None
+            compute_shared_outputs(teacher, data, fixed, log, needs_attention(spec), copies, disk, reserved)
+            if opts.teacher_cache
+            else None
         )
     elif not needs_teacher(spec):
         teacher, outputs = None, None
@@ -167,12 +182,14 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         # A head node without a GPU: train (or load) the teacher and compute its outputs on a
         # cluster GPU, not on the driver's CPU while the GPUs idle.
         teacher, outputs, node = ray_trials.run_on_a_gpu(
-            teacher_and_outputs, fixed, data, opts.teacher_cache, lambda _: None, needs_attention(spec), copies, False
+            teacher_and_outputs, fixed, data, opts.teacher_cache, lambda _: None, needs_attention(spec), copies, False, reserved
         )
         keep_local_copy(teacher, data)
         log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
     else:
-        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, needs_attention(spec), copies, disk)
+        teacher, outputs = teacher_and_outputs(
+            fixed, data, opts.teacher_cache, log, needs_attention(spec), copies, disk, reserved
+        )
     log(
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"
@@ -188,11 +205,12 @@ def teacher_and_outputs(
     attention: bool | None = None,
     copies: int = 1,
     disk: bool = True,
+    reserved: int = 0,
 ):
     """The sweep's teacher and its outputs for every view (``compute_shared_outputs``; the model
     moved to the CPU). ``disk``: False where this runs on another node than the trials' driver."""
     teacher = get_teacher(cfg, data, log=log)
-    outputs = compute_shared_outputs(teacher, data, cfg, log, attention, copies, disk) if cache_outputs else None
+    outputs = compute_shared_outputs(teacher, data, cfg, log, attention, copies, disk, reserved) if cache_outputs else None
     teacher.model.cpu()
     return teacher, outputs
 

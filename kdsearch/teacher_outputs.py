@@ -162,13 +162,14 @@ def _from_file(x):
     return x
 
 
-def budget_bytes(copies: int = 1) -> int:
+def budget_bytes(copies: int = 1, reserved: int = 0) -> int:
     """How large the outputs may be to stay in memory: ``KDSEARCH_TEACHER_CACHE_GB`` if set, else
     the free host memory's usable share (``placement.HEADROOM``) split among the ``copies`` held
-    at once (a sweep's: the driver's, and the one Ray's object store shares with the node's trials)."""
+    at once (a sweep's: the driver's, and the one Ray's object store shares with the node's trials),
+    after the ``reserved`` bytes the data takes there under its placement (``placement.host_bytes``)."""
     if os.environ.get("KDSEARCH_TEACHER_CACHE_GB"):
         return int(float(os.environ["KDSEARCH_TEACHER_CACHE_GB"]) * 1024**3)
-    return int(free_host_memory() * HEADROOM / max(1, copies))
+    return max(0, int((free_host_memory() * HEADROOM - reserved) / max(1, copies)))
 
 
 def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attention: bool, names: list[str] | None = None) -> int:

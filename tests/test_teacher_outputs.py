@@ -138,6 +138,24 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     logs = []
     in_memory = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3)
     assert not in_memory.mapped and "in memory" in logs[-1]
+    # the budget is what the free memory holds beside the data's placement: data held in host
+    # memory leaves less room (10 MB free, 7.5 MB usable, 7 MB of it the data's: 0.25 MB a copy)
+    from kdsearch import teacher_outputs
+    from kdsearch.data.placement import host_bytes
+
+    monkeypatch.setattr(teacher_outputs, "free_host_memory", lambda: 10 * 1024**2)
+    assert not compute_shared_outputs(teacher, digits, cfg, logs.append, copies=2).mapped
+    beside = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=2, reserved=7 * 1024**2)
+    assert (
+        beside.mapped
+        and "(0.46 MB, over the 0.25 MB they may take in memory (2 copies at once, beside the data's 7.00 MB" in logs[-1]
+    )
+    monkeypatch.undo()
+    shutil_module.rmtree(tmp_path / "teacher-outputs")  # (written by that call: the next writes them anew)
+    shared = len(digits.train_x) * 64 + len(digits.val_x) * 64  # 1x8x8 images
+    padded = len(digits.train_x) * 100 + len(digits.val_x) * 64  # padded by 1: 10x10
+    assert host_bytes("host", digits, 1, 4, "cpu") == shared and host_bytes("device", digits, 1, 4, "cpu") == 4 * padded + shared
+    assert host_bytes("device", digits, 1, 4, "cuda") == host_bytes("stream", digits, 1, 4, "cpu") == 0
     monkeypatch.setenv("KDSEARCH_TEACHER_CACHE_GB", "0.0001")  # 0.1 MB: the logits and maps take 0.46 MB
     written = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3)
     assert written.mapped and "(0.46 MB, over the 0.10 MB they may take in memory (3 copies at once" in logs[-1]

@@ -101,6 +101,20 @@ def sizes(data, pad: int, trials: int, device: str, device_share: int | None, di
     )
 
 
+def host_bytes(placement: str, data, pad: int, trials: int, device: str) -> int:
+    """The host memory the training data holds under ``placement`` while a sweep's trials run (what
+    else may use the memory, the teacher's outputs, is what is left): the shared copy (host); on a
+    CPU device, every trial's padded copy too; none for a GPU's copies or a stream."""
+    n, c, h, w = (int(v) for v in data.train_x.shape)
+    val = int(np.prod(data.val_x.shape))
+    shared = n * c * h * w + val
+    if placement == "host":
+        return shared
+    if placement == "device" and device == "cpu":
+        return max(1, trials) * (n * c * (h + 2 * pad) * (w + 2 * pad) + val) + shared
+    return 0
+
+
 def choose(requested: str, s: Sizes, on_disk: bool = False) -> tuple[str, str]:
     """The placement and the one line that says why; a UserError when nothing fits (or the one
     asked for does not), naming the size, the limit and what would fit. ``on_disk``: the images

@@ -45,6 +45,7 @@ from kdsearch.ray_trials.runner import (  # noqa: E402
     make_searcher,
     place_data,
     run_trials,
+    sweep_trials_at_once,
 )
 from kdsearch.ray_trials.study import warm_start  # noqa: E402
 from kdsearch.ray_trials.trainable import STATE_FILE, STUDENT_FILE, EpochTrainable  # noqa: E402
@@ -69,6 +70,7 @@ __all__ = [
     "run_trials",
     "start_ray",
     "stop_ray",
+    "sweep_trials_at_once",
     "trials_at_once",
     "user_code",
     "warm_start",
