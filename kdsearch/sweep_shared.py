@@ -62,8 +62,8 @@ def compute_shared_outputs(
     for ``copies`` held at once beside the ``reserved`` bytes of the data's placement; else, with ``disk``, written to
     the cache folder and memory-mapped (every trial of a node reads the same files); else None
     (trials run the teacher live). Each way is said in one line."""
-    from kdsearch.data.placement import HEADROOM, cache_folder, gb
-    from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes, read_written, written_folder
+    from kdsearch.data.placement import gb
+    from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes, read_written
 
     from kdsearch.train import teacher_feature_names
 
@@ -82,15 +82,9 @@ def compute_shared_outputs(
         memory = (
             f"over the {gb(budget)} they may take in memory ({copies} copies at once{beside}; KDSEARCH_TEACHER_CACHE_GB sets it)"
         )
-        root = cache_folder(cfg)
-        room = int(shutil.disk_usage(_existing(root)).free * HEADROOM)
-        if not disk or size > room:  # (disk False: prepared on another node, or a cluster without a shared folder)
-            where = (
-                f"and over the {gb(room)} free for them under {root}" if disk else "and computed away from this machine's disk"
-            )
-            log(f"teacher outputs would take {gb(size)}, {memory} {where}: trials run the teacher live")
+        folder = _disk_folder(cfg, data, teacher, views, size, memory, disk, log)
+        if folder is None:
             return None
-        folder = written_folder(root, data, teacher.model, **views)
         written = read_written(folder)
         if written is not None:
             log(
@@ -113,6 +107,22 @@ def compute_shared_outputs(
     return outputs
 
 
+def _disk_folder(cfg, data, teacher: Teacher, views: dict, size: int, memory: str, disk: bool, log) -> Path | None:
+    """Where outputs over their memory budget are written, or None (said: the trials run the
+    teacher live) where the disk has no room or ``disk`` is False (prepared on another node, or
+    a cluster without a folder every node mounts)."""
+    from kdsearch.data.placement import HEADROOM, cache_folder, gb
+    from kdsearch.teacher_outputs import written_folder
+
+    root = cache_folder(cfg)
+    room = int(shutil.disk_usage(_existing(root)).free * HEADROOM)
+    if disk and size <= room:
+        return written_folder(root, data, teacher.model, **views)
+    where = f"and over the {gb(room)} free for them under {root}" if disk else "and not on a disk every node shares"
+    log(f"teacher outputs would take {gb(size)}, {memory} {where}: trials run the teacher live")
+    return None
+
+
 def _existing(path: Path) -> Path:
     """``path`` or its nearest folder that exists (what the disk's free space is asked of)."""
     path = Path(path).absolute()
@@ -133,12 +143,11 @@ class Shared:
     placement: str | None = None  # where the training data lives (data.placement), chosen before the teacher trains
 
 
-def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[str], None]) -> Shared:
-    from kdsearch import ray_trials
-
+def _manifest(plan: SweepPlan, tracker) -> dict:
+    """What the sweep folder's sweep.json says of the sweep before any trial runs."""
     spec = plan.spec
     base = spec.example_config()
-    manifest = {
+    return {
         "name": plan.name,
         "sweep_dir": plan.sweep_dir,
         "space_file": plan.space_file,
@@ -154,6 +163,14 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         "overrides": plan.overrides,
         "provenance": provenance(),
     }
+
+
+def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[str], None]) -> Shared:
+    from kdsearch import ray_trials
+
+    spec = plan.spec
+    base = spec.example_config()
+    manifest = _manifest(plan, tracker)
     set_threads(None)
     data = opts.data if opts.data is not None else load_data(base)
     guard = StorageGuard(plan.storage, plan.sweep_dir, plan.spec, data) if plan.local else None
