@@ -68,8 +68,8 @@ MUTANTS = (
     Mutant(
         "one held-out test image is also trained on",
         "kdsearch/data/splits.py",
-        "return x[order[n_out:]], y[order[n_out:]], x[order[:n_out]], y[order[:n_out]]",
-        "return x[order[n_out - 1 :]], y[order[n_out - 1 :]], x[order[:n_out]], y[order[:n_out]]",
+        "return take(x, order[n_out:]), y[order[n_out:]], take(x, order[:n_out]), y[order[:n_out]]",
+        "return take(x, order[n_out - 1 :]), y[order[n_out - 1 :]], take(x, order[:n_out]), y[order[:n_out]]",
         ("tests/test_data.py::test_train_val_and_test_partition_the_images",),
     ),
     Mutant(
