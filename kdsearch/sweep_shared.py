@@ -111,24 +111,16 @@ def _disk_folder(cfg, data, teacher: Teacher, views: dict, size: int, memory: st
     """Where outputs over their memory budget are written, or None (said: the trials run the
     teacher live) where the disk has no room or ``disk`` is False (prepared on another node, or
     a cluster without a folder every node mounts)."""
-    from kdsearch.data.placement import HEADROOM, cache_folder, gb
+    from kdsearch.data.placement import HEADROOM, cache_folder, existing_folder, gb
     from kdsearch.teacher_outputs import written_folder
 
     root = cache_folder(cfg)
-    room = int(shutil.disk_usage(_existing(root)).free * HEADROOM)
+    room = int(shutil.disk_usage(existing_folder(root)).free * HEADROOM)
     if disk and size <= room:
         return written_folder(root, data, teacher.model, **views)
     where = f"and over the {gb(room)} free for them under {root}" if disk else "and not on a disk every node shares"
     log(f"teacher outputs would take {gb(size)}, {memory} {where}: trials run the teacher live")
     return None
-
-
-def _existing(path: Path) -> Path:
-    """``path`` or its nearest folder that exists (what the disk's free space is asked of)."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 @dataclass

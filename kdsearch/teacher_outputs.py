@@ -121,13 +121,9 @@ class TeacherOutputs:
             return "the cache is of another teacher's weights"
         return None
 
-    def for_device(self, device: torch.device) -> TeacherOutputs:
-        """Kept where they are, in host memory (the node's one copy, shared) or on disk: only one
-        epoch at a time goes to the device (``epoch_on``), not all of them. Not pinned: a pinned
-        copy is one more copy per trial, and an epoch's slice is copied once an epoch."""
-        return self
-
     def epoch_on(self, epoch: int, device: torch.device) -> EpochOutputs:
+        """One epoch's outputs on the device. The rest stay where they are, in host memory (the
+        node's one copy, shared, not pinned: a pinned copy is one more per trial) or on disk."""
         maps = [a[epoch].to(device, non_blocking=True) for a in self.attention] if self.attention is not None else None
         return EpochOutputs(self.logits[epoch].to(device, non_blocking=True), maps)
 

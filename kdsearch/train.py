@@ -230,9 +230,7 @@ def _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, am
         why = outputs.mismatch(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher), amp)
         if why is not None:
             outputs = None  # another teacher, other images or views, or without what this method reads: run the teacher live
-    if outputs is not None:
-        outputs = outputs.for_device(device)  # host memory; one epoch at a time on the device
-    elif teacher_model is not None:
+    if outputs is None and teacher_model is not None:
         teacher_model.to(device, memory_format=memory_format).eval()
         for p in teacher_model.parameters():  # (a TorchScript module has no requires_grad_)
             p.requires_grad_(False)

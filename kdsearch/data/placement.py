@@ -77,6 +77,14 @@ class Sizes:
         )
 
 
+def existing_folder(path: str | Path) -> Path:
+    """``path`` or its nearest folder that exists (what a disk's free space is asked of)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def sizes(data, pad: int, trials: int, device: str, device_share: int | None, disk_path: str | Path) -> Sizes:
     """The sizes of ``data`` (a DatasetSplits) for ``trials`` at once on ``device``."""
     n, c, h, w = (int(v) for v in data.train_x.shape)
@@ -84,9 +92,7 @@ def sizes(data, pad: int, trials: int, device: str, device_share: int | None, di
     padded = n * c * (h + 2 * pad) * (w + 2 * pad) + val
     host = free_host_memory()
     disk_path = Path(disk_path)
-    probe = disk_path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = existing_folder(disk_path)
     return Sizes(
         images=n,
         shape=(c, h, w),
