@@ -98,3 +98,32 @@ def load_model(path: str | Path, payload: dict | None = None) -> tuple[nn.Module
     except RuntimeError as exc:
         raise UserError(f"{path}: weights do not fit a {spec['arch']} ({str(exc).splitlines()[0]})") from None
     return model, payload
+
+
+# A trial's checkpoint folder (kdsearch.ray_trials): the training state, to resume it, and the
+# student file, written at the trial's end only. A checkpoint from before the end (an ASHA rung,
+# ``checkpoint_every``) carries the best student so far inside the state, with what its student
+# file would say: ``trial_student`` writes that file the first time something reads it.
+TRIAL_STATE = "state.pt"
+TRIAL_STUDENT = "student.pt"
+
+
+def student_from_state(state: dict, dest: str | Path) -> Path:
+    """Write the student file a trial's training state describes (its ``best`` entry)."""
+    best = state["best"]
+    weights = state["student"] if best["student"] is None else best["student"]  # None: the state's own student
+    meta = {k: best[k] for k in ("dataset", "metrics", "config", "score")}
+    return save_checkpoint(dest, weights, best["model"], **meta)
+
+
+def trial_student(folder: str | Path) -> Path:
+    """The student file of a trial's checkpoint folder, written from its state if the trial
+    stopped before its end (a user-facing error if the folder holds neither)."""
+    folder = Path(folder)
+    student = folder / TRIAL_STUDENT
+    if student.is_file():
+        return student
+    state_file = folder / TRIAL_STATE
+    if not state_file.is_file():
+        raise UserError(f"{folder} holds no {TRIAL_STUDENT} or {TRIAL_STATE}: pass a trial's checkpoint folder")
+    return student_from_state(torch.load(state_file, map_location="cpu", weights_only=True), student)

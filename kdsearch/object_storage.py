@@ -84,17 +84,30 @@ def check_writable(uri: str) -> None:
         ) from None
 
 
-def _wanted(rel: str, trial: str | None) -> bool:
+def _wanted(rel: str) -> bool:
     parts = rel.split("/")
-    if trial is not None:  # one trial's kept students
-        return parts[0] == f"trial_{trial}" and parts[-1] == "student.pt"
     if parts[0] in SMALL_FOLDERS:
         return True
     return parts[-1] in SMALL_FILES and len(parts) <= 2
 
 
+def _last_student(items: list, root: str, trial: str) -> list:
+    """Of one trial's checkpoint files, its last checkpoint's student file, or its state where the
+    trial stopped before its end (the student is written from it: checkpoint.trial_student)."""
+    kept: dict[str, dict[str, object]] = {}
+    for item in items:
+        parts = item.path[len(root) + 1 :].split("/")
+        if len(parts) == 3 and parts[0] == f"trial_{trial}" and parts[1].startswith("checkpoint_"):
+            kept.setdefault(parts[1], {})[parts[2]] = item
+    if not kept:
+        return []
+    files = kept[max(kept)]
+    found = files.get("student.pt") or files.get("state.pt")
+    return [found] if found is not None else []
+
+
 def pull(uri: str, trial: str | None = None) -> Path:
-    """Copy the sweep at ``uri``'s small files (or one trial's students) into its local mirror;
+    """Copy the sweep at ``uri``'s small files (or one trial's last checkpoint) into its local mirror;
     returns the mirror."""
     import pyarrow.fs as pafs
 
@@ -104,12 +117,13 @@ def pull(uri: str, trial: str | None = None) -> Path:
     local = mirror_dir(uri)
     root = root.rstrip("/")
     try:
-        for item in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        items = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
+        for item in _last_student(items, root, trial) if trial is not None else items:
             rel = item.path[len(root) + 1 :]
-            if item.type != pafs.FileType.File or not _wanted(rel, trial):
+            if trial is None and not _wanted(rel):
                 continue
             dest = local / rel
-            if dest.is_file() and dest.stat().st_size == item.size and rel.endswith("student.pt"):
+            if dest.is_file() and dest.stat().st_size == item.size and rel.endswith(".pt"):
                 continue  # checkpoints do not change once written
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.part")

@@ -172,14 +172,16 @@ class SweepFolder:
         )
 
     def trial_checkpoint(self, trial_id: str) -> Path:
-        """The student a trial kept (its best epoch's checkpoint, as Tune keeps one a trial)."""
+        """The student file of a trial's last checkpoint: its best epoch's student."""
         if self.uri is not None:
             object_storage.pull(self.uri, trial=trial_id)
-        found = sorted((self.path / f"trial_{trial_id}").glob("checkpoint_*/student.pt"))
+        found = sorted(p.parent for p in (self.path / f"trial_{trial_id}").glob("checkpoint_*/*.pt"))
         if not found:
             trials = ", ".join(sorted(p.name.removeprefix("trial_") for p in self.path.glob("trial_*"))) or "none"
             raise UserError(f"sweep {self.location} has no checkpoint for trial {trial_id!r}: its trials are {trials}")
-        return found[-1]
+        from kdsearch.checkpoint import trial_student
+
+        return trial_student(found[-1])  # the last: it holds the trial's best student
 
     def best_checkpoint(self) -> Path:
         if not self.best_student.is_file():

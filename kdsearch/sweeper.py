@@ -205,7 +205,7 @@ def finalise_best(plan: SweepPlan, shared: Shared, best: TrialRecord) -> Best:
         best_cfg = dataclasses.replace(best_cfg, teacher_checkpoint=str(teacher.path), teacher_sha256=file_sha256(teacher.path))
     if teacher is None:
         teacher = reference_teacher(fixed, data)
-    checkpoint = ray_trials.copy_from_checkpoint(best.best_checkpoint, ray_trials.STUDENT_FILE, plan.folder.best_student)
+    checkpoint = ray_trials.copy_student(best.best_checkpoint, plan.folder.best_student)
     model, payload = load_model(checkpoint)
     metrics = {
         **final_metrics(model, data, teacher, best_cfg),

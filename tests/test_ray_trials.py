@@ -597,3 +597,73 @@ def test_a_trials_reported_score_is_its_best_epoch_so_far():
     assert best_so_far(0.3, {"val/loss": 0.4}, ("val/loss", "min")) == 0.3
     assert best_so_far(0.3, {"val/loss": 0.2}, ("val/loss", "min")) == 0.2
     assert best_so_far(None, {}, ("val/acc", "max")) is None
+
+
+def test_a_trial_writes_its_student_file_once_at_its_end_and_a_checkpoint_before_carries_the_best_student(tmp_path, monkeypatch):
+    """Issue 30: a checkpoint before a trial's end (an ASHA rung) is the training state alone, the
+    best student so far inside it (its weights only when not the state's own); the student file is
+    written at the end, or from the state when a stopped trial's checkpoint is read; a resumed trial
+    carries the best student and score over."""
+    import torch
+
+    from kdsearch.checkpoint import load_model, trial_student
+    from kdsearch.data import load_dataset
+    from kdsearch.ray_trials import trainable as trainables
+
+    class Context:
+        def get_node_id(self):
+            return "node"
+
+    monkeypatch.setattr(trainables.ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(trainables.ray, "get_runtime_context", lambda: Context())
+    accuracies = iter([0.5, 0.9, 0.7, 0.8])  # the best epoch is the second
+    real = trainables.run_epoch
+
+    def scripted(run, data, epoch, best_val):
+        metrics, _ = real(run, data, epoch, best_val)
+        return {**metrics, "val/acc": next(accuracies)}, best_val
+
+    monkeypatch.setattr(trainables, "run_epoch", scripted)
+    spec = parse_sweep(
+        {"fixed": {"method": "ce", "dataset": "digits", "epochs": 4}, "space": {"lr": {"uniform": [0.01, 0.1]}}}, "ce.yaml"
+    )
+    data = load_dataset("digits")
+    shared = dict(
+        spec=spec, data_payload=trainables.payload(data), teacher_payload=None, threads=1, teacher_outputs=None,
+        static_by_architecture=trainables.architecture_metrics(spec, data), gpu_share=0.0,
+    )  # fmt: skip
+
+    def trainable():
+        t = trainables.EpochTrainable.__new__(trainables.EpochTrainable)
+        t.setup({"lr": 0.05}, **shared)
+        return t
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    first = trainable()
+    folders = [tmp_path / f"checkpoint_{i}" for i in range(4)]
+    for folder in folders[:3]:
+        first.step()
+        folder.mkdir()
+        first.save_checkpoint(str(folder))
+    best_weights = {k: v.clone() for k, v in first.best_student[0].items()}
+    assert not any((f / "student.pt").exists() for f in folders[:3])  # before the end: the state alone
+    states = [torch.load(f / "state.pt", weights_only=True) for f in folders[:3]]
+    assert [s["best"]["student"] is None for s in states] == [True, True, False]  # epoch 3's best is epoch 2's student
+    _, at_two = load_model(trial_student(folders[1]))
+    assert at_two["metrics"]["val/acc"] == 0.9 and same(at_two["state_dict"], states[1]["student"])
+    _, at_three = load_model(trial_student(folders[2]))  # a trial ASHA stopped here: written when read
+    assert at_three["metrics"]["val/acc"] == 0.9 and same(at_three["state_dict"], best_weights)
+    assert at_three["score"] == 0.9 and at_three["model"]["arch"] == "resnet8" and at_three["config"]["lr"] == 0.05
+    first.cleanup()
+
+    resumed = trainable()  # a retry, or --resume: from the rung's checkpoint
+    resumed.load_checkpoint(str(folders[2]))
+    assert resumed.epoch == 3 and resumed.score == 0.9 and same(resumed.best_student[0], best_weights)
+    assert resumed.step()["done"]  # epoch 4: 0.8, the best stays epoch 2's
+    folders[3].mkdir()
+    resumed.save_checkpoint(str(folders[3]))
+    _, last = load_model(folders[3] / "student.pt")  # the end: written by the trial
+    assert last["metrics"]["val/acc"] == 0.9 and same(last["state_dict"], best_weights)
+    resumed.cleanup()

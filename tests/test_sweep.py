@@ -209,6 +209,11 @@ def _finished_trials(sweep_dir: Path, epochs: int) -> list[Path]:
     return done
 
 
+def _epochs(text: str) -> list[tuple]:
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [(r.get("epoch"), r.get("training_iteration"), r.get("done")) for r in lines]
+
+
 EPOCHS = 60  # several seconds a trial here: long enough to interrupt the second one
 
 
@@ -250,7 +255,10 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     model, payload = load_model(storage / "tiny" / "best" / "student.pt")  # the best checkpoint is whole
     assert payload["metrics"]["test/acc"] > 0.5
     for name, text in finished.items():  # finished trials were not run again
-        assert (storage / "tiny" / name / "result.json").read_text() == text
+        now = (storage / "tiny" / name / "result.json").read_text()
+        # first the epochs and iterations, short enough for CI's log to say what ran again; then the text
+        assert _epochs(now) == _epochs(text), f"{name} ran again on the resume"
+        assert now == text
     import optuna
 
     # the study optuna-dashboard opens holds every trial, those of the first run and of the resumed one
@@ -488,14 +496,26 @@ def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one
     assert len(summary.table) == trials
     assert len(saves) < trials / 2, f"{len(saves)} saves of the experiment state for {trials} trials"  # was one or more a trial
 
+    from kdsearch.checkpoint import trial_student
+
+    stopped = 0
     for record in load_trials(summary.out_dir):
         epochs = len(record.history)
         folders = sorted(Path(record.path).glob("checkpoint_*"))
         # a trial ASHA stopped at its rung (epoch 2): one checkpoint; one that went on: the rung's and the end's
         assert len(folders) == (1 if epochs == 2 else 2), (epochs, folders)
+        # the student file is written once, at a trial's end; a rung's checkpoint holds the state alone
+        assert [(f / "student.pt").is_file() for f in folders] == [False] * (len(folders) - 1) + [epochs == 3], folders
+        assert all((f / "state.pt").is_file() for f in folders)
+        stopped += epochs == 2
         best_epoch = max(record.history, key=lambda h: (h["val/acc"], h["epoch"]))
-        _, payload = load_model(folders[-1] / "student.pt")
+        # as the sweep copies its best trial's student (here from the state where ASHA stopped the trial)
+        copied = runner.copy_student(str(folders[-1]), tmp_path / "copied" / record.trial_id / "student.pt")
+        _, payload = load_model(trial_student(folders[-1]))  # a stopped trial's: written from its state when read
         assert payload["metrics"]["val/acc"] == best_epoch["val/acc"]  # the last checkpoint holds the best epoch's student
+        assert payload["model"]["arch"] == "resnet8" and payload["config"]["method"] == "kd"
+        assert load_model(copied)[1]["metrics"] == payload["metrics"]
+    assert 0 < stopped < trials  # both kinds were checked
     # the best student is the best trial's best epoch, whichever epoch that was
     _, payload = load_model(summary.checkpoint)
     assert payload["metrics"]["val/acc"] == max(summary.table["best val/acc"])

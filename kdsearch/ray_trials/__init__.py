@@ -41,7 +41,7 @@ from kdsearch.ray_trials.cluster import (  # noqa: E402
 )
 from kdsearch.ray_trials.runner import (  # noqa: E402
     can_resume,
-    copy_from_checkpoint,
+    copy_student,
     make_searcher,
     place_data,
     run_trials,
@@ -60,7 +60,7 @@ __all__ = [
     "can_resume",
     "check_resources",
     "check_storage",
-    "copy_from_checkpoint",
+    "copy_student",
     "gpu_elsewhere",
     "gpus_per_trial_default",
     "make_searcher",

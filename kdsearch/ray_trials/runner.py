@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from tabulate import tabulate
@@ -355,9 +356,15 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
     )
 
 
-def copy_from_checkpoint(checkpoint_path: str, filename: str, dest: Path) -> Path:
-    """Copy one file out of a trial checkpoint, local or in remote storage, to ``dest``."""
+def copy_student(checkpoint_path: str, dest: Path) -> Path:
+    """Copy a trial checkpoint's student file, local or in remote storage, to ``dest`` (written
+    from the checkpoint's state where the trial stopped before its end: checkpoint.trial_student)."""
+    from kdsearch.checkpoint import TRIAL_STATE, TRIAL_STUDENT, student_from_state
+
     with tune.Checkpoint(checkpoint_path).as_directory() as folder:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(folder) / filename, dest)
+        if (Path(folder) / TRIAL_STUDENT).is_file():
+            shutil.copyfile(Path(folder) / TRIAL_STUDENT, dest)
+        else:
+            student_from_state(torch.load(Path(folder) / TRIAL_STATE, map_location="cpu", weights_only=True), dest)
     return dest

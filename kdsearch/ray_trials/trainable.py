@@ -18,7 +18,7 @@ import ray
 import torch
 from ray import tune
 
-from kdsearch.checkpoint import build_from_spec, save_checkpoint
+from kdsearch.checkpoint import TRIAL_STATE, TRIAL_STUDENT, build_from_spec, student_from_state
 from kdsearch.compression import compression_report
 from kdsearch.data import DatasetSplits
 from kdsearch.errors import UserError
@@ -28,8 +28,8 @@ from kdsearch.sweep_folder import searched
 from kdsearch.teachers import Teacher
 from kdsearch.train import LIVE_TEACHER, EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
 
-STATE_FILE = "state.pt"  # full training state, to resume the trial
-STUDENT_FILE = "student.pt"  # the student alone, a kdsearch checkpoint
+STATE_FILE = TRIAL_STATE  # full training state, to resume the trial, and the best student so far
+STUDENT_FILE = TRIAL_STUDENT  # the student alone, a kdsearch checkpoint: at the trial's end (checkpoint.trial_student)
 SCORE = "trial/score"  # reported every epoch: the trial's score so far (sweep_folder.TrialRecord.score)
 
 
@@ -131,8 +131,8 @@ def architecture_metrics(spec: SweepSpec, data: DatasetSplits) -> dict[str, dict
 class EpochTrainable(tune.Trainable):
     """A trial: one epoch per ``step()``, run in the actor's main thread (a function trainable
     runs in a thread beside Tune's own, and trains slower: benchmarks/results/speed-cpu.md).
-    Tune checkpoints it after every epoch and keeps the best; it restores
-    from the last one on a retry or ``--resume``; a reused actor is reset for the next trial."""
+    Tune checkpoints it at ASHA's rungs, every ``checkpoint_every`` epochs and at its end, and
+    restores the last checkpoint on a retry or ``--resume``; a reused actor is reset for the next trial."""
 
     def setup(self, config: dict, **shared) -> None:
         self.shared = (
@@ -159,8 +159,9 @@ class EpochTrainable(tune.Trainable):
         self.last_metrics: dict = {}  # the last epoch's result
         self.score: float | None = None  # the best value of the first objective so far (SCORE)
         # The student at its best epoch so far (ties: the later) and that epoch's metrics: a trial
-        # checkpoints only at ASHA's rungs and its end, and each checkpoint's student.pt is this one.
+        # checkpoints only at ASHA's rungs and its end, and each checkpoint's student is this one.
         self.best_student: tuple[dict, dict] | None = None
+        self.best_epoch = 0  # the epoch of best_student (epochs done then)
         self.checkpoint_epochs = spec.search.checkpoint_epochs(int(cfg.epochs or 0))
         try:
             self.device = resolve_device(cfg.device)
@@ -203,6 +204,7 @@ class EpochTrainable(tune.Trainable):
                         weights,
                         {k: v for k, v in self.last_metrics.items() if k.startswith(("val/", "train/"))},
                     )
+                    self.best_epoch = self.epoch
                 done = self.epoch >= self.cfg.epochs
                 return {**self.last_metrics, "done": done, "should_checkpoint": not done and self.epoch in self.checkpoint_epochs}
             except (TrainingDiverged, UserError) as exc:
@@ -218,26 +220,32 @@ class EpochTrainable(tune.Trainable):
         if self.run is None or self.failed is not None:
             return  # nothing worth keeping: the best checkpoint stays an earlier epoch's
         run = self.run
-        torch.save(
-            EpochState(self.epoch, self.best_val, run.student, run.method, run.optimizer, run.scheduler).training_state(),
-            Path(checkpoint_dir) / STATE_FILE,
-        )
-        weights, metrics = self.best_student or (run.student, {})
-        save_checkpoint(
-            Path(checkpoint_dir) / STUDENT_FILE, weights, self.own_spec, dataset=self.data.info(), metrics=metrics,
-            config=self.cfg.to_dict(), score=self.score,
-        )  # fmt: skip
+        state = EpochState(self.epoch, self.best_val, run.student, run.method, run.optimizer, run.scheduler).training_state()
+        weights, metrics = self.best_student or (None, {})
+        # The best student so far rides in the state (its weights only when they are not the
+        # state's own student's), with what its student file says; that file is written once,
+        # at the trial's end: a trial ASHA stops gets it when something reads its checkpoint.
+        state["best"] = {
+            "student": None if weights is None or self.best_epoch == self.epoch else weights,
+            "model": self.own_spec, "dataset": self.data.info(), "metrics": metrics, "config": self.cfg.to_dict(),
+            "score": self.score,
+        }  # fmt: skip
+        folder = Path(checkpoint_dir)
+        # Plain writes: Tune copies the folder to the sweep's storage as soon as this returns, then deletes it.
+        torch.save(state, folder / STATE_FILE)
+        if self.epoch >= self.cfg.epochs:
+            student_from_state(state, folder / STUDENT_FILE)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state_file = Path(checkpoint_dir) / STATE_FILE
         if self.run is not None and state_file.is_file():
             state = torch.load(state_file, map_location="cpu", weights_only=True)
             self.epoch, self.best_val = restore(self.run, state)
-            student = Path(checkpoint_dir) / STUDENT_FILE
-            if student.is_file():  # the best student so far, and the score, carry over the resume
-                payload = torch.load(student, map_location="cpu", weights_only=True)
-                self.best_student = (payload["state_dict"], payload.get("metrics") or {})
-                self.score = payload.get("score")
+            best = state.get("best")
+            if best is not None:  # the best student so far, and the score, carry over the resume
+                weights = state["student"] if best["student"] is None else best["student"]
+                self.best_student, self.score = (weights, best["metrics"]), best["score"]
+                self.best_epoch = self.epoch if best["student"] is None else 0
 
     def reset_config(self, new_config: dict) -> bool:
         self.release()
