@@ -667,3 +667,35 @@ def test_a_trial_writes_its_student_file_once_at_its_end_and_a_checkpoint_before
     _, last = load_model(folders[3] / "student.pt")  # the end: written by the trial
     assert last["metrics"]["val/acc"] == 0.9 and same(last["state_dict"], best_weights)
     resumed.cleanup()
+
+    # Restored from its end checkpoint (its worker died after the last save, or a resume whose
+    # experiment state had not recorded the end): it trains no fifth epoch (the scripted epochs are
+    # spent: another would raise), it reports its last result again, marked, and ends.
+    ended = trainable()
+    ended.load_checkpoint(str(folders[3]))
+    again = ended.step()
+    assert again["done"] and again[trainables.REPLAYED] == 1.0 and again["epoch"] == 4 and again["val/acc"] == 0.8
+    assert again["trial/score"] == 0.9
+    ended.cleanup()
+
+
+def test_a_replayed_result_is_not_written_to_the_trials_result_file_or_mlflow_again(monkeypatch):
+    from ray.tune.logger import JsonLoggerCallback
+
+    from kdsearch.ray_trials import compat, runner
+    from kdsearch.ray_trials.trainable import REPLAYED
+
+    written, tracked = [], []
+    monkeypatch.setattr(JsonLoggerCallback, "log_trial_result", lambda self, i, trial, result: written.append(result))
+
+    class Tracker:
+        def trial_result(self, trial_id, params, result):
+            tracked.append(result)
+
+    class Trial:
+        trial_id, config = "t", {"lr": 0.1}
+
+    for result in ({"epoch": 4}, {"epoch": 4, REPLAYED: 1.0}):
+        compat.ResultLog().log_trial_result(1, Trial(), result)
+        runner.ForwardResults(Tracker()).on_trial_result(1, [], Trial(), result)
+    assert written == tracked == [{"epoch": 4}]

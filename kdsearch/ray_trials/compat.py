@@ -38,6 +38,8 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
+from kdsearch.ray_trials.trainable import REPLAYED
+
 TESTED_RAY = "2.60."  # the Ray minor version whose actor manager this was written against
 IDLE_WAIT_S = 1.0
 _ACTOR_MANAGER = "ray.air.execution._internal.actor_manager"
@@ -79,7 +81,12 @@ def calm_tune_loop(version: str | None = None):
 
 
 class ResultLog(JsonLoggerCallback):
-    """Each trial's result.json, one line per result; a restarted trial's lines are kept."""
+    """Each trial's result.json, one line per result; a restarted trial's lines are kept, and the
+    result a trial restored from its end checkpoint reports again (REPLAYED) is not written twice."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        if not result.get(REPLAYED):
+            super().log_trial_result(iteration, trial, result)
 
     def _restore_from_remote(self, file_name: str, trial) -> None:
         if Path(trial.local_path, file_name).is_file():

@@ -23,7 +23,7 @@ from kdsearch.data import DatasetSplits
 from kdsearch.errors import UserError
 from kdsearch.ray_trials import cluster, compat
 from kdsearch.ray_trials.searcher import StudySearcher, searcher_for
-from kdsearch.ray_trials.trainable import SCORE, EpochTrainable, architecture_metrics, payload, teacher_payload
+from kdsearch.ray_trials.trainable import REPLAYED, SCORE, EpochTrainable, architecture_metrics, payload, teacher_payload
 from kdsearch.search_space import SweepSpec
 from kdsearch.sweep_options import SweepOptions
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped, environment, graceful_ctrl_c, stop_when
@@ -142,7 +142,8 @@ class ForwardResults(tune.Callback):
         self.tracker.trial_started(trial.trial_id, searched(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.tracker.trial_result(trial.trial_id, searched(trial.config), result)
+        if not result.get(REPLAYED):  # a trial restored at its end: logged the first time
+            self.tracker.trial_result(trial.trial_id, searched(trial.config), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.trial_finished(trial.trial_id, "FINISHED")

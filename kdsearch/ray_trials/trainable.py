@@ -31,6 +31,9 @@ from kdsearch.train import LIVE_TEACHER, EpochState, TrainingDiverged, build_run
 STATE_FILE = TRIAL_STATE  # full training state, to resume the trial, and the best student so far
 STUDENT_FILE = TRIAL_STUDENT  # the student alone, a kdsearch checkpoint: at the trial's end (checkpoint.trial_student)
 SCORE = "trial/score"  # reported every epoch: the trial's score so far (sweep_folder.TrialRecord.score)
+# Marks the last result of a trial restored from its end checkpoint, reported again without training
+# (compat.ResultLog and the MLflow forwarding leave it out: the trial logged it the first time).
+REPLAYED = "trial/replayed"
 
 
 def best_so_far(score: float | None, metrics: dict, objective: tuple[str, str]) -> float | None:
@@ -191,6 +194,10 @@ class EpochTrainable(tune.Trainable):
             static["trial/teacher_live"] = live[0].removeprefix(LIVE_TEACHER).removeprefix(" (").removesuffix(")")
 
     def step(self) -> dict:
+        if self.failed is None and self.epoch >= self.cfg.epochs and self.last_metrics:
+            # Restored from its end checkpoint (a retry after the trial's last save, or a resume whose
+            # experiment state had not recorded the end yet): nothing is left to train.
+            return {**self.last_metrics, REPLAYED: 1.0, "done": True}
         if self.failed is None:
             try:
                 metrics, self.best_val = run_epoch(self.run, self.data, self.epoch, self.best_val)
@@ -230,6 +237,7 @@ class EpochTrainable(tune.Trainable):
             "model": self.own_spec, "dataset": self.data.info(), "metrics": metrics, "config": self.cfg.to_dict(),
             "score": self.score,
         }  # fmt: skip
+        state["last"] = self.last_metrics  # the last epoch's result, reported again if restored at the end
         folder = Path(checkpoint_dir)
         # Plain writes: Tune copies the folder to the sweep's storage as soon as this returns, then deletes it.
         torch.save(state, folder / STATE_FILE)
@@ -241,6 +249,7 @@ class EpochTrainable(tune.Trainable):
         if self.run is not None and state_file.is_file():
             state = torch.load(state_file, map_location="cpu", weights_only=True)
             self.epoch, self.best_val = restore(self.run, state)
+            self.last_metrics = dict(state.get("last") or {})
             best = state.get("best")
             if best is not None:  # the best student so far, and the score, carry over the resume
                 weights = state["student"] if best["student"] is None else best["student"]
