@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -116,14 +117,18 @@ def student_from_state(state: dict, dest: str | Path) -> Path:
     return save_checkpoint(dest, weights, best["model"], **meta)
 
 
-def trial_student(folder: str | Path) -> Path:
+def trial_student(folder: str | Path, dest: str | Path | None = None) -> Path:
     """The student file of a trial's checkpoint folder, written from its state if the trial
-    stopped before its end (a user-facing error if the folder holds neither)."""
+    stopped before its end (a user-facing error if the folder holds neither); ``dest``: copied
+    or written there instead of into the folder."""
     folder = Path(folder)
-    student = folder / TRIAL_STUDENT
+    student, out = folder / TRIAL_STUDENT, Path(dest) if dest is not None else folder / TRIAL_STUDENT
     if student.is_file():
-        return student
+        if out != student:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(student, out)
+        return out
     state_file = folder / TRIAL_STATE
     if not state_file.is_file():
         raise UserError(f"{folder} holds no {TRIAL_STUDENT} or {TRIAL_STATE}: pass a trial's checkpoint folder")
-    return student_from_state(torch.load(state_file, map_location="cpu", weights_only=True), student)
+    return student_from_state(torch.load(state_file, map_location="cpu", weights_only=True), out)

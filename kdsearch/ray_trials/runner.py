@@ -8,13 +8,11 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from tabulate import tabulate
@@ -360,12 +358,7 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
 def copy_student(checkpoint_path: str, dest: Path) -> Path:
     """Copy a trial checkpoint's student file, local or in remote storage, to ``dest`` (written
     from the checkpoint's state where the trial stopped before its end: checkpoint.trial_student)."""
-    from kdsearch.checkpoint import TRIAL_STATE, TRIAL_STUDENT, student_from_state
+    from kdsearch.checkpoint import trial_student
 
     with tune.Checkpoint(checkpoint_path).as_directory() as folder:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if (Path(folder) / TRIAL_STUDENT).is_file():
-            shutil.copyfile(Path(folder) / TRIAL_STUDENT, dest)
-        else:
-            student_from_state(torch.load(Path(folder) / TRIAL_STATE, map_location="cpu", weights_only=True), dest)
-    return dest
+        return trial_student(folder, dest)
