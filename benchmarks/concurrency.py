@@ -5,9 +5,11 @@
 A toy objective (no training): 2 settings in [0, 1], score 1 - (x - 0.7)^2 - (y - 0.2)^2,
 48 trials released in waves of 1, 2, 16 and 32 asked before any of the wave is told (what a
 cluster running that many trials at once does to the searcher), TPE with and without the
-constant liar, 10 seeds. Reported: how many settings of the first wave asked after TPE's 8
-random startup trials are distinct and how far apart they are, and the best score after 48
-trials, mean and spread over seeds. (With 32 at once the first wave is all startup draws:
+constant liar, and random search, 10 seeds. Reported: how many settings of the first wave asked
+after TPE's 8 random startup trials are distinct and how far apart they are, how close the
+trials after the startup land to the optimum (their median regret), and the best score after
+48 trials, each as mean and spread over seeds; a difference is called one only when it is
+larger than the two spreads together. (With 32 at once the first wave is all startup draws:
 the first modelled wave is the last 16.)
 """
 
@@ -39,11 +41,14 @@ def spread(configs: list[dict]) -> float:
     return statistics.mean(((c["x"] - cx) ** 2 + (c["y"] - cy) ** 2) ** 0.5 for c in configs)
 
 
-def run(at_once: int, seed: int, liar: bool) -> tuple[float, int, float, int]:
-    searcher = StudySearcher(SPACE, [("val/acc", "max")], sampler="tpe", seed=seed, startup_trials=STARTUP, max_epochs=1)
-    if not liar:  # the same TPE without the constant liar, as Optuna's TPE was before it
+def run(at_once: int, seed: int, arm: str) -> dict:
+    """One search of TOTAL trials asked ``at_once`` at a time; ``arm``: "liar" (kdsearch's TPE),
+    "no liar" (the same TPE without the constant liar, as Optuna's TPE was before it) or "random"."""
+    sampler = "random" if arm == "random" else "tpe"
+    searcher = StudySearcher(SPACE, [("val/acc", "max")], sampler=sampler, seed=seed, startup_trials=STARTUP, max_epochs=1)
+    if arm == "no liar":
         searcher.study.sampler = studies.optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP, constant_liar=False)
-    best, distinct, wide, size, n = -1.0, None, 0.0, 0, 0
+    best, distinct, wide, size, n, modelled = -1.0, None, 0.0, 0, 0, []
     while n < TOTAL:
         wave = [(f"t{n + i}", searcher.suggest(f"t{n + i}")) for i in range(min(at_once, TOTAL - n))]
         if distinct is None and n + len(wave) > STARTUP and n >= STARTUP:
@@ -52,9 +57,22 @@ def run(at_once: int, seed: int, liar: bool) -> tuple[float, int, float, int]:
             size = len(wave)
         for trial_id, config in wave:
             best = max(best, score(config))
+            if n >= STARTUP:
+                modelled.append(1 - score(config))
             searcher.on_trial_complete(trial_id, result={"val/acc": score(config), "training_iteration": 1})
         n += len(wave)
-    return best, distinct, wide, size
+    return {"best": best, "distinct": distinct, "spread": wide, "size": size, "median_regret": statistics.median(modelled)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.pstdev(values)
+
+
+def verdict(a: tuple[float, float], b: tuple[float, float], higher: str, lower: str) -> str:
+    """Which of two (mean, std) is larger, beyond both spreads together, else 'within noise'."""
+    if abs(a[0] - b[0]) <= a[1] + b[1]:
+        return "within noise"
+    return higher if a[0] > b[0] else lower
 
 
 def main() -> None:
@@ -63,42 +81,51 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     rows = []
-    for liar in (True, False):
+    for arm in ("liar", "no liar", "random"):
         for at_once in (1, 2, 16, 32):
-            runs = [run(at_once, seed, liar) for seed in range(args.seeds)]
-            bests = [b for b, _, _, _ in runs]
-            rows.append(
-                {
-                    "constant_liar": liar,
-                    "at_once": at_once,
-                    "first_modelled_wave_distinct": min(d for _, d, _, _ in runs),
-                    "first_modelled_wave_spread": statistics.mean(w for _, _, w, _ in runs),
-                    "wave_size": runs[0][3],
-                    "best_mean": statistics.mean(bests),
-                    "best_std": statistics.pstdev(bests),
-                    "regret_mean": 1 - statistics.mean(bests),
-                    "seeds": args.seeds,
-                }
-            )
-            print(rows[-1], flush=True)
+            runs = [run(at_once, seed, arm) for seed in range(args.seeds)]
+            row = {"arm": arm, "at_once": at_once, "seeds": args.seeds, "wave_size": runs[0]["size"]}
+            row["first_modelled_wave_distinct"] = min(r["distinct"] for r in runs)
+            for key in ("spread", "median_regret", "best"):
+                row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in runs])
+            rows.append(row)
+            print(row, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "concurrency.json").write_text(json.dumps({"trials": TOTAL, "startup": STARTUP, "rows": rows}, indent=2) + "\n")
+    (args.out / "concurrency.md").write_text(render(rows, args.seeds))
+
+
+def render(rows: list[dict], seeds: int) -> str:
     lines = [
         "# Many trials asked at once (benchmarks/concurrency.py)",
         "",
-        f"Toy objective, {TOTAL} trials, TPE after {STARTUP} random ones, {args.seeds} seeds. 'distinct' is the",
-        "fewest distinct settings in the first wave TPE models, over the seeds; 'spread' the mean distance of that",
-        "wave's settings from their centroid (mean over seeds); regret is 1 minus the best score.",
+        f"Toy objective, {TOTAL} trials, TPE after {STARTUP} random ones (random search: all random), {seeds} seeds.",
+        "'distinct' is the fewest distinct settings in the first wave TPE models, over the seeds; 'spread' the mean",
+        "distance of that wave's settings from their centroid; 'median regret' that of the trials after the first",
+        f"{STARTUP}; 'best' the best score after {TOTAL}; each mean +/- std over the seeds.",
         "",
-        "| constant liar | at once | distinct in first modelled wave | its spread | best after 48 (mean +/- std) | regret |",
+        "| arm | at once | distinct in first modelled wave | its spread | median regret after the startup | best after 48 |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {'yes' if r['constant_liar'] else 'no'} | {r['at_once']} | {r['first_modelled_wave_distinct']} of {r['wave_size']} "
-            f"| {r['first_modelled_wave_spread']:.3f} | {r['best_mean']:.5f} +/- {r['best_std']:.5f} | {r['regret_mean']:.5f} |"
+            f"| {r['arm']} | {r['at_once']} | {r['first_modelled_wave_distinct']} of {r['wave_size']} "
+            f"| {r['spread_mean']:.3f} +/- {r['spread_std']:.3f} | {r['median_regret_mean']:.4f} +/- {r['median_regret_std']:.4f} "
+            f"| {r['best_mean']:.5f} +/- {r['best_std']:.5f} |"
         )
-    (args.out / "concurrency.md").write_text("\n".join(lines) + "\n")
+    by = {(r["arm"], r["at_once"]): r for r in rows}
+    lines += ["", "Beyond the spread (the difference larger than both stds together) or within noise, at 16 at once:", ""]
+    for a, b in (("liar", "no liar"), ("liar", "random")):
+        ra, rb = by[(a, 16)], by[(b, 16)]
+        pairs = (
+            ("the first modelled wave's spread", "spread", "wider", "narrower"),
+            ("median regret after the startup", "median_regret", "higher", "lower"),
+            ("best after 48", "best", "higher", "lower"),
+        )
+        for what, key, up, down in pairs:
+            said = verdict((ra[f"{key}_mean"], ra[f"{key}_std"]), (rb[f"{key}_mean"], rb[f"{key}_std"]), up, down)
+            lines.append(f"- {a} against {b}, {what}: {ra[f'{key}_mean']:.4f} against {rb[f'{key}_mean']:.4f}: {said}")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

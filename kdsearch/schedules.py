@@ -135,14 +135,19 @@ def check_points(settings: dict, epochs: int, steps: int = 200) -> list[float]:
     return sorted(points)
 
 
-def as_metrics(settings: dict, progress: float, epochs: int) -> dict[str, float]:
-    """``schedule/<name>`` (``schedule/<name>.<i>`` for a list) at a point of training, for the
-    scheduled settings: what each had, logged every epoch."""
+def progress(step: int, total_steps: int) -> float:
+    """The share of training done at optimiser step ``step`` (counted from 0) of ``total_steps``:
+    0 at the first step, 1 at the last."""
+    return step / max(total_steps - 1, 1)
+
+
+def as_metrics(now: dict) -> dict[str, float]:
+    """``schedule/<name>`` (``schedule/<name>.<i>`` for a list) for scheduled settings' values as
+    evaluated (``settings_at(scheduled(...), ...)``): what the loss used, logged every epoch."""
     out = {}
-    for name, value in scheduled(settings).items():
-        now = setting_at(value, progress, epochs)
-        if isinstance(now, list):
-            out.update({f"schedule/{name}.{i}": float(v) for i, v in enumerate(now)})
+    for name, value in now.items():
+        if isinstance(value, list):
+            out.update({f"schedule/{name}.{i}": float(v) for i, v in enumerate(value)})
         else:
-            out[f"schedule/{name}"] = float(now)
+            out[f"schedule/{name}"] = float(value)
     return out

@@ -58,8 +58,8 @@ class TrialRecord:
         return max(values) if mode == "max" else min(values)
 
     def best_epoch(self, metric: str, mode: str) -> dict:
-        """The result of the epoch the score comes from (on a tie, the later one: Ray Tune keeps
-        the later of two checkpoints with the same score); {} without one."""
+        """The result of the epoch the score comes from (on a tie, the later one: a trial keeps the
+        student of the later of two epochs with the same score, ``EpochTrainable.step``); {} without one."""
         score, found = self.best(metric, mode), {}
         for row in self.history:
             if row.get(metric) == score:

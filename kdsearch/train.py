@@ -307,11 +307,13 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     steps = 0
     looked_up = run.teacher_outputs.epoch_on(epoch, run.device) if run.teacher_outputs is not None else None
     per_epoch = run.train.num_batches(cfg.batch_size)
+    now: dict = {}  # the scheduled settings' values at this step: what the loss uses and the log shows
     for x, y, idx in run.train.train_batches(cfg.batch_size, cfg.seed, epoch, cfg.flip):
         interrupts.check()
         if run.moving:  # scheduled settings follow the share of training done, step by step
-            progress = (epoch * per_epoch + steps) / max(cfg.epochs * per_epoch - 1, 1)
-            for name, value in schedules.settings_at(run.moving, progress, cfg.epochs).items():
+            progress = schedules.progress(epoch * per_epoch + steps, cfg.epochs * per_epoch)
+            now = schedules.settings_at(run.moving, progress, cfg.epochs)
+            for name, value in now.items():
                 setattr(run.method, name, value)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             student_out = Outputs(*run.student_forward(x))
@@ -337,10 +339,7 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
         for k, v in terms.items():  # summed on the device: no host sync per step
             sums[k] = sums.get(k, 0) + v.detach().float()
     out = {f"train/{k}": float(v) / steps for k, v in sums.items()}  # float() waits for the device
-    if run.moving:  # what each scheduled setting was at the epoch's last step
-        out.update(
-            schedules.as_metrics(run.moving, (epoch * per_epoch + steps - 1) / max(cfg.epochs * per_epoch - 1, 1), cfg.epochs)
-        )
+    out.update(schedules.as_metrics(now))  # what each scheduled setting was at the epoch's last step
     out["time/epoch_train_s"] = time.perf_counter() - started  # the training steps alone, without validation
     if not math.isfinite(out["train/loss"]):
         raise TrainingDiverged(

@@ -40,6 +40,31 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def file_behind(x) -> str | None:
+    """The file whose memory map holds ``x``'s bytes (a tensor or array), asked of the kernel
+    (/proc/self/maps), not of kdsearch: None for memory of the process's own."""
+    import torch
+
+    address = x.untyped_storage().data_ptr() if isinstance(x, torch.Tensor) else x.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(a, 16) for a in fields[0].split("-"))
+            if low <= address < high:
+                path = fields[5].strip() if len(fields) == 6 else ""
+                return path if path.startswith("/") else None
+    return None
+
+
+def anonymous_memory() -> int:
+    """This process's resident anonymous memory in bytes (RssAnon: not the pages of mapped files)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
 def write_cifar10(root, n_per_batch=20, seed=0):
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"

@@ -100,6 +100,50 @@ MUTANTS = (
         '"resize": {"height": size[0], "width": size[1], "interpolation": "nearest"},',
         ("tests/test_export.py::test_a_client_with_the_card_alone_preprocesses_as_predict_does",),
     ),
+    Mutant(
+        "a schedule is evaluated once per epoch, not at every step",
+        "kdsearch/train.py",
+        "progress = schedules.progress(epoch * per_epoch + steps, cfg.epochs * per_epoch)",
+        "progress = schedules.progress(epoch * per_epoch, cfg.epochs * per_epoch)",
+        ("tests/test_schedules.py::test_a_schedule_moves_within_an_epoch_not_only_between_epochs",),
+    ),
+    Mutant(
+        "stream placement reads the whole file into memory",
+        "kdsearch/data/placement.py",
+        'array = np.load(path, mmap_mode="r")',
+        "array = np.load(path)",
+        ("tests/test_placement.py::test_a_streamed_epoch_holds_a_few_batches_of_its_data_in_memory_not_the_data",),
+    ),
+    Mutant(
+        "stream placement on an image folder that fits memory decodes it whole in memory",
+        "kdsearch/data/__init__.py",
+        'to_disk=cfg.data_placement == "stream",',
+        "to_disk=False,",
+        ("tests/test_own_data.py::test_a_folder_over_its_memory_limit_is_decoded_to_disk_and_trains_streamed",),
+    ),
+    Mutant(
+        "TPE without the constant liar",
+        "kdsearch/ray_trials/study.py",
+        "constant_liar=True",
+        "constant_liar=False",
+        ("tests/test_ray_trials.py::test_sixteen_trials_asked_at_once_spread_out_under_the_constant_liar",),
+    ),
+    Mutant(
+        "TPE is plain random search",
+        "kdsearch/ray_trials/study.py",
+        'if sampler in ("random", "grid"):',
+        'if sampler in ("random", "grid", "tpe"):',
+        ("tests/test_ray_trials.py::test_tpe_asked_sixteen_at_once_still_models_the_objective_better_than_random_search",),
+    ),
+    Mutant(
+        "a restarted trial's history keeps the epochs of its abandoned run",
+        "kdsearch/ray_trials/compat.py",
+        "            self._drop_from(trial, epoch)\n",
+        "            pass\n",
+        (
+            "tests/test_ray_trials.py::test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed_sweep_reads_storage",
+        ),
+    ),
 )
 
 

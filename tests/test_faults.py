@@ -443,9 +443,12 @@ search: {{num_samples: 10, scheduler: fifo, sampler: tpe, n_startup_trials: 3, s
 
 def test_a_trial_whose_worker_dies_resumes_from_its_checkpoint_with_every_epoch_in_its_history(tmp_path, monkeypatch):
     # The student's process dies for real (os._exit, as the kernel's OOM killer or a lost node
-    # would end it) in its 20th-odd epoch, once: Tune restarts the trial from its last checkpoint.
-    # Its result.json must still hold every epoch: Ray copies the file back from storage when a
-    # trial restarts, and the storage copy is only as new as Tune's last save of its state.
+    # would end it) at the first step of its 20th epoch, once: Tune restarts the trial from its
+    # last checkpoint, of epoch 16 (checkpoint_every 8), so epochs 17-19 train again. Its
+    # result.json holds every epoch once, each from the run that made the trial's checkpoints
+    # (1-16 from the first process, 17-40 from the restored one), and its score is that history's
+    # best: not an epoch of the abandoned run, whose model is gone. (Ray copies result.json back
+    # from storage when a trial restarts, a copy only as new as Tune's last save of its state.)
     code = tmp_path / "project"
     code.mkdir()
     mark = tmp_path / "crashed"
@@ -471,7 +474,7 @@ name: crash
 fixed: {{method: ce, dataset: digits, student: crashy:crashy, epochs: 40, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{choice: [0.05]}}
-search: {{sampler: grid, scheduler: fifo, max_failures: 1, checkpoint_every: 1}}
+search: {{sampler: grid, scheduler: fifo, max_failures: 1, checkpoint_every: 8}}
 """)
     summary = run_sweep(
         space,
@@ -480,7 +483,10 @@ search: {{sampler: grid, scheduler: fifo, max_failures: 1, checkpoint_every: 1}}
     )
     assert mark.exists()  # it did die once
     (result,) = (tmp_path / "s" / "crash").glob("trial_*/result.json")
-    epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
-    assert epochs[-1] == 40 and sorted(set(epochs)) == list(range(1, 41)), epochs
-    assert len(epochs) < 40 + 5  # resumed from its checkpoint, not retrained from the start
-    assert list(summary.table["status"]) == ["ok"]
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 41)), [r["epoch"] for r in rows]
+    first, restored = rows[:16], rows[16:]
+    assert len({r["pid"] for r in first}) == len({r["pid"] for r in restored}) == 1 and first[0]["pid"] != restored[0]["pid"]
+    assert [r["iterations_since_restore"] for r in restored] == list(range(1, 25))  # restored at epoch 16, not retrained
+    assert rows[-1]["trial/score"] == max(r["val/acc"] for r in rows)
+    assert list(summary.table["status"]) == ["ok"] and summary.best_metrics["val/acc"] == rows[-1]["trial/score"]

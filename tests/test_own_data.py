@@ -2,13 +2,14 @@
 
 import csv
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from sklearn.datasets import load_digits
 
 import kdsearch
-from conftest import write_image_folder
+from conftest import file_behind, write_image_folder
 from kdsearch import DatasetSplits, TrainConfig, UserError
 from kdsearch.api import load_data
 from kdsearch.data import imagefolder
@@ -55,14 +56,16 @@ def test_a_labels_csv_makes_a_multilabel_set(tmp_path):
 
 @pytest.mark.parametrize("colour", [False, True])
 def test_a_folder_over_its_memory_limit_is_decoded_to_disk_and_trains_streamed(tmp_path, colour):
-    from kdsearch.data.placement import mapped_file
-
     write_folder(tmp_path, colour=colour)
+    asked = load_data(folder_config(tmp_path, data_placement="stream"))  # fits memory, but stream was asked for
     in_memory = load_data(folder_config(tmp_path))
     on_disk = load_data(folder_config(tmp_path, data_memory_gb=2e-5))  # 21 KB: the 36 images take 27 KB decoded
-    for split in ("train_x", "val_x", "test_x"):  # every split a file on disk, the same images
-        assert mapped_file(getattr(on_disk, split)) is not None and mapped_file(getattr(in_memory, split)) is None
-        assert torch.equal(getattr(on_disk, split), getattr(in_memory, split))
+    cache = (tmp_path / "kdsearch-cache").resolve()
+    for split in ("train_x", "val_x", "test_x"):  # every split a file on disk (the kernel's word), the same images
+        for streamed in (on_disk, asked):
+            assert Path(file_behind(getattr(streamed, split)) or "/").parent == cache, split
+            assert torch.equal(getattr(streamed, split), getattr(in_memory, split))
+        assert file_behind(getattr(in_memory, split)) is None
     assert on_disk.in_channels == (3 if colour else 1) and on_disk.fingerprint() == in_memory.fingerprint()
     assert load_data(folder_config(tmp_path, data_memory_gb=2e-5)).train_x.numel()  # a second load maps the same files
     logs = []
@@ -176,7 +179,7 @@ def test_a_folder_on_disk_is_never_copied_whole_by_the_teacher_its_outputs_or_th
     cfg = folder_config(tmp_path / "images", data_memory_gb=2e-5, method="kd", teacher="resnet8", teacher_epochs=1, epochs=1)
     cfg = TrainConfig(**{**cfg.to_dict(), "threads": 2, "cache_dir": str(tmp_path / "cache")})
     data = load_data(cfg)
-    assert mapped_file(data.train_x) is not None
+    assert file_behind(data.train_x) is not None
     copied, original = [], DeviceData.__init__
 
     def spy(self, x, *args, **kwargs):

@@ -331,36 +331,54 @@ def test_a_define_by_run_space_draws_a_setting_only_when_its_condition_holds():
     ]  # a method's grid is crossed only with that method
 
 
-def test_sixteen_trials_asked_at_once_get_distinct_suggestions_and_the_search_still_converges():
-    """The constant liar: trials asked while others run count as bad guesses, so 16 running at
-    once spread out. On a toy objective the best after 48 trials, asked 16 at a time, is no worse
-    than asked 2 at a time (by more than the spread of seeds)."""
-    import statistics
-
+def _toy_search(sampler, seed, *, waves):
+    """A searcher on a 2-D toy objective (its optimum 1.0 at x=0.7, y=0.2), asked ``waves`` of
+    trials at once, each wave told before the next; returns each wave's (x, y, regret)."""
     from kdsearch.ray_trials.searcher import StudySearcher
 
     space = {"x": {"kind": "uniform", "args": [0.0, 1.0]}, "y": {"kind": "uniform", "args": [0.0, 1.0]}}
+    searcher = StudySearcher(space, [("val/acc", "max")], sampler=sampler, seed=seed, startup_trials=8, max_epochs=1)
+    out, n = [], 0
+    for size in waves:
+        wave = [(f"t{n + i}", searcher.suggest(f"t{n + i}")) for i in range(size)]
+        n += size
+        for trial_id, c in wave:
+            regret = (c["x"] - 0.7) ** 2 + (c["y"] - 0.2) ** 2
+            searcher.on_trial_complete(trial_id, result={"val/acc": 1 - regret, "training_iteration": 1})
+        out.append([(c["x"], c["y"], (c["x"] - 0.7) ** 2 + (c["y"] - 0.2) ** 2) for _, c in wave])
+    return out
 
-    def run(at_once, seed, total=48):
-        searcher = StudySearcher(space, [("val/acc", "max")], sampler="tpe", seed=seed, startup_trials=8, max_epochs=1)
-        best, first, n = -1.0, [], 0
-        while n < total:
-            wave = [(f"t{n + i}", searcher.suggest(f"t{n + i}")) for i in range(at_once)]
-            if n == 8:  # the first wave TPE models (after its 8 random startup trials)
-                first = [(round(c["x"], 6), round(c["y"], 6)) for _, c in wave]
-            for trial_id, c in wave:
-                score = 1 - (c["x"] - 0.7) ** 2 - (c["y"] - 0.2) ** 2
-                best = max(best, score)
-                searcher.on_trial_complete(trial_id, result={"val/acc": score, "training_iteration": 1})
-            n += at_once
-        return best, first
 
-    many = [run(16, seed) for seed in range(3)]
-    few = [run(2, seed) for seed in range(3)]
-    assert all(len(set(first)) == 16 for _, first in many if first)
-    many_best, few_best = [b for b, _ in many], [b for b, _ in few]
-    spread = statistics.pstdev(few_best + many_best)
-    assert statistics.mean(many_best) >= statistics.mean(few_best) - max(spread, 0.01), (many_best, few_best)
+def test_sixteen_trials_asked_at_once_spread_out_under_the_constant_liar():
+    """The constant liar: a trial asked while others run counts them as bad guesses, so 16 asked
+    at once (after 12 told) spread over the square instead of piling onto TPE's current favourite.
+    Mean distance of a wave's 16 points from their centroid, 6 seeds: about 0.31 with the liar,
+    0.10 without it (measured over 30 seeds: means of 6 seeds 0.31-0.33 against 0.09-0.14)."""
+    import statistics
+
+    def spread(wave):
+        cx, cy = statistics.mean(p[0] for p in wave), statistics.mean(p[1] for p in wave)
+        return statistics.mean(((p[0] - cx) ** 2 + (p[1] - cy) ** 2) ** 0.5 for p in wave)
+
+    waves = [_toy_search("tpe", seed, waves=[12, 16])[1] for seed in range(6)]
+    assert all(len({(x, y) for x, y, _ in wave}) == 16 for wave in waves)
+    spreads = [spread(wave) for wave in waves]
+    assert statistics.mean(spreads) > 0.22, spreads
+
+
+def test_tpe_asked_sixteen_at_once_still_models_the_objective_better_than_random_search():
+    """After its 8 random startup trials TPE's suggestions, asked 16 at a time, land near the
+    optimum: the median regret of the 48 modelled trials is about 0.06 against random search's
+    0.15-0.27 on the same seeds (a plain random sampler in TPE's place fails this)."""
+    import statistics
+
+    def median_regret(sampler, seed):
+        waves = _toy_search(sampler, seed, waves=[8, 16, 16, 16])
+        return statistics.median(r for wave in waves[1:] for _, _, r in wave)
+
+    tpe = [median_regret("tpe", seed) for seed in range(3)]
+    random = [median_regret("random", seed) for seed in range(3)]
+    assert statistics.mean(tpe) < 0.5 * statistics.mean(random), (tpe, random)
 
 
 def test_a_warm_start_tells_trials_stopped_early_as_pruned(tmp_path):
@@ -465,7 +483,7 @@ def test_tunes_idle_wait_is_raised_only_on_the_ray_it_was_written_for(monkeypatc
     assert "has no ray.air.execution._internal.actor_manager.RayActorManager" in caplog.text
 
 
-def test_a_restarted_trial_keeps_its_result_lines_and_a_resumed_sweep_reads_them_from_storage(tmp_path):
+def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed_sweep_reads_storage(tmp_path):
     """Tune restarts a trial whose worker died from its checkpoint, and its result log copies the
     trial's result.json back from storage, a copy only as new as Tune's last save: the epochs
     since were lost (a 2-node cluster lost epoch 49 of 80). kdsearch's log keeps what it wrote."""
@@ -489,22 +507,35 @@ def test_a_restarted_trial_keeps_its_result_lines_and_a_resumed_sweep_reads_them
             Path(self.local_path).mkdir(parents=True, exist_ok=True)
 
     def lines(trial):
-        return [json.loads(line)["epoch"] for line in Path(trial.local_path, "result.json").read_text().splitlines()]
+        rows = [json.loads(line) for line in Path(trial.local_path, "result.json").read_text().splitlines()]
+        return [(r["epoch"], r["run"]) for r in rows]
 
     (tmp_path / "storage" / "t").mkdir(parents=True)
-    (tmp_path / "storage" / "t" / "result.json").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2)))
+    (tmp_path / "storage" / "t" / "result.json").write_text("".join(json.dumps({"epoch": e, "run": "a"}) + "\n" for e in (1, 2)))
     log, trial = compat.ResultLog(), Trial(tmp_path / "driver" / "t")
     trial.checkpoint = None  # a new trial
     log.log_trial_start(trial)
     for epoch in (1, 2, 3, 4):
-        log.log_trial_result(epoch, trial, {"epoch": epoch})
+        log.log_trial_result(epoch, trial, {"epoch": epoch, "run": "a"})
     trial.checkpoint = object()
     log.log_trial_start(trial)  # its worker died: Tune starts it again from its epoch-4 checkpoint
-    log.log_trial_result(5, trial, {"epoch": 5})
-    assert lines(trial) == [1, 2, 3, 4, 5]
+    log.log_trial_result(5, trial, {"epoch": 5, "run": "b"})
+    assert lines(trial) == [(1, "a"), (2, "a"), (3, "a"), (4, "a"), (5, "b")]
+    log.log_trial_start(trial)  # died again, restarted from its epoch-3 checkpoint: epochs 4 and 5 run again
+    for epoch in (4, 5, 6):
+        log.log_trial_result(epoch, trial, {"epoch": epoch, "run": "c"})
+    assert lines(trial) == [(1, "a"), (2, "a"), (3, "a"), (4, "c"), (5, "c"), (6, "c")]  # each epoch once, the last run's
     resumed = Trial(tmp_path / "driver2" / "t")  # `--resume`: a new driver, with no copy of its own
     compat.ResultLog().log_trial_start(resumed)
-    assert lines(resumed) == [1, 2]
+    assert lines(resumed) == [(1, "a"), (2, "a")]
+    compat.ResultLog().log_trial_result(2, resumed, {"epoch": 2, "run": "d"})  # resumed from its epoch-1 checkpoint
+    assert lines(resumed) == [(1, "a"), (2, "d")]
+    # a Ray whose private name differs: the copy from storage, as Ray makes it (and one log line)
+    moved, elsewhere = compat.ResultLog(version="2.61.0"), Trial(tmp_path / "driver3" / "t")
+    Path(elsewhere.local_path, "result.json").write_text(json.dumps({"epoch": 1, "run": "x"}) + "\n")
+    assert not moved.keeps_driver_copy and log.keeps_driver_copy
+    moved.log_trial_start(elsewhere)
+    assert lines(elsewhere) == [(1, "a"), (2, "a")]
 
 
 def test_tune_builds_no_dataframe_of_results_and_kdsearch_reads_each_trials_file_itself(tmp_path):
@@ -586,7 +617,9 @@ def test_trials_receive_no_test_images():
 
 
 def test_a_trials_reported_score_is_its_best_epoch_so_far():
-    """trial/score, reported every epoch, is what Tune keeps the checkpoint by and ASHA compares."""
+    """trial/score, reported every epoch, is the trial's best epoch so far: the score the progress
+    table shows and the sweep's record ranks by (ASHA compares the metric itself at its rungs,
+    and every checkpoint is kept: none is chosen by score)."""
     from kdsearch.ray_trials.trainable import best_so_far
 
     scores, score = [], None
@@ -693,7 +726,7 @@ def test_a_replayed_result_is_not_written_to_the_trials_result_file_or_mlflow_ag
             tracked.append(result)
 
     class Trial:
-        trial_id, config = "t", {"lr": 0.1}
+        trial_id, config, local_path = "t", {"lr": 0.1}, "/nonexistent-trial-folder"
 
     for result in ({"epoch": 4}, {"epoch": 4, REPLAYED: 1.0}):
         compat.ResultLog().log_trial_result(1, Trial(), result)

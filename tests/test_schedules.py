@@ -156,6 +156,18 @@ def test_the_loss_uses_the_scheduled_value_at_each_step(digits, cache_dir):
     assert dropped[1]["train/loss"] == pytest.approx(dropped[1]["train/ce"], rel=1e-5)
 
 
+def test_a_schedule_moves_within_an_epoch_not_only_between_epochs(digits, cache_dir):
+    """alpha from 1 to 0 over a one-epoch run: evaluated at every step, the epoch's loss mixes
+    the KD and CE terms and its last step is pure CE (logged alpha 0); evaluated once per epoch,
+    alpha would stay 1 and the loss would be the KD term alone."""
+    sched = {"schedule": "linear", "start": 1.0, "end": 0.0}
+    cfg = TrainConfig(method="kd", epochs=1, teacher_epochs=2, cache_dir=cache_dir, threads=2, method_args={"alpha": sched})
+    (epoch,) = fit(cfg, data=digits, measure_speed=False).history
+    assert epoch["schedule/alpha"] == 0.0
+    kd, ce, loss = epoch["train/kd"], epoch["train/ce"], epoch["train/loss"]
+    assert abs(loss - kd) > 0.1 * abs(ce - kd), (loss, kd, ce)
+
+
 def test_a_resumed_run_follows_the_schedule_where_it_left_off(digits):
     """The schedule is read from the epoch and step, not from a counter kept in memory: a run
     resumed after its second epoch gives the uninterrupted run's values and result."""

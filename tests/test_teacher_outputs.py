@@ -1,8 +1,11 @@
 """The teacher-output cache gives the live teacher's outputs for exactly the views a student sees."""
 
 import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import file_behind
 
 from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
@@ -159,6 +162,10 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     monkeypatch.setenv("KDSEARCH_TEACHER_CACHE_GB", "0.0001")  # 0.1 MB: the logits and maps take 0.46 MB
     written = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3)
     assert written.mapped and "(0.46 MB, over the 0.10 MB they may take in memory (3 copies at once" in logs[-1]
+    folder = (tmp_path / "teacher-outputs").resolve()
+    assert all(
+        Path(file_behind(t) or "/").parent.parent == folder for t in [written.logits, *written.attention]
+    )  # the kernel's word
     assert f"written to {tmp_path / 'teacher-outputs'}" in logs[-1] and "memory-mapped by every trial" in logs[-1]
     assert torch.equal(written.logits, in_memory.logits) and all(map(torch.equal, written.attention, in_memory.attention))
     # what a trial receives: the files' paths, not the outputs (an in-memory copy travels whole)
@@ -166,6 +173,7 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     assert len(sent) < 5_000 < in_memory.nbytes() < len(pickle.dumps(in_memory))
     received = pickle.loads(sent)
     assert received.mapped and torch.equal(received.logits, in_memory.logits)
+    assert Path(file_behind(received.logits) or "/").parent.parent == folder and file_behind(in_memory.logits) is None
     # the next sweep of the same data, teacher and views reads them instead of computing them again
     assert "read from" in (compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3) and logs[-1])
     # a student trained on the mapped outputs is the one trained on the in-memory outputs

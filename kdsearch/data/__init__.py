@@ -37,8 +37,10 @@ def load_dataset(
     image_size: int | None = None,
     train_subset: int | None = None,
     memory_gb: float | None = None,
+    to_disk: bool = False,
 ) -> DatasetSplits:
-    """Load a dataset into memory as uint8 tensors with its train/val/test splits."""
+    """Load a dataset into memory as uint8 tensors with its train/val/test splits; ``to_disk``
+    (data_placement stream): an image folder is decoded straight to a memory-mapped file."""
     loader = lookup(DATASETS, name, "dataset")
     if name == "imagefolder" and data_dir is None:
         raise UserError("dataset imagefolder reads your images: pass --data-dir FOLDER holding train/<class>/*.png")
@@ -48,7 +50,9 @@ def load_dataset(
     if download:
         root.mkdir(parents=True, exist_ok=True)
     kwargs = {"image_size": image_size} if image_size else {}
-    raw = loader(root, download=download, memory_gb=memory_gb, val_fraction=val_fraction, split_seed=split_seed, **kwargs)
+    raw = loader(
+        root, download=download, memory_gb=memory_gb, val_fraction=val_fraction, split_seed=split_seed, to_disk=to_disk, **kwargs
+    )
     try:
         return make_splits(name, raw, val_fraction, split_seed, train_subset)
     except ValueError as exc:
@@ -66,4 +70,5 @@ def load_data(cfg) -> DatasetSplits:
         cfg.image_size,
         cfg.train_subset,
         cfg.data_memory_gb,
+        to_disk=cfg.data_placement == "stream",
     )

@@ -183,6 +183,7 @@ def load_imagefolder(
     memory_gb: float | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    to_disk: bool = False,
     **_: object,
 ) -> RawDataset:
     root = Path(data_dir)
@@ -196,7 +197,7 @@ def load_imagefolder(
         multilabel = False
     files = [p for split in SPLITS for p, _ in listed.get(split, [])]
     cache = root / "kdsearch-cache" / f"imagefolder-{image_size}-{_content_key(files, image_size)}.npy"
-    x = _decoded(root, files, image_size, memory_gb, cache)
+    x = _decoded(root, files, image_size, memory_gb, cache, to_disk)
     if _grey(x):
         x = _first_channel(x, cache)  # grey images: one channel
     parts, start = {}, 0
@@ -215,22 +216,25 @@ def load_imagefolder(
     return RawDataset(train_x, train_y, test_x, test_y, class_names, multilabel, val_x, val_y, "test" not in listed)
 
 
-def _decoded(root: Path, files: list[Path], size: int, memory_gb: float | None, cache: Path) -> torch.Tensor:
+def _decoded(root: Path, files: list[Path], size: int, memory_gb: float | None, cache: Path, to_disk: bool) -> torch.Tensor:
     """The images decoded: in memory within ``data_memory_gb`` (default: half the memory), else
-    decoded to a file on disk and memory-mapped (trained from by streaming); one line if neither."""
+    decoded to a file on disk and memory-mapped (trained from by streaming); one line if neither.
+    ``to_disk`` (data_placement stream): straight to disk, a chunk at a time, whatever fits memory."""
     from kdsearch.data.placement import HEADROOM, gb
 
     need = len(files) * 3 * size * size
     limit, source = memory_limit_bytes(memory_gb)
-    if need <= limit:
+    if need <= limit and not to_disk:
         return torch.from_numpy(decode_cached(cache, files, size))
     folder = cache.parent if cache.parent.is_dir() else root
     room = int(shutil.disk_usage(folder).free * HEADROOM) + (cache.stat().st_size if cache.is_file() else 0)
     if need > room or not os.access(folder, os.W_OK):
-        fits = max(1, math.isqrt(max(limit, room) // (3 * len(files))))
         where = f"the {gb(room)} free on disk under {folder}" if os.access(folder, os.W_OK) else f"{folder} is read-only"
-        raise UserError(
-            f"{root}: {len(files)} images at {size}x{size} would take {gb(need)} decoded, over the {gb(limit)} in memory "
-            f"({source}) and {where}: use image_size {fits} or less"
-        )
+        if to_disk:
+            fits = max(1, math.isqrt(room // (3 * len(files))))
+            over, fix = where, f"use image_size {fits} or less, or data_placement auto"
+        else:
+            fits = max(1, math.isqrt(max(limit, room) // (3 * len(files))))
+            over, fix = f"the {gb(limit)} in memory ({source}) and {where}", f"use image_size {fits} or less"
+        raise UserError(f"{root}: {len(files)} images at {size}x{size} would take {gb(need)} decoded, over {over}: {fix}")
     return decode_to_disk(cache, files, size)

@@ -9,11 +9,13 @@ written and tested for; on any other version Tune's own loop runs unchanged, wit
 Every event (a result, an actor up, a failure) still ends the wait at once; a graceful stop
 (Ctrl-C, a full disk) is seen within it.
 
-``ResultLog``: Tune's JSON result log, except that a trial restarted by this driver (its worker
-or node died) keeps the lines it has. Ray 2.60 copies the trial's result.json back from storage
-whenever a trial starts from a checkpoint, and that copy is only as new as Tune's last save of
-its state: the epochs logged since were lost from the trial's history (seen on a 2-node cluster).
-The copy from storage is still made where this driver has none (a resumed sweep).
+``ResultLog``: Tune's JSON result log, except that a trial's history holds each epoch once, from
+the run that made its checkpoints (a trial restarted from a checkpoint trains again the epochs
+its abandoned run had logged past it), and a trial restarted by this driver (its worker or node
+died) keeps the lines it has: Ray 2.60 copies the trial's result.json back from storage whenever
+a trial starts from a checkpoint, and that copy is only as new as Tune's last save of its state,
+so the epochs logged since would be lost. The copy from storage is still made where this driver
+has none (a resumed sweep), and on any other Ray version (``_restore_from_remote`` is private).
 
 ``LightFinishedTrials``: for every numeric metric of every trial, Tune keeps two running-average
 windows (deques, ~1.3 KB a metric) in the driver for the sweep's life, and writes them into
@@ -81,17 +83,73 @@ def calm_tune_loop(version: str | None = None):
 
 
 class ResultLog(JsonLoggerCallback):
-    """Each trial's result.json, one line per result; a restarted trial's lines are kept, and the
-    result a trial restored from its end checkpoint reports again (REPLAYED) is not written twice."""
+    """Each trial's result.json, one line per result, each epoch once, from the run that made the
+    trial's checkpoints: when a restarted trial reports an epoch the file already has, the lines
+    from that epoch on (the abandoned run's, past its last checkpoint) are dropped first. On the
+    tested Ray, a trial restarted by this driver keeps the lines it has (Ray would copy an older
+    result.json back from storage); a result a trial restored from its end checkpoint reports again
+    (REPLAYED) is not written twice."""
+
+    def __init__(self, version: str | None = None):
+        super().__init__()
+        version = version or ray.__version__
+        restore = getattr(JsonLoggerCallback, "_restore_from_remote", None)
+        self.keeps_driver_copy = version.startswith(TESTED_RAY) and callable(restore)
+        if not self.keeps_driver_copy:
+            _LOG.info("kdsearch: on Ray %s a restarted trial's result.json restarts from Ray's copy in storage", version)
+        self._last_epoch: dict = {}  # trial -> the last epoch in its result.json, read once a trial
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        if not result.get(REPLAYED):
-            super().log_trial_result(iteration, trial, result)
+        if result.get(REPLAYED):
+            return
+        epoch = result.get("epoch", result.get("training_iteration"))
+        if trial not in self._last_epoch:
+            self._last_epoch[trial] = _last_epoch(Path(trial.local_path, "result.json"))
+        last = self._last_epoch[trial]
+        if epoch is not None and last is not None and epoch <= last:
+            self._drop_from(trial, epoch)
+        super().log_trial_result(iteration, trial, result)
+        self._last_epoch[trial] = epoch
+
+    def _drop_from(self, trial, epoch) -> None:
+        """result.json without its lines of ``epoch`` and later (rewritten atomically)."""
+        path = Path(trial.local_path, "result.json")
+        handle = self._trial_files.pop(trial, None)
+        if handle is not None:
+            handle.close()
+        kept = [line for line in _lines(path) if _epoch_of(line) is not None and _epoch_of(line) < epoch]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+        self._trial_files[trial] = path.open("at")
 
     def _restore_from_remote(self, file_name: str, trial) -> None:
-        if Path(trial.local_path, file_name).is_file():
+        if self.keeps_driver_copy and Path(trial.local_path, file_name).is_file():
             return  # this driver wrote it: it holds every line storage has, and the newest
         super()._restore_from_remote(file_name, trial)
+        self._last_epoch.pop(trial, None)  # read again from the copy at its next result
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    except FileNotFoundError:
+        return []
+
+
+def _epoch_of(line: str):
+    import json
+
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("epoch", row.get("training_iteration"))
+
+
+def _last_epoch(path: Path):
+    epochs = [e for e in map(_epoch_of, _lines(path)) if e is not None]
+    return max(epochs) if epochs else None
 
 
 class LightFinishedTrials(tune.Callback):
