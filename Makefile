@@ -6,15 +6,20 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test test-fast mutants browser clean
 
+# setuptools' notice about editable installs is for package authors; a newcomer cannot act on it.
 $(VENV)/.installed: pyproject.toml
+	@echo "installing kdsearch and its dependencies into $(VENV) (about 2 minutes, once)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The main job: the quickstart sweep (8 trials on digits, offline); it ends with the next commands.
+# Run again, it continues the sweep it made (--resume) instead of refusing a second one.
 demo: $(VENV)/.installed
-	$(VENV)/bin/kdsearch train --method kd --dataset digits
+	$(VENV)/bin/kdsearch sweep search_spaces/quickstart.yaml $(if $(wildcard sweeps/quickstart/sweep.json),--resume)
+	@echo "(kdsearch is installed in $(VENV): 'source $(VENV)/bin/activate', then the commands above)"
 
 test: $(VENV)/.installed browser
 	$(PY) -m pytest -q --durations=15

@@ -8,9 +8,9 @@ cluster running that many trials at once does to the searcher), TPE with and wit
 constant liar, and random search, 10 seeds. Reported: how many settings of the first wave asked
 after TPE's 8 random startup trials are distinct and how far apart they are, how close the
 trials after the startup land to the optimum (their median regret), and the best score after
-48 trials, each as mean and spread over seeds; a difference is called one only when it is
-larger than the two spreads together. (With 32 at once the first wave is all startup draws:
-the first modelled wave is the last 16.)
+48 trials, each as mean and spread over seeds; a difference between two arms is judged on its
+95% interval, paired by search seed (benchmarks/stats.py). (With 32 at once the first wave is
+all startup draws: the first modelled wave is the last 16.)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kdsearch.ray_trials.searcher import StudySearcher  # noqa: E402
 from kdsearch.ray_trials import study as studies  # noqa: E402
+from stats import difference  # noqa: E402
 
 SPACE = {"x": {"kind": "uniform", "args": [0.0, 1.0]}, "y": {"kind": "uniform", "args": [0.0, 1.0]}}
 STARTUP, TOTAL = 8, 48
@@ -68,13 +69,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.pstdev(values)
 
 
-def verdict(a: tuple[float, float], b: tuple[float, float], higher: str, lower: str) -> str:
-    """Which of two (mean, std) is larger, beyond both spreads together, else 'within noise'."""
-    if abs(a[0] - b[0]) <= a[1] + b[1]:
-        return "within noise"
-    return higher if a[0] > b[0] else lower
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -84,14 +78,14 @@ def main() -> None:
     for arm in ("liar", "no liar", "random"):
         for at_once in (1, 2, 16, 32):
             runs = [run(at_once, seed, arm) for seed in range(args.seeds)]
-            row = {"arm": arm, "at_once": at_once, "seeds": args.seeds, "wave_size": runs[0]["size"]}
+            row = {"arm": arm, "at_once": at_once, "seeds": args.seeds, "wave_size": runs[0]["size"], "runs": runs}
             row["first_modelled_wave_distinct"] = min(r["distinct"] for r in runs)
             for key in ("spread", "median_regret", "best"):
                 row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in runs])
             rows.append(row)
             print(row, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "concurrency.json").write_text(json.dumps({"trials": TOTAL, "startup": STARTUP, "rows": rows}, indent=2) + "\n")
+    (args.out / "concurrency.json").write_text(json.dumps({"trials": TOTAL, "startup": STARTUP, "rows": rows}, indent=1) + "\n")
     (args.out / "concurrency.md").write_text(render(rows, args.seeds))
 
 
@@ -114,17 +108,24 @@ def render(rows: list[dict], seeds: int) -> str:
             f"| {r['best_mean']:.5f} +/- {r['best_std']:.5f} |"
         )
     by = {(r["arm"], r["at_once"]): r for r in rows}
-    lines += ["", "Beyond the spread (the difference larger than both stds together) or within noise, at 16 at once:", ""]
+    lines += [
+        "",
+        "At 16 at once, each difference with its 95% interval over the search seeds (paired by seed; benchmarks/stats.py):",
+        "",
+    ]
     for a, b in (("liar", "no liar"), ("liar", "random")):
         ra, rb = by[(a, 16)], by[(b, 16)]
-        pairs = (
+        for what, key, up, down in (
             ("the first modelled wave's spread", "spread", "wider", "narrower"),
             ("median regret after the startup", "median_regret", "higher", "lower"),
             ("best after 48", "best", "higher", "lower"),
-        )
-        for what, key, up, down in pairs:
-            said = verdict((ra[f"{key}_mean"], ra[f"{key}_std"]), (rb[f"{key}_mean"], rb[f"{key}_std"]), up, down)
-            lines.append(f"- {a} against {b}, {what}: {ra[f'{key}_mean']:.4f} against {rb[f'{key}_mean']:.4f}: {said}")
+        ):
+            d = difference([r[key] for r in ra["runs"]], [r[key] for r in rb["runs"]])
+            said = {"holds": up, "MISSED": down}.get(d.verdict("higher"), "within noise")
+            lines.append(
+                f"- {a} against {b}, {what}: {ra[f'{key}_mean']:.4f} against {rb[f'{key}_mean']:.4f}, "
+                f"difference {d.format(digits=4)}: {said}"
+            )
     return "\n".join(lines) + "\n"
 
 

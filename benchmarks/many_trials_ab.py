@@ -111,6 +111,18 @@ def write(args, code, runs: list[dict]) -> None:
                 f"| {each('mlflow_live_s', '.1f')} | {each('report_s', '.1f')} "
                 f"| {', '.join(str(r['mlflow_trial_runs']) + ' (' + str(r['mlflow_distinct_trials']) + ')' for r in mine)} |"
             )
+    lines += ["", f"{shas[1]} against {shas[0]}, overhead per trial, each repeat's pair (the order alternates):", ""]
+    for trials in dict.fromkeys(r["trials"] for r in runs):
+        pairs = {}
+        for r in runs:
+            if r["trials"] == trials:
+                pairs.setdefault(r["repeat"], {})[r["slot"]] = r["overhead_per_trial_s"]
+        ratios = [p[1] / p[0] for p in pairs.values() if len(p) == 2]
+        if ratios:
+            lines.append(
+                f"- {trials} trials: {', '.join(f'{x:.2f}x' for x in ratios)} (mean {sum(ratios) / len(ratios):.2f}x, "
+                f"{min(ratios):.2f}x-{max(ratios):.2f}x over {len(ratios)} repeats)"
+            )
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 

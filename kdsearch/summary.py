@@ -93,4 +93,22 @@ def format_sweep_summary(summary, top: int = 5) -> str:
         lines.append(
             f"MLflow: NOT up to date ({summary.tracking_uri} failed); run `kdsearch sync {summary.name}` once it is back"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + next_steps(summary))
+
+
+def next_steps(summary) -> list[str]:
+    """The commands a user runs next on the best student: export it, then predict with it."""
+    from pathlib import Path
+
+    if "://" in summary.sweep_dir:
+        source = summary.sweep_dir
+    elif Path(summary.out_dir).resolve() == (Path.cwd() / "sweeps" / summary.name).resolve():
+        source = summary.name  # under the default --storage: its name finds it
+    else:
+        source = str(summary.out_dir)
+    out = f"{summary.name}-student/"
+    return [
+        "next:",
+        f"  kdsearch export {source} --format onnx safetensors --out {out}   # the best student, checked, with its model card",
+        f"  kdsearch predict {out} IMAGE...   # its top classes for your images",
+    ]

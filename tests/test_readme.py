@@ -1,6 +1,8 @@
 """The README's and docs/' commands and flags are the CLI's: a command they show that the CLI
 refuses, or a flag they name that no command has, fails here (the README once showed a sweep
---data-dir that did not exist). Every number next to a link to a result file is in that file."""
+--data-dir that did not exist). Every number next to a link to a result file is in that file,
+as the quantity it is quoted as: the row and column of the file's table that the words around
+it name."""
 
 import re
 import shlex
@@ -165,6 +167,126 @@ def test_every_number_beside_a_result_file_is_in_that_file():
         ]
     assert checked >= 40, checked  # the pages do quote results
     assert not wrong, "\n".join(wrong)
+
+
+STOP = set(
+    "the a an of at in on to and or s its is it for by with vs per as be are was were this that from than over each".split()
+)
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > 4 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _words(text: str) -> set[str]:
+    """What names a row or a column: the words and whole numbers (a one-word label, say the
+    method 'at', is itself), without values, remarks in parentheses or filler words."""
+    if re.fullmatch(r"\s*\**\s*[A-Za-z]+\s*\**\s*", text):
+        return {text.strip(" *").lower()}
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text.lower())
+    text = re.sub(r"\d+\.\d+|\([^)]*\)", " ", text)
+    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text) if w not in STOP}
+
+
+def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every Markdown table in ``text``: (header cells, rows of cells)."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        if lines[i].lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|\s*-{3}", lines[i + 1]):
+            j = i + 2
+            while j < len(lines) and lines[j].lstrip().startswith("|"):
+                j += 1
+            cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[i:j]]
+            out.append((cells[0], cells[2:]))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _is_value(cell: str) -> bool:
+    bare = re.sub(r"\([^)]*\)|\*|holds|missed", "", cell.lower())
+    return bool(_numbers(cell)) and not re.search(r"[a-z]{3,}", bare)
+
+
+def _label(row: list[str]) -> set[str]:
+    """A row's name: its first cell, its words and its whole numbers (trials, trials at once)."""
+    return _words(" ".join(c for k, c in enumerate(row) if k == 0 or not _is_value(c) or re.fullmatch(r"\d[\d,]*", c)))
+
+
+class _Source:
+    """The numbers of a result file, each where it stands: a table's cell (its row's label, its
+    column's header) or a line of text."""
+
+    def __init__(self, text: str):
+        self.cells, self.lines = [], []
+        for headers, rows in _tables(text):
+            labels, columns = [_label(r) for r in rows], [_words(h) for h in headers]
+            for r, row in enumerate(rows):
+                for k, cell in enumerate(row[: len(headers)]):
+                    self.cells += [(n, labels, r, columns, k) for n in _numbers(cell)]
+        self.lines = [(_numbers(line), _words(line)) for line in text.splitlines() if not line.lstrip().startswith("|")]
+
+    def names(self, n: str, row_words: set[str], column_words: set[str]) -> bool:
+        """Whether ``n`` stands here where the words name it: in the row that shares the most
+        words with ``row_words`` (they must name one) and the column that shares the most with
+        ``column_words`` (any, when they name none; a row's label is its own column); or on a
+        line of text that shares a word with them."""
+        for value, labels, r, columns, k in self.cells:
+            if value != n:
+                continue
+            rows = [len(row_words & label) for label in labels]
+            cols = [len(column_words & c) for c in columns]
+            if rows[r] == max(rows) > 0 and (k == 0 or len(column_words & columns[k]) == max(cols)):
+                return True
+        return any(n in numbers and words & row_words for numbers, words in self.lines)
+
+
+def _misquoted(page: str, paragraph: str, source: _Source) -> list[str]:
+    """The numbers of ``paragraph`` that ``source`` does not hold where their words say."""
+    body = re.sub(r"(?<=\d),(?=\d{3})", "", re.sub(r"`[^`]*`", "", LINK.sub("", paragraph)))
+    wrong = []
+    for headers, rows in _tables(body):  # a table: its row's label and its column's header
+        for row in rows:
+            for k, cell in enumerate(row[: len(headers)]):
+                wrong += [f"{page}: {n} (row {row[0]!r}, column {headers[k]!r})" for n in _numbers(cell)
+                          if not source.names(n, _label(row), _words(headers[k]))]  # fmt: skip
+    prose = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("|"))
+    for sentence in re.split(r"(?<=[.!?])\s+", prose):  # prose: its clause, else its sentence
+        for clause in re.split(r"[,;:()]|\band\b|\bagainst\b|\bvs\b", sentence):
+            for n in _numbers(clause):
+                if not any(source.names(n, _words(text), _words(text)) for text in (clause, sentence)):
+                    wrong.append(f"{page}: {n} in {' '.join(clause.split())!r}")
+    return wrong
+
+
+def test_every_number_beside_a_result_file_is_the_quantity_it_is_quoted_as():
+    """A number copied from the wrong row or column (a 'best seen' quoted as a 'pick', the 500-trial
+    figure as the 2,000-trial one) is found in the file but not where the words around it point."""
+    wrong, checked = [], 0
+    for page, paragraph, files in _quotes():
+        texts = [f.read_text() for f in files if f.suffix == ".md"]
+        if texts:
+            checked += 1
+            wrong += _misquoted(page, paragraph, _Source("\n".join(texts)))
+    assert checked >= 15, checked
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_quantity_check_catches_a_number_from_the_wrong_row_or_column():
+    source = _Source(
+        "| strategy | at once | best seen at 4x | its pick at 4x |\n| --- | --- | --- | --- |\n"
+        "| tpe+asha | 32 | 85.19% | 79.69% |\n| random | 32 | 84.43% | 78.49% |\n| tpe+asha | 2 | 85.33% | 79.05% |\n"
+    )
+    assert not _misquoted("p", "tpe+asha at 32 at once, its pick at 4x: 79.69%", source)
+    assert _misquoted("p", "tpe+asha at 32 at once, its pick at 4x: 85.19%", source)  # the best seen
+    assert _misquoted("p", "random search at 32 at once, its pick at 4x: 79.69%", source)  # TPE's
+    assert _misquoted("p", "tpe+asha at 2 at once, its pick at 4x: 79.69%", source)  # at 32 at once
+    assert not _misquoted("p", "| strategy | its pick |\n| --- | --- |\n| **tpe+asha** | 79.69% |", source)
+    assert _misquoted("p", "| strategy | best seen |\n| --- | --- |\n| **tpe+asha** | 79.69% |", source)
 
 
 def test_the_docs_state_no_count_of_tests():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,8 +14,8 @@ import yaml
 from conftest import free_port, wait_until
 from mlflow import MlflowClient
 
-from kdsearch.checkpoint import load_model
 from kdsearch import tracking
+from kdsearch.checkpoint import load_model
 from kdsearch.cli import main
 from kdsearch.errors import UserError
 from kdsearch.sweep_folder import load_trials
@@ -417,14 +418,24 @@ search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
     assert str(client.get_model_version_by_alias("kd-dkd-student", "champion").version) == "1"
     best = yaml.safe_load((storage / "kd-dkd" / "best" / "config.yaml").read_text())
     assert best["method_args"]["alpha"]["schedule"] in ("linear", "warmup")
-    out = tmp_path / "export"
-    exported = subprocess.run(
-        [*cmd, "export", "kd-dkd", "--storage", str(storage), "--format", "onnx", "--out", str(out)],
+    # what the sweep says to run next, run as printed (an image of a digit for IMAGE...)
+    said = run.stdout.split("\nnext:\n", 1)[1].splitlines()
+    export, predict = (shlex.split(line, comments=True) for line in said[:2])
+    assert export[:2] == ["kdsearch", "export"] and predict[:2] == ["kdsearch", "predict"], said
+    exported = subprocess.run([*cmd, *export[1:]], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    Image.fromarray((load_digits().images[0] * 16).astype("uint8")).save(tmp_path / "digit.png")
+    predicted = subprocess.run(
+        [*cmd, *[a if a != "IMAGE..." else "digit.png" for a in predict[1:]], "--json"],
         capture_output=True,
         text=True,
-        timeout=300,
+        cwd=tmp_path,
     )
-    assert exported.returncode == 0, exported.stderr
+    assert predicted.returncode == 0 and "digit.png" in predicted.stdout, predicted.stderr
+    out = tmp_path / "kd-dkd-student"
     card = json.loads((out / "model.json").read_text())
     assert (
         card["config"]["method_args"]["alpha"] == best["method_args"]["alpha"]
