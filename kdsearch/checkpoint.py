@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdsearch.errors import UserError
+from kdsearch.errors import UserError, first_line
 from kdsearch.models import build_model
 
 FORMAT = "kdsearch-checkpoint/1"
@@ -97,7 +97,7 @@ def load_model(path: str | Path, payload: dict | None = None) -> tuple[nn.Module
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit a {spec['arch']} ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: weights do not fit a {spec['arch']} ({first_line(exc)})") from None
     return model, payload
 
 

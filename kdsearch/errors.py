@@ -22,6 +22,12 @@ class Interrupted(Exception):
     The command line prints it and exits with status 130, as a shell does for SIGINT."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line (its type's name when it has no text), at most ``limit``
+    characters: what a one-line message quotes of a library's error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 def lookup(registry: Mapping[str, V], name: str, what: str) -> V:
     """``registry[name]``, or a UserError listing the valid names."""
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from kdsearch.errors import UserError
+from kdsearch.errors import UserError, first_line
 from kdsearch.tracking import download_best_student
 
 CHAMPION = "champion"  # the alias of the registered version that is the best student
@@ -87,7 +87,7 @@ def _registered_version(uri: str, tracking_uri: str):
         name, _, version = rest.rpartition("/")
         return client.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001 - not registered, or the store is unreachable
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         raise UserError(
             f"no registered model {uri} at {tracking_uri} ({first}): pass models:/<name>-student@champion, or --tracking-uri"
         ) from None

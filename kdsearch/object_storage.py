@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kdsearch.errors import UserError
+from kdsearch.errors import UserError, first_line
 
 # Small files of a sweep: what reports, syncs and exports read (checkpoints are fetched one at a time).
 SMALL_FILES = ("sweep.json", "optuna.db", "params.json", "result.json", "error.txt")
@@ -35,10 +35,6 @@ def mirror_dir(uri: str) -> Path:
     return cache_root() / "sweeps" / scheme / rest.strip("/")
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 def _fs(uri: str):
     import pyarrow.fs as pafs
 
@@ -46,7 +42,7 @@ def _fs(uri: str):
         return pafs.FileSystem.from_uri(uri.rstrip("/"))
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(
-            f"cannot open the storage {uri} ({_first_line(exc)}): check the URI, the credentials "
+            f"cannot open the storage {uri} ({first_line(exc)}): check the URI, the credentials "
             "(AWS_ACCESS_KEY_ID, ...) and the endpoint (AWS_ENDPOINT_URL)"
         ) from None
 
@@ -58,7 +54,7 @@ def _info(uri: str):
         return fs, path, fs.get_file_info(path)
     except OSError as exc:
         raise UserError(
-            f"cannot reach the storage {uri} ({_first_line(exc)}): check that the server is up, the bucket exists "
+            f"cannot reach the storage {uri} ({first_line(exc)}): check that the server is up, the bucket exists "
             "and the credentials (AWS_ACCESS_KEY_ID, ...) and endpoint (AWS_ENDPOINT_URL) are right"
         ) from None
 
@@ -80,7 +76,7 @@ def check_writable(uri: str) -> None:
         fs.delete_file(marker)
     except OSError as exc:
         raise UserError(
-            f"cannot write to the storage {uri} ({_first_line(exc)}): create the bucket, or pass a --storage you can write to"
+            f"cannot write to the storage {uri} ({first_line(exc)}): create the bucket, or pass a --storage you can write to"
         ) from None
 
 
@@ -132,7 +128,7 @@ def pull(uri: str, trial: str | None = None) -> Path:
                     out.write(chunk)
             os.replace(tmp, dest)
     except OSError as exc:
-        raise UserError(f"cannot read the sweep at {uri} ({_first_line(exc)}): check the storage and try again") from None
+        raise UserError(f"cannot read the sweep at {uri} ({first_line(exc)}): check the storage and try again") from None
     return local
 
 
@@ -148,7 +144,7 @@ def push(local: Path, uri: str, files: list[Path]) -> None:
                     out.write(chunk)
     except OSError as exc:
         raise UserError(
-            f"cannot write the sweep's results to {uri} ({_first_line(exc)}); they are in {local}: "
+            f"cannot write the sweep's results to {uri} ({first_line(exc)}); they are in {local}: "
             "copy them there when the storage is back"
         ) from None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kdsearch.data import DatasetSplits
 from kdsearch.checkpoint import load_model, save_checkpoint
-from kdsearch.errors import Interrupted, UserError
+from kdsearch.errors import Interrupted, UserError, first_line
 from kdsearch.provenance import as_tags, provenance
 from kdsearch.report import build_report, pareto_trials, trial_table
 from kdsearch.search_space import SweepSpec
@@ -72,7 +72,7 @@ def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> b
         step()
         return True
     except Exception as exc:  # noqa: BLE001 - any failure of the tracking store
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         print(
             f"kdsearch: warning: MLflow at {tracking_uri} failed ({first}); every result is in the sweep folder: "
             f"run `kdsearch sync {name}` once it is back",

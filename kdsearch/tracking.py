@@ -24,7 +24,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one li
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
-from kdsearch.errors import UserError  # noqa: E402
+from kdsearch.errors import UserError, first_line  # noqa: E402
 from kdsearch.tracking_uri import default_tracking_uri, ui_command  # noqa: E402, F401  (kept where callers look)
 
 TRIAL_TAG = "kdsearch.trial_id"
@@ -131,7 +131,7 @@ class SweepTracker:
         try:
             exp = self.client.get_experiment_by_name(self.experiment)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, 160)
             raise UserError(
                 f"MLflow tracking at {self.tracking_uri} is unreachable ({first}): start the server or pass another --tracking-uri"
             ) from None
@@ -386,7 +386,7 @@ def _client_for_run(run_id: str, tracking_uri: str):
     try:
         return client, client.get_run(run_id)
     except Exception as exc:  # noqa: BLE001 - not found, or the store is unreachable
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         raise UserError(
             f"no MLflow run {run_id} at {tracking_uri} ({first}): pass a sweep folder, a sweep name, or --tracking-uri"
         ) from None

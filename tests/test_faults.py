@@ -81,7 +81,7 @@ def test_mlflow_down_mid_sweep_loses_nothing_and_sync_catches_up(tmp_path):
     space = tmp_path / "down.yaml"
     space.write_text(f"""
 name: down
-fixed: {{method: ce, dataset: digits, epochs: 20, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: ce, dataset: digits, epochs: 20, train_subset: 256, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{loguniform: [3e-2, 1e-1]}}
 search: {{num_samples: 3, scheduler: fifo, seed: 0}}
@@ -205,7 +205,7 @@ def test_ctrl_c_during_the_trials_finalises_nothing_and_resume_finishes_the_swee
     space = tmp_path / "cc.yaml"
     space.write_text(f"""
 name: cc
-fixed: {{method: kd, dataset: digits, epochs: 80, teacher: resnet8, teacher_epochs: 3, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: kd, dataset: digits, epochs: 80, train_subset: 512, teacher: resnet8, teacher_epochs: 3, cache_dir: {tmp_path / "cache"}}}
 space:
   alpha: {{uniform: [0.3, 0.9]}}
 search: {{num_samples: 3, scheduler: fifo, seed: 0}}
@@ -378,6 +378,31 @@ search: {{num_samples: 2, scheduler: fifo}}
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def test_a_study_file_the_full_disk_refuses_is_one_warning_line(tmp_path, capfd):
+    # SQLite's error on a full disk quotes its SQL over a dozen lines; the warning quotes its first.
+    import optuna
+
+    from kdsearch.ray_trials.study import write_study
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        with open(mount / "hog", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        trial = optuna.trial.create_trial(params={}, distributions={}, value=0.5)
+        assert not write_study("s", ["maximize"], ["val/acc"], [trial], mount / "optuna.db")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: could not write the Optuna study to {mount / 'optuna.db'} ("), err
+    assert "full" in err[0] and err[0].endswith("; the sweep's results are unaffected")
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, as intended
 def test_the_python_api_does_not_lose_a_swallowed_ctrl_c_either(tmp_path, monkeypatch):
     import kdsearch
@@ -403,7 +428,7 @@ def test_a_sweep_interrupted_twice_finishes_with_every_trial_once_and_the_study_
     space = tmp_path / "day.yaml"
     space.write_text(f"""
 name: day
-fixed: {{method: ce, dataset: digits, epochs: 8, teacher: resnet8, student: resnet8, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: ce, dataset: digits, epochs: 8, train_subset: 256, teacher: resnet8, student: resnet8, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{loguniform: [1e-2, 2e-1]}}
 search: {{num_samples: 10, scheduler: fifo, sampler: tpe, n_startup_trials: 3, seed: 0}}

@@ -47,9 +47,12 @@ search:
 """
 
 
-def write_space(tmp_path, epochs=3, samples=2, scheduler="asha"):
+def write_space(tmp_path, epochs=3, samples=2, scheduler="asha", train_subset=None):
     path = tmp_path / "tiny.yaml"
-    path.write_text(SPACE.format(epochs=epochs, samples=samples, cache=tmp_path / "cache", scheduler=scheduler))
+    text = SPACE.format(epochs=epochs, samples=samples, cache=tmp_path / "cache", scheduler=scheduler)
+    if train_subset:  # shorter epochs for the tests that need many of them
+        text = text.replace("  epochs:", f"  train_subset: {train_subset}\n  epochs:", 1)
+    path.write_text(text)
     return path
 
 
@@ -219,7 +222,7 @@ EPOCHS = 60  # several seconds a trial here: long enough to interrupt the second
 
 
 def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
-    space = write_space(tmp_path, epochs=EPOCHS, samples=3, scheduler="fifo")
+    space = write_space(tmp_path, epochs=EPOCHS, samples=3, scheduler="fifo", train_subset=256)
     storage, db = tmp_path / "sweeps", f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
         sys.executable,
@@ -427,7 +430,7 @@ search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    Image.fromarray((load_digits().images[0] * 16).astype("uint8")).save(tmp_path / "digit.png")
+    Image.fromarray((load_digits().images[0] * 255 / 16).round().astype("uint8")).save(tmp_path / "digit.png")
     predicted = subprocess.run(
         [*cmd, *[a if a != "IMAGE..." else "digit.png" for a in predict[1:]], "--json"],
         capture_output=True,

@@ -12,7 +12,7 @@ from typing import Any
 import ray
 import torch
 
-from kdsearch.errors import UserError
+from kdsearch.errors import UserError, first_line
 from kdsearch.search_space import SweepSpec
 
 
@@ -70,7 +70,7 @@ def start_ray(
             ray.init(address="local", num_cpus=num_cpus, object_store_memory=_object_store_bytes(), **kwargs)
     except ConnectionError as exc:
         raise UserError(
-            f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}): start it with `ray start --head` or drop --address"
+            f"cannot reach the Ray cluster at {address!r} ({first_line(exc, 120)}): start it with `ray start --head` or drop --address"
         ) from None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 
+from kdsearch.errors import first_line
 from kdsearch.space_templates import active, grid  # noqa: F401  (grid: the searcher enumerates it)
 
 TRIAL_ATTR = "kdsearch.trial_id"  # an Optuna trial's user attribute: the kdsearch (Ray Tune) trial id
@@ -145,7 +146,10 @@ def write_study(
         return True
     except Exception as exc:  # noqa: BLE001
         partial.unlink(missing_ok=True)
-        print(f"warning: could not write the Optuna study to {path} ({exc}); the sweep's results are unaffected", file=sys.stderr)
+        print(
+            f"warning: could not write the Optuna study to {path} ({first_line(exc)}); the sweep's results are unaffected",
+            file=sys.stderr,
+        )
         return False
 
 
