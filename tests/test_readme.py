@@ -252,8 +252,9 @@ def _misquoted(page: str, paragraph: str, source: _Source) -> list[str]:
     for headers, rows in _tables(body):  # a table: its row's label and its column's header
         for row in rows:
             for k, cell in enumerate(row[: len(headers)]):
-                wrong += [f"{page}: {n} (row {row[0]!r}, column {headers[k]!r})" for n in _numbers(cell)
-                          if not source.names(n, _label(row), _words(headers[k]))]  # fmt: skip
+                for n in _numbers(cell):
+                    if not source.names(n, _label(row), _words(headers[k])):
+                        wrong.append(f"{page}: {n} (row {row[0]!r}, column {headers[k]!r})")
     prose = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("|"))
     for sentence in re.split(r"(?<=[.!?])\s+", prose):  # prose: its clause, else its sentence
         for clause in re.split(r"[,;:()]|\band\b|\bagainst\b|\bvs\b", sentence):
