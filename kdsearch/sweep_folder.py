@@ -271,19 +271,35 @@ def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | N
     )
 
 
+def parse_history(text: str) -> list[dict]:
+    """A trial's result.json as one dict an epoch: a line cut short by a kill ends it (the epochs
+    before it stand), each line's copy of the config is left out, and an epoch written again (a
+    trial restarted from an earlier checkpoint) replaces it and every later one."""
+    rows: list[dict] = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        row.pop("config", None)
+        while rows and epoch_of(row) is not None and (epoch_of(rows[-1]) or 0) >= epoch_of(row):
+            rows.pop()
+        rows.append(row)
+    return rows
+
+
+def epoch_of(row: dict):
+    """The epoch a result line is of (Tune's training_iteration where it has no epoch)."""
+    return row.get("epoch", row.get("training_iteration"))
+
+
 def load_trials(sweep_dir: Path) -> list[TrialRecord]:
     trials = []
     for folder in sorted(Path(sweep_dir).glob("trial_*")):
         params_path, result_path = folder / "params.json", folder / "result.json"
         if not params_path.is_file():
             continue
-        history = []
-        if result_path.is_file():
-            for line in result_path.read_text().splitlines():
-                try:
-                    history.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut short by a kill: the epochs before it stand
+        history = parse_history(result_path.read_text()) if result_path.is_file() else []
         error_file = folder / "error.txt"
         error = (
             error_file.read_text().strip().splitlines()[-1][:300]

@@ -483,10 +483,12 @@ def test_tunes_idle_wait_is_raised_only_on_the_ray_it_was_written_for(monkeypatc
     assert "has no ray.air.execution._internal.actor_manager.RayActorManager" in caplog.text
 
 
-def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed_sweep_reads_storage(tmp_path):
+def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed_sweep_reads_storage(tmp_path, monkeypatch):
     """Tune restarts a trial whose worker died from its checkpoint, and its result log copies the
     trial's result.json back from storage, a copy only as new as Tune's last save: the epochs
-    since were lost (a 2-node cluster lost epoch 49 of 80). kdsearch's log keeps what it wrote."""
+    since were lost (a 2-node cluster lost epoch 49 of 80). kdsearch's log keeps what it wrote,
+    and each epoch once: the restarted run's epochs replace those its abandoned run logged past
+    the checkpoint it restarts from. On a Ray whose private name moved, Ray's copy stands."""
     import json
 
     import pyarrow.fs
@@ -536,6 +538,10 @@ def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed
     assert not moved.keeps_driver_copy and log.keeps_driver_copy
     moved.log_trial_start(elsewhere)
     assert lines(elsewhere) == [(1, "a"), (2, "a")]
+    from ray.tune.logger.logger import LoggerCallback
+
+    monkeypatch.delattr(LoggerCallback, "_restore_from_remote")  # a Ray 2.60 that moved the name
+    assert not compat.ResultLog().keeps_driver_copy
 
 
 def test_tune_builds_no_dataframe_of_results_and_kdsearch_reads_each_trials_file_itself(tmp_path):
@@ -732,3 +738,18 @@ def test_a_replayed_result_is_not_written_to_the_trials_result_file_or_mlflow_ag
         compat.ResultLog().log_trial_result(1, Trial(), result)
         runner.ForwardResults(Tracker()).on_trial_result(1, [], Trial(), result)
     assert written == tracked == [{"epoch": 4}]
+
+
+def test_a_history_read_back_holds_each_epoch_once_from_the_last_run_that_wrote_it():
+    """However result.json was written (another Ray, a copy from storage), what kdsearch reads of it
+    (the score, the report, MLflow's sync) holds each epoch once, from the run that wrote it last."""
+    import json
+
+    from kdsearch.sweep_folder import parse_history
+
+    lines = [{"epoch": e, "run": "a", "config": {"lr": 0.1}} for e in (1, 2, 3, 4)] + [
+        {"epoch": e, "run": "b"} for e in (3, 4, 5)
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in lines) + '{"epoch": 6, "ru'  # cut short by a kill
+    assert [(r["epoch"], r["run"]) for r in parse_history(text)] == [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "b")]
+    assert all("config" not in r for r in parse_history(text))

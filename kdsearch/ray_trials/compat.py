@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from kdsearch.ray_trials.trainable import REPLAYED
+from kdsearch.sweep_folder import epoch_of
 
 TESTED_RAY = "2.60."  # the Ray minor version whose actor manager this was written against
 IDLE_WAIT_S = 1.0
@@ -102,7 +104,7 @@ class ResultLog(JsonLoggerCallback):
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         if result.get(REPLAYED):
             return
-        epoch = result.get("epoch", result.get("training_iteration"))
+        epoch = epoch_of(result)
         if trial not in self._last_epoch:
             self._last_epoch[trial] = _last_epoch(Path(trial.local_path, "result.json"))
         last = self._last_epoch[trial]
@@ -138,13 +140,10 @@ def _lines(path: Path) -> list[str]:
 
 
 def _epoch_of(line: str):
-    import json
-
     try:
-        row = json.loads(line)
+        return epoch_of(json.loads(line))
     except ValueError:
         return None
-    return row.get("epoch", row.get("training_iteration"))
 
 
 def _last_epoch(path: Path):

@@ -4,7 +4,6 @@ and callbacks, and the trials as kdsearch records (no Ray types) when they end."
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from kdsearch.ray_trials.trainable import REPLAYED, SCORE, EpochTrainable, archi
 from kdsearch.search_space import SweepSpec
 from kdsearch.sweep_options import SweepOptions
 from kdsearch.stopping import TrialsInterrupted, TrialsStopped, environment, graceful_ctrl_c, stop_when
-from kdsearch.sweep_folder import FIXED_KEY, TrialRecord, searched
+from kdsearch.sweep_folder import FIXED_KEY, TrialRecord, parse_history, searched
 from kdsearch.teachers import Teacher
 
 _LOG = logging.getLogger("kdsearch")
@@ -321,18 +320,9 @@ def trial_history(result) -> list[dict]:
     (a line cut short by a kill ends it; each line's copy of the trial's config is left out)."""
     try:
         with result.filesystem.open_input_stream(f"{result.path}/result.json") as f:
-            text = f.readall().decode("utf-8")
+            return parse_history(f.readall().decode("utf-8"))
     except (FileNotFoundError, OSError):
         return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        row.pop("config", None)
-        rows.append(row)
-    return rows
 
 
 def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
