@@ -49,10 +49,17 @@ def test_fit_with_the_cache_trains_like_the_live_teacher(digits, cache_dir):
     outputs = compute_teacher_outputs(
         teacher.model, digits, seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=False, device=CPU
     )
-    logs = []
-    live = fit(cfg, data=digits, teacher=teacher, measure_speed=False, log=logs.append)
-    cached = fit(cfg, data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, log=logs.append)
+    logs, calls = [], []
+    first_layer = next(m for m in teacher.model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first_layer.register_forward_pre_hook(lambda *_: calls.append(1))  # the teacher's work, counted
+    live = fit(cfg, data=digits, teacher=teacher, measure_speed=False, log=logs.append, evaluate_test=False)
+    live_calls = len(calls)
+    cached = fit(
+        cfg, data=digits, teacher=teacher, teacher_outputs=outputs, measure_speed=False, log=logs.append, evaluate_test=False
+    )
+    hook.remove()
     assert "teacher outputs: computed live every step" in logs and "teacher outputs: looked up in the shared cache" in logs
+    assert live_calls >= 2 * 20 and len(calls) == live_calls  # a forward a step live; the cached run never ran it
     # The live teacher's logits are rounded as the cache stores them: the two runs are the same run.
     assert [h["train/kd"] for h in cached.history] == [h["train/kd"] for h in live.history]
     assert cached.metrics["val/acc"] == live.metrics["val/acc"]
