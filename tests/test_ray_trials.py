@@ -535,13 +535,13 @@ def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed
     # a Ray whose private name differs: the copy from storage, as Ray makes it (and one log line)
     moved, elsewhere = compat.ResultLog(version="2.61.0"), Trial(tmp_path / "driver3" / "t")
     Path(elsewhere.local_path, "result.json").write_text(json.dumps({"epoch": 1, "run": "x"}) + "\n")
-    assert not moved.keeps_driver_copy and log.keeps_driver_copy
+    assert not moved.on_tested_ray and log.on_tested_ray
     moved.log_trial_start(elsewhere)
     assert lines(elsewhere) == [(1, "a"), (2, "a")]
     from ray.tune.logger.logger import LoggerCallback
 
     monkeypatch.delattr(LoggerCallback, "_restore_from_remote")  # a Ray 2.60 that moved the name
-    assert not compat.ResultLog().keeps_driver_copy
+    assert not compat.ResultLog().on_tested_ray
 
 
 def test_tune_builds_no_dataframe_of_results_and_kdsearch_reads_each_trials_file_itself(tmp_path):

@@ -90,14 +90,14 @@ class ResultLog(JsonLoggerCallback):
     from that epoch on (the abandoned run's, past its last checkpoint) are dropped first. On the
     tested Ray, a trial restarted by this driver keeps the lines it has (Ray would copy an older
     result.json back from storage); a result a trial restored from its end checkpoint reports again
-    (REPLAYED) is not written twice."""
+    (REPLAYED) is not written twice. Both use Ray's private names, so only on the tested Ray."""
 
     def __init__(self, version: str | None = None):
         super().__init__()
         version = version or ray.__version__
         restore = getattr(JsonLoggerCallback, "_restore_from_remote", None)
-        self.keeps_driver_copy = version.startswith(TESTED_RAY) and callable(restore)
-        if not self.keeps_driver_copy:
+        self.on_tested_ray = version.startswith(TESTED_RAY) and callable(restore)  # the private names below hold
+        if not self.on_tested_ray:
             _LOG.info("kdsearch: on Ray %s a restarted trial's result.json restarts from Ray's copy in storage", version)
         self._last_epoch: dict = {}  # trial -> the last epoch in its result.json, read once a trial
 
@@ -108,10 +108,14 @@ class ResultLog(JsonLoggerCallback):
         if trial not in self._last_epoch:
             self._last_epoch[trial] = _last_epoch(Path(trial.local_path, "result.json"))
         last = self._last_epoch[trial]
-        if epoch is not None and last is not None and epoch <= last:
-            self._drop_from(trial, epoch)
+        if epoch is not None and last is not None and epoch <= last and self.on_tested_ray:
+            self._drop_from(trial, epoch)  # elsewhere the reader keeps each epoch once (sweep_folder.parse_history)
         super().log_trial_result(iteration, trial, result)
         self._last_epoch[trial] = epoch
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        super().log_trial_end(trial, failed)
+        self._last_epoch.pop(trial, None)
 
     def _drop_from(self, trial, epoch) -> None:
         """result.json without its lines of ``epoch`` and later (rewritten atomically)."""
@@ -126,7 +130,7 @@ class ResultLog(JsonLoggerCallback):
         self._trial_files[trial] = path.open("at")
 
     def _restore_from_remote(self, file_name: str, trial) -> None:
-        if self.keeps_driver_copy and Path(trial.local_path, file_name).is_file():
+        if self.on_tested_ray and Path(trial.local_path, file_name).is_file():
             return  # this driver wrote it: it holds every line storage has, and the newest
         super()._restore_from_remote(file_name, trial)
         self._last_epoch.pop(trial, None)  # read again from the copy at its next result
