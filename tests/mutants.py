@@ -171,11 +171,13 @@ def run_mutant(mutant: Mutant, timeout: float = 600) -> tuple[bool, str]:
 
 
 def main() -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     missed = 0
-    for mutant in MUTANTS:
-        caught, tail = run_mutant(mutant)
-        missed += not caught
-        print(f"{'caught' if caught else 'MISSED'}  {mutant.name}: {tail}")
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # each mutant's pytest is a process
+        for mutant, (caught, tail) in zip(MUTANTS, pool.map(run_mutant, MUTANTS)):
+            missed += not caught
+            print(f"{'caught' if caught else 'MISSED'}  {mutant.name}: {tail}", flush=True)
     print(f"{len(MUTANTS) - missed} of {len(MUTANTS)} mutants caught")
     return 1 if missed else 0
 

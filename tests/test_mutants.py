@@ -1,6 +1,9 @@
 """The suite is judged by the bugs it catches: every mutant in tests/mutants.py, applied to a
 copy of the repository, makes the tests it names fail."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from mutants import MUTANTS, run_mutant
@@ -8,7 +11,15 @@ from mutants import MUTANTS, run_mutant
 pytestmark = pytest.mark.slow  # a pytest run per mutant, in a copy of the repository
 
 
+@pytest.fixture(scope="module")
+def outcomes():
+    """Every mutant's (caught, what happened), two at a time: each is a pytest in a process of its
+    own, most of it spent importing on one core."""
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        return dict(zip((m.name for m in MUTANTS), pool.map(run_mutant, MUTANTS)))
+
+
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_the_mutant_is_caught(mutant):
-    caught, tail = run_mutant(mutant)
+def test_the_mutant_is_caught(mutant, outcomes):
+    caught, tail = outcomes[mutant.name]
     assert caught, f"{mutant.name}: {tail}"

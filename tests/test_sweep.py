@@ -47,12 +47,9 @@ search:
 """
 
 
-def write_space(tmp_path, epochs=3, samples=2, scheduler="asha", train_subset=None):
+def write_space(tmp_path, epochs=3, samples=2, scheduler="asha"):
     path = tmp_path / "tiny.yaml"
-    text = SPACE.format(epochs=epochs, samples=samples, cache=tmp_path / "cache", scheduler=scheduler)
-    if train_subset:  # shorter epochs for the tests that need many of them
-        text = text.replace("  epochs:", f"  train_subset: {train_subset}\n  epochs:", 1)
-    path.write_text(text)
+    path.write_text(SPACE.format(epochs=epochs, samples=samples, cache=tmp_path / "cache", scheduler=scheduler))
     return path
 
 
@@ -222,7 +219,7 @@ EPOCHS = 60  # several seconds a trial here: long enough to interrupt the second
 
 
 def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
-    space = write_space(tmp_path, epochs=EPOCHS, samples=3, scheduler="fifo", train_subset=256)
+    space = write_space(tmp_path, epochs=EPOCHS, samples=3, scheduler="fifo")
     storage, db = tmp_path / "sweeps", f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
         sys.executable,
