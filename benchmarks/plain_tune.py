@@ -59,8 +59,12 @@ def main(trials: int, cache: str) -> dict:
         if results.errors:
             raise SystemExit(f"{len(results.errors)} plain Tune trials failed: {results.errors[0]}")
         totals = [r.metrics.get("time_total_s", 0.0) for r in results]
+        steps = [r.metrics.get("time/epoch_train_s", 0.0) for r in results]  # one epoch a trial
     ray.shutdown()
-    return {"trials": trials, "trials_phase_s": phase, "sum_trial_s": sum(totals), "trial_results": len(totals)}
+    return {
+        "trials": trials, "trials_phase_s": phase, "sum_trial_s": sum(totals), "sum_train_steps_s": sum(steps),
+        "trial_results": len(totals),
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -344,10 +344,11 @@ def measure_many(trials: int, cache: str, concurrency: int = 2) -> dict:
         if status != 0:
             raise SystemExit(f"the {trials}-trial sweep failed: {proc.stderr.read().decode()[-2000:]}")
         manifest = json.loads(Path(tmp, "s", "many", "sweep.json").read_text())
-        totals = []
+        totals, steps = [], []
         for result in Path(tmp, "s", "many").glob("trial_*/result.json"):
-            lines = result.read_text().splitlines()
-            totals.append(json.loads(lines[-1])["time_total_s"] if lines else 0.0)
+            lines = [json.loads(line) for line in result.read_text().splitlines()]
+            totals.append(lines[-1]["time_total_s"] if lines else 0.0)
+            steps.append(sum(line.get("time/epoch_train_s", 0.0) for line in lines))
         with sqlite3.connect(db) as con:
             runs = con.execute(
                 "select count(*), count(distinct value) from tags where key = 'kdsearch.trial_id' and run_uuid in "
@@ -360,6 +361,7 @@ def measure_many(trials: int, cache: str, concurrency: int = 2) -> dict:
         "wall_s": wall,
         "trials_phase_s": t["trials_s"],
         "sum_trial_s": sum(totals),
+        "sum_train_steps_s": sum(steps),  # the training steps alone (time/epoch_train_s)
         "trial_results": len(totals),
         "overhead_per_trial_s": (t["trials_s"] - sum(totals) / concurrency) / trials,
         "driver_peak_rss_mb": usage.ru_maxrss / 1024,
