@@ -249,14 +249,19 @@ def _space_of(spaces: dict[str, dict]) -> dict:
 
 
 def write(out, table: pd.DataFrame, quality: dict, budget: int, concurrencies: list[int], base: str, command: str) -> None:
-    """concurrency.csv (every simulated search) and concurrency.md (mean +/- std over seeds, goals)."""
+    """concurrency.csv (every simulated search), concurrency.json (the surrogate's fit and the
+    settings) and concurrency.md (mean +/- std over seeds, goals)."""
     import os
     import platform
     from pathlib import Path
 
+    import json
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "concurrency.csv", index=False)
+    setting = {"quality": quality, "budget": budget, "concurrencies": concurrencies, "base": base, "command": command}
+    (out / "concurrency.json").write_text(json.dumps(setting, indent=1, default=float) + "\n")  # with the csv: the page again
     multiples = sorted(int(c.split(" at ")[1].rstrip("x")) for c in table.columns if c.startswith("pick at "))
     groups = table.groupby(["strategy", "concurrency"], sort=False)
     stats = groups.agg(["mean", "std"]) if len(table) else None
