@@ -23,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdsearch.ray_trials.searcher import StudySearcher  # noqa: E402
-from kdsearch.ray_trials import study as studies  # noqa: E402
 from stats import difference  # noqa: E402
+
+from kdsearch.search import study as studies  # noqa: E402
+from kdsearch.ray_trials.searcher import StudySearcher  # noqa: E402
 
 SPACE = {"x": {"kind": "uniform", "args": [0.0, 1.0]}, "y": {"kind": "uniform", "args": [0.0, 1.0]}}
 STARTUP, TOTAL = 8, 48

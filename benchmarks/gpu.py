@@ -38,11 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from kdsearch import TrainConfig, fit  # noqa: E402
-from kdsearch.checkpoint import model_spec  # noqa: E402
 from kdsearch.data.splits import DatasetSplits  # noqa: E402
 from kdsearch.models import build_model  # noqa: E402
-from kdsearch.teacher_outputs import compute_teacher_outputs  # noqa: E402
-from kdsearch.teachers import Teacher  # noqa: E402
+from kdsearch.models.checkpoint import model_spec  # noqa: E402
+from kdsearch.teacher.outputs import compute_teacher_outputs  # noqa: E402
+from kdsearch.teacher.weights import Teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 # Full run: the issue's setting (50,000 CIFAR-shaped images, ResNet-50 -> ResNet-18). Tiny: the
@@ -202,7 +202,7 @@ def run_sweep(work: Path, spec: dict, gpus: float, sw: dict, data_dir: str | Non
     """One real ``kdsearch sweep`` (Ray Tune, Optuna, MLflow) in a child process; its trials' records."""
     import yaml
 
-    from kdsearch.sweep_folder import SweepFolder, load_trials
+    from kdsearch.search.folder import SweepFolder, load_trials
 
     path = work / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -73,9 +73,9 @@ def grow(template: Path, dest: Path, trials: int, seed: int = 0, epochs: int | N
 def measure(folder: Path, work: Path) -> dict:
     from mlflow import MlflowClient
 
-    from kdsearch.report import build_report
-    from kdsearch.sweep_folder import SweepFolder
-    from kdsearch.sweeper import sync_sweep
+    from kdsearch.search.folder import SweepFolder
+    from kdsearch.sweeper.report import build_report
+    from kdsearch.sweeper.run import sync_sweep
 
     started = time.perf_counter()
     report = build_report(folder)

@@ -25,7 +25,7 @@ from ray import tune
 
 from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
-from kdsearch.teachers import get_teacher
+from kdsearch.teacher.weights import get_teacher
 
 
 def config(cache: str, alpha: float = 0.5, temperature: float = 4.0) -> TrainConfig:

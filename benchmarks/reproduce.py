@@ -30,9 +30,9 @@ import yaml
 
 from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
-from kdsearch.sweeper import SweepOptions, run_sweep
-from kdsearch.teacher_outputs import compute_teacher_outputs
-from kdsearch.teachers import get_teacher
+from kdsearch.sweeper.run import SweepOptions, run_sweep
+from kdsearch.teacher.outputs import compute_teacher_outputs
+from kdsearch.teacher.weights import get_teacher
 
 ROOT = Path(__file__).resolve().parent
 SPACES = ROOT.parent / "search_spaces"

@@ -126,7 +126,7 @@ class OwnPeak(PeakMemory):
 def sweep_memory(data, trials: int, placement: str, work: Path, run: int = 0) -> dict:
     import ray
 
-    from kdsearch.sweeper import SweepOptions, run_sweep
+    from kdsearch.sweeper.run import SweepOptions, run_sweep
 
     name = f"mem-{placement}-{trials}-{len(data.train_x)}-{run}"
     space = work / f"{name}.yaml"
@@ -173,8 +173,8 @@ def step_speed(data, placement: str, work: Path) -> float:
 
 
 def checkpoint_bytes(work: Path, every: int | None) -> dict:
-    from kdsearch.sweep_folder import load_trials
-    from kdsearch.sweeper import SweepOptions, run_sweep
+    from kdsearch.search.folder import load_trials
+    from kdsearch.sweeper.run import SweepOptions, run_sweep
 
     name = f"ckpt-{every or 'rungs'}"
     space = work / f"{name}.yaml"

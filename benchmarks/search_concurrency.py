@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 import pandas as pd
-
-from kdsearch.ray_trials import study as studies
 from stats import difference
+
+from kdsearch.search import study as studies
 
 LIAR_OFF = "tpe+asha, no constant liar"
 
@@ -144,7 +144,7 @@ def simulate(raw_space: dict, surrogate: Surrogate, concurrency: int, seed: int,
     from ray.tune.schedulers import TrialScheduler
 
     from kdsearch.ray_trials.runner import make_searcher, scheduler
-    from kdsearch.search_space import load_sweep
+    from kdsearch.search.space import load_sweep
 
     raw = {**raw_space, "search": {**raw_space["search"], "seed": seed, "num_samples": trials}}
     spec = load_sweep(raw)
@@ -243,7 +243,7 @@ def run(
 
 def _space_of(spaces: dict[str, dict]) -> dict:
     """The searched space as a sweep parses it (``{name: {"kind", "args"}}``)."""
-    from kdsearch.search_space import load_sweep
+    from kdsearch.search.space import load_sweep
 
     return load_sweep(next(iter(spaces.values()))).space
 
@@ -251,11 +251,10 @@ def _space_of(spaces: dict[str, dict]) -> dict:
 def write(out, table: pd.DataFrame, quality: dict, budget: int, concurrencies: list[int], base: str, command: str) -> None:
     """concurrency.csv (every simulated search), concurrency.json (the surrogate's fit and the
     settings) and concurrency.md (mean +/- std over seeds, goals)."""
+    import json
     import os
     import platform
     from pathlib import Path
-
-    import json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

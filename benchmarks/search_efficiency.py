@@ -55,14 +55,14 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from stats import difference
 
 from kdsearch import TrainConfig
 from kdsearch.data import load_dataset
-from stats import difference
-from kdsearch.search_space import SearchSettings
-from kdsearch.sweeper import SweepOptions, run_sweep
-from kdsearch.teachers import get_teacher
-from kdsearch.sweep_folder import SweepFolder, load_trials
+from kdsearch.search.folder import SweepFolder, load_trials
+from kdsearch.search.space import SearchSettings
+from kdsearch.sweeper.run import SweepOptions, run_sweep
+from kdsearch.teacher.weights import get_teacher
 
 ROOT = Path(__file__).resolve().parent
 

@@ -35,9 +35,9 @@ from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
 from kdsearch.data.pipeline import DeviceData
 from kdsearch.models import build_model
-from kdsearch.teacher_outputs import compute_teacher_outputs
-from kdsearch.teachers import Teacher
-from kdsearch.runtime import resolve_device, set_threads
+from kdsearch.runtime.device import resolve_device, set_threads
+from kdsearch.teacher.outputs import compute_teacher_outputs
+from kdsearch.teacher.weights import Teacher
 
 ROOT = Path(__file__).resolve().parent
 
@@ -50,7 +50,7 @@ def throughput(history: list[dict], n: int, skip: int = 1) -> float:
 
 def untrained_teacher(arch: str, data, width: float = 1.0) -> Teacher:
     # Speed does not depend on the weights: an untrained teacher costs the same forward pass.
-    from kdsearch.checkpoint import model_spec
+    from kdsearch.models.checkpoint import model_spec
 
     model = build_model(arch, data.num_outputs, data.in_channels, "cifar", width)
     return Teacher(model, arch, {}, None, model_spec(arch, data.num_outputs, data.in_channels, "cifar", width))
@@ -94,8 +94,8 @@ def measure_bare(base: dict, data, threads: int) -> float:
 def measure_in_trial(base: dict, data, threads: int) -> float:
     """The CE run as a one-trial sweep through kdsearch.ray_trials, with `threads` CPUs per trial."""
     from kdsearch import ray_trials
-    from kdsearch.search_space import parse_sweep
-    from kdsearch.sweep_options import SweepOptions
+    from kdsearch.search.options import SweepOptions
+    from kdsearch.search.space import parse_sweep
 
     spec = parse_sweep(
         {

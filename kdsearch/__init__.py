@@ -11,9 +11,9 @@ from kdsearch.errors import UserError
 if TYPE_CHECKING:
     from kdsearch.api import fit
     from kdsearch.data import DatasetSplits
-    from kdsearch.export import load_student
-    from kdsearch.sweeper import sweep
-    from kdsearch.train import FitResult
+    from kdsearch.delivery.export import load_student
+    from kdsearch.sweeper.run import sweep
+    from kdsearch.training.engine import FitResult
 
 __all__ = ["DatasetSplits", "TrainConfig", "FitResult", "UserError", "fit", "load_student", "sweep"]
 __version__ = "0.1.0"
@@ -24,9 +24,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit": "kdsearch.api",
     "DatasetSplits": "kdsearch.data",
-    "load_student": "kdsearch.export",
-    "FitResult": "kdsearch.train",
-    "sweep": "kdsearch.sweeper",
+    "load_student": "kdsearch.delivery.export",
+    "FitResult": "kdsearch.training.engine",
+    "sweep": "kdsearch.sweeper.run",
 }
 
 

@@ -1,7 +1,7 @@
 """The Python API: ``kdsearch.fit(config)`` finds what a run needs and trains.
-(``kdsearch.sweep(space)`` is ``kdsearch.sweeper.sweep``.)
+(``kdsearch.sweep(space)`` is ``kdsearch.sweeper.run.sweep``.)
 
-The engine (``kdsearch.train.train_student``) takes its data and teacher from the caller; this is
+The engine (``kdsearch.training.engine.train_student``) takes its data and teacher from the caller; this is
 the caller for a config alone: it loads the dataset, finds the cached teacher or trains it
 once, and, for methods without a teacher, picks the teacher the student is compared with.
 """
@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 from torch import nn
 
-from kdsearch import interrupts, train
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits, load_data
 from kdsearch.methods import check_method, method_class
 from kdsearch.models.imported import import_models
-from kdsearch.runtime import set_threads
-from kdsearch.teachers import Teacher, get_teacher, given_teacher, reference_teacher
+from kdsearch.runtime import interrupts
+from kdsearch.runtime.device import set_threads
+from kdsearch.teacher.weights import Teacher, get_teacher, given_teacher, reference_teacher
+from kdsearch.training import engine as train
 
 
 def resolve_teacher(
@@ -44,7 +45,7 @@ def fit(
     """Train a student for ``config``; ``data`` and ``teacher`` are found when not given.
 
     Other keyword arguments (``on_epoch_end``, ``resume``, ``teacher_outputs``) go to the
-    engine, ``kdsearch.train.train_student``.
+    engine, ``kdsearch.training.engine.train_student``.
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     check_method(cfg.method, cfg.method_args, cfg.epochs)

@@ -11,11 +11,12 @@ import sys
 import typing
 from pathlib import Path
 
-from kdsearch import interrupts
 from kdsearch.config import TrainConfig, read_config_yaml
-from kdsearch.values import parse_value
-from kdsearch.errors import Interrupted, UserError
-from kdsearch.summary import format_summary, format_sweep_summary
+from kdsearch.errors import UserError
+from kdsearch.runtime import interrupts
+from kdsearch.runtime.interrupts import Interrupted
+from kdsearch.settings.typed import parse_value
+from kdsearch.sweeper.summary import format_summary, format_sweep_summary
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +77,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
 
 def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     """A flag per sweep option (``SweepOptions.flags``), its type, help and default read from the field."""
-    from kdsearch.sweep_options import SweepOptions
+    from kdsearch.search.options import SweepOptions
 
     hints = typing.get_type_hints(SweepOptions)
     for f in SweepOptions.flags():
@@ -158,7 +159,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(cfg)
     from kdsearch.api import load_data
-    from kdsearch.teachers import get_teacher
+    from kdsearch.teacher.weights import get_teacher
 
     data = load_data(cfg)
     teacher = get_teacher(cfg, data, log=_log(args.quiet or args.json))
@@ -173,8 +174,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from kdsearch.sweep_options import SweepOptions
-    from kdsearch.sweeper import run_sweep
+    from kdsearch.search.options import SweepOptions
+    from kdsearch.sweeper.run import run_sweep
 
     overrides = parse_assignments(args.fixed)
     if args.data_dir:
@@ -187,18 +188,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, scratch: str, trial: str | None = None) -> Path:
-    from kdsearch.sweep_folder import resolve_sweep
+    from kdsearch.search.folder import resolve_sweep
 
     if trial is not None:
         return resolve_sweep(source, storage, tracking_uri).trial_checkpoint(trial)
     if Path(source).is_file():
         return Path(source)
     if source.startswith("models:/"):
-        from kdsearch import model_registry, tracking
+        from kdsearch.delivery import registry as model_registry
+        from kdsearch.tracking import runs as tracking
 
         return model_registry.download_registered_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
     if re.fullmatch(r"[0-9a-f]{32}", source) and not Path(source).exists():
-        from kdsearch import tracking
+        from kdsearch.tracking import runs as tracking
 
         return tracking.download_best_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
     return resolve_sweep(source, storage, tracking_uri).best_checkpoint()
@@ -207,7 +209,7 @@ def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, s
 def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
 
-    from kdsearch.export import export_student
+    from kdsearch.delivery.export import export_student
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = _checkpoint_of(args.source, args.storage, args.tracking_uri, scratch, args.trial)
@@ -229,7 +231,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from kdsearch.predict import format_predictions, predict
+    from kdsearch.delivery.predict import format_predictions, predict
 
     results = predict(args.model, args.images, args.top_k, args.threshold, args.storage, args.tracking_uri)
     if args.json:
@@ -240,9 +242,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kdsearch import tracking
-    from kdsearch.report import build_report
-    from kdsearch.sweep_folder import resolve_sweep
+    from kdsearch.search.folder import resolve_sweep
+    from kdsearch.sweeper.report import build_report
+    from kdsearch.tracking import runs as tracking
 
     folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
     result = build_report(folder.path, Path(args.out) if args.out else None)
@@ -263,8 +265,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from kdsearch.sweeper import sync_sweep
-    from kdsearch.sweep_folder import resolve_sweep
+    from kdsearch.search.folder import resolve_sweep
+    from kdsearch.sweeper.run import sync_sweep
 
     folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
     result = sync_sweep(folder, args.tracking_uri)
@@ -278,7 +280,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
-    from kdsearch import tracking
+    from kdsearch.tracking import runs as tracking
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
     if uri.startswith(("http://", "https://")):  # a server is already running: just say where

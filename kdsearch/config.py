@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from kdsearch.errors import UserError
-from kdsearch.values import coerce, load_yaml
+from kdsearch.settings.typed import coerce, load_yaml
 
 # Per-dataset defaults: the models, schedule and augmentation that work for that data.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {

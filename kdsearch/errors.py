@@ -17,11 +17,6 @@ class UserError(Exception):
     """A problem the user can fix; its message is one line naming the fix."""
 
 
-class Interrupted(Exception):
-    """The user stopped the run (Ctrl-C); the message says what was kept and how to go on.
-    The command line prints it and exits with status 130, as a shell does for SIGINT."""
-
-
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's first line (its type's name when it has no text), at most ``limit``
     characters: what a one-line message quotes of a library's error."""

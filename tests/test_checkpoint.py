@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from kdsearch.checkpoint import load_model, model_spec, read_checkpoint, save_checkpoint
 from kdsearch.errors import UserError
 from kdsearch.models import build_model
+from kdsearch.models.checkpoint import load_model, model_spec, read_checkpoint, save_checkpoint
 
 
 class _WritesFile:

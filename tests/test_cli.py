@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port, wait_until, write_fashion_mnist
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
@@ -260,7 +259,7 @@ def test_the_sweep_flags_are_the_sweep_options_with_their_defaults_written_once(
 
     from kdsearch.cli import build_parser
     from kdsearch.errors import UserError
-    from kdsearch.sweep_options import SweepOptions
+    from kdsearch.search.options import SweepOptions
 
     parser = build_parser()
     args = parser.parse_args(["sweep", "space.yaml"])

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import free_port
 from ray.cluster_utils import Cluster
 
-from conftest import free_port
 from kdsearch.errors import UserError
-from kdsearch.sweeper import SweepOptions, run_sweep
 from kdsearch.ray_trials import start_ray
+from kdsearch.sweeper.run import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 

@@ -1,11 +1,17 @@
 """What a student costs next to its teacher: parameters, bytes, FLOPs, CPU speed."""
 
 import pytest
+import torch
 from torch import nn
 
-import torch
-
-from kdsearch.compression import LATENCY_THREADS, compression_report, count_flops, count_params, latency_ms, state_dict_bytes
+from kdsearch.models.compression import (
+    LATENCY_THREADS,
+    compression_report,
+    count_flops,
+    count_params,
+    latency_ms,
+    state_dict_bytes,
+)
 
 
 def test_compression_metrics_on_known_models():

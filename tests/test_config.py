@@ -155,7 +155,7 @@ def test_a_users_own_method_by_import_path_runs_a_two_trial_sweep(tmp_path, monk
     get its module, the trials train with it, and best/config.yaml says its settings."""
     (tmp_path / "toy_method.py").write_text(TOY_METHOD)
     monkeypatch.syspath_prepend(str(tmp_path))
-    from kdsearch.sweeper import SweepOptions, run_sweep
+    from kdsearch.sweeper.run import SweepOptions, run_sweep
 
     space = {
         "name": "toy",

@@ -5,8 +5,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_celeba, write_cifar10, write_cifar100, write_fashion_mnist
+
 from kdsearch.data import DATASETS, load_dataset
 from kdsearch.data.fashion_mnist import read_idx
 from kdsearch.data.pipeline import DeviceData, view_params
@@ -183,9 +183,9 @@ def _counts(*tensors):
 def test_train_val_and_test_partition_the_images(split_seed, val_fraction, tmp_path):
     """Every image lands in exactly one split (counted with multiplicity, digits has duplicates):
     digits (its test held out by sklearn), tensors and an image folder (test held out by split_seed)."""
+    from conftest import write_image_folder
     from sklearn.datasets import load_digits
 
-    from conftest import write_image_folder
     from kdsearch import DatasetSplits
     from kdsearch.data.imagefolder import decode
 

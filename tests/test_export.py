@@ -9,8 +9,8 @@ import torch
 
 from kdsearch import TrainConfig, fit, load_student
 from kdsearch.cli import main
+from kdsearch.delivery.export import FILES, FORMATS, export_student
 from kdsearch.errors import UserError
-from kdsearch.export import FILES, FORMATS, export_student
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +128,9 @@ def card_only_client(onnx_path, image_paths):
 def test_a_client_with_the_card_alone_preprocesses_as_predict_does(tmp_path, capsys):
     """Non-square colour photos: the card says every step (mode, centre crop, bilinear resize,
     normalisation), so a client that reads only the card gets predict's probabilities."""
+    from conftest import write_image_folder
     from PIL import Image
     from safetensors import safe_open
-
-    from conftest import write_image_folder
 
     write_image_folder(tmp_path / "data", per_class=20, colour=True)
     cfg = TrainConfig(dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=16, epochs=2, threads=2)

@@ -12,9 +12,9 @@ import pytest
 from conftest import free_port, wait_until
 from mlflow import MlflowClient
 
-from kdsearch import tracking
 from kdsearch.errors import UserError
-from kdsearch.sweeper import SweepOptions, run_sweep
+from kdsearch.sweeper.run import SweepOptions, run_sweep
+from kdsearch.tracking import runs as tracking
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
@@ -382,7 +382,7 @@ def test_a_study_file_the_full_disk_refuses_is_one_warning_line(tmp_path, capfd)
     # SQLite's error on a full disk quotes its SQL over a dozen lines; the warning quotes its first.
     import optuna
 
-    from kdsearch.ray_trials.study import write_study
+    from kdsearch.search.study import write_study
 
     mount = tmp_path / "disk"
     mount.mkdir()

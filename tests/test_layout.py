@@ -51,33 +51,100 @@ def test_no_module_imports_one_that_imports_it_back():
     assert not cycles, f"import cycles: {cycles}"
 
 
+FACE = {"__init__.py", "__main__.py", "api.py", "cli.py", "config.py", "errors.py"}
+
+
+def room_of(module: str) -> str:
+    """A module's room: its folder under kdsearch/ ("sweeper/"), or the top-level file ("cli.py")."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "__init__.py"
+    return parts[1] + "/" if (PACKAGE / parts[1]).is_dir() else parts[1] + ".py"
+
+
+def floors() -> dict[str, int]:
+    """Room -> its floor, as docs/layout.md draws them ("floor 3   config.py ...")."""
+    page = (PACKAGE.parent / "docs" / "layout.md").read_text()
+    found = {}
+    for line in page.split("```", 2)[1].splitlines():
+        if line.startswith("floor "):
+            number, rooms = line.split()[1], line.split()[2:]
+            for room in rooms:
+                if not (room.endswith("/") or room.endswith(".py")):
+                    break
+                found[room] = int(number)
+    return found
+
+
+def room_arrows(graph) -> set[tuple[str, str]]:
+    return {
+        (room_of(a), room_of(b))
+        for a, targets in graph.items()
+        for b in targets
+        if b.startswith("kdsearch") and room_of(a) != room_of(b)
+    }
+
+
+def test_the_top_level_holds_only_the_public_face():
+    assert {p.name for p in PACKAGE.glob("*.py")} == FACE
+    assert all((p / "__init__.py").exists() for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__")
+
+
+def arrows_not_going_down(graph, floor: dict[str, int]) -> list[str]:
+    """Imports from a room to one on its own floor or above (within the face's top floor, allowed)."""
+    top = max(floor.values())
+    return sorted(
+        f"{a} (floor {floor[a]}) -> {b} (floor {floor[b]})"
+        for a, b in room_arrows(graph)
+        if floor[b] >= floor[a] and not floor[a] == floor[b] == top
+    )
+
+
+def test_every_import_goes_down_the_floors_the_layout_page_draws():
+    graph = import_graph()
+    floor = floors()
+    rooms = {room_of(m) for m in graph}
+    assert rooms == set(floor), {"on no floor": sorted(rooms - set(floor)), "no such room": sorted(set(floor) - rooms)}
+    assert not arrows_not_going_down(graph, floor)
+
+
+def test_the_floor_check_catches_an_import_that_goes_up_or_sideways():
+    graph = import_graph()
+    graph["kdsearch.training.engine"] = graph["kdsearch.training.engine"] | {"kdsearch.sweeper.run"}
+    graph["kdsearch.data.placement"] = graph["kdsearch.data.placement"] | {"kdsearch.methods.base"}
+    assert arrows_not_going_down(graph, floors()) == [
+        "data/ (floor 2) -> methods/ (floor 2)",
+        "training/ (floor 4) -> sweeper/ (floor 8)",
+    ]
+
+
 def test_ray_and_mlflow_each_live_in_one_place():
     graph = import_graph()
     ray_users = sorted(m for m, t in graph.items() if "ray" in t)
     assert ray_users and all(m.startswith("kdsearch.ray_trials.") for m in ray_users), ray_users
-    assert "ray" not in graph["kdsearch.ray_trials.study"]  # the study is Optuna's alone
-    # (kdsearch/serving/mlflow_model.py is not imported by kdsearch: MLflow stores it as a
+    assert "ray" not in graph["kdsearch.search.study"]  # the study is Optuna's alone
+    # (kdsearch/delivery/served_model.py is not imported by kdsearch: MLflow stores it as a
     # registered model's own code, which loads where kdsearch is not installed.)
     assert sorted(m for m, t in graph.items() if "mlflow" in t) == [
-        "kdsearch.model_registry",
-        "kdsearch.serving.mlflow_model",
-        "kdsearch.tracking",
+        "kdsearch.delivery.registry",
+        "kdsearch.delivery.served_model",
+        "kdsearch.tracking.runs",
     ]
-    assert not [m for m, t in graph.items() if "kdsearch.serving.mlflow_model" in t]
-    assert not [t for t in graph["kdsearch.serving.mlflow_model"] if t.startswith("kdsearch")]
+    assert not [m for m, t in graph.items() if "kdsearch.delivery.served_model" in t]
+    assert not [t for t in graph["kdsearch.delivery.served_model"] if t.startswith("kdsearch")]
 
 
 def test_the_engine_imports_neither_ray_mlflow_nor_the_cli():
     graph = import_graph()
-    for engine in ("kdsearch.train", "kdsearch.api", "kdsearch.teachers", "kdsearch.teacher_outputs"):
-        assert not reachable(graph, engine) & {
-            "ray",
-            "mlflow",
-            "kdsearch.cli",
-            "kdsearch.ray_trials",
-            "kdsearch.ray_trials.runner",
-            "kdsearch.tracking",
-            "kdsearch.sweeper",
+    engines = [m for m in graph if room_of(m) in ("training/", "teacher/")] + ["kdsearch.api"]
+    for engine in engines:
+        reached = reachable(graph, engine)
+        assert not reached & {"ray", "mlflow"}, engine
+        assert not {room_of(m) for m in reached if m.startswith("kdsearch")} & {
+            "cli.py",
+            "ray_trials/",
+            "tracking/",
+            "sweeper/",
         }, engine
 
 
@@ -193,7 +260,7 @@ def test_the_layout_page_names_every_module_and_only_modules_that_exist():
         if folder is None:
             continue
         named |= {folder + name for name in re.findall(r"\b(\w+\.py)\b", line)}
-    actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent == PACKAGE}
     assert named == actual, {"named, missing": sorted(named - actual), "not named": sorted(actual - named)}
 
 
@@ -202,12 +269,12 @@ def test_the_sweep_summary_formats_without_importing_mlflow():
     a finished sweep (or kdsearch train) never needs it."""
     script = (
         "import sys\n"
-        "from kdsearch import summary\n"
-        "from kdsearch.tracking_uri import ui_command\n"
+        "from kdsearch.sweeper import summary\n"
+        "from kdsearch.tracking.uri import ui_command\n"
         "print(ui_command('sqlite:////x/m.db', 's'))\n"
         "assert 'mlflow' not in sys.modules, 'mlflow imported'\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "kdsearch ui --name s --tracking-uri sqlite:////x/m.db"
-    assert "kdsearch.tracking import" not in (PACKAGE / "summary.py").read_text()
+    assert "kdsearch.tracking.runs import" not in (PACKAGE / "sweeper" / "summary.py").read_text()

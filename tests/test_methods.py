@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsearch.errors import UserError
-from kdsearch.methods import METHODS, TaskLoss, Outputs, build_method
+from kdsearch.methods import METHODS, Outputs, TaskLoss, build_method
 from kdsearch.methods.at import attention_distance, attention_map
 
 SINGLE = TaskLoss(multilabel=False)

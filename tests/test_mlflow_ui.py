@@ -14,14 +14,14 @@ import pytest
 from conftest import free_port
 from mlflow import MlflowClient
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from kdsearch import tracking
-from kdsearch.sweeper import SweepOptions, run_sweep
+from kdsearch.sweeper.run import SweepOptions, run_sweep
+from kdsearch.tracking import runs as tracking
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
@@ -218,8 +218,8 @@ def _large_sweep_io():
 def test_a_sweep_of_2000_trials_is_compared_from_its_parent_run(browser, quickstart, tmp_path):
     """Issue 31: the quickstart's folder grown to 2,000 trials (as Ray Tune leaves them) and synced
     to an empty store: the parent run's page lists the 10 best, linked to MLflow's comparison of them."""
-    from kdsearch.sweep_folder import SweepFolder, ranked
-    from kdsearch.sweeper import sync_sweep
+    from kdsearch.search.folder import SweepFolder, ranked
+    from kdsearch.sweeper.run import sync_sweep
 
     _, summary, _, _ = quickstart
     folder = tmp_path / "big" / "quickstart"

@@ -5,7 +5,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from mutants import MUTANTS, run_mutant
 
 pytestmark = pytest.mark.slow  # a pytest run per mutant, in a copy of the repository

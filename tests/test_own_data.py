@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import file_behind, write_image_folder
 from sklearn.datasets import load_digits
 
 import kdsearch
-from conftest import file_behind, write_image_folder
 from kdsearch import DatasetSplits, TrainConfig, UserError
 from kdsearch.api import load_data
 from kdsearch.data import imagefolder
-
 
 write_folder = write_image_folder
 
@@ -172,8 +171,8 @@ def test_a_folder_on_disk_is_never_copied_whole_by_the_teacher_its_outputs_or_th
     # its shared outputs, the student's run and its test all read it a batch at a time.
     from kdsearch.data.pipeline import DeviceData
     from kdsearch.data.placement import mapped_file
-    from kdsearch.sweep_shared import compute_shared_outputs
-    from kdsearch.teachers import get_teacher
+    from kdsearch.sweeper.shared import compute_shared_outputs
+    from kdsearch.teacher.weights import get_teacher
 
     write_folder(tmp_path / "images", per_class=20)
     cfg = folder_config(tmp_path / "images", data_memory_gb=2e-5, method="kd", teacher="resnet8", teacher_epochs=1, epochs=1)

@@ -13,10 +13,10 @@ import torch
 
 from kdsearch import TrainConfig, UserError, fit
 from kdsearch.api import load_data
-from kdsearch.checkpoint import load_model
-from kdsearch.export import export_student, load_student
+from kdsearch.delivery.export import export_student, load_student
 from kdsearch.models import build_model
-from kdsearch.teachers import get_teacher, teacher_cache_path
+from kdsearch.models.checkpoint import load_model
+from kdsearch.teacher.weights import get_teacher, teacher_cache_path
 
 FAST = dict(dataset="digits", epochs=2, teacher_epochs=2, threads=2)
 
@@ -277,7 +277,7 @@ def test_the_command_line_imports_the_users_module_from_the_current_folder(mynet
 
 
 def test_a_sweep_naming_a_model_that_cannot_be_imported_stops_before_ray(mynets, tmp_path):
-    from kdsearch.sweeper import SweepOptions, run_sweep
+    from kdsearch.sweeper.run import SweepOptions, run_sweep
 
     space = {"fixed": {"method": "ce", "student": "mynets:BigNet"}, "space": {"lr": {"choice": [0.1]}}}
     opts = SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", verbose=0)

@@ -157,8 +157,8 @@ def test_a_sweep_chooses_in_the_driver_and_its_trials_stream_from_the_files(tmp_
     and train as the in-memory trials of the same settings do."""
     import yaml
 
-    from kdsearch.sweep_folder import load_trials
-    from kdsearch.sweeper import SweepOptions, run_sweep
+    from kdsearch.search.folder import load_trials
+    from kdsearch.sweeper.run import SweepOptions, run_sweep
 
     scores = {}
     for where in ("device", "stream"):

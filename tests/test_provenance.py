@@ -2,7 +2,7 @@
 
 import subprocess
 
-from kdsearch.provenance import as_tags, git_state, provenance
+from kdsearch.runtime.provenance import as_tags, git_state, provenance
 
 
 def test_versions_and_the_command_line_are_recorded():

@@ -6,9 +6,9 @@ import pytest
 
 from kdsearch.errors import UserError
 from kdsearch.ray_trials import make_searcher, warm_start
-from kdsearch.search_space import parse_sweep
-from kdsearch.sweep_folder import TrialRecord
-from kdsearch.sweep_options import SweepOptions
+from kdsearch.search.folder import TrialRecord
+from kdsearch.search.options import SweepOptions
+from kdsearch.search.space import parse_sweep
 
 
 def _drive(spec, trials):
@@ -215,7 +215,7 @@ def test_a_trial_asha_stopped_is_pruned_for_tpe_not_compared_with_finished_ones(
 def test_a_trial_is_scored_by_its_best_epoch_in_optuna_as_in_the_report():
     """One score per trial: a quickstart trial scored 0.9722 in Optuna (its last epoch) and
     0.9861 in the report (its best). Optuna is told the best epoch's value now."""
-    from kdsearch.sweep_folder import ranked
+    from kdsearch.search.folder import ranked
 
     spec = _alpha_spec(num_samples=2)
     searcher = make_searcher(spec, max_epochs=3)
@@ -232,7 +232,7 @@ def test_a_trial_is_scored_by_its_best_epoch_in_optuna_as_in_the_report():
 
 
 def test_a_tie_goes_to_the_trial_that_started_first_and_failed_trials_rank_last():
-    from kdsearch.sweep_folder import ranked
+    from kdsearch.search.folder import ranked
 
     records = [
         TrialRecord("abc_00002", {}, [{"val/acc": 0.9}], "TERMINATED"),
@@ -447,7 +447,7 @@ def test_writing_the_study_prints_nothing(tmp_path):
 
     script = f"""
 import optuna
-from kdsearch.ray_trials.study import write_study
+from kdsearch.search.study import write_study
 trial = optuna.trial.create_trial(params={{}}, distributions={{}}, value=0.5)
 print("saving", flush=True)
 write_study("r", ["maximize"], ["val/acc"], [trial], __import__("pathlib").Path({str(tmp_path / "optuna.db")!r}))
@@ -645,8 +645,8 @@ def test_a_trial_writes_its_student_file_once_at_its_end_and_a_checkpoint_before
     carries the best student and score over."""
     import torch
 
-    from kdsearch.checkpoint import load_model, trial_student
     from kdsearch.data import load_dataset
+    from kdsearch.models.checkpoint import load_model, trial_student
     from kdsearch.ray_trials import trainable as trainables
 
     class Context:
@@ -745,7 +745,7 @@ def test_a_history_read_back_holds_each_epoch_once_from_the_last_run_that_wrote_
     (the score, the report, MLflow's sync) holds each epoch once, from the run that wrote it last."""
     import json
 
-    from kdsearch.sweep_folder import parse_history
+    from kdsearch.search.folder import parse_history
 
     lines = [{"epoch": e, "run": "a", "config": {"lr": 0.1}} for e in (1, 2, 3, 4)] + [
         {"epoch": e, "run": "b"} for e in (3, 4, 5)

@@ -14,7 +14,7 @@ from conftest import write_cifar10, write_fashion_mnist, write_image_folder
 from torchvision.models import resnet18
 
 from kdsearch.cli import build_parser, main
-from kdsearch.search_space import load_sweep
+from kdsearch.search.space import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

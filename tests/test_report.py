@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from kdsearch.report import _pareto, best_so_far, build_report
-from kdsearch.sweep_folder import load_trials
+from kdsearch.search.folder import load_trials
+from kdsearch.sweeper.report import _pareto, best_so_far, build_report
 
 
 def _fake_sweep(folder, rows, objective=("val/acc", "max"), failed=(), same_size=False):
@@ -105,7 +105,7 @@ def test_importances_of_a_large_sweep_use_a_fixed_sized_sample(tmp_path, monkeyp
     at most IMPORTANCE_TRIALS trials, the same seeded sample each time."""
     import optuna
 
-    from kdsearch import report
+    from kdsearch.sweeper import report
 
     rng = np.random.default_rng(0)
     rows = [

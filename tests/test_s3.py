@@ -13,7 +13,7 @@ from conftest import free_port
 
 from kdsearch import cli
 from kdsearch.errors import UserError
-from kdsearch.sweeper import SweepOptions, run_sweep
+from kdsearch.sweeper.run import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow  # Ray and a server: `pytest -m "not slow"` skips them
 

@@ -1,4 +1,4 @@
-"""Method settings that follow a schedule over training (kdsearch.schedules)."""
+"""Method settings that follow a schedule over training (kdsearch.settings.schedules)."""
 
 import math
 
@@ -8,9 +8,9 @@ import torch
 from kdsearch import TrainConfig, fit
 from kdsearch.data import load_dataset
 from kdsearch.errors import UserError
-from kdsearch.schedules import check_schedule, value_at
-from kdsearch.teacher_outputs import compute_teacher_outputs
-from kdsearch.teachers import get_teacher
+from kdsearch.settings.schedules import check_schedule, value_at
+from kdsearch.teacher.outputs import compute_teacher_outputs
+from kdsearch.teacher.weights import get_teacher
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kdsearch.errors import UserError
-from kdsearch.search_space import load_sweep, parse_sweep
+from kdsearch.search.space import load_sweep, parse_sweep
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 
@@ -218,7 +218,7 @@ def test_a_sweep_over_methods_draws_each_methods_settings_only_with_it():
 
 
 def test_a_grid_over_methods_crosses_each_method_with_its_own_grid_only():
-    from kdsearch.space_templates import grid
+    from kdsearch.settings.distributions import grid
 
     spec = parse_sweep(
         {

@@ -13,9 +13,9 @@ import torch
 from mlflow import MlflowClient
 
 from kdsearch import TrainConfig, fit
-from kdsearch.checkpoint import load_model
 from kdsearch.data import load_data
-from kdsearch.model_registry import register_student
+from kdsearch.delivery.registry import register_student
+from kdsearch.models.checkpoint import load_model
 
 pytestmark = pytest.mark.slow  # a second Python environment and MLflow model logging
 
@@ -126,7 +126,6 @@ def test_mlflow_models_serve_answers_each_payload_format(tmp_path):
     import urllib.request
 
     import pandas as pd
-
     from conftest import free_port, wait_until
 
     data, checkpoint, uri, _, _ = registered_digits_student(tmp_path, "rest-student", epochs=1)
@@ -206,7 +205,7 @@ def test_the_model_code_loads_without_mlflow_warnings():
     import runpy
     import warnings
 
-    from kdsearch.serving import MLFLOW_MODEL_CODE
+    from kdsearch.delivery.registry import MLFLOW_MODEL_CODE
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -11,7 +11,7 @@ from conftest import write_fashion_mnist
 
 from kdsearch.data import load_dataset
 from kdsearch.errors import UserError
-from kdsearch.smoke import chance_accuracy, smoke_check
+from kdsearch.sweeper.smoke import chance_accuracy, smoke_check
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,8 @@ import errno
 import sqlite3
 
 from kdsearch.data import load_dataset
-from kdsearch.search_space import parse_sweep
-from kdsearch.storage_guard import StorageGuard
+from kdsearch.search.space import parse_sweep
+from kdsearch.sweeper.storage_guard import StorageGuard
 
 
 def _guard(tmp_path):
@@ -29,7 +29,7 @@ def test_a_failed_write_for_lack_of_room_is_the_storage_filling_up(tmp_path):
 
 
 def test_a_trial_is_counted_with_every_checkpoint_it_keeps():
-    from kdsearch.storage_guard import trial_bytes
+    from kdsearch.sweeper.storage_guard import trial_bytes
 
     data = load_dataset("digits")
 

@@ -14,12 +14,12 @@ import yaml
 from conftest import free_port, wait_until
 from mlflow import MlflowClient
 
-from kdsearch import tracking
-from kdsearch.checkpoint import load_model
 from kdsearch.cli import main
 from kdsearch.errors import UserError
-from kdsearch.sweep_folder import load_trials
-from kdsearch.sweeper import SweepOptions, run_sweep
+from kdsearch.models.checkpoint import load_model
+from kdsearch.search.folder import load_trials
+from kdsearch.sweeper.run import SweepOptions, run_sweep
+from kdsearch.tracking import runs as tracking
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
@@ -318,7 +318,7 @@ search:
     assert table["student/params"].notna().all() and table["latency/cpu_ms"].notna().all() and len(table) == 3
     # The Pareto front is listed with the ids to export.
     assert summary.pareto and set(summary.pareto) <= set(table["trial"])
-    from kdsearch.summary import format_sweep_summary
+    from kdsearch.sweeper.summary import format_sweep_summary
 
     assert "Pareto front (val/acc, latency/cpu_ms): trials " in format_sweep_summary(summary)
     # The study behind it (NSGA-II's sampler does not pickle: the searcher Tune pickles holds none)
@@ -507,7 +507,7 @@ def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one
     assert len(summary.table) == trials
     assert len(saves) < trials / 2, f"{len(saves)} saves of the experiment state for {trials} trials"  # was one or more a trial
 
-    from kdsearch.checkpoint import trial_student
+    from kdsearch.models.checkpoint import trial_student
 
     stopped = 0
     for record in load_trials(summary.out_dir):

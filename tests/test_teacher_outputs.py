@@ -12,8 +12,8 @@ from kdsearch.data import load_dataset
 from kdsearch.data.pipeline import DeviceData
 from kdsearch.methods.at import attention_map
 from kdsearch.models import build_model
-from kdsearch.teacher_outputs import compute_teacher_outputs, estimate_bytes
-from kdsearch.teachers import get_teacher
+from kdsearch.teacher.outputs import compute_teacher_outputs, estimate_bytes
+from kdsearch.teacher.weights import get_teacher
 
 CPU = torch.device("cpu")
 
@@ -140,8 +140,8 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     import pickle
     import shutil as shutil_module
 
-    from kdsearch import sweep_shared
-    from kdsearch.sweep_shared import compute_shared_outputs
+    from kdsearch.sweeper import shared as sweep_shared
+    from kdsearch.sweeper.shared import compute_shared_outputs
 
     cfg = TrainConfig(method="at", epochs=2, teacher_epochs=1, teacher="resnet8", cache_dir=str(tmp_path), threads=2)
     teacher = get_teacher(cfg, digits)
@@ -150,8 +150,8 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     assert not in_memory.mapped and "in memory" in logs[-1]
     # the budget is what the free memory holds beside the data's placement: data held in host
     # memory leaves less room (10 MB free, 7.5 MB usable, 7 MB of it the data's: 0.25 MB a copy)
-    from kdsearch import teacher_outputs
     from kdsearch.data.placement import host_bytes
+    from kdsearch.teacher import outputs as teacher_outputs
 
     monkeypatch.setattr(teacher_outputs, "free_host_memory", lambda: 10 * 1024**2)
     assert not compute_shared_outputs(teacher, digits, cfg, logs.append, copies=2).mapped

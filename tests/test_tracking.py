@@ -7,10 +7,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from kdsearch import tracking
-from kdsearch.checkpoint import save_checkpoint
 from kdsearch.errors import UserError
-from kdsearch.sweep_folder import TrialRecord, ranked
+from kdsearch.models.checkpoint import save_checkpoint
+from kdsearch.search.folder import TrialRecord, ranked
+from kdsearch.tracking import runs as tracking
 
 
 @pytest.fixture

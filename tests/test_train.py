@@ -4,14 +4,14 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import write_celeba
+
 from kdsearch import TrainConfig, fit
-from kdsearch.checkpoint import load_model
 from kdsearch.data import load_dataset
 from kdsearch.errors import UserError
-from kdsearch.teachers import get_teacher, teacher_cache_path
-from kdsearch.train import TrainingDiverged
+from kdsearch.models.checkpoint import load_model
+from kdsearch.teacher.weights import get_teacher, teacher_cache_path
+from kdsearch.training.engine import TrainingDiverged
 
 FAST = dict(dataset="digits", epochs=4, teacher_epochs=6, student="resnet8", teacher="resnet8", teacher_width=2.0, threads=2)
 
@@ -64,7 +64,7 @@ def test_a_teacher_is_identified_by_its_own_settings_not_the_students(digits):
 def test_a_pinned_teacher_checkpoint_must_be_the_same_file(digits, cache_dir, tmp_path):
     cfg = TrainConfig(method="kd", cache_dir=cache_dir, **FAST)
     path = get_teacher(cfg, digits).path
-    from kdsearch.teachers import file_sha256
+    from kdsearch.teacher.weights import file_sha256
 
     pinned = dataclasses.replace(cfg, teacher_checkpoint=str(path), teacher_sha256=file_sha256(path))
     logs = []
@@ -208,7 +208,7 @@ def test_a_method_setting_that_does_not_fit_the_models_is_one_line(digits, cache
 def test_validation_and_test_losses_leave_label_smoothing_out(digits):
     # val/loss is the plain loss: recomputed by hand on the trained student, with no smoothing.
     from kdsearch.data.pipeline import DeviceData
-    from kdsearch.evaluate import predict
+    from kdsearch.training.evaluate import predict
 
     result = fit(TrainConfig(method="ce", label_smoothing=0.3, **{**FAST, "epochs": 1}), data=digits, measure_speed=False)
     logits = predict(result.student, DeviceData(digits.val_x, digits.val_y, digits.mean, digits.std, torch.device("cpu")), 64)
@@ -216,14 +216,14 @@ def test_validation_and_test_losses_leave_label_smoothing_out(digits):
 
 
 def test_the_engine_needs_its_teacher_passed_in(digits):
-    from kdsearch import train
+    from kdsearch.training import engine as train
 
     with pytest.raises(UserError, match="method 'kd' needs a teacher"):
         train.train_student(TrainConfig(method="kd", **FAST), digits)
 
 
 def test_gpu_memory_is_read_on_cuda_only_and_the_peak_resets(monkeypatch):
-    from kdsearch.runtime import gpu_memory_mb
+    from kdsearch.runtime.device import gpu_memory_mb
 
     assert gpu_memory_mb(torch.device("cpu")) == {}
     peak = {"value": 3 * 2**20}

@@ -287,6 +287,6 @@ def place(cfg, data, device: torch.device, log, trials: int = 1, share: float = 
 
 def cache_folder(cfg) -> Path:
     """Where a run writes what it derives from its data once: shards, the teacher's outputs."""
-    from kdsearch.object_storage import cache_root
+    from kdsearch.runtime.object_storage import cache_root
 
     return Path(cfg.cache_dir) if cfg.cache_dir else cache_root()

@@ -9,8 +9,6 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
-from kdsearch.values import coerce
-from kdsearch import schedules
 from kdsearch.errors import UserError, lookup
 from kdsearch.methods.at import AttentionTransfer
 from kdsearch.methods.base import Method
@@ -18,8 +16,10 @@ from kdsearch.methods.ce import CrossEntropy
 from kdsearch.methods.dkd import DecoupledKD
 from kdsearch.methods.dml import DeepMutualLearning
 from kdsearch.methods.kd import HintonKD
-from kdsearch.methods.task_loss import TaskLoss, Outputs
+from kdsearch.methods.task_loss import Outputs, TaskLoss
 from kdsearch.models.imported import import_object, is_import_path
+from kdsearch.settings import schedules
+from kdsearch.settings.typed import coerce
 
 METHODS = {"ce": CrossEntropy, "kd": HintonKD, "at": AttentionTransfer, "dml": DeepMutualLearning, "dkd": DecoupledKD}
 
@@ -54,7 +54,7 @@ def method_class(name: str) -> type[Method]:
 def check_settings(name: str, args: Mapping[str, object]) -> dict:
     """The settings, each checked against its declared type (``--set temperature=abc`` is a
     one-line error naming the setting, the value and the type), unknown keys refused. A number
-    (or a list item) may be a schedule (``kdsearch.schedules``), kept as written."""
+    (or a list item) may be a schedule (``kdsearch.settings.schedules``), kept as written."""
     valid = method_settings(name)
     hints = typing.get_type_hints(method_class(name).__init__)
     out = {}

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdsearch.features import attention_map
+from kdsearch.methods.attention_maps import attention_map
 from kdsearch.methods.base import Method
-from kdsearch.methods.task_loss import TaskLoss, Outputs
+from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
 def attention_distance(student_map: torch.Tensor, teacher_map: torch.Tensor, resize: str = "pool") -> torch.Tensor:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from kdsearch.methods.task_loss import TaskLoss, Outputs
+from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
 class Method(nn.Module):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdsearch.methods.base import Method
-from kdsearch.methods.task_loss import TaskLoss, Outputs
+from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
 class DeepMutualLearning(Method):

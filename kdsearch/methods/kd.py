@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from kdsearch.methods.base import Method
-from kdsearch.methods.task_loss import TaskLoss, Outputs
+from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
 class HintonKD(Method):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 class Outputs(NamedTuple):
     """A network's logits and its stage outputs (shallow to deep); a cached teacher gives its
-    attention maps instead of its features (see kdsearch.teacher_outputs)."""
+    attention maps instead of its features (see kdsearch.teacher.outputs)."""
 
     logits: torch.Tensor
     features: list[torch.Tensor]

@@ -81,7 +81,7 @@ def read_weights_file(path: str | Path) -> tuple[str, object]:
                 return "torchscript", torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
                 raise UserError(f"{path} is not a loadable TorchScript file ({type(exc).__name__}: {exc})") from None
-    from kdsearch.checkpoint import FORMAT, read_checkpoint
+    from kdsearch.models.checkpoint import FORMAT, read_checkpoint
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

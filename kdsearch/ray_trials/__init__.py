@@ -9,7 +9,7 @@ name, Tune's idle wait, in ``compat``). Its rooms:
 - ``runner``: ``run_trials``, the Tuner with its searcher, scheduler, progress and callbacks;
 - ``compat``: the one place a private name of Ray is used, checked against Ray's version.
 
-The Ctrl-C and stop plumbing is ``kdsearch.stopping`` (signals, no Ray).
+The Ctrl-C and stop plumbing is ``kdsearch.runtime.interrupts`` (signals, no Ray).
 """
 
 import os
@@ -19,7 +19,7 @@ for _key, _value in {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # kdsearch takes Ctrl-C itself (kdsearch.stopping) and hands it to Tune as SIGUSR1, so it knows.
+    # kdsearch takes Ctrl-C itself (kdsearch.runtime.interrupts) and hands it to Tune as SIGUSR1, so it knows.
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
     # The legacy reporter path prints kdsearch's compact status table now and then; the new output
     # engine prints a box per trial start and result, too much for a sweep of many trials.
@@ -32,8 +32,8 @@ from kdsearch.ray_trials.cluster import (  # noqa: E402
     check_storage,
     gpu_elsewhere,
     gpus_per_trial_default,
-    run_on_a_gpu,
     node_count,
+    run_on_a_gpu,
     start_ray,
     stop_ray,
     trials_at_once,
@@ -47,9 +47,9 @@ from kdsearch.ray_trials.runner import (  # noqa: E402
     run_trials,
     sweep_trials_at_once,
 )
-from kdsearch.ray_trials.study import warm_start  # noqa: E402
 from kdsearch.ray_trials.trainable import STATE_FILE, STUDENT_FILE, EpochTrainable  # noqa: E402
-from kdsearch.stopping import TrialsInterrupted, TrialsStopped  # noqa: E402
+from kdsearch.runtime.interrupts import TrialsInterrupted, TrialsStopped  # noqa: E402
+from kdsearch.search.study import warm_start  # noqa: E402
 
 __all__ = [
     "EpochTrainable",

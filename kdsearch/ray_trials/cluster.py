@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ import ray
 import torch
 
 from kdsearch.errors import UserError, first_line
-from kdsearch.search_space import SweepSpec
+from kdsearch.search.space import SweepSpec
 
 
 def user_code(spec: SweepSpec) -> list[str]:
@@ -173,3 +174,19 @@ def trials_at_once(cpus_per_trial: float, gpus_per_trial: float) -> int:
     if gpus_per_trial > 0:
         fits = min(fits, total.get("GPU", 0) / gpus_per_trial)
     return max(1, math.floor(fits + 1e-9))
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Set environment variables for a block and restore what was there after (a second sweep in
+    one Python process must not inherit the first one's)."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -42,7 +42,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from kdsearch.ray_trials.trainable import REPLAYED
-from kdsearch.sweep_folder import epoch_of
+from kdsearch.search.folder import epoch_of
 
 TESTED_RAY = "2.60."  # the Ray minor version whose actor manager this was written against
 IDLE_WAIT_S = 1.0

@@ -21,11 +21,11 @@ from kdsearch.errors import UserError
 from kdsearch.ray_trials import cluster, compat
 from kdsearch.ray_trials.searcher import StudySearcher, searcher_for
 from kdsearch.ray_trials.trainable import REPLAYED, SCORE, EpochTrainable, architecture_metrics, payload, teacher_payload
-from kdsearch.search_space import SweepSpec
-from kdsearch.sweep_options import SweepOptions
-from kdsearch.stopping import TrialsInterrupted, TrialsStopped, environment, graceful_ctrl_c, stop_when
-from kdsearch.sweep_folder import FIXED_KEY, TrialRecord, parse_history, searched
-from kdsearch.teachers import Teacher
+from kdsearch.runtime.interrupts import TrialsInterrupted, TrialsStopped, graceful_ctrl_c, stop_when
+from kdsearch.search.folder import FIXED_KEY, TrialRecord, parse_history, searched
+from kdsearch.search.options import SweepOptions
+from kdsearch.search.space import SweepSpec
+from kdsearch.teacher.weights import Teacher
 
 _LOG = logging.getLogger("kdsearch")
 
@@ -130,7 +130,7 @@ class TeacherFallbacks(tune.Callback):
 
 
 class ForwardResults(tune.Callback):
-    """Hands trial events to a tracker (kdsearch.tracking) without exposing Ray types."""
+    """Hands trial events to a tracker (kdsearch.tracking.runs) without exposing Ray types."""
 
     def __init__(self, tracker):
         self.tracker = tracker
@@ -184,7 +184,7 @@ def run_trials(
         "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
         or str(cluster.trials_at_once(opts.cpus_per_trial, gpus_per_trial)),
     }
-    with environment(settings), compat.without_result_frames():
+    with cluster.environment(settings), compat.without_result_frames():
         tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker, log)
         # The driver's objects so far (Ray, torch, MLflow, the data) live as long as the sweep: kept
         # out of the garbage collector while Tune's loop runs, its automatic full collections, each
@@ -348,7 +348,7 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
 def copy_student(checkpoint_path: str, dest: Path) -> Path:
     """Copy a trial checkpoint's student file, local or in remote storage, to ``dest`` (written
     from the checkpoint's state where the trial stopped before its end: checkpoint.trial_student)."""
-    from kdsearch.checkpoint import trial_student
+    from kdsearch.models.checkpoint import trial_student
 
     with tune.Checkpoint(checkpoint_path).as_directory() as folder:
         return trial_student(folder, dest)

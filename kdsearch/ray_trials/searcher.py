@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 from ray.tune.search import Searcher
 
-from kdsearch.ray_trials import study as studies
+from kdsearch.search import study as studies
 
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # study file -> the searcher in this process
 

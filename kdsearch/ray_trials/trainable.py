@@ -18,15 +18,15 @@ import ray
 import torch
 from ray import tune
 
-from kdsearch.checkpoint import TRIAL_STATE, TRIAL_STUDENT, build_from_spec, student_from_state
-from kdsearch.compression import compression_report
 from kdsearch.data import DatasetSplits
 from kdsearch.errors import UserError
-from kdsearch.runtime import gpu_memory_mb, resolve_device, set_threads
-from kdsearch.search_space import SweepSpec
-from kdsearch.sweep_folder import searched
-from kdsearch.teachers import Teacher
-from kdsearch.train import LIVE_TEACHER, EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
+from kdsearch.models.checkpoint import TRIAL_STATE, TRIAL_STUDENT, build_from_spec, student_from_state
+from kdsearch.models.compression import compression_report
+from kdsearch.runtime.device import gpu_memory_mb, resolve_device, set_threads
+from kdsearch.search.folder import searched
+from kdsearch.search.space import SweepSpec
+from kdsearch.teacher.weights import Teacher
+from kdsearch.training.engine import LIVE_TEACHER, EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
 
 STATE_FILE = TRIAL_STATE  # full training state, to resume the trial, and the best student so far
 STUDENT_FILE = TRIAL_STUDENT  # the student alone, a kdsearch checkpoint: at the trial's end (checkpoint.trial_student)

@@ -9,22 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from kdsearch.data import load_data
 from kdsearch.data.placement import host_bytes
-from kdsearch.checkpoint import save_checkpoint
 from kdsearch.methods import method_class
-from kdsearch.provenance import provenance
-from kdsearch.runtime import resolve_device, set_threads
-from kdsearch.space_templates import PARAM
-from kdsearch.search_space import SweepSpec
-from kdsearch.storage_guard import StorageGuard
-from kdsearch.sweep_folder import MANIFEST
-from kdsearch.teachers import Teacher, get_teacher, given_teacher
-
-
-from kdsearch.sweep_options import SweepOptions
-from kdsearch.sweep_plan import SweepPlan
+from kdsearch.models.checkpoint import save_checkpoint
+from kdsearch.runtime.device import resolve_device, set_threads
+from kdsearch.runtime.provenance import provenance
+from kdsearch.search.folder import MANIFEST
+from kdsearch.search.options import SweepOptions
+from kdsearch.search.space import SweepSpec
+from kdsearch.settings.distributions import PARAM
+from kdsearch.sweeper.plan import SweepPlan
+from kdsearch.sweeper.storage_guard import StorageGuard
+from kdsearch.teacher.weights import Teacher, get_teacher, given_teacher
 
 
 def needs_teacher(spec: SweepSpec) -> bool:
@@ -63,9 +60,8 @@ def compute_shared_outputs(
     the cache folder and memory-mapped (every trial of a node reads the same files); else None
     (trials run the teacher live). Each way is said in one line."""
     from kdsearch.data.placement import gb
-    from kdsearch.teacher_outputs import budget_bytes, compute_teacher_outputs, estimate_bytes, read_written
-
-    from kdsearch.train import teacher_feature_names
+    from kdsearch.teacher.outputs import budget_bytes, compute_teacher_outputs, estimate_bytes, read_written
+    from kdsearch.training.engine import teacher_feature_names
 
     attention = method_class(cfg.method).needs_attention if attention is None else attention
     names = teacher_feature_names(cfg, teacher) if attention else None
@@ -112,7 +108,7 @@ def _disk_folder(cfg, data, teacher: Teacher, views: dict, size: int, memory: st
     teacher live) where the disk has no room or ``disk`` is False (prepared on another node, or
     a cluster without a folder every node mounts)."""
     from kdsearch.data.placement import HEADROOM, cache_folder, existing_folder, gb
-    from kdsearch.teacher_outputs import written_folder
+    from kdsearch.teacher.outputs import written_folder
 
     root = cache_folder(cfg)
     room = int(shutil.disk_usage(existing_folder(root)).free * HEADROOM)

@@ -18,20 +18,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdsearch.checkpoint import build_from_spec, model_spec, save_checkpoint
-from kdsearch.compression import compression_report
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import DeviceData, split_for, split_of
 from kdsearch.data.placement import place
-from kdsearch import interrupts, schedules
 from kdsearch.errors import UserError
-from kdsearch.evaluate import evaluate
-from kdsearch.methods import Method, TaskLoss, Outputs, build_method
+from kdsearch.methods import Method, Outputs, TaskLoss, build_method
 from kdsearch.models import feature_names
+from kdsearch.models.checkpoint import build_from_spec, model_spec, save_checkpoint
+from kdsearch.models.compression import compression_report
 from kdsearch.models.imported import head_name
 from kdsearch.models.taps import Forward, feature_forward
-from kdsearch.runtime import resolve_device, resolve_stem, set_threads
+from kdsearch.runtime import interrupts
+from kdsearch.runtime.device import resolve_device, resolve_stem, set_threads
+from kdsearch.settings import schedules
+from kdsearch.training.evaluate import evaluate
 
 
 @dataclass
@@ -78,7 +79,7 @@ class FitResult:
     verify: dict | None = None  # DatasetSplits.verify_sample(): exports are checked against it
 
     def save(self, path: str | Path) -> Path:
-        from kdsearch.provenance import provenance
+        from kdsearch.runtime.provenance import provenance
 
         return save_checkpoint(
             path,
@@ -108,9 +109,9 @@ class TrainingRun:
     scheduler: object
     student_forward: Callable
     teacher_forward: Callable | None  # None: no teacher, or its outputs are looked up
-    teacher_outputs: object | None  # kdsearch.teacher_outputs.TeacherOutputs (host memory)
+    teacher_outputs: object | None  # kdsearch.teacher.outputs.TeacherOutputs (host memory)
     taps: list[Forward]  # the feature readers behind the forwards, closed when training ends
-    moving: dict  # the method's settings that follow a schedule (kdsearch.schedules), as written
+    moving: dict  # the method's settings that follow a schedule (kdsearch.settings.schedules), as written
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -396,12 +397,12 @@ def train_student(
 ) -> FitResult:
     """Train a student with the configured method; validate every epoch, test once at the end.
 
-    ``teacher`` (a ``kdsearch.teachers.Teacher``) is required by methods that need one and, if
+    ``teacher`` (a ``kdsearch.teacher.weights.Teacher``) is required by methods that need one and, if
     given, is the reference of the compression metrics. ``on_epoch_end`` gets each epoch's
     metrics and an ``EpochState``; ``resume`` is a saved ``EpochState.training_state()``.
     Sweeps pass ``evaluate_test=False``: trials are selected on validation, and only the
     chosen student meets the test split. ``teacher_outputs`` (precomputed for these views,
-    ``kdsearch.teacher_outputs``) replaces the live teacher by a lookup when it fits the run.
+    ``kdsearch.teacher.outputs``) replaces the live teacher by a lookup when it fits the run.
     ``initial_student`` (a pretrained model, say) is trained instead of a fresh one.
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config

@@ -12,14 +12,17 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from kdsearch.errors import UserError, first_line
-from kdsearch.tracking import download_best_student
+from kdsearch.tracking.runs import download_best_student
 
+# The registered model's own code: MLflow stores this file with the model and runs it where
+# kdsearch is not installed, so it imports nothing of kdsearch.
+MLFLOW_MODEL_CODE = Path(__file__).with_name("served_model.py")
 CHAMPION = "champion"  # the alias of the registered version that is the best student
 
 
 def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str) -> str:
     """Log the student as an MLflow pyfunc model that loads without kdsearch (its ONNX file, its
-    model card and ``kdsearch/serving/mlflow_model.py`` as the model's code; input uint8 images,
+    model card and ``kdsearch/delivery/served_model.py`` as the model's code; input uint8 images,
     output class probabilities), register it as ``name`` and point the alias ``champion`` at the
     new version. Also logs the native ``mlflow.pytorch`` flavour (not registered: it unpickles
     kdsearch's classes). Returns the version."""
@@ -30,9 +33,8 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from kdsearch.checkpoint import load_model
-    from kdsearch.export import CARD, FILES, export_student, normalise
-    from kdsearch.serving import MLFLOW_MODEL_CODE
+    from kdsearch.delivery.export import CARD, FILES, export_student, normalise
+    from kdsearch.models.checkpoint import load_model
 
     mlflow.set_tracking_uri(tracking_uri)
     model, payload = load_model(checkpoint)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdsearch.errors import UserError
-from kdsearch.sweep_folder import SweepFolder, TrialRecord, ranked
+from kdsearch.search.folder import SweepFolder, TrialRecord, ranked
 
 TABLE_CSV, TABLE_MD = "trials.csv", "trials.md"
 

@@ -22,22 +22,22 @@ import json
 import os
 import shutil
 import warnings
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from kdsearch import interrupts
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import split_of, view_params
 from kdsearch.data.placement import HEADROOM, free_host_memory, mapped_file, open_mapped
-from kdsearch.evaluate import inference_batch_size
-from kdsearch.features import normalised_attention
 from kdsearch.methods import Method
+from kdsearch.methods.attention_maps import normalised_attention
 from kdsearch.models.taps import feature_forward
+from kdsearch.runtime import interrupts
+from kdsearch.training.evaluate import inference_batch_size
 
 CACHED_ATTENTION_P = 2.0  # the exponent of the attention maps stored (AT's default)
 

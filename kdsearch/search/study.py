@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 
 from kdsearch.errors import first_line
-from kdsearch.space_templates import active, grid  # noqa: F401  (grid: the searcher enumerates it)
+from kdsearch.settings.distributions import active, grid  # noqa: F401  (grid: the searcher enumerates it)
 
 TRIAL_ATTR = "kdsearch.trial_id"  # an Optuna trial's user attribute: the kdsearch (Ray Tune) trial id
 RUN_ATTR = "kdsearch.mlflow_run_id"  # and the MLflow run that logged it

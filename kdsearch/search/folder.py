@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from kdsearch import object_storage
 from kdsearch.errors import UserError
+from kdsearch.runtime import object_storage
 
 MANIFEST = "sweep.json"
 
@@ -179,7 +179,7 @@ class SweepFolder:
         if not found:
             trials = ", ".join(sorted(p.name.removeprefix("trial_") for p in self.path.glob("trial_*"))) or "none"
             raise UserError(f"sweep {self.location} has no checkpoint for trial {trial_id!r}: its trials are {trials}")
-        from kdsearch.checkpoint import trial_student
+        from kdsearch.models.checkpoint import trial_student
 
         return trial_student(found[-1])  # the last: it holds the trial's best student
 
@@ -254,7 +254,7 @@ def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | N
     if candidates[1].exists():
         return candidates[1]
     if re.fullmatch(r"[0-9a-f]{32}", source):
-        from kdsearch import tracking  # MLflow only when asked for a run id
+        from kdsearch.tracking import runs as tracking  # MLflow only when asked for a run id
 
         sweep_dir = tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri())
         if object_storage.is_uri(sweep_dir):

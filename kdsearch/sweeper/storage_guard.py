@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from kdsearch.errors import UserError
-from kdsearch.search_space import SweepSpec
+from kdsearch.search.space import SweepSpec
 
 
 def trial_bytes(spec: SweepSpec, data) -> int:
@@ -17,9 +17,9 @@ def trial_bytes(spec: SweepSpec, data) -> int:
     all of them), and its logs."""
     from torch import nn
 
-    from kdsearch.checkpoint import build_from_spec
     from kdsearch.methods import TaskLoss, build_method
-    from kdsearch.train import student_spec
+    from kdsearch.models.checkpoint import build_from_spec
+    from kdsearch.training.engine import student_spec
 
     cfg = spec.example_config()
 

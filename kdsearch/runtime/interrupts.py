@@ -1,8 +1,20 @@
-"""Stopping a sweep's trials gracefully: on Ctrl-C, or when a check says so (a full disk).
+"""Ctrl-C, in one place: it is never lost, and in a sweep it stops the trials gracefully.
 
-Ray Tune stops gracefully on SIGUSR1 (its experiment state saved, unfinished trials resumable);
-kdsearch takes Ctrl-C itself (``TUNE_DISABLE_SIGINT_HANDLER``) and hands it to Tune that way,
-so it knows a stop was asked for. No Ray import here: the signal is the interface.
+**In a training loop** (``remembered``, ``check``): Python turns SIGINT into a KeyboardInterrupt
+in whatever Python code runs next. When that code is a finaliser (a ``__del__``, a weakref
+callback: torch, Ray and the standard library run dozens of them per epoch), Python prints
+"Exception ignored" and carries on, and the run goes on training as if nothing happened. While
+``remembered()`` is active, a Ctrl-C raises as usual and is also remembered; the training loops
+call ``check()`` at every step, which raises it again.
+
+**In a sweep** (``graceful_ctrl_c``, ``stop_when``): Ray Tune stops gracefully on SIGUSR1 (its
+experiment state saved, unfinished trials resumable); kdsearch takes Ctrl-C itself
+(``TUNE_DISABLE_SIGINT_HANDLER``) and hands it to Tune that way, so it knows a stop was asked
+for. A check that says so (a full disk) stops the trials the same way. No Ray import here: the
+signal is the interface.
+
+**What the user reads** (``Interrupted``): the message of a stopped run, what was kept and how to
+go on; the command line prints it and exits with status 130, as a shell does for SIGINT.
 """
 
 from __future__ import annotations
@@ -13,6 +25,45 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+
+_requested = False
+
+
+class Interrupted(Exception):
+    """The user stopped the run (Ctrl-C); the message says what was kept and how to go on."""
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came in (one Python may have swallowed)."""
+    if _requested:
+        raise KeyboardInterrupt
+
+
+def _on_sigint(signum, frame) -> None:
+    global _requested
+    _requested = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def remembered():
+    """Within: Ctrl-C raises KeyboardInterrupt and ``check()`` raises it again until the block ends.
+    Only the main thread receives signals; elsewhere, within an outer block, or where SIGINT is
+    ignored or handled by someone else (a notebook, an application), this does nothing."""
+    global _requested
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    _requested = False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _requested = False
 
 
 class TrialsInterrupted(Exception):
@@ -83,19 +134,3 @@ def graceful_ctrl_c():
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]):
-    """Set environment variables for a block and restore what was there after (a second sweep in
-    one Python process must not inherit the first one's)."""
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

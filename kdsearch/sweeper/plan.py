@@ -8,12 +8,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from kdsearch.errors import UserError
-from kdsearch.sweep_options import SweepOptions
-from kdsearch.search_space import SweepSpec, check_sweep_name, load_sweep
-from kdsearch import object_storage
-from kdsearch.sweep_folder import SweepFolder, SweepLock
+from kdsearch.runtime import object_storage
+from kdsearch.search.folder import SweepFolder, SweepLock
+from kdsearch.search.options import SweepOptions
+from kdsearch.search.space import SweepSpec, check_sweep_name, load_sweep
 
 
 def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
@@ -86,7 +85,7 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
 
 
 def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, overrides, lock) -> SweepPlan:
-    from kdsearch import tracking
+    from kdsearch.tracking import runs as tracking
 
     if opts.resume and folder.uri is not None and object_storage.exists(sweep_dir):
         object_storage.pull(sweep_dir)

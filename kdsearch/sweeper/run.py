@@ -17,23 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from kdsearch.data import DatasetSplits
-from kdsearch.checkpoint import load_model, save_checkpoint
-from kdsearch.errors import Interrupted, UserError, first_line
-from kdsearch.provenance import as_tags, provenance
-from kdsearch.report import build_report, pareto_trials, trial_table
-from kdsearch.search_space import SweepSpec
-from kdsearch.smoke import smoke_check
-from kdsearch import interrupts, object_storage
-from kdsearch.sweep_folder import MANIFEST, SweepFolder, TrialRecord, ranked
-from kdsearch.teachers import file_sha256, reference_teacher
-from kdsearch.train import final_metrics
-
-
-from kdsearch.sweep_options import SweepOptions
-from kdsearch.sweep_plan import SweepPlan, plan_sweep, resume_command
-from kdsearch.sweep_shared import Shared, prepare_shared
+from kdsearch.errors import UserError, first_line
+from kdsearch.models.checkpoint import load_model, save_checkpoint
+from kdsearch.runtime import interrupts, object_storage
+from kdsearch.runtime.interrupts import Interrupted
+from kdsearch.runtime.provenance import as_tags, provenance
+from kdsearch.search.folder import MANIFEST, SweepFolder, TrialRecord, ranked
+from kdsearch.search.options import SweepOptions
+from kdsearch.search.space import SweepSpec
+from kdsearch.sweeper.plan import SweepPlan, plan_sweep, resume_command
+from kdsearch.sweeper.report import build_report, pareto_trials, trial_table
+from kdsearch.sweeper.shared import Shared, prepare_shared
+from kdsearch.sweeper.smoke import smoke_check
+from kdsearch.teacher.weights import file_sha256, reference_teacher
+from kdsearch.training.engine import final_metrics
 
 
 @dataclass
@@ -84,8 +82,8 @@ def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> b
 
 def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None) -> dict:
     """Push a sweep folder's trials, best student and report to MLflow (after an outage)."""
-    from kdsearch import tracking
-    from kdsearch.model_registry import register_student
+    from kdsearch.delivery.registry import register_student
+    from kdsearch.tracking import runs as tracking
 
     manifest = folder.read_manifest()
     uri = tracking_uri or manifest["tracking_uri"]
@@ -107,7 +105,7 @@ def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None) -> dict:
         if folder.report_dir.is_dir():
             tracking.log_report_to_run(tracker.parent_id, uri, sorted(p for p in folder.report_dir.iterdir() if p.is_file()))
         tracker.finish()
-    from kdsearch.ray_trials.study import label_runs
+    from kdsearch.search.study import label_runs
 
     if folder.study_db.is_file() and label_runs(folder.study_db, manifest["name"], tracker.run_ids()):
         folder.publish([folder.study_db])
@@ -136,7 +134,8 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     """MLflow's parent run and Ray, side by side: a new database's tables take ~1 s to create
     while Ray starts (~2.3 s here). Returns the tracker; MLflow unreachable is one line, before
     any trial."""
-    from kdsearch import ray_trials, tracking
+    from kdsearch import ray_trials
+    from kdsearch.tracking import runs as tracking
 
     base = plan.spec.example_config()
     tracker = tracking.SweepTracker(
@@ -237,8 +236,8 @@ def finalise_best(plan: SweepPlan, shared: Shared, best: TrialRecord) -> Best:
 
 
 def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: Best, register: bool) -> bool:
-    from kdsearch import tracking
-    from kdsearch.model_registry import register_student
+    from kdsearch.delivery.registry import register_student
+    from kdsearch.tracking import runs as tracking
 
     def mirror():
         tracker.sync(trials)
@@ -264,7 +263,7 @@ def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: 
 
 def _warm_start(plan: SweepPlan, opts: SweepOptions, shared: Shared, log: Callable[[str], None]) -> None:
     from kdsearch import ray_trials
-    from kdsearch.sweep_folder import resolve_sweep
+    from kdsearch.search.folder import resolve_sweep
 
     other = resolve_sweep(opts.warm_start, plan.storage)
     if other.path.resolve() == plan.folder.path.resolve():
@@ -348,7 +347,7 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     tracker.drain()  # the live logging's thread has caught up: its time is all counted
     live_mlflow_s, started = tracker.seconds, time.perf_counter()
     synced = mirror_to_mlflow(plan, tracker, trials, best, opts.register)
-    from kdsearch.ray_trials.study import label_runs
+    from kdsearch.search.study import label_runs
 
     if synced and label_runs(plan.folder.study_db, plan.name, tracker.run_ids()):
         plan.folder.publish([plan.folder.study_db])

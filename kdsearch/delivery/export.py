@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdsearch.checkpoint import build_from_spec, load_model, read_checkpoint
 from kdsearch.errors import UserError
-from kdsearch.evaluate import classification_metrics
+from kdsearch.models.checkpoint import build_from_spec, load_model, read_checkpoint
+from kdsearch.training.evaluate import classification_metrics
 
 FORMATS = ("safetensors", "pt", "torchscript", "onnx")
 FILES = {"safetensors": "model.safetensors", "pt": "model.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}

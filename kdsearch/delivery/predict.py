@@ -36,7 +36,7 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 def _torch_predictor(model: torch.nn.Module, card: dict) -> Callable[[np.ndarray], np.ndarray]:
-    from kdsearch.export import normalise
+    from kdsearch.delivery.export import normalise
 
     multilabel = card["task"].startswith("multi-label")
 
@@ -52,10 +52,11 @@ def load_predictor(
     source: str, storage: str | None = None, tracking_uri: str | None = None
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     """(uint8 NCHW images -> probabilities, the model card) for any model source."""
-    from kdsearch.export import CARD, load_student, model_card
+    from kdsearch.delivery.export import CARD, load_student, model_card
 
     if source.startswith("models:/"):
-        from kdsearch import model_registry, tracking
+        from kdsearch.delivery import registry as model_registry
+        from kdsearch.tracking import runs as tracking
 
         model = model_registry.load_registered(source, tracking_uri or tracking.default_tracking_uri())
         card = model.unwrap_python_model().card
@@ -66,10 +67,10 @@ def load_predictor(
         student = load_student(path)
         return _torch_predictor(student, student.kdsearch_card), student.kdsearch_card
     if not path.is_file():
-        from kdsearch.sweep_folder import resolve_sweep
+        from kdsearch.search.folder import resolve_sweep
 
         path = resolve_sweep(source, storage, tracking_uri).best_checkpoint()
-    from kdsearch.checkpoint import load_model
+    from kdsearch.models.checkpoint import load_model
 
     model, payload = load_model(path)
     card = model_card(payload)

@@ -7,33 +7,33 @@ head fits the data is used as it is; one with a head for other classes gets a ne
 fine-tuned (``teacher_lr`` for the backbone, ``teacher_head_lr`` for the head). Every teacher
 trained here is cached under a key made of the data's content (``DatasetSplits.fingerprint``),
 where its weights started and its training settings, so no other data set ever reuses it.
-(The teacher's precomputed outputs are ``kdsearch.teacher_outputs``.)
+(The teacher's precomputed outputs are ``kdsearch.teacher.outputs``.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from kdsearch.checkpoint import build_from_spec, load_model, model_spec
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
-from kdsearch.data.splits import HELD_OUT
 from kdsearch.data.pipeline import DeviceData, split_of
-from kdsearch import object_storage
+from kdsearch.data.splits import HELD_OUT
 from kdsearch.errors import UserError
-from kdsearch.evaluate import evaluate
 from kdsearch.methods import TaskLoss
 from kdsearch.models import pretrained_arch
+from kdsearch.models.checkpoint import build_from_spec, load_model, model_spec
 from kdsearch.models.pretrained import load_weights, read_weights_file, torchvision_weights
-from kdsearch.runtime import resolve_device, resolve_stem
-from kdsearch.train import train_student
+from kdsearch.runtime import object_storage
+from kdsearch.runtime.device import resolve_device, resolve_stem
+from kdsearch.training.engine import train_student
+from kdsearch.training.evaluate import evaluate
 
 # The settings of a teacher's own training run that change what teacher comes out of it.
 _TEACHER_KEY_FIELDS = (
@@ -49,7 +49,7 @@ class Teacher:
     arch: str
     metrics: dict  # val/acc and test/acc at least
     path: Path | None
-    spec: dict | None  # how to rebuild the model (kdsearch.checkpoint.model_spec); None: TorchScript or a given module
+    spec: dict | None  # how to rebuild the model (kdsearch.models.checkpoint.model_spec); None: TorchScript or a given module
 
 
 def default_cache_dir() -> Path:

@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch.config import TrainConfig
-from kdsearch.values import load_yaml
 from kdsearch.data import DATASETS
 from kdsearch.errors import UserError
-from kdsearch.schedules import has_schedule
-from kdsearch.space_templates import MISSING, check_distribution, fill, grid, make_template, params_of
 from kdsearch.methods import check_method, method_class, method_settings
 from kdsearch.models import MODELS
 from kdsearch.models.imported import is_import_path
+from kdsearch.settings.distributions import MISSING, check_distribution, fill, grid, make_template, params_of
+from kdsearch.settings.schedules import has_schedule
+from kdsearch.settings.typed import load_yaml
 
 LATE_RUNG = 0.8  # where ASHA's first rung goes by default, as a share of a trial's epochs
 SAMPLERS = ("tpe", "random", "nsga2", "grid")

@@ -25,7 +25,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from kdsearch.errors import UserError, first_line  # noqa: E402
-from kdsearch.tracking_uri import default_tracking_uri, ui_command  # noqa: E402, F401  (kept where callers look)
+from kdsearch.tracking.uri import default_tracking_uri, ui_command  # noqa: E402, F401  (kept where callers look)
 
 TRIAL_TAG = "kdsearch.trial_id"
 SWEEP_TAG = "kdsearch.sweep_dir"
@@ -34,7 +34,7 @@ TOP_TAG = "kdsearch.top_trials"  # the parent run's best trials' run ids, best f
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 TOP_TRIALS = 10
 TOP_HEADING = "**Top "
-_LOG = logging.getLogger("kdsearch.tracking")
+_LOG = logging.getLogger("kdsearch.tracking.runs")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
 

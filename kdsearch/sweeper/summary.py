@@ -40,7 +40,7 @@ def format_summary(result) -> str:
 def format_sweep_summary(summary, top: int = 5) -> str:
     import pandas as pd
 
-    from kdsearch.tracking_uri import ui_command
+    from kdsearch.tracking.uri import ui_command
 
     m = summary.best_metrics
     metric = summary.objectives[0][0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdsearch import interrupts
 from kdsearch.data.pipeline import DeviceData
+from kdsearch.runtime import interrupts
 
 
 def inference_batch_size(device_type: str) -> int:

@@ -1,0 +1,1 @@
+"""MLflow runs of a sweep: the runs, the UI, where the store is."""
