@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stats import difference  # noqa: E402
 
-from kdsearch.search import study as studies  # noqa: E402
 from kdsearch.ray_trials.searcher import StudySearcher  # noqa: E402
+from kdsearch.search import study as studies  # noqa: E402
 
 SPACE = {"x": {"kind": "uniform", "args": [0.0, 1.0]}, "y": {"kind": "uniform", "args": [0.0, 1.0]}}
 STARTUP, TOTAL = 8, 48

@@ -41,6 +41,7 @@ from kdsearch import TrainConfig, fit  # noqa: E402
 from kdsearch.data.splits import DatasetSplits  # noqa: E402
 from kdsearch.models import build_model  # noqa: E402
 from kdsearch.models.checkpoint import model_spec  # noqa: E402
+from kdsearch.search.record import Objective
 from kdsearch.teacher.outputs import compute_teacher_outputs  # noqa: E402
 from kdsearch.teacher.weights import Teacher  # noqa: E402
 
@@ -292,7 +293,7 @@ def measure_sweeps(device: str, size_name: str, data_dir: str | None, out: dict,
             "timings": kd["manifest"].get("timings", {}),
             "trials": len(kd["trials"]),
             "epochs_run": sum(len(t.history) for t in trials),
-            "best_val_acc": max((t.best("val/acc", "max") for t in trials), default=float("nan")),
+            "best_val_acc": max((t.score(Objective("val/acc", "max")) for t in trials), default=float("nan")),
             # in the order trials started: a reused actor's next trial starts with what the last left
             "allocated_at_start_mb": [t.history[0].get("gpu/allocated_at_start_mb") for t in trials],
             "peak_mb": [max((h.get("gpu/peak_mb") or 0) for h in t.history) for t in trials],

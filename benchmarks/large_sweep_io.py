@@ -74,8 +74,8 @@ def measure(folder: Path, work: Path) -> dict:
     from mlflow import MlflowClient
 
     from kdsearch.search.folder import SweepFolder
+    from kdsearch.sweeper.mirror import sync_sweep
     from kdsearch.sweeper.report import build_report
-    from kdsearch.sweeper.run import sync_sweep
 
     started = time.perf_counter()
     report = build_report(folder)

@@ -102,7 +102,7 @@ def write(runs: list[dict], args) -> None:
     kd_runs = [r for r in runs if r["arm"] == "kdsearch"]
     goals = [
         (
-            f"kdsearch's cost per trial beyond the training steps against plain Tune's, at every count (mean over repeats: "
+            "kdsearch's cost per trial beyond the training steps against plain Tune's, at every count (mean over repeats: "
             + ", ".join(f"{statistics.fmean(ratio[n]):.2f}x at {n}" for n in counts)
             + "; within 1.5x)",
             all(max(ratio[n]) <= 1.5 for n in counts),

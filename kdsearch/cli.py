@@ -1,4 +1,8 @@
-"""The ``kdsearch`` command line. Every user-fixable problem ends in one line and exit status 2."""
+"""The ``kdsearch`` command line. Every user-fixable problem ends in one line and exit status 2.
+
+Each command imports what it runs inside its own function: ``--help`` and a mistyped flag answer
+at once, without loading torch, Ray or MLflow (``tests/test_cli.py`` holds that).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
+import tempfile
 import typing
 from pathlib import Path
+
+import yaml
 
 from kdsearch.config import TrainConfig, read_config_yaml
 from kdsearch.errors import UserError
@@ -17,6 +25,7 @@ from kdsearch.runtime import interrupts
 from kdsearch.runtime.interrupts import Interrupted
 from kdsearch.settings.typed import parse_value
 from kdsearch.sweeper.summary import format_summary, format_sweep_summary
+from kdsearch.tracking.uri import default_tracking_uri
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,7 +132,6 @@ def _config_from_args(args: argparse.Namespace, extra: dict | None = None) -> Tr
 
 
 def _print_config(cfg: TrainConfig) -> int:
-    import yaml
 
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
@@ -198,16 +206,15 @@ def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, s
         from kdsearch.delivery import registry as model_registry
         from kdsearch.tracking import runs as tracking
 
-        return model_registry.download_registered_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
+        return model_registry.download_registered_student(source, tracking_uri or default_tracking_uri(), Path(scratch))
     if re.fullmatch(r"[0-9a-f]{32}", source) and not Path(source).exists():
         from kdsearch.tracking import runs as tracking
 
-        return tracking.download_best_student(source, tracking_uri or tracking.default_tracking_uri(), Path(scratch))
+        return tracking.download_best_student(source, tracking_uri or default_tracking_uri(), Path(scratch))
     return resolve_sweep(source, storage, tracking_uri).best_checkpoint()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import tempfile
 
     from kdsearch.delivery.export import export_student
 
@@ -233,7 +240,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from kdsearch.delivery.predict import format_predictions, predict
 
-    results = predict(args.model, args.images, args.top_k, args.threshold, args.storage, args.tracking_uri)
+    results = predict(args.model, args.images, args.top_k, args.threshold, storage=args.storage, tracking_uri=args.tracking_uri)
     if args.json:
         print(json.dumps(results))
     else:
@@ -266,7 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from kdsearch.search.folder import resolve_sweep
-    from kdsearch.sweeper.run import sync_sweep
+    from kdsearch.sweeper.mirror import sync_sweep
 
     folder = resolve_sweep(args.source, args.storage, args.tracking_uri)
     result = sync_sweep(folder, args.tracking_uri)
@@ -278,11 +285,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import signal
 
     from kdsearch.tracking import runs as tracking
 
-    uri = args.tracking_uri or tracking.default_tracking_uri()
+    uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):  # a server is already running: just say where
         for name, url in tracking.experiment_urls(uri, uri.rstrip("/"), args.name).items():
             print(f"{name}: {url}")

@@ -247,6 +247,29 @@ def test_no_module_is_over_500_lines_and_no_function_over_60():
     assert not long_functions, long_functions
 
 
+def positional_parameters(tree: ast.AST) -> list[str]:
+    """Functions taking more than 6 parameters by position (self and cls aside): past that a
+    call reads as a row of values whose meaning is their order."""
+    return [
+        f"{node.name} ({len(names)})"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for names in [[a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]]
+        if len(names) > 6
+    ]
+
+
+def test_no_function_takes_more_than_6_parameters_by_position():
+    offences = {
+        str(path.relative_to(PACKAGE)): found
+        for path in PACKAGE.rglob("*.py")
+        if (found := positional_parameters(ast.parse(path.read_text())))
+    }
+    assert not offences, offences
+    assert positional_parameters(ast.parse("def f(a, b, c, d, e, f, g): pass")) == ["f (7)"]
+    assert positional_parameters(ast.parse("def f(self, a, b, c, d, e, f, *, g): pass")) == []
+
+
 def test_the_layout_page_names_every_module_and_only_modules_that_exist():
     readme = (PACKAGE.parent / "docs" / "layout.md").read_text()
     block = readme.split("## Layout", 1)[1].split("```", 2)[1]

@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from kdsearch.search.record import Objective
 from kdsearch.sweeper.run import SweepOptions, run_sweep
 from kdsearch.tracking import runs as tracking
 
@@ -218,8 +219,9 @@ def _large_sweep_io():
 def test_a_sweep_of_2000_trials_is_compared_from_its_parent_run(browser, quickstart, tmp_path):
     """Issue 31: the quickstart's folder grown to 2,000 trials (as Ray Tune leaves them) and synced
     to an empty store: the parent run's page lists the 10 best, linked to MLflow's comparison of them."""
-    from kdsearch.search.folder import SweepFolder, ranked
-    from kdsearch.sweeper.run import sync_sweep
+    from kdsearch.search.folder import SweepFolder
+    from kdsearch.search.record import ranked
+    from kdsearch.sweeper.mirror import sync_sweep
 
     _, summary, _, _ = quickstart
     folder = tmp_path / "big" / "quickstart"
@@ -230,7 +232,7 @@ def test_a_sweep_of_2000_trials_is_compared_from_its_parent_run(browser, quickst
     exp = client.get_experiment_by_name("quickstart")
     parent = client.search_runs([exp.experiment_id], "tags.`kdsearch.role` = 'sweep'")[0]
     trials = SweepFolder(folder).trials()
-    top = ranked(trials, "val/acc", "max")[:10]
+    top = ranked(trials, Objective("val/acc", "max"))[:10]
     names = [f"trial_{t.trial_id}" for t in top]
     ids = json.loads(parent.data.tags[tracking.TOP_TAG])
     assert [client.get_run(i).info.run_name for i in ids] == names  # best first, as best/ ranks them
@@ -242,7 +244,7 @@ def test_a_sweep_of_2000_trials_is_compared_from_its_parent_run(browser, quickst
         _close_assistant(browser)
         _click(browser, By.XPATH, "//*[normalize-space()='Show more']")  # the description opens folded
         page = _wait_text(browser, *names)
-        assert f"{top[0].best('val/acc', 'max'):.4f}" in page
+        assert f"{top[0].score(Objective('val/acc', 'max')):.4f}" in page
         _shot(browser, tmp_path, "mlflow-top-trials.png")
         before = set(browser.window_handles)
         _click(browser, By.XPATH, "//a[normalize-space()='compare them side by side']")  # opens a new tab

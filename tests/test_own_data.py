@@ -171,7 +171,7 @@ def test_a_folder_on_disk_is_never_copied_whole_by_the_teacher_its_outputs_or_th
     # its shared outputs, the student's run and its test all read it a batch at a time.
     from kdsearch.data.pipeline import DeviceData
     from kdsearch.data.placement import mapped_file
-    from kdsearch.sweeper.shared import compute_shared_outputs
+    from kdsearch.teacher.outputs import compute_shared_outputs
     from kdsearch.teacher.weights import get_teacher
 
     write_folder(tmp_path / "images", per_class=20)

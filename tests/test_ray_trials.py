@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 
 from kdsearch.errors import UserError
-from kdsearch.ray_trials import make_searcher, warm_start
-from kdsearch.search.folder import TrialRecord
+from kdsearch.ray_trials import make_searcher
 from kdsearch.search.options import SweepOptions
+from kdsearch.search.record import Objective, TrialRecord
 from kdsearch.search.space import parse_sweep
+from kdsearch.search.study import warm_start
 
 
 def _drive(spec, trials):
@@ -215,7 +216,7 @@ def test_a_trial_asha_stopped_is_pruned_for_tpe_not_compared_with_finished_ones(
 def test_a_trial_is_scored_by_its_best_epoch_in_optuna_as_in_the_report():
     """One score per trial: a quickstart trial scored 0.9722 in Optuna (its last epoch) and
     0.9861 in the report (its best). Optuna is told the best epoch's value now."""
-    from kdsearch.search.folder import ranked
+    from kdsearch.search.record import ranked
 
     spec = _alpha_spec(num_samples=2)
     searcher = make_searcher(spec, max_epochs=3)
@@ -227,12 +228,12 @@ def test_a_trial_is_scored_by_its_best_epoch_in_optuna_as_in_the_report():
         searcher.on_trial_complete(trial_id, result={"val/acc": accs[-1], "training_iteration": len(accs)})
     assert [t.value for t in searcher.study.get_trials()] == [0.9861, 0.98]
     records = [TrialRecord(t, {}, [{"val/acc": a} for a in accs], "TERMINATED") for t, accs in history.items()]
-    assert [r.best("val/acc", "max") for r in records] == [0.9861, 0.98]
-    assert [r.trial_id for r in ranked(records, "val/acc", "max")] == ["t0", "t1"]
+    assert [r.score(Objective("val/acc", "max")) for r in records] == [0.9861, 0.98]
+    assert [r.trial_id for r in ranked(records, Objective("val/acc", "max"))] == ["t0", "t1"]
 
 
 def test_a_tie_goes_to_the_trial_that_started_first_and_failed_trials_rank_last():
-    from kdsearch.search.folder import ranked
+    from kdsearch.search.record import ranked
 
     records = [
         TrialRecord("abc_00002", {}, [{"val/acc": 0.9}], "TERMINATED"),
@@ -240,8 +241,13 @@ def test_a_tie_goes_to_the_trial_that_started_first_and_failed_trials_rank_last(
         TrialRecord("abc_00001", {}, [{"val/acc": 0.9}], "TERMINATED"),
         TrialRecord("abc_00003", {}, [{"val/acc": 0.8}], "TERMINATED"),
     ]
-    assert [r.trial_id for r in ranked(records, "val/acc", "max")] == ["abc_00001", "abc_00002", "abc_00003", "abc_00000"]
-    assert [r.trial_id for r in ranked(records[2:], "val/acc", "min")] == ["abc_00003", "abc_00001"]
+    assert [r.trial_id for r in ranked(records, Objective("val/acc", "max"))] == [
+        "abc_00001",
+        "abc_00002",
+        "abc_00003",
+        "abc_00000",
+    ]
+    assert [r.trial_id for r in ranked(records[2:], Objective("val/acc", "min"))] == ["abc_00003", "abc_00001"]
 
 
 @pytest.mark.parametrize(
@@ -626,16 +632,16 @@ def test_a_trials_reported_score_is_its_best_epoch_so_far():
     """trial/score, reported every epoch, is the trial's best epoch so far: the score the progress
     table shows and the sweep's record ranks by (ASHA compares the metric itself at its rungs,
     and every checkpoint is kept: none is chosen by score)."""
-    from kdsearch.ray_trials.trainable import best_so_far
+    from kdsearch.search.record import score_so_far
 
     scores, score = [], None
     for acc in (0.5, 0.9, float("nan"), 0.7, 0.95):
-        score = best_so_far(score, {"val/acc": acc}, ("val/acc", "max"))
+        score = score_so_far(score, {"val/acc": acc}, Objective("val/acc", "max"))
         scores.append(score)
     assert scores == [0.5, 0.9, 0.9, 0.9, 0.95]
-    assert best_so_far(0.3, {"val/loss": 0.4}, ("val/loss", "min")) == 0.3
-    assert best_so_far(0.3, {"val/loss": 0.2}, ("val/loss", "min")) == 0.2
-    assert best_so_far(None, {}, ("val/acc", "max")) is None
+    assert score_so_far(0.3, {"val/loss": 0.4}, Objective("val/loss", "min")) == 0.3
+    assert score_so_far(0.3, {"val/loss": 0.2}, Objective("val/loss", "min")) == 0.2
+    assert score_so_far(None, {}, Objective("val/acc", "max")) is None
 
 
 def test_a_trial_writes_its_student_file_once_at_its_end_and_a_checkpoint_before_carries_the_best_student(tmp_path, monkeypatch):
@@ -745,7 +751,7 @@ def test_a_history_read_back_holds_each_epoch_once_from_the_last_run_that_wrote_
     (the score, the report, MLflow's sync) holds each epoch once, from the run that wrote it last."""
     import json
 
-    from kdsearch.search.folder import parse_history
+    from kdsearch.search.record import parse_history
 
     lines = [{"epoch": e, "run": "a", "config": {"lr": 0.1}} for e in (1, 2, 3, 4)] + [
         {"epoch": e, "run": "b"} for e in (3, 4, 5)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from kdsearch.search.folder import load_trials
-from kdsearch.sweeper.report import _pareto, best_so_far, build_report
+from kdsearch.search.record import Objective
+from kdsearch.sweeper.report import _pareto, best_over_time, build_report
 
 
 def _fake_sweep(folder, rows, objective=("val/acc", "max"), failed=(), same_size=False):
@@ -92,7 +93,7 @@ def test_min_objectives_are_minimised_and_failed_trials_leave_no_mark(tmp_path):
     rows = [({"temperature": 2.0 + i, "alpha": 0.1 * i}, [1.0 - 0.1 * i, 0.9 - 0.1 * i]) for i in range(5)]
     _fake_sweep(tmp_path, rows, objective=("val/loss", "min"), failed=(4,))
     trials = load_trials(tmp_path)
-    xs, ys = best_so_far(trials, "val/loss", "min")
+    xs, ys = best_over_time(trials, Objective("val/loss", "min"))
     assert len(xs) == 8 and ys == sorted(ys, reverse=True) and min(ys) == pytest.approx(0.6)
     table = build_report(tmp_path)["table"]
     assert list(table["best val/loss"][:4]) == sorted(table["best val/loss"][:4]) and table["best val/loss"].isna().sum() == 1

@@ -18,6 +18,7 @@ from kdsearch.cli import main
 from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import load_model
 from kdsearch.search.folder import load_trials
+from kdsearch.search.record import Objective
 from kdsearch.sweeper.run import SweepOptions, run_sweep
 from kdsearch.tracking import runs as tracking
 
@@ -272,7 +273,7 @@ def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials
     told = {t.user_attrs["kdsearch.trial_id"]: t for t in study.trials}
     assert set(told) == set(run_of) and all(t.user_attrs.get("kdsearch.mlflow_run_id") == run_of[i] for i, t in told.items())
     for trial in load_trials(storage / "tiny"):
-        assert told[trial.trial_id].value == trial.best("val/acc", "max")
+        assert told[trial.trial_id].value == trial.score(Objective("val/acc", "max"))
     trial_ids = [r.data.tags["kdsearch.trial_id"] for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
     assert len(trial_ids) == 3 == len(set(trial_ids))
     for run in runs:

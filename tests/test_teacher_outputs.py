@@ -140,13 +140,13 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     import pickle
     import shutil as shutil_module
 
-    from kdsearch.sweeper import shared as sweep_shared
-    from kdsearch.sweeper.shared import compute_shared_outputs
+    from kdsearch.teacher import outputs as teacher_outputs
+    from kdsearch.teacher.outputs import CacheLimits, compute_shared_outputs
 
     cfg = TrainConfig(method="at", epochs=2, teacher_epochs=1, teacher="resnet8", cache_dir=str(tmp_path), threads=2)
     teacher = get_teacher(cfg, digits)
     logs = []
-    in_memory = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3)
+    in_memory = compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=3))
     assert not in_memory.mapped and "in memory" in logs[-1]
     # the budget is what the free memory holds beside the data's placement: data held in host
     # memory leaves less room (10 MB free, 7.5 MB usable, 7 MB of it the data's: 0.25 MB a copy)
@@ -154,8 +154,8 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     from kdsearch.teacher import outputs as teacher_outputs
 
     monkeypatch.setattr(teacher_outputs, "free_host_memory", lambda: 10 * 1024**2)
-    assert not compute_shared_outputs(teacher, digits, cfg, logs.append, copies=2).mapped
-    beside = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=2, reserved=7 * 1024**2)
+    assert not compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=2)).mapped
+    beside = compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=2, reserved=7 * 1024**2))
     assert (
         beside.mapped
         and "(0.46 MB, over the 0.25 MB they may take in memory (2 copies at once, beside the data's 7.00 MB" in logs[-1]
@@ -167,7 +167,7 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     assert host_bytes("host", digits, 1, 4, "cpu") == shared and host_bytes("device", digits, 1, 4, "cpu") == 4 * padded + shared
     assert host_bytes("device", digits, 1, 4, "cuda") == host_bytes("stream", digits, 1, 4, "cpu") == 0
     monkeypatch.setenv("KDSEARCH_TEACHER_CACHE_GB", "0.0001")  # 0.1 MB: the logits and maps take 0.46 MB
-    written = compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3)
+    written = compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=3))
     assert written.mapped and "(0.46 MB, over the 0.10 MB they may take in memory (3 copies at once" in logs[-1]
     folder = (tmp_path / "teacher-outputs").resolve()
     assert all(
@@ -182,7 +182,7 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     assert received.mapped and torch.equal(received.logits, in_memory.logits)
     assert Path(file_behind(received.logits) or "/").parent.parent == folder and file_behind(in_memory.logits) is None
     # the next sweep of the same data, teacher and views reads them instead of computing them again
-    assert "read from" in (compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3) and logs[-1])
+    assert "read from" in (compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=3)) and logs[-1])
     # a student trained on the mapped outputs is the one trained on the in-memory outputs
     runs = [
         fit(cfg, data=digits, teacher=teacher, teacher_outputs=o, measure_speed=False, evaluate_test=False)
@@ -191,8 +191,8 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     assert [h["train/at"] for h in runs[0].history] == [h["train/at"] for h in runs[1].history]
     # no room on the disk either, or computed on another node: the trials run the teacher live, said
     full = shutil_module.disk_usage(tmp_path)._replace(free=400_000)
-    monkeypatch.setattr(sweep_shared.shutil, "disk_usage", lambda _: full)
-    assert compute_shared_outputs(teacher, digits, cfg, logs.append, copies=3) is None
+    monkeypatch.setattr(teacher_outputs.shutil, "disk_usage", lambda _: full)
+    assert compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=3)) is None
     assert logs[-1].startswith("teacher outputs would take 0.46 MB") and "and over the 0.29 MB free for them under" in logs[-1]
     assert logs[-1].endswith(": trials run the teacher live")
 

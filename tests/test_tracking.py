@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import save_checkpoint
-from kdsearch.search.folder import TrialRecord, ranked
+from kdsearch.search.record import Objective, TrialRecord, ranked
 from kdsearch.tracking import runs as tracking
 
 
@@ -168,7 +168,7 @@ def test_the_parent_run_lists_the_best_trials_with_a_link_comparing_them(tracker
     ]
     trials.append(TrialRecord("bad", {"alpha": 0.9}, [{"epoch": 1, "val/acc": 0.99}], "ERROR", error="boom"))
     tracker.sync(trials)
-    ids = tracker.log_top(ranked(trials, "val/acc", "max"), "val/acc", "max")
+    ids = tracker.log_top(ranked(trials, Objective("val/acc", "max")), Objective("val/acc", "max"))
     client = MlflowClient(tracker.tracking_uri)
     names = [client.get_run(i).info.run_name for i in ids]
     # best first (ties: the trial started first), failed trials never, at most ten
@@ -182,6 +182,6 @@ def test_the_parent_run_lists_the_best_trials_with_a_link_comparing_them(tracker
     assert f"| 1 | [trial_{expected[0].trial_id}](#/experiments/{tracker.experiment_id}/runs/{ids[0]}) | 0.6200 | 0.55 |" in note
 
     client.set_tag(tracker.parent_id, tracking.NOTE_TAG, "my notes on this sweep")  # a description the user wrote
-    tracker.log_top(ranked(trials[:3], "val/acc", "max"), "val/acc", "max")
+    tracker.log_top(ranked(trials[:3], Objective("val/acc", "max")), Objective("val/acc", "max"))
     tags = client.get_run(tracker.parent_id).data.tags
     assert tags[tracking.NOTE_TAG] == "my notes on this sweep" and len(json.loads(tags[tracking.TOP_TAG])) == 3

@@ -35,6 +35,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     image_size: int | None = None,
+    *,
     train_subset: int | None = None,
     memory_gb: float | None = None,
     to_disk: bool = False,
@@ -68,7 +69,7 @@ def load_data(cfg) -> DatasetSplits:
         cfg.val_fraction,
         cfg.split_seed,
         cfg.image_size,
-        cfg.train_subset,
-        cfg.data_memory_gb,
+        train_subset=cfg.train_subset,
+        memory_gb=cfg.data_memory_gb,
         to_disk=cfg.data_placement == "stream",
     )

@@ -69,7 +69,7 @@ def _cached_images(root: Path, files: list[str], size: int) -> np.ndarray:
 def load_celeba(data_dir: Path, download: bool = False, image_size: int = 64, **_: object) -> RawDataset:
     root = _find_root(data_dir)
     if root is None and download:
-        import torchvision
+        import torchvision  # only to download: reading the files needs none of it
 
         torchvision.datasets.CelebA(root=str(data_dir), split="all", target_type="attr", download=True)
         root = _find_root(data_dir)

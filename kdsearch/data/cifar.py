@@ -64,7 +64,7 @@ def _find(data_dir: Path, folder: str, marker: str) -> Path | None:
 def _locate(data_dir: Path, folder: str, marker: str, download: bool, tv_name: str, label: str) -> Path:
     root = _find(data_dir, folder, marker)
     if root is None and download:
-        import torchvision
+        import torchvision  # only to download: reading the files needs none of it
 
         getattr(torchvision.datasets, tv_name)(root=str(data_dir), download=True)
         root = _find(data_dir, folder, marker)

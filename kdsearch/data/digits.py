@@ -14,8 +14,8 @@ from kdsearch.data.splits import RawDataset
 
 
 def load_digits(data_dir: Path | None = None, download: bool = False, **_: object) -> RawDataset:
-    from sklearn.datasets import load_digits as sk_load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits as sk_load_digits  # scikit-learn takes a second to import: digits only
+    from sklearn.model_selection import train_test_split  # (as above)
 
     bunch = sk_load_digits()
     # Pixel values are 0..16; scale to the 0..255 range every other dataset uses.

@@ -74,7 +74,7 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 def load_fashion_mnist(data_dir: Path, download: bool = False, image_size: int | None = None, **_: object) -> RawDataset:
     dirs = _search_dirs(data_dir)
     if _find_file(dirs, FILES["train_x"]) is None and download:
-        import torchvision
+        import torchvision  # only to download: reading the files needs none of it
 
         torchvision.datasets.FashionMNIST(root=str(data_dir), download=True)
     paths = {}

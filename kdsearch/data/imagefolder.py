@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdsearch.data.placement import HEADROOM, gb, mapped_file, open_mapped, write_mapped
 from kdsearch.data.splits import RawDataset, hold_out
 from kdsearch.errors import UserError
 
@@ -93,7 +94,7 @@ def _labels_csv(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, np.nd
 
 def decode(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
     """One image as uint8 (C, size, size): centre square crop, bilinear resize; ``mode`` RGB or L."""
-    from PIL import Image
+    from PIL import Image  # only where images are decoded
 
     try:
         with Image.open(path) as img:
@@ -144,7 +145,6 @@ def decode_cached(cache: Path, files: list[Path], size: int) -> np.ndarray:
 def decode_to_disk(cache: Path, files: list[Path], size: int) -> torch.Tensor:
     """Every file decoded as RGB at ``size`` straight into the .npy file ``cache`` (written once,
     atomically; memory: a chunk of images), returned as a read-only memory map of it."""
-    from kdsearch.data.placement import open_mapped, write_mapped
 
     try:
         if np.load(cache, mmap_mode="r").shape == (len(files), 3, size, size):
@@ -166,7 +166,6 @@ def _grey(x: torch.Tensor) -> bool:
 
 def _first_channel(x: torch.Tensor, cache: Path) -> torch.Tensor:
     """The first channel of every image: in memory, or for a memory map a file beside it."""
-    from kdsearch.data.placement import mapped_file, open_mapped, write_mapped
 
     if mapped_file(x) is None:
         return x[:, :1].contiguous()
@@ -183,6 +182,7 @@ def load_imagefolder(
     memory_gb: float | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    *,
     to_disk: bool = False,
     **_: object,
 ) -> RawDataset:
@@ -220,7 +220,6 @@ def _decoded(root: Path, files: list[Path], size: int, memory_gb: float | None, 
     """The images decoded: in memory within ``data_memory_gb`` (default: half the memory), else
     decoded to a file on disk and memory-mapped (trained from by streaming); one line if neither.
     ``to_disk`` (data_placement stream): straight to disk, a chunk at a time, whatever fits memory."""
-    from kdsearch.data.placement import HEADROOM, gb
 
     need = len(files) * 3 * size * size
     limit, source = memory_limit_bytes(memory_gb)

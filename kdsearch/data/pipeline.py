@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdsearch.data.placement import is_mapped
+
 
 def view_params(n: int, seed: int, epoch: int, pad: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image crop offsets (dy, dx in [0, 2*pad]) and flip flags for one epoch."""
@@ -37,7 +39,7 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def crop_flip(padded: torch.Tensor, idx, dy, dx, flips, height: int, width: int) -> torch.Tensor:
+def crop_flip(padded: torch.Tensor, idx, dy, dx, flips, *, height: int, width: int) -> torch.Tensor:
     """Crops (N, C, H, W) of zero-padded NHWC images ``padded[idx]`` at (dy, dx), mirrored where
     ``flips``: one gather reads whole pixels, a flipped image its columns in reverse."""
     ar_h = torch.arange(height, device=padded.device)
@@ -52,7 +54,7 @@ class DeviceData:
     """One split held as uint8 on the device, yielding normalised float batches."""
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device, channels_last: bool = False, pad: int = 0
+        self, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device, channels_last: bool = False, *, pad: int = 0
     ):
         self.pad = int(pad)
         self.height, self.width = int(x.shape[2]), int(x.shape[3])
@@ -86,7 +88,7 @@ class DeviceData:
     def augmented(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """uint8 views (N, C, H, W) of images ``idx``: a crop at (dy, dx) of the zero-padded image
         (offsets in [0, 2*pad]), mirrored where ``flips``. All arguments on this device."""
-        return crop_flip(self.padded, idx, dy, dx, flips, self.height, self.width)
+        return crop_flip(self.padded, idx, dy, dx, flips, height=self.height, width=self.width)
 
     def train_batches(
         self, batch_size: int, seed: int, epoch: int, flip: bool
@@ -114,7 +116,7 @@ class HostData(DeviceData):
     cropped and flipped there. The same seed gives the same batches, pixel for pixel, as
     ``DeviceData``: the same order, the same views."""
 
-    def __init__(self, x, y, mean, std, device: torch.device, channels_last: bool = False, pad: int = 0):
+    def __init__(self, x, y, mean, std, device: torch.device, channels_last: bool = False, *, pad: int = 0):
         self.pad = int(pad)
         self.source = x  # (N, C, H, W) uint8: a tensor, a numpy array or a numpy memory map
         self.height, self.width = int(x.shape[2]), int(x.shape[3])
@@ -150,7 +152,9 @@ class HostData(DeviceData):
         if self.pad:
             batch = F.pad(batch, (0, 0, self.pad, self.pad, self.pad, self.pad))
         local = torch.arange(len(batch), device=self.device)
-        return crop_flip(batch, local, dy.to(self.device), dx.to(self.device), flips.to(self.device), self.height, self.width)
+        return crop_flip(
+            batch, local, dy.to(self.device), dx.to(self.device), flips.to(self.device), height=self.height, width=self.width
+        )
 
     def train_batches(
         self, batch_size: int, seed: int, epoch: int, flip: bool
@@ -174,7 +178,6 @@ class HostData(DeviceData):
 def split_of(x, y, mean, std, device, pad: int = 0) -> DeviceData:
     """A whole split for evaluation or the teacher's outputs: a memory-mapped one (an image folder
     over its memory limit, streamed shards) read a batch at a time, any other copied to the device."""
-    from kdsearch.data.placement import is_mapped
 
     return (HostData if is_mapped(x) else DeviceData)(x, y, mean, std, device, pad=pad)
 

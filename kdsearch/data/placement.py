@@ -14,8 +14,11 @@ host, then the disk. Each fits with a quarter of its room left for models, batch
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from kdsearch.errors import UserError
+from kdsearch.runtime.object_storage import cache_root
 
 PLACEMENTS = ("auto", "device", "host", "stream")
 HEADROOM = 0.75  # the share of a memory (or disk) the data may take; the rest is for everything else
@@ -198,7 +202,6 @@ _MAPPED: dict[int, tuple[str, np.ndarray]] = {}
 
 def open_mapped(path: str | Path) -> torch.Tensor:
     """A read-only tensor over the .npy file at ``path`` (a memory map), known to ``mapped_file``."""
-    import warnings
 
     array = np.load(path, mmap_mode="r")
     with warnings.catch_warnings():  # read-only memory maps: training only reads them
@@ -219,7 +222,6 @@ def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     path = mapped_file(x)
     if path is None:
         return x[idx]
-    import hashlib
 
     digest = hashlib.blake2b(digest_size=8)
     digest.update(repr((x.storage_offset(), tuple(x.shape), tuple(x.stride()))).encode())
@@ -269,7 +271,7 @@ def is_mapped(x) -> bool:
     return mapped_file(x) is not None
 
 
-def place(cfg, data, device: torch.device, log, trials: int = 1, share: float = 1.0, decided: str | None = None):
+def place(cfg, data, device: torch.device, log, *, trials: int = 1, share: float = 1.0, decided: str | None = None):
     """The placement for ``cfg`` (``decided`` when a sweep's driver chose it for its trials) and the
     data as it lives there: a streamed run reads memory-mapped files in the cache (written once)."""
     if decided is None:
@@ -278,8 +280,6 @@ def place(cfg, data, device: torch.device, log, trials: int = 1, share: float = 
         decided, line = choose(cfg.data_placement, found, on_disk=is_mapped(data.train_x))
         log(line)
     if decided == "stream" and not is_mapped(data.train_x):
-        import dataclasses
-
         paths = write_shards(data, shard_dir(cache_folder(cfg), data))
         data = dataclasses.replace(data, **open_shards(paths))
     return decided, data
@@ -287,6 +287,5 @@ def place(cfg, data, device: torch.device, log, trials: int = 1, share: float = 
 
 def cache_folder(cfg) -> Path:
     """Where a run writes what it derives from its data once: shards, the teacher's outputs."""
-    from kdsearch.runtime.object_storage import cache_root
 
     return Path(cfg.cache_dir) if cfg.cache_dir else cache_root()

@@ -133,9 +133,9 @@ class DatasetSplits:
         memory_gb: float | None = None,
     ) -> DatasetSplits:
         """Splits from an image folder (``path/train/<class>/*``; see ``kdsearch.data.imagefolder``)."""
-        from kdsearch.data import load_dataset
+        from kdsearch.data import load_dataset  # the package imports this module: its registry is complete only after
 
-        return load_dataset("imagefolder", path, False, val_fraction, split_seed, image_size, None, memory_gb)
+        return load_dataset("imagefolder", path, False, val_fraction, split_seed, image_size, memory_gb=memory_gb)
 
     def info(self) -> dict:
         """What a checkpoint records about the data its model expects."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdsearch.data import load_dataset
 from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import build_from_spec, load_model, read_checkpoint
 from kdsearch.training.evaluate import classification_metrics
@@ -51,7 +52,7 @@ CARD_KEY = "kdsearch.card"  # the model card, as JSON, in safetensors metadata a
 def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, card: dict) -> None:
     card_json = json.dumps(card)
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # each format's library only when that format is written or read
 
         tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
         _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt", CARD_KEY: card_json}))
@@ -80,7 +81,7 @@ def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, card: 
                     external_data=False,
                     verbose=False,
                 )
-            import onnx
+            import onnx  # (as above)
 
             proto = onnx.load(str(p))
             entry = proto.metadata_props.add()
@@ -100,7 +101,7 @@ def _run(fmt: str, path: Path, spec: dict, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.jit.load(str(path), map_location="cpu")(x)
-    import onnxruntime
+    import onnxruntime  # (as above)
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
@@ -108,7 +109,7 @@ def _run(fmt: str, path: Path, spec: dict, x: torch.Tensor) -> torch.Tensor:
 
 def _model_from_weights(path: Path, spec: dict) -> nn.Module:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # (as above)
 
         state = load_file(str(path))
     else:
@@ -182,7 +183,6 @@ def normalise(x: torch.Tensor, data: dict) -> torch.Tensor:
 def _validation_batch(payload: dict, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The first VERIFY_IMAGES normalised validation images, their labels, and the split's size:
     the sample the checkpoint carries (a sweep's best student does), else read from the data."""
-    from kdsearch.data import load_dataset
 
     data, config = payload.get("dataset", {}), payload.get("config", {})
     sample = payload.get("verify")

@@ -15,7 +15,12 @@ import numpy as np
 import torch
 
 from kdsearch.data.imagefolder import SUFFIXES, decode
+from kdsearch.delivery import registry as model_registry
+from kdsearch.delivery.export import CARD, load_student, model_card, normalise
 from kdsearch.errors import UserError
+from kdsearch.models.checkpoint import load_model
+from kdsearch.search.folder import resolve_sweep
+from kdsearch.tracking.uri import default_tracking_uri
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -36,7 +41,6 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 def _torch_predictor(model: torch.nn.Module, card: dict) -> Callable[[np.ndarray], np.ndarray]:
-    from kdsearch.delivery.export import normalise
 
     multilabel = card["task"].startswith("multi-label")
 
@@ -52,13 +56,9 @@ def load_predictor(
     source: str, storage: str | None = None, tracking_uri: str | None = None
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     """(uint8 NCHW images -> probabilities, the model card) for any model source."""
-    from kdsearch.delivery.export import CARD, load_student, model_card
 
     if source.startswith("models:/"):
-        from kdsearch.delivery import registry as model_registry
-        from kdsearch.tracking import runs as tracking
-
-        model = model_registry.load_registered(source, tracking_uri or tracking.default_tracking_uri())
+        model = model_registry.load_registered(source, tracking_uri or default_tracking_uri())
         card = model.unwrap_python_model().card
         # the pyfunc's signature takes (N, H, W, C), as a server's clients send it
         return (lambda images: model.predict(np.ascontiguousarray(images.transpose(0, 2, 3, 1))).to_numpy()), card
@@ -67,10 +67,7 @@ def load_predictor(
         student = load_student(path)
         return _torch_predictor(student, student.kdsearch_card), student.kdsearch_card
     if not path.is_file():
-        from kdsearch.search.folder import resolve_sweep
-
         path = resolve_sweep(source, storage, tracking_uri).best_checkpoint()
-    from kdsearch.models.checkpoint import load_model
 
     model, payload = load_model(path)
     card = model_card(payload)
@@ -82,6 +79,7 @@ def predict(
     images: list[str],
     top_k: int = 3,
     threshold: float = 0.5,
+    *,
     storage: str | None = None,
     tracking_uri: str | None = None,
     batch_size: int = 64,

@@ -7,11 +7,14 @@ import json
 import logging
 import tempfile
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 from mlflow import MlflowClient
 
+from kdsearch.delivery.export import CARD, FILES, export_student, normalise
 from kdsearch.errors import UserError, first_line
+from kdsearch.models.checkpoint import load_model
 from kdsearch.tracking.runs import download_best_student
 
 # The registered model's own code: MLflow stores this file with the model and runs it where
@@ -26,15 +29,12 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
     output class probabilities), register it as ``name`` and point the alias ``champion`` at the
     new version. Also logs the native ``mlflow.pytorch`` flavour (not registered: it unpickles
     kdsearch's classes). Returns the version."""
-    import mlflow.pyfunc
-    import mlflow.pytorch
+    import mlflow.pyfunc  # MLflow's model flavours take seconds to import: only when a model is logged or loaded
+    import mlflow.pytorch  # (as above)
     import numpy as np
     import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
-    from kdsearch.delivery.export import CARD, FILES, export_student, normalise
-    from kdsearch.models.checkpoint import load_model
+    from mlflow.models import ModelSignature  # (as above)
+    from mlflow.types import ColSpec, Schema, TensorSpec  # (as above)
 
     mlflow.set_tracking_uri(tracking_uri)
     model, payload = load_model(checkpoint)
@@ -73,7 +73,6 @@ def register_student(tracking_uri: str, run_id: str, checkpoint: Path, name: str
 
 def serving_requirements() -> list[str]:
     """What the pyfunc model needs, pinned to the versions it is logged with."""
-    from importlib.metadata import version
 
     return [f"{name}=={version(name)}" for name in ("mlflow", "onnxruntime", "numpy", "pandas")]
 
@@ -97,7 +96,7 @@ def _registered_version(uri: str, tracking_uri: str):
 
 def load_registered(uri: str, tracking_uri: str):
     """The registered pyfunc model (``models:/<name>@<alias>``), loaded as a server would."""
-    import mlflow.pyfunc
+    import mlflow.pyfunc  # MLflow's model flavours take seconds to import: only when a model is logged or loaded
 
     _registered_version(uri, tracking_uri)  # a one-line error when it is not there
     mlflow.set_tracking_uri(tracking_uri)

@@ -17,7 +17,7 @@ import pandas as pd
 
 class DistilledStudent(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        import onnxruntime
+        import onnxruntime  # loaded by MLflow where the model serves
 
         with open(context.artifacts["card"]) as f:
             self.card = json.load(f)

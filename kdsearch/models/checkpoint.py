@@ -30,6 +30,7 @@ def model_spec(
     stem: str,
     width: float,
     args: dict | None = None,
+    *,
     features: list[str] | None = None,
 ) -> dict:
     """How to build a model: its architecture (a built-in name or an import path), the keyword

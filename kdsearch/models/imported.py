@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 from torch import nn
@@ -75,7 +76,6 @@ def module_file(path: str) -> Path | None:
     what a Ray cluster's workers must be sent. Installed distributions (timm, torchvision; wherever
     they live, site-packages or a folder on PYTHONPATH), the standard library and kdsearch itself
     are not sent: workers install those as any dependency."""
-    from importlib.metadata import packages_distributions
 
     top = _split(path)[0].split(".")[0]
     if top in sys.stdlib_module_names or top == "kdsearch" or top in packages_distributions():

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kdsearch.errors import UserError
+from kdsearch.models.checkpoint import FORMAT, read_checkpoint
 from kdsearch.models.imported import head_name
 
 
@@ -28,7 +29,7 @@ def torchvision_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
     """torchvision's pretrained state dict for ``arch`` (a torchvision builder name or
     ``torchvision.models:name``), from the torch hub cache (``$TORCH_HOME``), downloaded there
     when missing and the network allows."""
-    from torchvision.models import get_model_weights
+    from torchvision.models import get_model_weights  # only for torchvision's own weights
 
     builder = arch.rpartition(":")[2]
     try:
@@ -65,7 +66,7 @@ def read_weights_file(path: str | Path) -> tuple[str, object]:
     if not path.is_file():
         raise UserError(f"teacher checkpoint {path} does not exist: pass the path of a model file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # only for a .safetensors weight file
 
         try:
             return "state_dict", load_file(str(path))
@@ -81,7 +82,6 @@ def read_weights_file(path: str | Path) -> tuple[str, object]:
                 return "torchscript", torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
                 raise UserError(f"{path} is not a loadable TorchScript file ({type(exc).__name__}: {exc})") from None
-    from kdsearch.models.checkpoint import FORMAT, read_checkpoint
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

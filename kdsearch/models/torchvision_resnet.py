@@ -21,7 +21,7 @@ class TorchvisionResNet(StagedNet):
             raise ValueError(f"{arch} has a fixed width; width must be 1.0, got {width}")
         # Imported here: torchvision.models costs ~1 s to import, paid by every CLI command and
         # every Ray trial process otherwise, and most runs use the small CIFAR ResNets.
-        from torchvision import models as tv_models
+        from torchvision import models as tv_models  # only when a torchvision model is built
 
         if arch not in ARCHS:
             raise ValueError(f"unknown torchvision ResNet {arch!r}: choose one of {', '.join(ARCHS)}")

@@ -1,7 +1,6 @@
-"""Everything that touches Ray lives in this package (Ray 2.60's public API; the one private
-name, Tune's idle wait, in ``compat``). Its rooms:
+"""Everything that touches Ray lives in this package (Ray 2.60's public API; its private names,
+each checked against Ray's version, in ``compat``). Its rooms:
 
-- ``study``: the sweep's Optuna study (no Ray): spaces, samplers, warm start, the study file;
 - ``searcher``: ``StudySearcher``, Tune's ``Searcher`` interface over Optuna's ask and tell;
 - ``trainable``: ``EpochTrainable``, one epoch of ``fit``'s loop per step, and what a trial
   receives from the driver through Ray's object store (data, teacher, size metrics);
@@ -49,7 +48,6 @@ from kdsearch.ray_trials.runner import (  # noqa: E402
 )
 from kdsearch.ray_trials.trainable import STATE_FILE, STUDENT_FILE, EpochTrainable  # noqa: E402
 from kdsearch.runtime.interrupts import TrialsInterrupted, TrialsStopped  # noqa: E402
-from kdsearch.search.study import warm_start  # noqa: E402
 
 __all__ = [
     "EpochTrainable",
@@ -73,5 +71,4 @@ __all__ = [
     "sweep_trials_at_once",
     "trials_at_once",
     "user_code",
-    "warm_start",
 ]

@@ -14,13 +14,13 @@ import ray
 import torch
 
 from kdsearch.errors import UserError, first_line
+from kdsearch.models.imported import import_models, module_file
 from kdsearch.search.space import SweepSpec
 
 
 def user_code(spec: SweepSpec) -> list[str]:
     """The files and folders of the user's own models and method (import paths) that are not
     installed: sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
-    from kdsearch.models.imported import import_models, module_file
 
     base = spec.example_config()
     names = {base.student, base.teacher, *spec.methods}

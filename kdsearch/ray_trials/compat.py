@@ -42,7 +42,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from kdsearch.ray_trials.trainable import REPLAYED
-from kdsearch.search.folder import epoch_of
+from kdsearch.search.record import epoch_of
 
 TESTED_RAY = "2.60."  # the Ray minor version whose actor manager this was written against
 IDLE_WAIT_S = 1.0
@@ -176,7 +176,7 @@ def without_result_frames(version: str | None = None):
     Ray only; elsewhere it does, unchanged). Yields whether it was changed."""
     analysis = None
     if (version or ray.__version__).startswith(TESTED_RAY):
-        from ray.tune.analysis import experiment_analysis
+        from ray.tune.analysis import experiment_analysis  # only where this workaround applies
 
         analysis = getattr(experiment_analysis, "ExperimentAnalysis", None)
     original = getattr(analysis, "_fetch_trial_dataframes", None)

@@ -12,18 +12,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from tabulate import tabulate
 
-from kdsearch.data import DatasetSplits
+from kdsearch.data import DatasetSplits, placement
 from kdsearch.errors import UserError
+from kdsearch.models.checkpoint import trial_student
 from kdsearch.ray_trials import cluster, compat
 from kdsearch.ray_trials.searcher import StudySearcher, searcher_for
 from kdsearch.ray_trials.trainable import REPLAYED, SCORE, EpochTrainable, architecture_metrics, payload, teacher_payload
 from kdsearch.runtime.interrupts import TrialsInterrupted, TrialsStopped, graceful_ctrl_c, stop_when
-from kdsearch.search.folder import FIXED_KEY, TrialRecord, parse_history, searched
 from kdsearch.search.options import SweepOptions
+from kdsearch.search.record import FIXED_KEY, TrialRecord, error_line, parse_history, searched, sign
 from kdsearch.search.space import SweepSpec
 from kdsearch.teacher.weights import Teacher
 
@@ -84,11 +86,11 @@ class SweepProgress(tune.ProgressReporter):
         counts: dict[str, int] = {}
         for trial in trials:
             counts[trial.status] = counts.get(trial.status, 0) + 1
-        sign = 1 if self.mode == "max" else -1
+        up = sign(self.mode)
 
-        def key(trial):
+        def key(trial):  # as search.record.ranked orders trials, by the score each reported last
             score = (trial.last_result or {}).get(SCORE)
-            return (score is None, -sign * score if score is not None else 0.0, trial.trial_id)
+            return (score is None, -up * score if score is not None else 0.0, trial.trial_id)
 
         rows = []
         for trial in sorted(trials, key=key)[: self.rows]:
@@ -173,19 +175,17 @@ def run_trials(
     gpus_per_trial = cluster.gpus_per_trial_default(opts.gpus_per_trial)
     cluster.check_resources(opts.cpus_per_trial, gpus_per_trial)
     cluster.check_storage(storage, opts.shared_storage)
-    trainable = _trainable(spec, data, teacher, teacher_outputs, opts.cpus_per_trial, gpus_per_trial, placement)
-    settings = {
-        # Each trial's params.json and result.json are all kdsearch reads (and what Tune restores
-        # from); Tune's CSV and TensorBoard copies of every result cost time per trial and epoch.
-        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-        # How many trials Tune may be starting at once: under a searcher it starts one at a time,
-        # each waiting for the last one's actor to come up (4 trials at 0.25 GPU came up 20 s
-        # apart). As many as the cluster runs now; not a cap on how many run. A value the user set wins.
-        "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
-        or str(cluster.trials_at_once(opts.cpus_per_trial, gpus_per_trial)),
-    }
-    with cluster.environment(settings), compat.without_result_frames():
-        tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker, log)
+    trainable = _trainable(
+        spec,
+        data,
+        teacher,
+        teacher_outputs,
+        cpus_per_trial=opts.cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        placement=placement,
+    )
+    with cluster.environment(_tune_settings(opts, gpus_per_trial)), compat.without_result_frames():
+        tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker=tracker, log=log)
         # The driver's objects so far (Ray, torch, MLflow, the data) live as long as the sweep: kept
         # out of the garbage collector while Tune's loop runs, its automatic full collections, each
         # ~100 ms among them, stay short.
@@ -204,13 +204,27 @@ def run_trials(
     return records
 
 
+def _tune_settings(opts: SweepOptions, gpus_per_trial: float) -> dict[str, str]:
+    """Tune's environment settings for a sweep."""
+    return {
+        # Each trial's params.json and result.json are all kdsearch reads (and what Tune restores
+        # from); Tune's CSV and TensorBoard copies of every result cost time per trial and epoch.
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        # How many trials Tune may be starting at once: under a searcher it starts one at a time,
+        # each waiting for the last one's actor to come up. As many as the cluster runs now; not
+        # a cap on how many run. A value the user set wins.
+        "TUNE_MAX_PENDING_TRIALS_PG": os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
+        or str(cluster.trials_at_once(opts.cpus_per_trial, gpus_per_trial)),
+    }
+
+
 def trial_dirname(trial) -> str:
     """A trial's folder: ``trial_<id>`` (a module function: Tune keeps it in every trial's saved
     state, where a lambda is pickled whole, 1.3 KB a trial)."""
     return f"trial_{trial.trial_id}"
 
 
-def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: SweepOptions, tracker, log=None):
+def _tuner(spec: SweepSpec, trainable, storage: str, name: str, study_db, opts: SweepOptions, *, tracker, log=None):
     """A new sweep's Tuner with its searcher, or the Tuner Tune restores (its searcher inside)."""
     path = os.path.join(storage, name)
     if opts.resume:
@@ -239,10 +253,6 @@ def place_data(spec: SweepSpec, data: DatasetSplits, opts: SweepOptions, log: Ca
     """Where the sweep's training data lives (data.placement), chosen in the driver before
     anything trains for as many trials as run at once, and said in one line; a sweep whose data
     fits nowhere stops here in one line. Returns (placement, the data as it lives there)."""
-    import torch
-
-    from kdsearch.data import placement
-
     gpus = cluster.gpus_per_trial_default(opts.gpus_per_trial)
     device = torch.device("cuda") if gpus and torch.cuda.is_available() else torch.device("cpu")
     trials = sweep_trials_at_once(spec, opts)
@@ -261,7 +271,7 @@ def sweep_trials_at_once(spec: SweepSpec, opts: SweepOptions) -> int:
 
 
 def _trainable(
-    spec: SweepSpec, data, teacher, teacher_outputs, cpus_per_trial: float, gpus_per_trial: float, placement: str | None
+    spec: SweepSpec, data, teacher, teacher_outputs, *, cpus_per_trial: float, gpus_per_trial: float, placement: str | None
 ):
     """EpochTrainable with what every trial shares (through Ray's object store) and its resources."""
     trainable = tune.with_parameters(
@@ -339,7 +349,7 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
         params=searched(result.config or {}),
         history=history,
         status="ERROR" if result.error else "TERMINATED",
-        error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+        error=error_line(str(result.error)) if result.error else None,
         best_checkpoint=best,
         path=result.path,
     )
@@ -348,7 +358,6 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
 def copy_student(checkpoint_path: str, dest: Path) -> Path:
     """Copy a trial checkpoint's student file, local or in remote storage, to ``dest`` (written
     from the checkpoint's state where the trial stopped before its end: checkpoint.trial_student)."""
-    from kdsearch.models.checkpoint import trial_student
 
     with tune.Checkpoint(checkpoint_path).as_directory() as folder:
         return trial_student(folder, dest)

@@ -20,7 +20,6 @@ What it adds to Optuna behind Tune:
 
 from __future__ import annotations
 
-import math
 import pickle
 import warnings
 import weakref
@@ -30,6 +29,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from kdsearch.search import study as studies
+from kdsearch.search.record import Objective, measured
 
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # study file -> the searcher in this process
 
@@ -101,7 +101,7 @@ class StudySearcher(Searcher):
 
     @property
     def directions(self) -> list[str]:
-        return ["maximize" if mode == "max" else "minimize" for _, mode in self.objectives]
+        return [Objective(*o).direction for o in self.objectives]
 
     @property
     def study(self) -> optuna.Study:
@@ -213,9 +213,9 @@ class StudySearcher(Searcher):
         if error or progress is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        told = self._outcome(progress, result or {})
-        self._tell(trial, told)
-        self.results_by_settings[self.settings_of.get(trial_id, ())] = told
+        outcome = self._outcome(progress, result or {})
+        self._tell(trial, outcome)
+        self.results_by_settings[self.settings_of.get(trial_id, ())] = outcome
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -229,15 +229,15 @@ class StudySearcher(Searcher):
 
     def _note(self, trial_id: str, result: dict) -> bool:
         """Keep the trial's best epoch so far (by its first objective) and its last epoch."""
-        value = result.get(self.metrics[0])
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        objective = Objective(*self.objectives[0])
+        value = result.get(objective.metric)
+        if not measured(value):
             return False
         epoch = int(result.get("training_iteration") or 0)
         progress = self.progress.setdefault(trial_id, {"best": None, "epoch": 0})
         progress["epoch"] = max(progress["epoch"], epoch)
         best = progress["best"]
-        sign = 1 if self.objectives[0][1] == "max" else -1
-        if best is None or sign * value >= sign * best[self.metrics[0]]:  # a tie: the later epoch, as Tune keeps it
+        if best is None or objective.at_least_as_good(value, best[objective.metric]):  # a tie: the later epoch, as Tune keeps it
             progress["best"] = {m: result[m] for m in self.metrics if isinstance(result.get(m), (int, float))}
         return True
 
@@ -254,14 +254,14 @@ class StudySearcher(Searcher):
             return {"failed": True}
         return {"values": [float(best[m]) for m in self.metrics]}
 
-    def _tell(self, trial: optuna.Trial, told: dict) -> None:
-        if "values" in told:
-            self.study.tell(trial, told["values"])
-        elif "pruned" in told:
+    def _tell(self, trial: optuna.Trial, outcome: dict) -> None:
+        if "values" in outcome:
+            self.study.tell(trial, outcome["values"])
+        elif "pruned" in outcome:
             if len(self.objectives) == 1:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    trial.report(told["score"], told["pruned"])
+                    trial.report(outcome["score"], outcome["pruned"])
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

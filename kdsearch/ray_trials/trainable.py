@@ -19,37 +19,27 @@ import torch
 from ray import tune
 
 from kdsearch.data import DatasetSplits
+from kdsearch.data.placement import mapped_file, open_mapped
 from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import TRIAL_STATE, TRIAL_STUDENT, build_from_spec, student_from_state
 from kdsearch.models.compression import compression_report
 from kdsearch.runtime.device import gpu_memory_mb, resolve_device, set_threads
-from kdsearch.search.folder import searched
+from kdsearch.search.record import score_so_far, searched
 from kdsearch.search.space import SweepSpec
 from kdsearch.teacher.weights import Teacher
-from kdsearch.training.engine import LIVE_TEACHER, EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
+from kdsearch.training.engine import EpochState, TrainingDiverged, build_run, restore, run_epoch, student_spec
 
 STATE_FILE = TRIAL_STATE  # full training state, to resume the trial, and the best student so far
 STUDENT_FILE = TRIAL_STUDENT  # the student alone, a kdsearch checkpoint: at the trial's end (checkpoint.trial_student)
-SCORE = "trial/score"  # reported every epoch: the trial's score so far (sweep_folder.TrialRecord.best)
+SCORE = "trial/score"  # reported every epoch: the trial's score so far (search.record)
 # Marks the last result of a trial restored from its end checkpoint, reported again without training
 # (compat.ResultLog and the MLflow forwarding leave it out: the trial logged it the first time).
 REPLAYED = "trial/replayed"
 
 
-def best_so_far(score: float | None, metrics: dict, objective: tuple[str, str]) -> float | None:
-    metric, mode = objective
-    value = metrics.get(metric)
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return score
-    if score is None:
-        return float(value)
-    return float(max(score, value) if mode == "max" else min(score, value))
-
-
 def payload(data: DatasetSplits) -> dict:
     """What trials get of the data: numpy arrays, which Ray's object store hands to every worker
     of a node without a copy; no test images (trials select on validation; the driver tests)."""
-    from kdsearch.data.placement import mapped_file
 
     out = {k: getattr(data, k) for k in ("name", "class_names", "multilabel", "mean", "std", "split")}
     for k in ("train_x", "train_y", "val_x", "val_y"):  # streamed data: the files, each trial maps them
@@ -60,7 +50,6 @@ def payload(data: DatasetSplits) -> dict:
 
 
 def unpack(payload: dict) -> DatasetSplits:
-    from kdsearch.data.placement import open_mapped
 
     with warnings.catch_warnings():  # read-only views of the object store: training only reads them
         warnings.simplefilter("ignore", UserWarning)
@@ -148,16 +137,16 @@ class EpochTrainable(tune.Trainable):
         self.start_trial(config)
 
     def start_trial(self, sampled: dict) -> None:
-        sh = self.shared
-        spec: SweepSpec = sh["spec"]
+        shared = self.shared
+        spec: SweepSpec = shared["spec"]
         self.spec, self.run, self.failed = spec, None, None
-        self.data = unpack(sh["data_payload"])
-        cfg = dataclasses.replace(spec.trial_config(searched(sampled)), threads=sh["threads"])
+        self.data = unpack(shared["data_payload"])
+        cfg = dataclasses.replace(spec.trial_config(searched(sampled)), threads=shared["threads"])
         gpus = ray.get_gpu_ids()
         if not gpus and cfg.device == "auto":
             cfg = dataclasses.replace(cfg, device="cpu")  # no GPU of its own: never another trial's
-        if gpus and sh["gpu_share"] < 1 and torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(sh["gpu_share"])  # a fractional trial keeps to its share
+        if gpus and shared["gpu_share"] < 1 and torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(shared["gpu_share"])  # a fractional trial keeps to its share
         self.cfg, self.epoch, self.best_val = cfg, 0, -math.inf
         self.last_metrics: dict = {}  # the last epoch's result
         self.score: float | None = None  # the best value of the first objective so far (SCORE)
@@ -174,7 +163,7 @@ class EpochTrainable(tune.Trainable):
         # start where the first did (nothing of the last trial kept), benchmarks/gpu.py reads it.
         start = gpu_memory_mb(self.device, reset_peak=True)
         self.own_spec = student_spec(cfg, self.data)
-        static = dict((sh["static_by_architecture"] or {}).get(json.dumps(self.own_spec, sort_keys=True)) or {})
+        static = dict((shared["static_by_architecture"] or {}).get(json.dumps(self.own_spec, sort_keys=True)) or {})
         if not static:  # an architecture drawn from a continuous range: measured here, beside the other trials
             static = static_metrics(self.own_spec, self.data, needs_latency=True)
         static["trial/node"] = ray.get_runtime_context().get_node_id()  # which cluster node ran this epoch
@@ -182,16 +171,16 @@ class EpochTrainable(tune.Trainable):
         if start:
             static["gpu/allocated_at_start_mb"] = start["gpu/allocated_mb"]
         self.static = static
-        teacher = unpack_teacher(sh["teacher_payload"]) if sh["teacher_payload"] is not None else None
+        teacher = unpack_teacher(shared["teacher_payload"]) if shared["teacher_payload"] is not None else None
         set_threads(cfg.threads)
-        lines: list[str] = []
         try:
-            self.run = build_run(cfg, self.data, teacher, sh["teacher_outputs"], lines.append, placement=sh.get("placement"))
+            self.run = build_run(
+                cfg, self.data, teacher, shared["teacher_outputs"], lambda line: None, placement=shared.get("placement")
+            )
         except UserError as exc:
             self.failed = exc  # reported by the first step
-        live = [line for line in lines if line.startswith(LIVE_TEACHER)]
-        if live and sh["teacher_outputs"] is not None:  # the sweep's shared cache does not serve this trial: why
-            static["trial/teacher_live"] = live[0].removeprefix(LIVE_TEACHER).removeprefix(" (").removesuffix(")")
+        if self.run is not None and self.run.teacher_live is not None:  # the sweep's shared outputs do not serve this trial
+            static["trial/teacher_live"] = self.run.teacher_live
 
     def step(self) -> dict:
         if self.failed is None and self.epoch >= self.cfg.epochs and self.last_metrics:
@@ -204,7 +193,7 @@ class EpochTrainable(tune.Trainable):
                 self.epoch += 1
                 memory = {k: v for k, v in gpu_memory_mb(self.device).items() if k == "gpu/peak_mb"}
                 self.last_metrics = {**metrics, **self.static, **memory}
-                self.last_metrics[SCORE] = self.score = best_so_far(self.score, self.last_metrics, self.spec.search.objectives[0])
+                self.last_metrics[SCORE] = self.score = score_so_far(self.score, self.last_metrics, self.spec.search.objective)
                 if self.last_metrics.get(self.spec.search.metric) == self.score:  # the best epoch so far
                     weights = {k: v.detach().to("cpu", copy=True) for k, v in self.run.student.state_dict().items()}
                     self.best_student = (
@@ -219,7 +208,7 @@ class EpochTrainable(tune.Trainable):
         # Retrying the same settings would fail the same way (a divergence, or a setting that
         # cannot work, such as AT weights for stages the models do not have): end the trial now
         # with the worst score, so the searcher avoids this region, and keep the reason.
-        worst = {m: (0.0 if mode == "max" else float(1e30)) for m, mode in self.spec.search.objectives}
+        worst = {o.metric: o.failed_value for o in self.spec.search.objectives}
         kind = "trial/diverged" if isinstance(self.failed, TrainingDiverged) else "trial/invalid"
         return {**self.static, **worst, kind: 1.0, "trial/error": str(self.failed), "done": True}
 

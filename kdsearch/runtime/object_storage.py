@@ -36,7 +36,7 @@ def mirror_dir(uri: str) -> Path:
 
 
 def _fs(uri: str):
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # only for s3:// and other URIs: local folders need no pyarrow
 
     try:
         return pafs.FileSystem.from_uri(uri.rstrip("/"))
@@ -60,7 +60,7 @@ def _info(uri: str):
 
 
 def exists(uri: str) -> bool:
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # only for s3:// and other URIs: local folders need no pyarrow
 
     return _info(uri)[2].type != pafs.FileType.NotFound
 
@@ -105,7 +105,7 @@ def _last_student(items: list, root: str, trial: str) -> list:
 def pull(uri: str, trial: str | None = None) -> Path:
     """Copy the sweep at ``uri``'s small files (or one trial's last checkpoint) into its local mirror;
     returns the mirror."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # only for s3:// and other URIs: local folders need no pyarrow
 
     fs, root, info = _info(uri)
     if info.type == pafs.FileType.NotFound:

@@ -7,14 +7,13 @@
         report/               trials.csv/md and the plots
 
 Ray Tune's plain files are enough to report on a sweep or to sync it to MLflow without Ray.
-A trial as kdsearch sees it (``TrialRecord``) carries no Ray types.
+A trial as kdsearch sees it is a ``record.TrialRecord``: no Ray types.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import re
 import socket
@@ -25,75 +24,12 @@ from pathlib import Path
 import yaml
 
 from kdsearch.errors import UserError
+from kdsearch.models.checkpoint import trial_student
 from kdsearch.runtime import object_storage
+from kdsearch.search.record import TrialRecord, error_line, parse_history, searched
+from kdsearch.tracking.uri import default_tracking_uri
 
 MANIFEST = "sweep.json"
-
-
-FIXED_KEY = "fixed"  # the key of every trial's Tune config that holds the fixed settings
-
-
-def searched(config: dict) -> dict:
-    """A trial's Tune config without its fixed settings: the values the searcher drew."""
-    return {k: v for k, v in config.items() if k != FIXED_KEY}
-
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    params: dict  # the sampled values
-    history: list[dict]  # one dict of metrics per epoch
-    status: str  # TERMINATED or ERROR
-    error: str | None = None
-    best_checkpoint: str | None = None  # folder holding student.pt at the trial's best epoch
-    path: str | None = None
-
-    def best(self, metric: str, mode: str) -> float:
-        """The trial's score: the best value of ``metric`` over its epochs (the epoch whose
-        checkpoint it keeps). The same number in the Optuna study, the report, MLflow
-        (``trial/score``) and ``best/``; ``ranked`` breaks ties."""
-        values = [h[metric] for h in self.history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
-        if not values:
-            return -math.inf if mode == "max" else math.inf
-        return max(values) if mode == "max" else min(values)
-
-    def best_epoch(self, metric: str, mode: str) -> dict:
-        """The result of the epoch the score comes from (on a tie, the later one: a trial keeps the
-        student of the later of two epochs with the same score, ``EpochTrainable.step``); {} without one."""
-        score, found = self.best(metric, mode), {}
-        for row in self.history:
-            if row.get(metric) == score:
-                found = row
-        return found
-
-    @property
-    def diverged(self) -> bool:
-        return bool(self.history and self.history[-1].get("trial/diverged"))
-
-    @property
-    def invalid(self) -> bool:
-        """Ended by a setting it drew that cannot work (a kdsearch.errors.UserError in the trial)."""
-        return bool(self.history and self.history[-1].get("trial/invalid"))
-
-    @property
-    def failure(self) -> str | None:
-        """Why the trial failed (diverged, invalid settings, or an error), else None."""
-        if self.diverged or self.invalid:
-            return str(self.history[-1].get("trial/error") or ("diverged" if self.diverged else "invalid settings"))
-        return (self.error or "error") if self.status == "ERROR" else None
-
-
-def ranked(trials: list[TrialRecord], metric: str, mode: str) -> list[TrialRecord]:
-    """The trials best first, by score; on a tie the trial that started first (Ray Tune's trial
-    ids count up); failed trials and trials without a score last."""
-    sign = 1 if mode == "max" else -1
-
-    def key(t: TrialRecord):
-        score = t.best(metric, mode)
-        usable = t.failure is None and math.isfinite(score)
-        return (not usable, -sign * score if usable else 0.0, t.trial_id)
-
-    return sorted(trials, key=key)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -179,7 +115,6 @@ class SweepFolder:
         if not found:
             trials = ", ".join(sorted(p.name.removeprefix("trial_") for p in self.path.glob("trial_*"))) or "none"
             raise UserError(f"sweep {self.location} has no checkpoint for trial {trial_id!r}: its trials are {trials}")
-        from kdsearch.models.checkpoint import trial_student
 
         return trial_student(found[-1])  # the last: it holds the trial's best student
 
@@ -256,7 +191,7 @@ def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | N
     if re.fullmatch(r"[0-9a-f]{32}", source):
         from kdsearch.tracking import runs as tracking  # MLflow only when asked for a run id
 
-        sweep_dir = tracking.sweep_dir_of_run(source, tracking_uri or tracking.default_tracking_uri())
+        sweep_dir = tracking.sweep_dir_of_run(source, tracking_uri or default_tracking_uri())
         if object_storage.is_uri(sweep_dir):
             return remote_sweep(sweep_dir)
         folder = SweepFolder(Path(sweep_dir))
@@ -271,28 +206,6 @@ def resolve_sweep(source: str, storage: str | None = None, tracking_uri: str | N
     )
 
 
-def parse_history(text: str) -> list[dict]:
-    """A trial's result.json as one dict an epoch: a line cut short by a kill ends it (the epochs
-    before it stand), each line's copy of the config is left out, and an epoch written again (a
-    trial restarted from an earlier checkpoint) replaces it and every later one."""
-    rows: list[dict] = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        row.pop("config", None)
-        while rows and epoch_of(row) is not None and (epoch_of(rows[-1]) or 0) >= epoch_of(row):
-            rows.pop()
-        rows.append(row)
-    return rows
-
-
-def epoch_of(row: dict):
-    """The epoch a result line is of (Tune's training_iteration where it has no epoch)."""
-    return row.get("epoch", row.get("training_iteration"))
-
-
 def load_trials(sweep_dir: Path) -> list[TrialRecord]:
     trials = []
     for folder in sorted(Path(sweep_dir).glob("trial_*")):
@@ -301,11 +214,7 @@ def load_trials(sweep_dir: Path) -> list[TrialRecord]:
             continue
         history = parse_history(result_path.read_text()) if result_path.is_file() else []
         error_file = folder / "error.txt"
-        error = (
-            error_file.read_text().strip().splitlines()[-1][:300]
-            if error_file.is_file() and error_file.read_text().strip()
-            else None
-        )
+        error = error_line(error_file.read_text()) if error_file.is_file() and error_file.read_text().strip() else None
         trials.append(
             TrialRecord(
                 trial_id=folder.name.removeprefix("trial_"),

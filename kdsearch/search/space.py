@@ -43,6 +43,7 @@ from kdsearch.errors import UserError
 from kdsearch.methods import check_method, method_class, method_settings
 from kdsearch.models import MODELS
 from kdsearch.models.imported import is_import_path
+from kdsearch.search.record import Objective
 from kdsearch.settings.distributions import MISSING, check_distribution, fill, grid, make_template, params_of
 from kdsearch.settings.schedules import has_schedule
 from kdsearch.settings.typed import load_yaml
@@ -66,7 +67,7 @@ METRICS = ("val/acc", "val/loss", "student/params", "student/flops", "student/si
 class SearchSettings:
     num_samples: int = 8
     max_concurrent: int | None = None
-    objectives: tuple[tuple[str, str], ...] = (("val/acc", "max"),)
+    objectives: tuple[Objective, ...] = (Objective("val/acc", "max"),)
     sampler: str = "tpe"
     n_startup_trials: int | None = None  # None: a third of the budget, at least 1, at most 10
     scheduler: str = "asha"
@@ -77,12 +78,17 @@ class SearchSettings:
     max_failures: int = 1  # retries of a trial that raised, from its last checkpoint
 
     @property
+    def objective(self) -> Objective:
+        """The first objective: the one a trial's score, ASHA and the best trial go by."""
+        return self.objectives[0]
+
+    @property
     def metric(self) -> str:
-        return self.objectives[0][0]
+        return self.objective.metric
 
     @property
     def mode(self) -> str:
-        return self.objectives[0][1]
+        return self.objective.mode
 
     def first_rung(self, epochs: int) -> int:
         """The epoch of ASHA's first rung. By default late, at 80% of a trial's epochs: under the
@@ -174,7 +180,7 @@ class SweepSpec:
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _objectives(search: dict, source: str) -> tuple[tuple[str, str], ...]:
+def _objectives(search: dict, source: str) -> tuple[Objective, ...]:
     raw = search.pop("objectives", None)
     if raw is None:
         metric, mode = search.pop("metric", "val/acc"), search.pop("mode", "max")
@@ -197,7 +203,7 @@ def _objectives(search: dict, source: str) -> tuple[tuple[str, str], ...]:
             raise UserError(f"{source}: search: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         if mode not in ("max", "min"):
             raise UserError(f"{source}: search: mode for {metric} must be max or min, got {mode!r}")
-        out.append((metric, mode))
+        out.append(Objective(metric, mode))
     return tuple(out)
 
 

@@ -9,14 +9,15 @@ saves the finished trials to the SQLite file optuna-dashboard opens.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import optuna
 
-from kdsearch.errors import first_line
+from kdsearch.errors import UserError, first_line
+from kdsearch.search.record import measured
 from kdsearch.settings.distributions import active, grid  # noqa: F401  (grid: the searcher enumerates it)
 
 TRIAL_ATTR = "kdsearch.trial_id"  # an Optuna trial's user attribute: the kdsearch (Ray Tune) trial id
@@ -46,7 +47,7 @@ def contains(dist: optuna.distributions.BaseDistribution, value) -> bool:
     """Whether ``value`` is one the distribution can draw (a value from a changed range is not)."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return any(value == c and type(value) is type(c) for c in dist.choices)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not measured(value):
         return False
     if isinstance(dist, optuna.distributions.IntDistribution) and not float(value).is_integer():
         return False
@@ -94,7 +95,6 @@ class _experimental_quiet:
     metric names), though both have been there since Optuna 3."""
 
     def __enter__(self):
-        import warnings
 
         self._catch = warnings.catch_warnings()
         self._catch.__enter__()
@@ -172,9 +172,8 @@ def warm_start(spec, study: tuple[str, Path], trials: list, other: dict) -> int:
     """Tell a new sweep's study (``study``: its name and SQLite file, read by the searcher when it
     builds its study) the finished trials of another sweep (``other``: its manifest) over the
     parameters both spaces search: its sampler then models them from the first trial (TPE after
-    ``n_startup_trials``, counting these). Each is told its score (``TrialRecord.best``), pruned
+    ``n_startup_trials``, counting these). Each is told its score (``TrialRecord.score``), pruned
     where it was stopped early, as during its own sweep. Returns how many trials it was told."""
-    from kdsearch.errors import UserError
 
     name, path = study
     if spec.search.sampler == "grid":
@@ -191,28 +190,27 @@ def warm_start(spec, study: tuple[str, Path], trials: list, other: dict) -> int:
             f"{', '.join(spec.space)}: no parameter in common to learn from"
         )
     dists = distributions({k: spec.space[k] for k in shared})
-    metric, mode = spec.search.objectives[0]
     full = max((len(t.history) for t in trials), default=0)  # epochs of a trial that was not stopped early
-    told = []
+    known = []
     for trial in trials:
-        best = trial.best_epoch(metric, mode)
-        values = [best.get(m) for m, _ in spec.search.objectives]
-        if trial.failure is not None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        best = trial.best_epoch(spec.search.objective)
+        values = [best.get(o.metric) for o in spec.search.objectives]
+        if trial.failure is not None or not all(measured(v) for v in values):
             continue
         params = {k: trial.params[k] for k in shared if k in trial.params and contains(dists[k], trial.params[k])}
         if params:
             early = len(trial.history) < full
             score = float(values[0]) if len(values) == 1 else None
-            told.append(told_trial(params, dists, None if early else [float(v) for v in values], len(trial.history), score))
+            known.append(told_trial(params, dists, None if early else [float(v) for v in values], len(trial.history), score))
     quiet()
     target = optuna.create_study(
         storage=optuna.storages.RDBStorage(f"sqlite:///{Path(path).resolve()}"),
         study_name=name,
-        directions=["maximize" if m == "max" else "minimize" for _, m in spec.search.objectives],
+        directions=[o.direction for o in spec.search.objectives],
         load_if_exists=True,
     )
-    target.add_trials(told)
-    return len(told)
+    target.add_trials(known)
+    return len(known)
 
 
 def label_runs(path: Path, name: str, run_ids: dict[str, str]) -> int:

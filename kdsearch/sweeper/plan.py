@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsearch.errors import UserError
+from kdsearch.ray_trials import user_code
 from kdsearch.runtime import object_storage
 from kdsearch.search.folder import SweepFolder, SweepLock
 from kdsearch.search.options import SweepOptions
 from kdsearch.search.space import SweepSpec, check_sweep_name, load_sweep
+from kdsearch.tracking.uri import default_tracking_uri
 
 
 def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:
@@ -78,14 +80,13 @@ def plan_sweep(path: str | Path, opts: SweepOptions) -> SweepPlan:
         folder = SweepFolder(Path(sweep_dir))
     lock = SweepLock(folder.path.parent / f".{name}.lock").acquire(name)
     try:
-        return _check_plan(path, opts, name, storage, sweep_dir, folder, overrides, lock)
+        return _check_plan(path, opts, name, storage, sweep_dir, folder, overrides=overrides, lock=lock)
     except BaseException:
         lock.release()
         raise
 
 
-def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, overrides, lock) -> SweepPlan:
-    from kdsearch.tracking import runs as tracking
+def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, *, overrides, lock) -> SweepPlan:
 
     if opts.resume and folder.uri is not None and object_storage.exists(sweep_dir):
         object_storage.pull(sweep_dir)
@@ -97,7 +98,6 @@ def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, over
                 "drop --set/--data-dir to continue with the recorded ones"
             )
         overrides = recorded
-    from kdsearch.ray_trials import user_code
 
     spec = apply_options(load_sweep(path, overrides), opts)
     plan = SweepPlan(
@@ -107,7 +107,7 @@ def _check_plan(path, opts: SweepOptions, name, storage, sweep_dir, folder, over
         storage,
         sweep_dir,
         folder,
-        opts.tracking_uri or tracking.default_tracking_uri(),
+        opts.tracking_uri or default_tracking_uri(),
         overrides,
         lock,
         user_code(spec),  # the user's models import here, or the sweep stops now with one line

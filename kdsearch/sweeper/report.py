@@ -7,12 +7,15 @@ Reads the trial logs Ray Tune writes as plain JSON (``trial_*/params.json`` and
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pandas as pd
 
 from kdsearch.errors import UserError
-from kdsearch.search.folder import SweepFolder, TrialRecord, ranked
+from kdsearch.search.folder import SweepFolder
+from kdsearch.search.record import Objective, TrialRecord, ranked, score_so_far, sign
+from kdsearch.search.study import distributions
 
 TABLE_CSV, TABLE_MD = "trials.csv", "trials.md"
 
@@ -29,17 +32,16 @@ def _status(t: TrialRecord, epochs: int) -> str:
 
 
 def trial_table(trials: list[TrialRecord], manifest: dict) -> pd.DataFrame:
-    metric, mode = manifest["objectives"][0]
+    objective = Objective(*manifest["objectives"][0])
     epochs = manifest["epochs"]
     rows = []
-    for t in ranked(trials, metric, mode):  # best first, ties to the earlier trial: the order best/ was chosen in
-        best = t.best(metric, mode) if t.failure is None else math.nan  # a failed trial's score is a sentinel, not a result
+    for t in ranked(trials, objective):  # best first, ties to the earlier trial: the order best/ was chosen in
         last = t.history[-1] if t.history else {}
         rows.append(
             {
                 "trial": t.trial_id,
                 **t.params,
-                f"best {metric}": best if math.isfinite(best) else math.nan,
+                f"best {objective.metric}": t.score(objective) if t.usable(objective) else math.nan,
                 "epochs run": len(t.history),
                 "stopped early": (t.failure is None and 0 < len(t.history) < epochs),
                 "status": _status(t, epochs),
@@ -81,12 +83,12 @@ def methods_table(table: pd.DataFrame, manifest: dict) -> pd.DataFrame | None:
 
 def _pareto(points: list[tuple[float, float]], mode: str = "max") -> list[tuple[float, float]]:
     """Points no other point beats on both size (lower) and the objective (higher for max, lower for min)."""
-    sign = 1 if mode == "max" else -1
+    up = sign(mode)
     front, best = [], -math.inf
-    for size, value in sorted(points, key=lambda p: (p[0], -sign * p[1])):
-        if sign * value > best:
+    for size, value in sorted(points, key=lambda p: (p[0], -up * p[1])):
+        if up * value > best:
             front.append((size, value))
-            best = sign * value
+            best = up * value
     return front
 
 
@@ -98,7 +100,7 @@ def pareto_trials(table, objectives) -> list[str] | None:
     if any(c not in table for c in columns):
         return None
     rows = table.dropna(subset=columns)
-    signs = [1 if mode == "max" else -1 for _, mode in objectives]
+    signs = [Objective(*o).sign for o in objectives]
     points = {row["trial"]: [s * float(row[c]) for s, c in zip(signs, columns)] for _, row in rows.iterrows()}
 
     def dominated(p):
@@ -107,15 +109,14 @@ def pareto_trials(table, objectives) -> list[str] | None:
     return [t for t, p in points.items() if not dominated(p)]
 
 
-def best_so_far(trials: list[TrialRecord], metric: str, mode: str) -> tuple[list[int], list[float]]:
-    """The best value of ``metric`` after each epoch consumed, over the trials that did not fail
+def best_over_time(trials: list[TrialRecord], objective: Objective) -> tuple[list[int], list[float]]:
+    """The best score of all trials after each epoch consumed, over the trials that did not fail
     (a diverged or invalid trial reports a sentinel score, not a result)."""
+    metric = objective.metric
     events = sorted((h.get("timestamp", 0), h.get(metric)) for t in trials if t.failure is None for h in t.history)
-    pick = max if mode == "max" else min
     best, xs, ys = None, [], []
     for consumed, (_, value) in enumerate(events, start=1):
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            best = value if best is None else pick(best, value)
+        best = score_so_far(best, {metric: value}, objective)
         xs.append(consumed)
         ys.append(best if best is not None else float("nan"))
     return xs, ys
@@ -127,26 +128,15 @@ IMPORTANCE_TRIALS = 500  # fANOVA's cost grows faster than the trial count: 2,00
 def _importances(trials: list[TrialRecord], manifest: dict) -> tuple[dict[str, float], int, int]:
     """fANOVA importances, on a seeded sample of at most IMPORTANCE_TRIALS usable trials; with
     how many trials it used, of how many."""
-    import random
 
-    import optuna
+    import optuna  # fANOVA only when a report is built
 
-    metric, mode = manifest["objectives"][0]
-    dists = {}
-    for key, dist in manifest["space"].items():
-        if "when" in dist:
-            continue  # drawn by some trials only (a method's settings): fANOVA needs every trial to have it
-        kind, args = dist["kind"], dist["args"]
-        if kind == "choice":
-            dists[key] = optuna.distributions.CategoricalDistribution(args)
-        elif kind == "int":
-            dists[key] = optuna.distributions.IntDistribution(args[0], args[1])
-        else:
-            dists[key] = optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
+    objective = Objective(*manifest["objectives"][0])
+    # fANOVA needs every trial to have each parameter: those some trials draw (a method's settings) are left out
+    dists = distributions({key: dist for key, dist in manifest["space"].items() if "when" not in dist})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    scored = [(t, t.best(metric, mode)) for t in trials if t.failure is None and all(k in t.params for k in dists)]
-    usable = [(t, v) for t, v in scored if math.isfinite(v)]
+    study = optuna.create_study(direction=objective.direction)
+    usable = [(t, t.score(objective)) for t in trials if t.usable(objective) and all(k in t.params for k in dists)]
     chosen = random.Random(0).sample(usable, IMPORTANCE_TRIALS) if len(usable) > IMPORTANCE_TRIALS else usable
     study.add_trials(
         [optuna.trial.create_trial(params={k: t.params[k] for k in dists}, distributions=dists, value=v) for t, v in chosen]
@@ -189,9 +179,10 @@ def _methods_plot(plt, table: pd.DataFrame, manifest: dict):
     return fig
 
 
-def _schedules_plot(plt, trials: list[TrialRecord], metric: str, mode: str):
+def _schedules_plot(plt, trials: list[TrialRecord], objective: Objective):
     """The best trials' learning curves beside their scheduled settings, when they have any."""
-    top = [t for t in ranked(trials, metric, mode)[:3] if any(k.startswith("schedule/") for h in t.history for k in h)]
+    metric = objective.metric
+    top = [t for t in ranked(trials, objective)[:3] if any(k.startswith("schedule/") for h in t.history for k in h)]
     if not top:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -227,13 +218,13 @@ def _importances_plot(plt, trials: list[TrialRecord], manifest: dict):
 
 
 def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, out: Path) -> tuple[list[Path], list[str]]:
-    import matplotlib
+    import matplotlib  # plots only when a report is built
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (after choosing the Agg backend)
 
-    metric, mode = manifest["objectives"][0]
-    best_col = f"best {metric}"
+    objective = Objective(*manifest["objectives"][0])
+    metric, best_col = objective.metric, f"best {objective.metric}"
     written, notes = [], []
 
     def save(fig, name):
@@ -245,7 +236,7 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
 
     for name, fig in (
         ("methods.png", _methods_plot(plt, table, manifest)),
-        ("schedules.png", _schedules_plot(plt, trials, metric, mode)),
+        ("schedules.png", _schedules_plot(plt, trials, objective)),
     ):
         if fig is not None:
             save(fig, name)
@@ -253,7 +244,7 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
     for key, fig in _parameter_plots(plt, table, manifest):
         save(fig, f"acc_vs_{key.replace('/', '_').replace('.', '_')}.png")
 
-    xs, ys = best_so_far(trials, metric, mode)
+    xs, ys = best_over_time(trials, objective)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.step(xs, ys, where="post")
     ax.set_xlabel("epochs consumed (all trials)")
@@ -267,7 +258,7 @@ def make_plots(trials: list[TrialRecord], table: pd.DataFrame, manifest: dict, o
     size_col = "latency/cpu_ms" if "latency/cpu_ms" in table else "student/params"
     points = [(s, a) for s, a in zip(table[size_col], table[best_col]) if pd.notna(s) and pd.notna(a)] if sizes_vary else []
     if points:
-        front = _pareto(points, mode)
+        front = _pareto(points, objective.mode)
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         ax.scatter([p[0] for p in points], [p[1] for p in points], alpha=0.7, label="trials")
         ax.plot([p[0] for p in front], [p[1] for p in front], "r.-", label="Pareto front")

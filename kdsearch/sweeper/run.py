@@ -8,33 +8,36 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import math
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdsearch.data import DatasetSplits
-from kdsearch.errors import UserError, first_line
+from kdsearch import ray_trials
+from kdsearch.data import DatasetSplits, default_data_dir
+from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import load_model, save_checkpoint
 from kdsearch.runtime import interrupts, object_storage
 from kdsearch.runtime.interrupts import Interrupted
 from kdsearch.runtime.provenance import as_tags, provenance
-from kdsearch.search.folder import MANIFEST, SweepFolder, TrialRecord, ranked
+from kdsearch.search.folder import MANIFEST, resolve_sweep
 from kdsearch.search.options import SweepOptions
+from kdsearch.search.record import TrialRecord, ranked
 from kdsearch.search.space import SweepSpec
+from kdsearch.search.study import warm_start
+from kdsearch.sweeper.mirror import BestStudent, guard_mlflow, label_study, mirror
 from kdsearch.sweeper.plan import SweepPlan, plan_sweep, resume_command
 from kdsearch.sweeper.report import build_report, pareto_trials, trial_table
-from kdsearch.sweeper.shared import Shared, prepare_shared
+from kdsearch.sweeper.shared import SweepInputs, prepare_shared
 from kdsearch.sweeper.smoke import smoke_check
 from kdsearch.teacher.weights import file_sha256, reference_teacher
+from kdsearch.tracking import runs as tracking
 from kdsearch.training.engine import final_metrics
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SweepSummary:
     name: str
     sweep_dir: str
@@ -64,54 +67,6 @@ class SweepSummary:
         return self.parent_run_id
 
 
-def _guard_mlflow(step: Callable[[], object], tracking_uri: str, name: str) -> bool:
-    """Run an MLflow step; if the server fails, say so (always, on stderr) and how to catch up, but lose nothing."""
-    try:
-        step()
-        return True
-    except Exception as exc:  # noqa: BLE001 - any failure of the tracking store
-        first = first_line(exc, 160)
-        print(
-            f"kdsearch: warning: MLflow at {tracking_uri} failed ({first}); every result is in the sweep folder: "
-            f"run `kdsearch sync {name}` once it is back",
-            file=sys.stderr,
-            flush=True,
-        )
-        return False
-
-
-def sync_sweep(folder: SweepFolder, tracking_uri: str | None = None) -> dict:
-    """Push a sweep folder's trials, best student and report to MLflow (after an outage)."""
-    from kdsearch.delivery.registry import register_student
-    from kdsearch.tracking import runs as tracking
-
-    manifest = folder.read_manifest()
-    uri = tracking_uri or manifest["tracking_uri"]
-    tracker = tracking.SweepTracker(
-        uri,
-        experiment=manifest["name"],
-        sweep_dir=manifest["sweep_dir"],
-        tags={k: manifest[k] for k in ("method", "dataset", "teacher", "student")},
-    )
-    tracker.start({})
-    trials = folder.trials()
-    added = tracker.sync(trials)
-    tracker.log_top(ranked(trials, *manifest["objectives"][0]), *manifest["objectives"][0])
-    best = folder.read_best()
-    if best is not None:
-        config, metrics = best
-        tracker.log_best(manifest.get("best_params", {}), config, metrics, folder.best_student)
-        register_student(uri, tracker.parent_id, folder.best_student, f"{manifest['name']}-student")
-        if folder.report_dir.is_dir():
-            tracking.log_report_to_run(tracker.parent_id, uri, sorted(p for p in folder.report_dir.iterdir() if p.is_file()))
-        tracker.finish()
-    from kdsearch.search.study import label_runs
-
-    if folder.study_db.is_file() and label_runs(folder.study_db, manifest["name"], tracker.run_ids()):
-        folder.publish([folder.study_db])
-    return {"trials": len(trials), "epochs_added": added, "parent_run_id": tracker.parent_id, "tracking_uri": uri}
-
-
 def _sweep_params(spec: SweepSpec) -> dict:
     """The parent run's params: every fixed setting, the space and the search settings."""
     base = spec.example_config()
@@ -134,8 +89,6 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     """MLflow's parent run and Ray, side by side: a new database's tables take ~1 s to create
     while Ray starts (~2.3 s here). Returns the tracker; MLflow unreachable is one line, before
     any trial."""
-    from kdsearch import ray_trials
-    from kdsearch.tracking import runs as tracking
 
     base = plan.spec.example_config()
     tracker = tracking.SweepTracker(
@@ -169,7 +122,7 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
 
 
 @dataclass
-class Best:
+class TestedBest:
     trial: TrialRecord
     config: dict
     metrics: dict
@@ -180,22 +133,19 @@ class Best:
 
 def best_trial(plan: SweepPlan, trials: list[TrialRecord]) -> TrialRecord | None:
     """The trial with the best score (``sweep_folder.ranked``: ties go to the earlier trial) that kept a checkpoint."""
-    metric, mode = plan.spec.search.metric, plan.spec.search.mode
-    usable = [t for t in trials if t.best_checkpoint and math.isfinite(t.best(metric, mode)) and t.failure is None]
-    return ranked(usable, metric, mode)[0] if usable else None
+    objective = plan.spec.search.objective
+    usable = [t for t in trials if t.best_checkpoint and t.usable(objective)]
+    return ranked(usable, objective)[0] if usable else None
 
 
-def finalise_best(plan: SweepPlan, shared: Shared, best: TrialRecord) -> Best:
+def finalise_best(plan: SweepPlan, shared: SweepInputs, best: TrialRecord) -> TestedBest:
     """Test the best trial's student, write ``best/`` and the report: everything the sweep
     produced is written locally first; MLflow only mirrors it."""
-    from kdsearch import ray_trials
 
     if plan.folder.uri is not None:
         object_storage.pull(plan.folder.uri)  # the trials' logs, which the report reads
     best_cfg = dataclasses.replace(plan.spec.trial_config(dict(best.params)), threads=None)
     if best_cfg.data_dir is None and best_cfg.dataset != "digits":  # the folder read, so a rerun elsewhere finds it
-        from kdsearch.data import default_data_dir
-
         best_cfg = dataclasses.replace(best_cfg, data_dir=str(default_data_dir().resolve()))
     fixed = plan.spec.fixed_config()
     data, teacher = shared.data, shared.teacher
@@ -232,38 +182,29 @@ def finalise_best(plan: SweepPlan, shared: Shared, best: TrialRecord) -> Best:
     report["seconds"] = time.perf_counter() - started
     written = [plan.folder.path / MANIFEST, *sorted(p for p in plan.folder.best_dir.iterdir() if p.is_file()), *report["files"]]
     plan.folder.publish(written + [plan.folder.study_db] * plan.folder.study_db.is_file())
-    return Best(best, best_cfg.to_dict(), metrics, checkpoint, model, report)
+    return TestedBest(best, best_cfg.to_dict(), metrics, checkpoint, model, report)
 
 
-def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: Best, register: bool) -> bool:
-    from kdsearch.delivery.registry import register_student
-    from kdsearch.tracking import runs as tracking
+def mirror_to_mlflow(plan: SweepPlan, tracker, trials: list[TrialRecord], best: TestedBest, register: bool) -> bool:
+    """The sweep's folder mirrored to MLflow (``mirror.mirror``); False, said, where MLflow failed."""
+    student = BestStudent(best.trial.params, best.config, best.metrics, best.checkpoint)
+    methods = best.report["methods"] if best.report is not None else None
 
-    def mirror():
-        tracker.sync(trials)
-        tracker.log_top(
-            ranked(trials, plan.spec.search.metric, plan.spec.search.mode), plan.spec.search.metric, plan.spec.search.mode
+    def step():
+        mirror(
+            tracker,
+            trials,
+            plan.spec.search.objective,
+            student,
+            register_as=f"{plan.name}-student" if register else None,
+            report_files=best.report["files"] if best.report is not None else [],
+            methods=methods.to_dict("records") if methods is not None else None,
         )
-        tracker.log_best(
-            best.trial.params,
-            best.config,
-            best.metrics,
-            best.checkpoint,
-        )
-        if register:
-            register_student(plan.tracking_uri, tracker.parent_id, best.checkpoint, f"{plan.name}-student")
-        if best.report is not None:
-            tracking.log_report_to_run(tracker.parent_id, plan.tracking_uri, best.report["files"])
-            if best.report["methods"] is not None:
-                tracker.log_methods(best.report["methods"].to_dict("records"), plan.spec.search.metric)
-        tracker.finish()
 
-    return _guard_mlflow(mirror, plan.tracking_uri, plan.name)
+    return guard_mlflow(step, plan.tracking_uri, plan.name)
 
 
-def _warm_start(plan: SweepPlan, opts: SweepOptions, shared: Shared, log: Callable[[str], None]) -> None:
-    from kdsearch import ray_trials
-    from kdsearch.search.folder import resolve_sweep
+def _warm_start(plan: SweepPlan, opts: SweepOptions, shared: SweepInputs, log: Callable[[str], None]) -> None:
 
     other = resolve_sweep(opts.warm_start, plan.storage)
     if other.path.resolve() == plan.folder.path.resolve():
@@ -271,22 +212,21 @@ def _warm_start(plan: SweepPlan, opts: SweepOptions, shared: Shared, log: Callab
             f"--warm-start {opts.warm_start} is this sweep: name a finished one, or use --resume to continue this one"
         )
     manifest = other.read_manifest()
-    told = ray_trials.warm_start(plan.spec, (plan.name, plan.folder.study_db), other.trials(), manifest)
-    if told == 0:
+    known = warm_start(plan.spec, (plan.name, plan.folder.study_db), other.trials(), manifest)
+    if known == 0:
         raise UserError(f"--warm-start {opts.warm_start}: it has no finished trial inside this sweep's space to learn from")
-    shared.manifest["warm_start"] = {"sweep": str(other.path), "trials": told}
+    shared.manifest["warm_start"] = {"sweep": str(other.path), "trials": known}
     plan.folder.write_manifest(shared.manifest)
-    log(f"warm start: the searcher knows {told} trials of {other.path.name} before its first trial")
+    log(f"warm start: the searcher knows {known} trials of {other.path.name} before its first trial")
 
 
 def interrupted(plan: SweepPlan, opts: SweepOptions, tracker, exc: BaseException) -> Interrupted:
     """Ctrl-C: nothing is finalised (no best/, no best config or model in MLflow), the parent
     run is marked KILLED, and the message says how to go on. A new sweep stopped before its
     trials had any state leaves no folder behind, so the same command starts it again."""
-    from kdsearch import ray_trials
 
     if tracker is not None and tracker.parent_id is not None:
-        _guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
+        guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
     total = plan.spec.search.num_samples
     if _can_resume(plan):
         started = len(exc.records) if isinstance(exc, ray_trials.TrialsInterrupted) else "some"
@@ -307,7 +247,7 @@ def _forget_unstarted(plan: SweepPlan, opts: SweepOptions, tracker) -> None:
     the same command can simply be run again."""
 
     if tracker is not None and tracker.parent_id is not None:
-        _guard_mlflow(lambda: tracker.finish("FAILED"), plan.tracking_uri, plan.name)
+        guard_mlflow(lambda: tracker.finish("FAILED"), plan.tracking_uri, plan.name)
     if not opts.resume and not _can_resume(plan):
         if plan.local:
             shutil.rmtree(plan.sweep_dir, ignore_errors=True)
@@ -317,7 +257,6 @@ def _forget_unstarted(plan: SweepPlan, opts: SweepOptions, tracker) -> None:
 
 
 def _can_resume(plan: SweepPlan) -> bool:
-    from kdsearch import ray_trials
 
     try:
         return ray_trials.can_resume(plan.sweep_dir)
@@ -340,17 +279,15 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     tracker, shared, trials, timings = _run_trials(plan, opts, log)
     winner = best_trial(plan, trials)
     if winner is None:
-        _guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), plan.tracking_uri, plan.name)
+        guard_mlflow(lambda: (tracker.sync(trials), tracker.finish("FAILED")), plan.tracking_uri, plan.name)
         reasons = "; ".join(f"{t.trial_id}: {t.failure or 'no result'}" for t in trials[:3])
         raise UserError(f"no trial of sweep {plan.name!r} produced a checkpoint ({reasons}); see {plan.sweep_dir}")
     best = finalise_best(plan, shared, winner)
     tracker.drain()  # the live logging's thread has caught up: its time is all counted
     live_mlflow_s, started = tracker.seconds, time.perf_counter()
     synced = mirror_to_mlflow(plan, tracker, trials, best, opts.register)
-    from kdsearch.search.study import label_runs
-
-    if synced and label_runs(plan.folder.study_db, plan.name, tracker.run_ids()):
-        plan.folder.publish([plan.folder.study_db])
+    if synced:
+        label_study(plan.folder, plan.name, tracker)
     # Where the sweep's time went (benchmarks/speed.py and gpu.py read these): the data and the
     # teacher (trained or loaded, and its outputs cached), the trials (Ray Tune's loop,
     # including the live MLflow logging it does), that logging, the MLflow work at the end
@@ -360,22 +297,22 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
     plan.folder.publish([plan.folder.path / MANIFEST])
     table = trial_table(trials, shared.manifest)
     return SweepSummary(
-        plan.name,
-        plan.sweep_dir,
-        plan.folder.path,
-        table,
-        dict(winner.params),
-        best.config,
-        best.metrics,
-        best.checkpoint,
-        plan.tracking_uri,
-        tracker.parent_id,
-        shared.manifest["objectives"],
-        [(t.trial_id, t.failure) for t in trials if t.failure is not None],
-        synced,
-        smoke_check(shared.data, shared.teacher, best.metrics) if opts.smoke else None,
-        pareto_trials(table, plan.spec.search.objectives),
-        best.report["methods"] if best.report is not None else None,
+        name=plan.name,
+        sweep_dir=plan.sweep_dir,
+        out_dir=plan.folder.path,
+        table=table,
+        best_params=dict(winner.params),
+        best_config=best.config,
+        best_metrics=best.metrics,
+        checkpoint=best.checkpoint,
+        tracking_uri=plan.tracking_uri,
+        parent_run_id=tracker.parent_id,
+        objectives=shared.manifest["objectives"],
+        failures=[(t.trial_id, t.failure) for t in trials if t.failure is not None],
+        synced=synced,
+        smoke_check=smoke_check(shared.data, shared.teacher, best.metrics) if opts.smoke else None,
+        pareto=pareto_trials(table, plan.spec.search.objectives),
+        methods=best.report["methods"] if best.report is not None else None,
     )
 
 
@@ -383,7 +320,6 @@ def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None])
     """MLflow and Ray up, what the trials share prepared, the trials run; every way this can
     stop (Ctrl-C, a full disk, a user's mistake) ends here in one line, Ray always stopped.
     Returns (tracker, shared, trials, timings so far)."""
-    from kdsearch import ray_trials
 
     tracker, shared = None, None
     try:
@@ -411,7 +347,7 @@ def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None])
     except (ray_trials.TrialsInterrupted, KeyboardInterrupt) as exc:
         raise interrupted(plan, opts, tracker, exc) from None
     except ray_trials.TrialsStopped:
-        _guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
+        guard_mlflow(lambda: tracker.finish("KILLED"), plan.tracking_uri, plan.name)
         raise shared.guard.error(resume_command(plan, opts)) from None
     except UserError:
         _forget_unstarted(plan, opts, tracker)

@@ -6,8 +6,13 @@ import errno
 import shutil
 from pathlib import Path
 
+from torch import nn
+
 from kdsearch.errors import UserError
+from kdsearch.methods import TaskLoss, build_method
+from kdsearch.models.checkpoint import build_from_spec
 from kdsearch.search.space import SweepSpec
+from kdsearch.training.engine import student_spec
 
 
 def trial_bytes(spec: SweepSpec, data) -> int:
@@ -15,11 +20,6 @@ def trial_bytes(spec: SweepSpec, data) -> int:
     ``checkpoint_every`` epochs and at its end (all kept), each the student alone plus the
     training state (student, the method's modules such as DML's peers, and SGD's momentum for
     all of them), and its logs."""
-    from torch import nn
-
-    from kdsearch.methods import TaskLoss, build_method
-    from kdsearch.models.checkpoint import build_from_spec
-    from kdsearch.training.engine import student_spec
 
     cfg = spec.example_config()
 

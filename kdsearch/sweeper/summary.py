@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kdsearch.tracking.uri import ui_command
+
 
 def human(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -38,9 +42,7 @@ def format_summary(result) -> str:
 
 
 def format_sweep_summary(summary, top: int = 5) -> str:
-    import pandas as pd
-
-    from kdsearch.tracking.uri import ui_command
+    import pandas as pd  # the summary of kdsearch train needs no pandas
 
     m = summary.best_metrics
     metric = summary.objectives[0][0]
@@ -98,7 +100,6 @@ def format_sweep_summary(summary, top: int = 5) -> str:
 
 def next_steps(summary) -> list[str]:
     """The commands a user runs next on the best student: export it, then predict with it."""
-    from pathlib import Path
 
     if "://" in summary.sweep_dir:
         source = summary.sweep_dir

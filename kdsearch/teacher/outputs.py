@@ -21,7 +21,9 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +34,14 @@ from torch import nn
 from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import split_of, view_params
-from kdsearch.data.placement import HEADROOM, free_host_memory, mapped_file, open_mapped
-from kdsearch.methods import Method
+from kdsearch.data.placement import HEADROOM, cache_folder, existing_folder, free_host_memory, gb, mapped_file, open_mapped
+from kdsearch.methods import Method, method_class
 from kdsearch.methods.attention_maps import normalised_attention
 from kdsearch.models.taps import feature_forward
 from kdsearch.runtime import interrupts
+from kdsearch.runtime.device import resolve_device
+from kdsearch.teacher.weights import Teacher, get_teacher
+from kdsearch.training.engine import teacher_feature_names
 from kdsearch.training.evaluate import inference_batch_size
 
 CACHED_ATTENTION_P = 2.0  # the exponent of the attention maps stored (AT's default)
@@ -280,3 +285,100 @@ def read_written(folder: Path) -> TeacherOutputs | None:
         [_from_file({"mapped": str(Path(folder) / f"attention{i}.npy")}) for i in range(maps)] if maps is not None else None
     )
     return TeacherOutputs(logits=logits, attention=attention, **meta)
+
+
+# -- the sweep's shared cache: what is cached, where, and when trials run the teacher live ---------
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """Where a sweep's teacher outputs may live: in memory when they fit the budget for
+    ``copies`` held at once (the driver's, and the one its trials share) beside the ``reserved``
+    bytes of the data's placement; else, with ``disk``, written to the cache folder and
+    memory-mapped (every trial of a node reads the same files); else nowhere: the trials run the
+    teacher live. A trial offered outputs that do not fit it runs live too (``TeacherOutputs.mismatch``)."""
+
+    copies: int = 1
+    reserved: int = 0
+    disk: bool = True
+
+
+def compute_shared_outputs(
+    teacher: Teacher,
+    data: DatasetSplits,
+    cfg: TrainConfig,
+    log: Callable[[str], None],
+    limits: CacheLimits = CacheLimits(),
+    attention: bool | None = None,
+) -> TeacherOutputs | None:
+    """The teacher's outputs for every view of every epoch, once, where ``limits`` allow them
+    (``CacheLimits``); with its attention maps when ``attention`` (default: when ``cfg.method``
+    reads them). None: the trials run the teacher live. Each way is said in one line."""
+    copies, reserved = limits.copies, limits.reserved
+    attention = method_class(cfg.method).needs_attention if attention is None else attention
+    names = teacher_feature_names(cfg, teacher) if attention else None
+    size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
+    budget = budget_bytes(copies, reserved)
+    device = resolve_device(cfg.device)
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"  # the trials' precision, checked by mismatch()
+    views = dict(
+        seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=attention, amp=amp, names=names
+    )
+    folder = None
+    if size > budget:
+        beside = f", beside the data's {gb(reserved)}" if reserved else ""
+        memory = (
+            f"over the {gb(budget)} they may take in memory ({copies} copies at once{beside}; KDSEARCH_TEACHER_CACHE_GB sets it)"
+        )
+        folder = _disk_folder(cfg, data, teacher, views, size, memory=memory, disk=limits.disk, log=log)
+        if folder is None:
+            return None
+        written = read_written(folder)
+        if written is not None:
+            log(
+                f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images ({gb(size)}, {memory}): read from {folder}"
+            )
+            return written
+    started = time.perf_counter()
+    outputs = compute_teacher_outputs(
+        teacher.model, data, device=device, names=names, folder=folder, **{k: v for k, v in views.items() if k != "names"}
+    )
+    where = (
+        f"{gb(outputs.nbytes())}, {memory}: written to {folder}, memory-mapped by every trial (one copy per node)"
+        if folder is not None
+        else f"{gb(outputs.nbytes())} in memory"
+    )
+    log(
+        f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
+        f"({where}, {time.perf_counter() - started:.1f} s)"
+    )
+    return outputs
+
+
+def _disk_folder(cfg, data, teacher: Teacher, views: dict, size: int, *, memory: str, disk: bool, log) -> Path | None:
+    """Where outputs over their memory budget are written, or None (said: the trials run the
+    teacher live) where the disk has no room or ``disk`` is False (prepared on another node, or
+    a cluster without a folder every node mounts)."""
+    root = cache_folder(cfg)
+    room = int(shutil.disk_usage(existing_folder(root)).free * HEADROOM)
+    if disk and size <= room:
+        return written_folder(root, data, teacher.model, **views)
+    where = f"and over the {gb(room)} free for them under {root}" if disk else "and not on a disk every node shares"
+    log(f"teacher outputs would take {gb(size)}, {memory} {where}: trials run the teacher live")
+    return None
+
+
+def teacher_and_outputs(
+    cfg: TrainConfig,
+    data: DatasetSplits,
+    cache_outputs: bool,
+    log: Callable[[str], None] = lambda _: None,
+    limits: CacheLimits = CacheLimits(),
+    attention: bool | None = None,
+):
+    """The sweep's teacher and its outputs for every view (``compute_shared_outputs``; the model
+    moved to the CPU). ``limits.disk``: False where this runs on another node than the trials' driver."""
+    teacher = get_teacher(cfg, data, log=log)
+    outputs = compute_shared_outputs(teacher, data, cfg, log, limits, attention) if cache_outputs else None
+    teacher.model.cpu()
+    return teacher, outputs

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from kdsearch.config import TrainConfig
@@ -144,7 +145,7 @@ def check_split(path, recorded: dict, data: DatasetSplits) -> None:
     raise UserError(
         f"teacher checkpoint {path} was trained with "
         + ", ".join(f"{k}={theirs.get(k)}" for k in keys)
-        + f" but this run uses "
+        + " but this run uses "
         + ", ".join(f"{k}={ours.get(k)}" for k in keys)
         + f": it may have trained on this run's {which} images; pass "
         + " ".join(f"--{k.replace('_', '-')} {theirs.get(k)}" for k in keys)
@@ -200,8 +201,6 @@ def _check_sha(cfg: TrainConfig) -> None:
 
 def _scripted(model: nn.Module, cfg: TrainConfig, data: DatasetSplits, log) -> Teacher:
     """A TorchScript teacher: used as it is (its head cannot be replaced), logits only."""
-    import torch
-
     with torch.no_grad():
         out = model.eval()(
             DeviceData(data.val_x[:2], data.val_y[:2], data.mean, data.std, "cpu").normalise(data.val_x[:2].float())

@@ -1,4 +1,4 @@
-"""Everything that touches MLflow lives in this module.
+"""MLflow runs of a sweep (MLflow's other home is ``delivery/registry.py``: the registered model).
 
 One experiment per sweep name; a parent run for the sweep and a child run per trial.
 Trials are logged live from the driver (one batched call per epoch, not one per
@@ -13,11 +13,17 @@ import logging
 import math
 import os
 import queue
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise in a CLI
 
@@ -25,7 +31,6 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from kdsearch.errors import UserError, first_line  # noqa: E402
-from kdsearch.tracking.uri import default_tracking_uri, ui_command  # noqa: E402, F401  (kept where callers look)
 
 TRIAL_TAG = "kdsearch.trial_id"
 SWEEP_TAG = "kdsearch.sweep_dir"
@@ -57,6 +62,11 @@ def _metrics(values: dict, step: int, timestamp: int) -> list[Metric]:
     return out
 
 
+def _step(result: dict) -> int:
+    """The MLflow step of a trial's result: its epoch (Tune's training_iteration where it has none)."""
+    return int(result.get("epoch") or result.get("training_iteration") or 0)
+
+
 def _str(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
@@ -68,8 +78,6 @@ def probe_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
     even an error status, means a server is there."""
     if not tracking_uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
 
     try:
         urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
@@ -251,7 +259,7 @@ class SweepTracker:
 
     def _log_epoch(self, trial_id: str, params: dict, result: dict) -> None:
         run_id = self._run_for(trial_id, params)
-        step = int(result.get("epoch") or result.get("training_iteration") or 0)
+        step = _step(result)
         if step <= self._steps.get(trial_id, 0):
             return  # already logged (a resumed trial repeats nothing)
         metrics = _metrics(result, step, int(time.time() * 1000))
@@ -298,7 +306,7 @@ class SweepTracker:
             start = self._steps.get(trial.trial_id, 0)
             metrics = []
             for row in trial.history:
-                step = int(row.get("epoch") or row.get("training_iteration") or 0)
+                step = _step(row)
                 if step > start:
                     metrics += _metrics(row, step, int(row.get("timestamp", time.time()) * 1000))
                     added += 1
@@ -309,7 +317,7 @@ class SweepTracker:
             for i, chunk in enumerate(chunks):
                 self.client.log_batch(run_id, metrics=chunk, tags=tags if i == len(chunks) - 1 else [])
             if trial.history:
-                self._steps[trial.trial_id] = max(int(r.get("epoch") or r.get("training_iteration") or 0) for r in trial.history)
+                self._steps[trial.trial_id] = max(_step(r) for r in trial.history)
             self.client.set_terminated(run_id, "FAILED" if trial.status == "ERROR" else "FINISHED")
         return added
 
@@ -332,13 +340,13 @@ class SweepTracker:
             self.client.log_artifact(run_id, str(config_path))
         self.client.log_artifact(run_id, str(student_path), artifact_path="best_student")
 
-    def log_top(self, ranked, metric: str, mode: str, n: int = TOP_TRIALS) -> list[str]:
+    def log_top(self, ranked, objective, n: int = TOP_TRIALS) -> list[str]:
         """The parent run's description in the MLflow UI: the best ``n`` of the ``ranked`` trials
-        (``sweep_folder.ranked``: best first), linked, with their scores and settings, and a link
+        (``search.record.ranked``: best first, by ``objective``), linked, with their scores and settings, and a link
         to MLflow's page comparing them, so a sweep of 2,000 trials is compared without scrolling
         its runs table. Their run ids, best first, in ``TOP_TAG``. A description the user wrote is
         kept. Returns those run ids."""
-        scored = [t for t in ranked if t.failure is None and math.isfinite(t.best(metric, mode))]
+        scored = [t for t in ranked if t.usable(objective)]
         top = [t for t in scored if t.trial_id in self._runs][:n]
         if not top:
             return []
@@ -346,15 +354,15 @@ class SweepTracker:
         names = list(dict.fromkeys(k for t in top for k in t.params))[:6]
         rows = [
             f"| {rank} | [trial_{t.trial_id}](#/experiments/{self.experiment_id}/runs/{self._runs[t.trial_id]}) "
-            f"| {t.best(metric, mode):.4f} | " + " | ".join(_cell(t.params.get(k)) for k in names) + " |"
+            f"| {t.score(objective):.4f} | " + " | ".join(_cell(t.params.get(k)) for k in names) + " |"
             for rank, t in enumerate(top, start=1)
         ]
         note = "\n".join(
             [
-                f"{TOP_HEADING}{len(top)} of {len(scored)} trials by {metric}** ([compare them side by side]"
+                f"{TOP_HEADING}{len(top)} of {len(scored)} trials by {objective.metric}** ([compare them side by side]"
                 f"({compare_link(self.experiment_id, ids)}))",
                 "",
-                "| rank | trial | " + " | ".join([metric, *names]) + " |",
+                "| rank | trial | " + " | ".join([objective.metric, *names]) + " |",
                 "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
                 *rows,
             ]
@@ -418,7 +426,6 @@ def _cell(value: Any) -> str:
 
 def compare_link(experiment_id: str, run_ids: list[str]) -> str:
     """MLflow UI's page comparing these runs (relative to the UI's address)."""
-    from urllib.parse import quote
 
     ids, experiments = json.dumps(run_ids, separators=(",", ":")), json.dumps([experiment_id])
     return f"#/compare-runs?runs={quote(ids)}&experiments={quote(experiments)}"
@@ -445,10 +452,6 @@ def experiment_urls(tracking_uri: str, base_url: str, name: str | None = None) -
 
 def start_ui_server(tracking_uri: str, port: int, host: str = "127.0.0.1", timeout_s: float = 90.0):
     """Start ``mlflow server`` for a local store, bound to ``host``; returns (process, base URL)."""
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no MLflow store at {tracking_uri}: run a sweep here first, or pass --tracking-uri")

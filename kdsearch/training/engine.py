@@ -27,10 +27,11 @@ from kdsearch.methods import Method, Outputs, TaskLoss, build_method
 from kdsearch.models import feature_names
 from kdsearch.models.checkpoint import build_from_spec, model_spec, save_checkpoint
 from kdsearch.models.compression import compression_report
-from kdsearch.models.imported import head_name
+from kdsearch.models.imported import head_name, top_level_names
 from kdsearch.models.taps import Forward, feature_forward
 from kdsearch.runtime import interrupts
 from kdsearch.runtime.device import resolve_device, resolve_stem, set_threads
+from kdsearch.runtime.provenance import provenance
 from kdsearch.settings import schedules
 from kdsearch.training.evaluate import evaluate
 
@@ -61,7 +62,6 @@ class EpochState:
 
 
 EpochCallback = Callable[[dict, EpochState], None]
-LIVE_TEACHER = "teacher outputs: computed live every step"  # the log line's start when a run runs its teacher live
 
 
 class TrainingDiverged(UserError):
@@ -79,7 +79,6 @@ class FitResult:
     verify: dict | None = None  # DatasetSplits.verify_sample(): exports are checked against it
 
     def save(self, path: str | Path) -> Path:
-        from kdsearch.runtime.provenance import provenance
 
         return save_checkpoint(
             path,
@@ -112,6 +111,7 @@ class TrainingRun:
     teacher_outputs: object | None  # kdsearch.teacher.outputs.TeacherOutputs (host memory)
     taps: list[Forward]  # the feature readers behind the forwards, closed when training ends
     moving: dict  # the method's settings that follow a schedule (kdsearch.settings.schedules), as written
+    teacher_live: str | None = None  # why the shared teacher outputs offered do not serve this run (it runs its teacher)
 
 
 def build_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -157,7 +157,13 @@ def student_spec(cfg: TrainConfig, data: DatasetSplits) -> dict:
     """How to build ``cfg``'s student for ``data`` (what its checkpoints record)."""
     stem = resolve_stem(cfg.stem, data.image_size)
     return model_spec(
-        cfg.student, data.num_outputs, data.in_channels, stem, cfg.student_width, cfg.student_args, cfg.features.get("student")
+        cfg.student,
+        data.num_outputs,
+        data.in_channels,
+        stem,
+        cfg.student_width,
+        cfg.student_args,
+        features=cfg.features.get("student"),
     )
 
 
@@ -167,6 +173,7 @@ def build_run(
     teacher,
     teacher_outputs,
     log: Callable[[str], None],
+    *,
     initial_student: nn.Module | None = None,
     placement: str | None = None,
 ) -> TrainingRun:
@@ -193,9 +200,22 @@ def build_run(
     method.to(device, memory_format=memory_format)
 
     teacher_model = teacher.model if method.needs_teacher else None
-    outputs = _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, amp, device, memory_format, log)
+    outputs, live = _teacher_side(
+        cfg,
+        data,
+        teacher,
+        teacher_model=teacher_model,
+        teacher_outputs=teacher_outputs,
+        method=method,
+        amp=amp,
+        device=device,
+        memory_format=memory_format,
+        log=log,
+    )
 
-    student_forward, teacher_forward = _forwards(cfg, data, spec, student, teacher, outputs, method, device, memory_format)
+    student_forward, teacher_forward = _forwards(
+        cfg, data, spec, student, teacher, outputs=outputs, method=method, device=device, memory_format=memory_format
+    )
     taps = [f for f in (student_forward, teacher_forward) if f is not None]
     if cfg.compile:
         student_forward, teacher_forward = _compiled(student_forward, teacher_forward, method)
@@ -206,10 +226,10 @@ def build_run(
     optimizer = build_optimizer(cfg, parameter_groups(cfg, student, method))
     scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
     forwards = (student_forward, teacher_forward, outputs, taps, schedules.scheduled(cfg.method_args))
-    return TrainingRun(cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, *forwards)
+    return TrainingRun(cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, *forwards, teacher_live=live)
 
 
-def _forwards(cfg, data, spec, student, teacher, outputs, method: Method, device, memory_format):
+def _forwards(cfg, data, spec, student, teacher, *, outputs, method: Method, device, memory_format):
     """The student's forward (logits and the features it names), and the live teacher's when its
     outputs are not looked up; checked to give AT its maps."""
     student_forward = feature_forward(student, feature_names(cfg, "student", spec["arch"]), "student")
@@ -223,9 +243,10 @@ def _forwards(cfg, data, spec, student, teacher, outputs, method: Method, device
     return student_forward, teacher_forward
 
 
-def _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, amp, device, memory_format, log):
-    """The shared teacher outputs a run looks up, on this device; None to run the teacher live
-    (then made ready: on the device, frozen), or when the method needs no teacher."""
+def _teacher_side(cfg, data, teacher, *, teacher_model, teacher_outputs, method, amp, device, memory_format, log):
+    """The shared teacher outputs a run looks up, on this device (None to run the teacher live,
+    then made ready: on the device, frozen; or when the method needs no teacher), and why the
+    outputs offered do not serve this run (None when they do, or none were offered)."""
     outputs, why = teacher_outputs if teacher_model is not None else None, None
     if outputs is not None:
         why = outputs.mismatch(cfg, data, teacher_model, method, teacher_feature_names(cfg, teacher), amp)
@@ -239,9 +260,9 @@ def _teacher_side(cfg, data, teacher, teacher_model, teacher_outputs, method, am
         log(
             "teacher outputs: looked up in the shared cache"
             if outputs is not None
-            else LIVE_TEACHER + (f" ({why})" if why else "")
+            else "teacher outputs: computed live every step" + (f" ({why})" if why else "")
         )
-    return outputs
+    return outputs, why
 
 
 def _compiled(student_forward, teacher_forward, method: Method):
@@ -266,7 +287,6 @@ def teacher_feature_names(cfg: TrainConfig, teacher) -> list[str] | None:
 def check_features(forward: Forward, role: str, data: DatasetSplits, device, memory_format) -> None:
     """Attention Transfer reads feature maps: a model that gives none (or not as N x C x H x W
     maps) is a one-line error before training, naming the modules the user can pick."""
-    from kdsearch.models.imported import top_level_names
 
     model = forward.model
     was_training = model.training
@@ -387,6 +407,7 @@ def train_student(
     config: TrainConfig | dict,
     data: DatasetSplits,
     teacher=None,
+    *,
     on_epoch_end: EpochCallback | None = None,
     log: Callable[[str], None] = lambda _: None,
     measure_speed: bool = True,
@@ -407,9 +428,19 @@ def train_student(
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     set_threads(cfg.threads)
-    run = build_run(cfg, data, teacher, teacher_outputs, log, initial_student)
+    run = build_run(cfg, data, teacher, teacher_outputs, log, initial_student=initial_student)
     try:
-        return train_and_test(run, cfg, data, teacher, on_epoch_end, log, measure_speed, evaluate_test, resume)
+        return train_and_test(
+            run,
+            cfg,
+            data,
+            teacher,
+            on_epoch_end=on_epoch_end,
+            log=log,
+            measure_speed=measure_speed,
+            evaluate_test=evaluate_test,
+            resume=resume,
+        )
     finally:
         for tap in run.taps:
             tap.close()
@@ -428,7 +459,7 @@ def run_epoch(run: TrainingRun, data: DatasetSplits, epoch: int, best_val: float
     return metrics, best_val
 
 
-def train_and_test(run: TrainingRun, cfg, data, teacher, on_epoch_end, log, measure_speed, evaluate_test, resume) -> FitResult:
+def train_and_test(run: TrainingRun, cfg, data, teacher, *, on_epoch_end, log, measure_speed, evaluate_test, resume) -> FitResult:
     first_epoch, best_val = restore(run, resume) if resume is not None else (0, -math.inf)
     if resume is not None:
         log(f"resuming after epoch {first_epoch}")
