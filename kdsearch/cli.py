@@ -203,10 +203,10 @@ def _checkpoint_of(source: str, storage: str | None, tracking_uri: str | None, s
     if Path(source).is_file():
         return Path(source)
     if source.startswith("models:/"):
-        from kdsearch.delivery import registry as model_registry
+        from kdsearch.delivery import registry
         from kdsearch.tracking import runs as tracking
 
-        return model_registry.download_registered_student(source, tracking_uri or default_tracking_uri(), Path(scratch))
+        return registry.download_registered_student(source, tracking_uri or default_tracking_uri(), Path(scratch))
     if re.fullmatch(r"[0-9a-f]{32}", source) and not Path(source).exists():
         from kdsearch.tracking import runs as tracking
 

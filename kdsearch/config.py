@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch.errors import UserError
-from kdsearch.methods import resolve_settings
 from kdsearch.settings.typed import coerce, load_yaml
 
 # Per-dataset defaults: the models, schedule and augmentation that work for that data.
@@ -194,6 +193,7 @@ class TrainConfig:
         # Every setting of the method with its value, defaults included: a config (and so best/,
         # a checkpoint, MLflow's params) says which temperature and alpha a run used, and keeps
         # its meaning if a default changes later.
+        from kdsearch.methods import resolve_settings  # the methods import torch: the CLI's --help must not
 
         object.__setattr__(self, "method_args", resolve_settings(self.method, self.method_args))
 

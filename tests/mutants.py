@@ -74,17 +74,31 @@ MUTANTS = (
     ),
     Mutant(
         "a trial's score is its last epoch, not its best",
-        "kdsearch/ray_trials/trainable.py",
-        'return float(max(score, value) if mode == "max" else min(score, value))',
+        "kdsearch/search/record.py",
+        "return float(value) if score is None else objective.best([score, value])",
         "return float(value)",
         ("tests/test_ray_trials.py::test_a_trials_reported_score_is_its_best_epoch_so_far",),
     ),
     Mutant(
         "ties rank the later trial first",
-        "kdsearch/search/folder.py",
-        "return (not usable, -sign * score if usable else 0.0, t.trial_id)",
-        "return (not usable, -sign * score if usable else 0.0, [-ord(c) for c in t.trial_id])",
+        "kdsearch/search/record.py",
+        "return (not usable, -objective.sign * t.score(objective) if usable else 0.0, t.trial_id)",
+        "return (not usable, -objective.sign * t.score(objective) if usable else 0.0, [-ord(c) for c in t.trial_id])",
         ("tests/test_ray_trials.py::test_a_tie_goes_to_the_trial_that_started_first_and_failed_trials_rank_last",),
+    ),
+    Mutant(
+        "a failed trial counts as usable (its sentinel score ranks it)",
+        "kdsearch/search/record.py",
+        "return self.failure is None and math.isfinite(self.score(objective))",
+        "return math.isfinite(self.score(objective))",
+        ("tests/test_ray_trials.py::test_a_tie_goes_to_the_trial_that_started_first_and_failed_trials_rank_last",),
+    ),
+    Mutant(
+        "a trial the shared teacher outputs do not serve runs live without saying why",
+        "kdsearch/training/engine.py",
+        "*forwards, teacher_live=live)",
+        "*forwards, teacher_live=None)",
+        ("tests/test_sweep.py::test_trials_the_shared_teacher_outputs_do_not_serve_say_why_once",),
     ),
     Mutant(
         "a teacher from another split is taken",
@@ -137,7 +151,7 @@ MUTANTS = (
     ),
     Mutant(
         "a restarted trial's history keeps the epochs of its abandoned run",
-        "kdsearch/ray_trials/compat.py",
+        "kdsearch/ray_trials/ray_internals.py",
         "            self._drop_from(trial, epoch)  # elsewhere",
         "            pass  # elsewhere",
         (

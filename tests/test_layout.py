@@ -170,7 +170,7 @@ def test_the_formatter_has_formatted_the_code():
 
 
 LIBRARIES = ("ray", "optuna", "mlflow")
-COMPAT = PACKAGE / "ray_trials" / "compat.py"
+COMPAT = PACKAGE / "ray_trials" / "ray_internals.py"
 
 
 def private_uses(tree: ast.AST) -> list[str]:

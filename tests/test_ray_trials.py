@@ -465,26 +465,26 @@ write_study("r", ["maximize"], ["val/acc"], [trial], __import__("pathlib").Path(
 
 
 def test_tunes_idle_wait_is_raised_only_on_the_ray_it_was_written_for(monkeypatch, caplog):
-    """The wait goes through a private Ray module (compat): on another Ray version, or a Ray 2.60
+    """The wait goes through a private Ray module (ray_internals): on another Ray version, or a Ray 2.60
     that has moved it, Tune's own loop runs unchanged and one log line says so."""
     import logging
     import sys
 
     from ray.air.execution._internal.actor_manager import RayActorManager
 
-    from kdsearch.ray_trials import compat
+    from kdsearch.ray_trials import ray_internals
 
     original = RayActorManager.next
-    with compat.calm_tune_loop() as calmed:
+    with ray_internals.calm_tune_loop() as calmed:
         assert calmed and RayActorManager.next is not original
     assert RayActorManager.next is original
     with caplog.at_level(logging.INFO, logger="kdsearch"):
-        with compat.calm_tune_loop(version="2.61.0") as calmed:
+        with ray_internals.calm_tune_loop(version="2.61.0") as calmed:
             assert not calmed and RayActorManager.next is original
     assert "Ray 2.61.0 is not 2.60.x" in caplog.text
     monkeypatch.setitem(sys.modules, "ray.air.execution._internal.actor_manager", None)  # the internal is gone
     with caplog.at_level(logging.INFO, logger="kdsearch"):
-        with compat.calm_tune_loop() as calmed:
+        with ray_internals.calm_tune_loop() as calmed:
             assert not calmed
     assert "has no ray.air.execution._internal.actor_manager.RayActorManager" in caplog.text
 
@@ -499,7 +499,7 @@ def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed
 
     import pyarrow.fs
 
-    from kdsearch.ray_trials import compat
+    from kdsearch.ray_trials import ray_internals
 
     class Trial:  # what a result log reads of one of Tune's trials
         def __init__(self, local):
@@ -520,7 +520,7 @@ def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed
 
     (tmp_path / "storage" / "t").mkdir(parents=True)
     (tmp_path / "storage" / "t" / "result.json").write_text("".join(json.dumps({"epoch": e, "run": "a"}) + "\n" for e in (1, 2)))
-    log, trial = compat.ResultLog(), Trial(tmp_path / "driver" / "t")
+    log, trial = ray_internals.ResultLog(), Trial(tmp_path / "driver" / "t")
     trial.checkpoint = None  # a new trial
     log.log_trial_start(trial)
     for epoch in (1, 2, 3, 4):
@@ -534,12 +534,12 @@ def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed
         log.log_trial_result(epoch, trial, {"epoch": epoch, "run": "c"})
     assert lines(trial) == [(1, "a"), (2, "a"), (3, "a"), (4, "c"), (5, "c"), (6, "c")]  # each epoch once, the last run's
     resumed = Trial(tmp_path / "driver2" / "t")  # `--resume`: a new driver, with no copy of its own
-    compat.ResultLog().log_trial_start(resumed)
+    ray_internals.ResultLog().log_trial_start(resumed)
     assert lines(resumed) == [(1, "a"), (2, "a")]
-    compat.ResultLog().log_trial_result(2, resumed, {"epoch": 2, "run": "d"})  # resumed from its epoch-1 checkpoint
+    ray_internals.ResultLog().log_trial_result(2, resumed, {"epoch": 2, "run": "d"})  # resumed from its epoch-1 checkpoint
     assert lines(resumed) == [(1, "a"), (2, "d")]
     # a Ray whose private name differs: the copy from storage, as Ray makes it (and one log line)
-    moved, elsewhere = compat.ResultLog(version="2.61.0"), Trial(tmp_path / "driver3" / "t")
+    moved, elsewhere = ray_internals.ResultLog(version="2.61.0"), Trial(tmp_path / "driver3" / "t")
     Path(elsewhere.local_path, "result.json").write_text(json.dumps({"epoch": 1, "run": "x"}) + "\n")
     assert not moved.on_tested_ray and log.on_tested_ray
     moved.log_trial_start(elsewhere)
@@ -547,7 +547,7 @@ def test_a_restarted_trial_keeps_each_epoch_once_from_its_last_run_and_a_resumed
     from ray.tune.logger.logger import LoggerCallback
 
     monkeypatch.delattr(LoggerCallback, "_restore_from_remote")  # a Ray 2.60 that moved the name
-    assert not compat.ResultLog().on_tested_ray
+    assert not ray_internals.ResultLog().on_tested_ray
 
 
 def test_tune_builds_no_dataframe_of_results_and_kdsearch_reads_each_trials_file_itself(tmp_path):
@@ -559,14 +559,14 @@ def test_tune_builds_no_dataframe_of_results_and_kdsearch_reads_each_trials_file
     import pyarrow.fs
     from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
 
-    from kdsearch.ray_trials import compat
+    from kdsearch.ray_trials import ray_internals
     from kdsearch.ray_trials.runner import trial_history
 
     original = ExperimentAnalysis._fetch_trial_dataframes
-    with compat.without_result_frames() as skipped:
+    with ray_internals.without_result_frames() as skipped:
         assert skipped and ExperimentAnalysis._fetch_trial_dataframes(None) == {}
     assert ExperimentAnalysis._fetch_trial_dataframes is original
-    with compat.without_result_frames(version="2.61.0") as skipped:
+    with ray_internals.without_result_frames(version="2.61.0") as skipped:
         assert not skipped and ExperimentAnalysis._fetch_trial_dataframes is original
 
     rows = [{"epoch": 1, "val/acc": 0.5, "config": {"lr": 0.1}}, {"epoch": 2, "val/acc": float("nan"), "config": {"lr": 0.1}}]
@@ -727,7 +727,7 @@ def test_a_trial_writes_its_student_file_once_at_its_end_and_a_checkpoint_before
 def test_a_replayed_result_is_not_written_to_the_trials_result_file_or_mlflow_again(monkeypatch):
     from ray.tune.logger import JsonLoggerCallback
 
-    from kdsearch.ray_trials import compat, runner
+    from kdsearch.ray_trials import ray_internals, runner
     from kdsearch.ray_trials.trainable import REPLAYED
 
     written, tracked = [], []
@@ -741,7 +741,7 @@ def test_a_replayed_result_is_not_written_to_the_trials_result_file_or_mlflow_ag
         trial_id, config, local_path = "t", {"lr": 0.1}, "/nonexistent-trial-folder"
 
     for result in ({"epoch": 4}, {"epoch": 4, REPLAYED: 1.0}):
-        compat.ResultLog().log_trial_result(1, Trial(), result)
+        ray_internals.ResultLog().log_trial_result(1, Trial(), result)
         runner.ForwardResults(Tracker()).on_trial_result(1, [], Trial(), result)
     assert written == tracked == [{"epoch": 4}]
 

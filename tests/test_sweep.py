@@ -116,7 +116,7 @@ def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow
     assert set(frame["config/fixed/teacher"]) == {"resnet8"} and set(frame["config/fixed/student"]) == {"resnet8"}
     best = analysis.get_best_config(metric="trial/score", mode="max")
     # Finished trials keep their metrics' min, max, average and last (what "scope=all" reads),
-    # not Tune's running-average windows (compat.LightFinishedTrials: the driver's memory per trial).
+    # not Tune's running-average windows (ray_internals.LightFinishedTrials: the driver's memory per trial).
     assert analysis.get_best_trial("val/acc", "max", scope="all").config == analysis.get_best_trial("val/acc", "max").config
     assert all("val/acc" in t.metric_analysis and not t.metric_n_steps for t in analysis.trials)
     assert set(summary.best_params) == {"temperature", "alpha", "lr"}  # the searched values, as the summary prints them

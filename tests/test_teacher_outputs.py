@@ -151,7 +151,6 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     # the budget is what the free memory holds beside the data's placement: data held in host
     # memory leaves less room (10 MB free, 7.5 MB usable, 7 MB of it the data's: 0.25 MB a copy)
     from kdsearch.data.placement import host_bytes
-    from kdsearch.teacher import outputs as teacher_outputs
 
     monkeypatch.setattr(teacher_outputs, "free_host_memory", lambda: 10 * 1024**2)
     assert not compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=2)).mapped

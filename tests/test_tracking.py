@@ -120,7 +120,7 @@ def test_live_logging_never_holds_up_the_caller_and_drains_in_order(tracker, mon
     assert not tracker.drain(timeout=0.2)  # MLflow does not keep up: logging goes offline...
     gate.set()
     assert tracker.drain(timeout=30)  # ...and an offline tracker drains at once (it skips the rest)
-    tracker._offline = False  # ...(here: back online for the check below)
+    tracker.live.offline = False  # ...(here: back online for the check below)
     tracker.trial_result("a", {"alpha": 0.5}, {"epoch": 4, "val/acc": 0.9})
     assert tracker.drain()
     run_id = tracker._runs["a"]

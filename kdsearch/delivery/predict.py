@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from kdsearch.data.imagefolder import SUFFIXES, decode
-from kdsearch.delivery import registry as model_registry
 from kdsearch.delivery.export import CARD, load_student, model_card, normalise
 from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import load_model
@@ -58,7 +57,9 @@ def load_predictor(
     """(uint8 NCHW images -> probabilities, the model card) for any model source."""
 
     if source.startswith("models:/"):
-        model = model_registry.load_registered(source, tracking_uri or default_tracking_uri())
+        from kdsearch.delivery import registry  # MLflow takes seconds to import: only for a registered model
+
+        model = registry.load_registered(source, tracking_uri or default_tracking_uri())
         card = model.unwrap_python_model().card
         # the pyfunc's signature takes (N, H, W, C), as a server's clients send it
         return (lambda images: model.predict(np.ascontiguousarray(images.transpose(0, 2, 3, 1))).to_numpy()), card

@@ -1,12 +1,12 @@
 """Everything that touches Ray lives in this package (Ray 2.60's public API; its private names,
-each checked against Ray's version, in ``compat``). Its rooms:
+each checked against Ray's version, in ``ray_internals``). Its rooms:
 
 - ``searcher``: ``StudySearcher``, Tune's ``Searcher`` interface over Optuna's ask and tell;
 - ``trainable``: ``EpochTrainable``, one epoch of ``fit``'s loop per step, and what a trial
   receives from the driver through Ray's object store (data, teacher, size metrics);
 - ``cluster``: starting Ray, resources, GPUs, storage and the user's code on the workers;
 - ``runner``: ``run_trials``, the Tuner with its searcher, scheduler, progress and callbacks;
-- ``compat``: the one place a private name of Ray is used, checked against Ray's version.
+- ``ray_internals``: the one place a private name of Ray is used, checked against Ray's version.
 
 The Ctrl-C and stop plumbing is ``kdsearch.runtime.interrupts`` (signals, no Ray).
 """

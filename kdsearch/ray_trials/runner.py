@@ -20,12 +20,12 @@ from tabulate import tabulate
 from kdsearch.data import DatasetSplits, placement
 from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import trial_student
-from kdsearch.ray_trials import cluster, compat
+from kdsearch.ray_trials import cluster, ray_internals
 from kdsearch.ray_trials.searcher import StudySearcher, searcher_for
 from kdsearch.ray_trials.trainable import REPLAYED, SCORE, EpochTrainable, architecture_metrics, payload, teacher_payload
 from kdsearch.runtime.interrupts import TrialsInterrupted, TrialsStopped, graceful_ctrl_c, stop_when
 from kdsearch.search.options import SweepOptions
-from kdsearch.search.record import FIXED_KEY, TrialRecord, error_line, parse_history, searched, sign
+from kdsearch.search.record import FIXED_KEY, TrialRecord, parse_history, searched, sign
 from kdsearch.search.space import SweepSpec
 from kdsearch.teacher.weights import Teacher
 
@@ -184,14 +184,14 @@ def run_trials(
         gpus_per_trial=gpus_per_trial,
         placement=placement,
     )
-    with cluster.environment(_tune_settings(opts, gpus_per_trial)), compat.without_result_frames():
+    with cluster.environment(_tune_settings(opts, gpus_per_trial)), ray_internals.without_result_frames():
         tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker=tracker, log=log)
         # The driver's objects so far (Ray, torch, MLflow, the data) live as long as the sweep: kept
         # out of the garbage collector while Tune's loop runs, its automatic full collections, each
         # ~100 ms among them, stay short.
         gc.freeze()
         try:
-            with graceful_ctrl_c() as interrupted, stop_when(stop_check) as stopped, compat.calm_tune_loop():
+            with graceful_ctrl_c() as interrupted, stop_when(stop_check) as stopped, ray_internals.calm_tune_loop():
                 grid = tuner.fit()
         finally:
             gc.unfreeze()  # a Python API user's next sweep: this one's objects may go
@@ -289,7 +289,7 @@ def _trainable(
 
 
 def _run_config(spec: SweepSpec, name: str, storage: str, tracker, verbose: int, log=None) -> tune.RunConfig:
-    callbacks: list = [compat.ResultLog(), compat.LightFinishedTrials(), TeacherFallbacks(log)]
+    callbacks: list = [ray_internals.ResultLog(), ray_internals.LightFinishedTrials(), TeacherFallbacks(log)]
     if tracker is not None:
         callbacks.append(ForwardResults(tracker))
     return tune.RunConfig(
@@ -344,15 +344,8 @@ def _record(result, spec: SweepSpec, storage: str) -> TrialRecord:
         if "://" in storage and "://" not in best:  # pyarrow gives object-store paths without their scheme
             best = f"{storage.split('://', 1)[0]}://{best.lstrip('/')}"
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
-    return TrialRecord(
-        trial_id=str(trial_id),
-        params=searched(result.config or {}),
-        history=history,
-        status="ERROR" if result.error else "TERMINATED",
-        error=error_line(str(result.error)) if result.error else None,
-        best_checkpoint=best,
-        path=result.path,
-    )
+    error = str(result.error) if result.error else None
+    return TrialRecord.read(trial_id, result.config or {}, history, error=error, path=result.path, best_checkpoint=best)
 
 
 def copy_student(checkpoint_path: str, dest: Path) -> Path:

@@ -29,7 +29,8 @@ import optuna
 from ray.tune.search import Searcher
 
 from kdsearch.search import study as studies
-from kdsearch.search.record import Objective, measured
+from kdsearch.search.outcome import TrialProgress
+from kdsearch.search.record import Objective
 
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # study file -> the searcher in this process
 
@@ -74,7 +75,7 @@ class StudySearcher(Searcher):
         self.known: list[optuna.trial.FrozenTrial] | None = None  # the study's trials, while it is not built
         self.results_by_settings: dict[tuple, dict | None] = {}  # None while a trial with them runs
         self.settings_of: dict[str, tuple] = {}  # Tune trial id -> its settings
-        self.progress: dict[str, dict] = {}  # Tune trial id -> {"best": result at its best epoch, "epoch": last epoch}
+        self.progress: dict[str, TrialProgress] = {}  # Tune trial id -> its best epoch so far and its last
         self._runtime()
 
     # -- the study, rebuilt from plain state ------------------------------------------------
@@ -190,13 +191,15 @@ class StudySearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._adopt(trial_id, result)
         trial = self._asked.get(trial_id)
-        if trial is None or not self._note(trial_id, result):
+        if trial is None:
+            return
+        progress = self.progress.setdefault(trial_id, TrialProgress(self.objectives))
+        if not progress.note(result):
             return
         if len(self.objectives) == 1:
-            progress = self.progress[trial_id]
             with warnings.catch_warnings():  # a resumed trial repeats an epoch already reported: Optuna keeps the first
                 warnings.simplefilter("ignore")
-                trial.report(progress["best"][self.metrics[0]], progress["epoch"])
+                trial.report(progress.score, progress.epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._adopt(trial_id, result)
@@ -210,10 +213,10 @@ class StudySearcher(Searcher):
             self.on_trial_result(trial_id, result)
             del self._asked[trial_id]
         progress = self.progress.pop(trial_id, None)
-        if error or progress is None:
+        if error or progress is None or progress.best is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        outcome = self._outcome(progress, result or {})
+        outcome = progress.outcome(result or {}, self.max_epochs)
         self._tell(trial, outcome)
         self.results_by_settings[self.settings_of.get(trial_id, ())] = outcome
 
@@ -225,34 +228,7 @@ class StudySearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.__setstate__(pickle.load(f))
 
-    # -- scores -------------------------------------------------------------------------------
-
-    def _note(self, trial_id: str, result: dict) -> bool:
-        """Keep the trial's best epoch so far (by its first objective) and its last epoch."""
-        objective = Objective(*self.objectives[0])
-        value = result.get(objective.metric)
-        if not measured(value):
-            return False
-        epoch = int(result.get("training_iteration") or 0)
-        progress = self.progress.setdefault(trial_id, {"best": None, "epoch": 0})
-        progress["epoch"] = max(progress["epoch"], epoch)
-        best = progress["best"]
-        if best is None or objective.at_least_as_good(value, best[objective.metric]):  # a tie: the later epoch, as Tune keeps it
-            progress["best"] = {m: result[m] for m in self.metrics if isinstance(result.get(m), (int, float))}
-        return True
-
-    def _outcome(self, progress: dict, last: dict) -> dict:
-        """What Optuna is told of a finished trial: its best epoch's values; pruned at its last epoch
-        when it ended before ``max_epochs`` (stopped by ASHA); the sentinel values a diverged or
-        invalid trial reported, as complete, so the search learns to avoid that region."""
-        if last.get("trial/diverged") or last.get("trial/invalid"):
-            return {"values": [float(last[m]) for m in self.metrics]}
-        best = progress["best"]
-        if self.max_epochs and progress["epoch"] < self.max_epochs:
-            return {"pruned": progress["epoch"], "score": float(best[self.metrics[0]])}
-        if not all(m in best for m in self.metrics):
-            return {"failed": True}
-        return {"values": [float(best[m]) for m in self.metrics]}
+    # -- what Optuna is told (search.outcome decides it) ------------------------------------------
 
     def _tell(self, trial: optuna.Trial, outcome: dict) -> None:
         if "values" in outcome:

@@ -33,7 +33,7 @@ STATE_FILE = TRIAL_STATE  # full training state, to resume the trial, and the be
 STUDENT_FILE = TRIAL_STUDENT  # the student alone, a kdsearch checkpoint: at the trial's end (checkpoint.trial_student)
 SCORE = "trial/score"  # reported every epoch: the trial's score so far (search.record)
 # Marks the last result of a trial restored from its end checkpoint, reported again without training
-# (compat.ResultLog and the MLflow forwarding leave it out: the trial logged it the first time).
+# (ray_internals.ResultLog and the MLflow forwarding leave it out: the trial logged it the first time).
 REPLAYED = "trial/replayed"
 
 

@@ -26,7 +26,7 @@ import yaml
 from kdsearch.errors import UserError
 from kdsearch.models.checkpoint import trial_student
 from kdsearch.runtime import object_storage
-from kdsearch.search.record import TrialRecord, error_line, parse_history, searched
+from kdsearch.search.record import TrialRecord, parse_history
 from kdsearch.tracking.uri import default_tracking_uri
 
 MANIFEST = "sweep.json"
@@ -214,17 +214,9 @@ def load_trials(sweep_dir: Path) -> list[TrialRecord]:
             continue
         history = parse_history(result_path.read_text()) if result_path.is_file() else []
         error_file = folder / "error.txt"
-        error = error_line(error_file.read_text()) if error_file.is_file() and error_file.read_text().strip() else None
-        trials.append(
-            TrialRecord(
-                trial_id=folder.name.removeprefix("trial_"),
-                params=searched(json.loads(params_path.read_text())),
-                history=history,
-                status="ERROR" if error_file.is_file() else "TERMINATED",
-                error=error,
-                path=str(folder),
-            )
-        )
+        error = error_file.read_text() if error_file.is_file() else None
+        config = json.loads(params_path.read_text())
+        trials.append(TrialRecord.read(folder.name.removeprefix("trial_"), config, history, error=error, path=str(folder)))
     if not trials:
         raise UserError(f"{sweep_dir} holds no trials yet: run the sweep first")
     return trials

@@ -90,6 +90,22 @@ class TrialRecord:
     best_checkpoint: str | None = None  # folder holding student.pt at the trial's best epoch
     path: str | None = None
 
+    @classmethod
+    def read(
+        cls, trial_id: str, config: dict, history: list[dict], *, error: str | None, path=None, best_checkpoint=None
+    ) -> TrialRecord:
+        """A trial as Tune left it: its config (the fixed settings left out), its history
+        (``parse_history``), and its error's text when it raised (None when it did not)."""
+        return cls(
+            trial_id=str(trial_id),
+            params=searched(config),
+            history=history,
+            status="TERMINATED" if error is None else "ERROR",
+            error=error_line(error) if error and error.strip() else None,
+            best_checkpoint=best_checkpoint,
+            path=path,
+        )
+
     def score(self, objective: Objective) -> float:
         """The trial's score (the module's docstring): the same number in the Optuna study, the
         report, MLflow (``trial/score``) and ``best/``; ``objective.worst`` without one."""

@@ -1,6 +1,6 @@
 """A sweep from start to finish, in named steps: plan it, start MLflow and Ray, prepare what
 every trial shares (the data, the teacher, its outputs), run the trials (``ray_trials``),
-finalise the best student in the sweep folder (``sweep_folder``), mirror it all to MLflow
+finalise the best student in the sweep folder (``search.folder``), mirror it all to MLflow
 (``tracking``)."""
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class TestedBest:
 
 
 def best_trial(plan: SweepPlan, trials: list[TrialRecord]) -> TrialRecord | None:
-    """The trial with the best score (``sweep_folder.ranked``: ties go to the earlier trial) that kept a checkpoint."""
+    """The trial with the best score (``search.record.ranked``: ties go to the earlier trial) that kept a checkpoint."""
     objective = plan.spec.search.objective
     usable = [t for t in trials if t.best_checkpoint and t.usable(objective)]
     return ranked(usable, objective)[0] if usable else None

@@ -12,18 +12,15 @@ import json
 import logging
 import math
 import os
-import queue
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise in a CLI
 
@@ -31,6 +28,8 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from kdsearch.errors import UserError, first_line  # noqa: E402
+from kdsearch.tracking.leaderboard import TOP_HEADING, leaderboard  # noqa: E402
+from kdsearch.tracking.live import LiveLog  # noqa: E402
 
 TRIAL_TAG = "kdsearch.trial_id"
 SWEEP_TAG = "kdsearch.sweep_dir"
@@ -38,7 +37,6 @@ ROLE_TAG = "kdsearch.role"
 TOP_TAG = "kdsearch.top_trials"  # the parent run's best trials' run ids, best first (JSON)
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 TOP_TRIALS = 10
-TOP_HEADING = "**Top "
 _LOG = logging.getLogger("kdsearch.tracking.runs")
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
@@ -108,22 +106,27 @@ class SweepTracker:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._steps: dict[str, int] = {}  # trial id -> last step logged
-        self._offline = False
         self._new_parent = False  # True: this process created the parent run, so no trial run exists yet
         self._listed = False  # True: the experiment's existing trial runs are all in _runs
-        self.seconds = 0.0  # spent logging to MLflow, in this process
-        self._queue: queue.Queue | None = None  # live events, logged in order by one thread off Tune's loop
-        self._busy = threading.Lock()  # held by that thread while it logs one event
+        self.live = LiveLog()  # the events while the trials run, logged off Tune's loop
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_steps", "_offline", "_new_parent", "_listed", "seconds", "_queue", "_busy"):
+        for key in ("_client", "_runs", "_steps", "_new_parent", "_listed", "live"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._reset()
+
+    @property
+    def seconds(self) -> float:
+        """Spent logging to MLflow, in this process."""
+        return self.live.seconds
+
+    def drain(self, timeout: float = 120.0) -> bool:
+        return self.live.drain(timeout)
 
     @property
     def client(self) -> MlflowClient:
@@ -169,56 +172,10 @@ class SweepTracker:
 
     # -- live events from the sweep (never raise: a tracking hiccup must not stop training) --
 
-    def _safe(self, fn, *args, **kwargs):
-        """Live logging never stops training: after the first failure it goes quiet (no HTTP
-        retries stalling Tune's loop) and the end of the sweep, or `kdsearch sync`, catches up."""
-        if self._offline:
-            return None
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            self._offline = True
-            _LOG.warning("MLflow logging failed (%s); results stay in the sweep folder and are synced at the end", str(exc)[:200])
-            return None
-        finally:
-            self.seconds += time.perf_counter() - started
-
-    def _submit(self, fn, *args) -> None:
-        """Live logging runs in one background thread, in the order events came: Tune's loop
-        (which starts trials and hands out settings) never waits for MLflow."""
-        if self._queue is None:
-            self._queue = queue.Queue()
-            threading.Thread(target=self._drain_forever, args=(self._queue,), name="kdsearch-mlflow", daemon=True).start()
-        self._queue.put((fn, args))
-
-    def _drain_forever(self, events: queue.Queue) -> None:
-        while True:
-            fn, args = events.get()
-            if isinstance(fn, threading.Event):
-                fn.set()  # drain()'s marker: everything before it is done (also when offline)
-            else:
-                with self._busy:
-                    self._safe(fn, *args)
-
-    def drain(self, timeout: float = 120.0) -> bool:
-        """Wait until every live event so far is logged (at most ``timeout`` s: then logging goes
-        offline and the end of the sweep, or `kdsearch sync`, catches up). True when drained."""
-        if self._queue is None:
-            return True
-        done = threading.Event()
-        self._queue.put((done, ()))
-        if done.wait(timeout):
-            return True
-        self._offline = True
-        _LOG.warning(
-            "MLflow logging did not keep up (%.0f s); results stay in the sweep folder and are synced at the end", timeout
-        )
-        return False
-
     def _existing_trial_runs(self) -> None:
         """Every trial run the experiment already holds, in pages of 1,000: one query for the whole
-        sweep instead of one per trial (whose cost grew with the experiment: quadratic in trials)."""
+        sweep, not one per trial (each of which scans the experiment: quadratic in trials;
+        benchmarks/large_sweep_io.py)."""
         token = None
         while True:
             page = self.client.search_runs(
@@ -239,7 +196,7 @@ class SweepTracker:
             return self._runs[trial_id]
         # A trial of a resumed sweep may have its run already; a new sweep's cannot, unless an
         # outage cut its logging short. The experiment's trial runs are listed once, not searched per trial.
-        if not (self._new_parent and not self._offline) and not self._listed:
+        if not (self._new_parent and not self.live.offline) and not self._listed:
             self._existing_trial_runs()
             if trial_id in self._runs:
                 return self._runs[trial_id]
@@ -255,7 +212,7 @@ class SweepTracker:
         return dict(self._runs)
 
     def trial_started(self, trial_id: str, params: dict) -> None:
-        self._submit(self._run_for, trial_id, params)
+        self.live.submit(self._run_for, trial_id, params)
 
     def _log_epoch(self, trial_id: str, params: dict, result: dict) -> None:
         run_id = self._run_for(trial_id, params)
@@ -271,7 +228,7 @@ class SweepTracker:
                 self.client.set_tag(run_id, "kdsearch.error", str(result[key])[:500])
 
     def trial_result(self, trial_id: str, params: dict, result: dict) -> None:
-        self._submit(self._log_epoch, trial_id, params, dict(result))
+        self.live.submit(self._log_epoch, trial_id, params, dict(result))
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         def finish():
@@ -282,7 +239,7 @@ class SweepTracker:
                 self.client.set_tag(run_id, "kdsearch.error", error)
             self.client.set_terminated(run_id, status)
 
-        self._submit(finish)
+        self.live.submit(finish)
 
     # -- after the sweep -----------------------------------------------------------
 
@@ -294,10 +251,10 @@ class SweepTracker:
         # run, say): wait for that one call (the ones queued behind it are skipped, offline),
         # so the catch-up never makes a trial a second run.
         try:
-            with self._busy:
+            with self.live.busy:
                 return self._sync(trials)
         finally:
-            self.seconds += time.perf_counter() - started
+            self.live.seconds += time.perf_counter() - started
 
     def _sync(self, trials) -> int:
         added = 0
@@ -323,7 +280,7 @@ class SweepTracker:
 
     def log_best(self, best_params: dict, best_config: dict, metrics: dict, student_path: Path) -> None:
         """The best config (``best.*`` tags + YAML), its compression metrics and its student, on the
-        parent run (``model_registry.register_student`` registers it as a model that serves without
+        parent run (``delivery.registry.register_student`` registers it as a model that serves without
         kdsearch). Tags, not params: a resumed sweep that finds a better
         trial replaces them (MLflow refuses to change a param)."""
         import yaml
@@ -351,22 +308,7 @@ class SweepTracker:
         if not top:
             return []
         ids = [self._runs[t.trial_id] for t in top]
-        names = list(dict.fromkeys(k for t in top for k in t.params))[:6]
-        rows = [
-            f"| {rank} | [trial_{t.trial_id}](#/experiments/{self.experiment_id}/runs/{self._runs[t.trial_id]}) "
-            f"| {t.score(objective):.4f} | " + " | ".join(_cell(t.params.get(k)) for k in names) + " |"
-            for rank, t in enumerate(top, start=1)
-        ]
-        note = "\n".join(
-            [
-                f"{TOP_HEADING}{len(top)} of {len(scored)} trials by {objective.metric}** ([compare them side by side]"
-                f"({compare_link(self.experiment_id, ids)}))",
-                "",
-                "| rank | trial | " + " | ".join([objective.metric, *names]) + " |",
-                "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
-                *rows,
-            ]
-        )
+        note = leaderboard(top, len(scored), objective, self._runs, self.experiment_id)
         tags = [RunTag(TOP_TAG, json.dumps(ids))]
         current = self.client.get_run(self.parent_id).data.tags.get(NOTE_TAG)
         if not current or current.startswith(TOP_HEADING):
@@ -416,19 +358,6 @@ def sweep_dir_of_run(run_id: str, tracking_uri: str) -> str:
     if not sweep_dir:
         raise UserError(f"MLflow run {run_id} is not a kdsearch sweep run (no {SWEEP_TAG} tag): pass the sweep's parent run id")
     return sweep_dir
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return _str(value).replace("|", "/")[:24]
-
-
-def compare_link(experiment_id: str, run_ids: list[str]) -> str:
-    """MLflow UI's page comparing these runs (relative to the UI's address)."""
-
-    ids, experiments = json.dumps(run_ids, separators=(",", ":")), json.dumps([experiment_id])
-    return f"#/compare-runs?runs={quote(ids)}&experiments={quote(experiments)}"
 
 
 def log_report_to_run(run_id: str, tracking_uri: str, files: list[Path]) -> None:

@@ -109,7 +109,7 @@ class ResultLog(JsonLoggerCallback):
             self._last_epoch[trial] = _last_epoch(Path(trial.local_path, "result.json"))
         last = self._last_epoch[trial]
         if epoch is not None and last is not None and epoch <= last and self.on_tested_ray:
-            self._drop_from(trial, epoch)  # elsewhere the reader keeps each epoch once (sweep_folder.parse_history)
+            self._drop_from(trial, epoch)  # elsewhere the reader keeps each epoch once (search.record.parse_history)
         super().log_trial_result(iteration, trial, result)
         self._last_epoch[trial] = epoch
 
