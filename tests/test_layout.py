@@ -270,6 +270,33 @@ def test_no_function_takes_more_than_6_parameters_by_position():
     assert positional_parameters(ast.parse("def f(self, a, b, c, d, e, f, *, g): pass")) == []
 
 
+def written_again(tree: ast.AST) -> list[str]:
+    """Code that spells out an idea whose home is elsewhere: the sign or direction of a metric
+    (``search/record.py``: ``sign``, ``Objective``) or an exception's first line (``errors.first_line``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Compare):
+            compared = [c.value for c in node.test.comparators if isinstance(c, ast.Constant)]
+            if "max" in compared or "min" in compared:
+                found.append(f"line {node.lineno}: {ast.unparse(node)[:60]}")
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call):
+            call = node.value.func
+            if isinstance(call, ast.Attribute) and call.attr == "splitlines" and "exc" in ast.unparse(call.value):
+                found.append(f"line {node.lineno}: {ast.unparse(node)[:60]}")
+    return found
+
+
+def test_the_sign_of_a_metric_and_an_exceptions_first_line_have_one_home():
+    homes = {PACKAGE / "search" / "record.py", PACKAGE / "errors.py"}
+    offences = {
+        str(path.relative_to(PACKAGE)): found
+        for path in PACKAGE.rglob("*.py")
+        if path not in homes and (found := written_again(ast.parse(path.read_text())))
+    }
+    assert not offences, offences
+    assert len(written_again(ast.parse('s = 1 if mode == "max" else -1\nx = str(exc).splitlines()[0]'))) == 2
+
+
 def test_the_layout_page_names_every_module_and_only_modules_that_exist():
     readme = (PACKAGE.parent / "docs" / "layout.md").read_text()
     block = readme.split("## Layout", 1)[1].split("```", 2)[1]

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from kdsearch.errors import UserError
+from kdsearch.errors import UserError, first_line
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
@@ -85,7 +85,7 @@ def load_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
 
 
