@@ -65,6 +65,23 @@ def mlflow_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
+def test_a_sweep_runs_on_the_callers_own_ray_and_leaves_it_running(tmp_path):
+    """A program that holds its own Ray (a notebook, a pipeline) sweeps on it and keeps it: kdsearch
+    stops only a Ray it started."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", verbose=0)
+        summary = run_sweep(write_space(tmp_path, epochs=2, samples=1), opts, log=lambda _: None)
+        assert len(summary.table) == 1 and summary.checkpoint.is_file()
+        assert ray.is_initialized() and ray.get_runtime_context().get_node_id() == node
+        assert ray.get(ray.put("still mine")) == "still mine"
+    finally:
+        ray.shutdown()
+
+
 def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow_server):
     opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=mlflow_server, verbose=0)
     summary = run_sweep(write_space(tmp_path), opts, log=lambda _: None)

@@ -35,12 +35,14 @@ def user_code(spec: SweepSpec) -> list[str]:
 
 def start_ray(
     address: str | None = None, num_cpus: int | None = None, quiet: bool = True, py_modules: list[str] | None = None
-) -> None:
+) -> bool:
     """Join a cluster (``auto`` or ``ray://host:port``) or start a local Ray for this process;
-    ``py_modules`` (the user's own code) go to every worker through the job's runtime environment."""
+    ``py_modules`` (the user's own code) go to every worker through the job's runtime environment.
+    Returns whether this call connected Ray, so that the caller stops only a Ray it started: a
+    Ray the caller's program already holds is used as it is and left running."""
     if ray.is_initialized():
         if not address:
-            return  # the caller's own Ray (or ours, still up): use it
+            return False
         ray.shutdown()  # asked for a particular cluster: do not run on whatever Ray this process holds
     if quiet:
         # A trial that fails is listed with its reason in the summary, its error.txt and MLflow;
@@ -73,6 +75,7 @@ def start_ray(
         raise UserError(
             f"cannot reach the Ray cluster at {address!r} ({first_line(exc, 120)}): start it with `ray start --head` or drop --address"
         ) from None
+    return True
 
 
 def _check_reachable(address: str) -> None:

@@ -87,8 +87,8 @@ def _sweep_params(spec: SweepSpec) -> dict:
 
 def start_services(plan: SweepPlan, opts: SweepOptions):
     """MLflow's parent run and Ray, side by side: a new database's tables take ~1 s to create
-    while Ray starts (~2.3 s here). Returns the tracker; MLflow unreachable is one line, before
-    any trial."""
+    while Ray starts (~2.3 s here). Returns the tracker and whether Ray was started here (else the
+    caller's own Ray is used and left up); MLflow unreachable is one line, before any trial."""
 
     base = plan.spec.example_config()
     tracker = tracking.SweepTracker(
@@ -112,13 +112,14 @@ def start_services(plan: SweepPlan, opts: SweepOptions):
     # Dynamo, ~2 s: while Ray starts, not after.
     threading.Thread(target=lambda: importlib.import_module("torch._dynamo"), name="kdsearch-preload", daemon=True).start()
     try:
-        ray_trials.start_ray(opts.address, quiet=opts.verbose < 2, py_modules=plan.user_code)
+        ray_started = ray_trials.start_ray(opts.address, quiet=opts.verbose < 2, py_modules=plan.user_code)
     finally:
         setup_thread.join()  # a cluster that cannot be reached: never leave MLflow half set up
     if "error" in failed:
-        ray_trials.stop_ray()
+        if ray_started:
+            ray_trials.stop_ray()
         raise failed["error"]
-    return tracker
+    return tracker, ray_started
 
 
 @dataclass
@@ -318,12 +319,12 @@ def _run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]
 
 def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None]):
     """MLflow and Ray up, what the trials share prepared, the trials run; every way this can
-    stop (Ctrl-C, a full disk, a user's mistake) ends here in one line, Ray always stopped.
+    stop (Ctrl-C, a full disk, a user's mistake) ends here in one line, a Ray started here always stopped.
     Returns (tracker, shared, trials, timings so far)."""
 
-    tracker, shared = None, None
+    tracker, shared, ray_started = None, None, False
     try:
-        tracker = start_services(plan, opts)
+        tracker, ray_started = start_services(plan, opts)
         prepare_started = time.perf_counter()
         shared = prepare_shared(plan, tracker, opts, log)
         prepare_s = time.perf_counter() - prepare_started
@@ -357,7 +358,8 @@ def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None])
             raise shared.guard.error(resume_command(plan, opts)) from None
         raise
     finally:
-        ray_trials.stop_ray()
+        if ray_started:  # a Ray the caller's program holds stays up for it
+            ray_trials.stop_ray()
         if shared is not None and shared.guard is not None:
             shared.guard.release()
     return tracker, shared, trials, {"prepare_s": prepare_s, "trials_s": time.perf_counter() - trials_started}
