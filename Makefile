@@ -21,12 +21,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/kdsearch sweep search_spaces/quickstart.yaml $(if $(wildcard sweeps/quickstart/sweep.json),--resume)
 	@echo "(kdsearch is installed in $(VENV): 'source $(VENV)/bin/activate', then the commands above)"
 
-# Two pytest workers: a sweep test spends much of its time waiting (Ray and MLflow starting, a
-# subprocess importing torch), so one run leaves a 2-core machine half idle. Tests that share an
-# expensive module fixture stay on one worker (xdist_group). TEST_WORKERS=0 runs them in one process.
-TEST_WORKERS ?= 2
 test: $(VENV)/.installed browser
-	$(PY) -m pytest -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(VENV)/.installed   # the inner loop: no Ray, subprocess or browser tests
 	$(PY) -m pytest -q -m "not slow"

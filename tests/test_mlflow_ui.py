@@ -24,9 +24,7 @@ from kdsearch.search.record import Objective
 from kdsearch.sweeper.run import SweepOptions, run_sweep
 from kdsearch.tracking import runs as tracking
 
-# Ray, subprocesses and a browser (`pytest -m "not slow"` skips them); one worker of `make test`
-# runs the module, so its sweeps and its server are made once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mlflow_ui")]
+pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
 QUICKSTART = Path(__file__).parent.parent / "search_spaces" / "quickstart.yaml"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -7,9 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from mutants import MUTANTS, run_mutant
 
-# A pytest run per mutant, in a copy of the repository; one worker of `make test` runs them all
-# (the fixture that runs them is the module's).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mutants")]
+pytestmark = pytest.mark.slow  # a pytest run per mutant, in a copy of the repository
 
 
 @pytest.fixture(scope="module")
