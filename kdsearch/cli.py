@@ -47,8 +47,8 @@ def _methods_help() -> str:
     for name, cls in METHODS.items():
         settings = ", ".join(f"{k}={v}" for k, v in method_settings(name).items()) or "no settings"
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
-        lines.append(f"  {name:<5} {doc.splitlines()[0] if doc else cls.__name__}")
-        lines.append(f"        {settings}")
+        lines.append(f"  {name:<8} {doc.splitlines()[0] if doc else cls.__name__}")
+        lines.append(f"           {settings}")
     return "\n".join(lines) + "\n"
 
 

@@ -102,7 +102,7 @@ def test_train_help_lists_each_registered_method_with_its_settings_and_defaults(
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    assert "kd    Soft-target knowledge distillation" in text and "temperature=4.0, alpha=0.9" in text
+    assert "  kd       Soft-target knowledge distillation" in text and "temperature=4.0, alpha=0.9" in text
     assert "num_peers=2, temperature=1.0, weight=1.0, use_teacher=False" in text
 
 
@@ -143,7 +143,7 @@ def test_a_new_method_is_its_own_file_and_one_registry_line(tmp_path, monkeypatc
     assert cfg.method_args == {"weight": 0.25}
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "toy   Label smoothing toward the teacher's top class (a toy)" in capsys.readouterr().out
+    assert "toy      Label smoothing toward the teacher's top class (a toy)" in capsys.readouterr().out
     result = fit(cfg, measure_speed=False)
     assert [set(h) >= {"train/top", "train/ce"} for h in result.history] == [True, True]
     assert result.metrics["val/acc"] > 0.2

@@ -216,7 +216,7 @@ def test_method_settings_are_checked_against_their_declared_types():
 
 def test_methods_declare_what_they_need():
     assert [METHODS[m].uses_teacher({}) for m in ("ce", "kd", "at", "dml")] == [False, True, True, False]
-    assert METHODS["dml"].uses_teacher({"use_teacher": True}) and METHODS["at"].needs_attention
+    assert METHODS["dml"].uses_teacher({"use_teacher": True}) and "attention" in METHODS["at"].reads.teacher
     dml = build_method("dml", {"num_peers": 3}, objective=TaskLoss(), make_peer=lambda: torch.nn.Linear(2, 2))
     assert len(dml.extra_modules()) == 2 and not dml.needs_teacher
 

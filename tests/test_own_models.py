@@ -140,7 +140,7 @@ def test_attention_transfer_reads_the_named_modules_of_any_model(mynets, digits,
 def test_features_a_model_lacks_are_named_with_its_modules(mynets, digits, cache_dir):
     base = TrainConfig(method="at", student="mynets:TinyNet", cache_dir=cache_dir, **{**FAST, "teacher": "resnet8"})
     with pytest.raises(
-        UserError, match=r"^attention transfer reads the student's feature maps but TinyNet names none: .*conv1, conv2, head$"
+        UserError, match=r"^method 'at' reads the student's feature maps but TinyNet names none: .*conv1, conv2, head$"
     ):
         fit(base, data=digits, measure_speed=False)
     with pytest.raises(
@@ -243,7 +243,7 @@ def test_a_torchscript_teacher_distils_by_its_logits(digits, cache_dir, tmp_path
     cfg = TrainConfig(method="kd", teacher_checkpoint=str(path), cache_dir=cache_dir, **FAST)
     result = fit(cfg, data=digits)
     assert result.metrics["teacher/params"] == sum(p.numel() for p in teacher.parameters())
-    with pytest.raises(UserError, match="attention transfer reads the teacher's feature maps but"):
+    with pytest.raises(UserError, match="method 'at' reads the teacher's feature maps but"):
         fit(dataclasses.replace(cfg, method="at"), data=digits, measure_speed=False)
     torch.jit.trace(build_model("resnet8", 3, 1).eval(), torch.zeros(2, 1, 8, 8)).save(str(path))
     with pytest.raises(UserError, match=r"TorchScript teacher .* gives \(2, 3\) for 2 images but digits has 10 classes"):

@@ -91,10 +91,10 @@ def test_a_grid_runs_every_combination_once():
         ({"space": {"dataset": {"choice": ["digits"]}}}, "space.dataset: dataset cannot vary within a sweep"),
         ({"space": {"alpha": 0.5}}, "space.alpha: expected a distribution"),
         (
-            {"fixed": {"method": "fitnet"}},
-            "fixed.method: unknown method 'fitnet': choose one of at, ce, dkd, dml, kd, or name your own Method subclass as module:Class",
+            {"fixed": {"method": "fitnets"}},
+            "fixed.method: unknown method 'fitnets': choose one of at, ce, dkd, dml, fitnet, kd, pkt, rkd, sp, or name your own Method subclass as module:Class",
         ),
-        ({"space": {"method": {"choice": ["kd", "fitnet"]}}}, "space.method: unknown method 'fitnet'"),
+        ({"space": {"method": {"choice": ["kd", "fitnets"]}}}, "space.method: unknown method 'fitnets'"),
         ({"space": {"method": {"uniform": [0, 1]}}}, "space.method: methods are compared as a choice"),
         ({"fixed": {"method": "kd"}, "space": {"method": {"choice": ["kd"]}}}, "method is both fixed and searched"),
         (

@@ -35,7 +35,8 @@ def test_cached_outputs_equal_the_live_teacher_for_the_same_views(digits):
         x, _, idx = next(iter(train.train_batches(64, seed=3, epoch=epoch, flip=True)))
         with torch.no_grad():
             logits, features = teacher.forward_with_features(x)
-        cached_logits, cached_maps = cache.epoch_on(epoch, idx.device).lookup(idx)
+        looked_up = cache.epoch_on(epoch, idx.device).lookup(idx)
+        cached_logits, cached_maps = looked_up.logits, looked_up.attention
         assert torch.allclose(cached_logits, logits, atol=2e-2, rtol=2e-3)  # fp16 storage
         for cached, f in zip(cached_maps, features):
             live = torch.nn.functional.normalize(attention_map(f).flatten(1), dim=1)
@@ -192,7 +193,10 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
     full = shutil_module.disk_usage(tmp_path)._replace(free=400_000)
     monkeypatch.setattr(teacher_outputs.shutil, "disk_usage", lambda _: full)
     assert compute_shared_outputs(teacher, digits, cfg, logs.append, CacheLimits(copies=3)) is None
-    assert logs[-1].startswith("teacher outputs would take 0.46 MB") and "and over the 0.29 MB free for them under" in logs[-1]
+    assert (
+        logs[-1].startswith("teacher outputs (logits, attention) would take 0.46 MB")
+        and "and over the 0.29 MB free for them under" in logs[-1]
+    )
     assert logs[-1].endswith(": trials run the teacher live")
 
 

@@ -13,15 +13,31 @@ from kdsearch.errors import UserError, lookup
 from kdsearch.methods.at import AttentionTransfer
 from kdsearch.methods.base import Method
 from kdsearch.methods.ce import CrossEntropy
+from kdsearch.methods.crd import ContrastiveRD
 from kdsearch.methods.dkd import DecoupledKD
 from kdsearch.methods.dml import DeepMutualLearning
+from kdsearch.methods.fitnet import FitNet
 from kdsearch.methods.kd import HintonKD
+from kdsearch.methods.pkt import ProbabilisticKT
+from kdsearch.methods.rkd import RelationalKD
+from kdsearch.methods.sp import SimilarityPreserving
 from kdsearch.methods.task_loss import Outputs, TaskLoss
 from kdsearch.models.imported import import_object, is_import_path
 from kdsearch.settings import schedules
 from kdsearch.settings.typed import coerce
 
-METHODS = {"ce": CrossEntropy, "kd": HintonKD, "at": AttentionTransfer, "dml": DeepMutualLearning, "dkd": DecoupledKD}
+METHODS = {
+    "ce": CrossEntropy,
+    "kd": HintonKD,
+    "at": AttentionTransfer,
+    "dml": DeepMutualLearning,
+    "dkd": DecoupledKD,
+    "fitnet": FitNet,
+    "rkd": RelationalKD,
+    "pkt": ProbabilisticKT,
+    "sp": SimilarityPreserving,
+    "crd": ContrastiveRD,
+}
 
 # Keyword-only constructor arguments filled in by the trainer, not hyperparameters.
 _CONTEXT = ("objective", "make_peer")

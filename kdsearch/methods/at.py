@@ -17,11 +17,13 @@ average-pooled to the smaller one (``resize="pool"``) or the pair is refused
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from kdsearch.methods.attention_maps import attention_map
-from kdsearch.methods.base import Method
+from kdsearch.methods.base import Method, Reads
 from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
@@ -57,8 +59,8 @@ def pair_stages(student_sizes: list[tuple[int, int]], teacher_sizes: list[tuple[
 
 
 class AttentionTransfer(Method):
-    needs_teacher = True
-    needs_attention = True
+    # the teacher's attention maps of exponent p (set when built: ``reads_for``), the student's features
+    reads = Reads(teacher={"logits", "attention"}, student={"features"})
 
     def __init__(
         self,
@@ -78,14 +80,21 @@ class AttentionTransfer(Method):
             raise ValueError(f"alpha (the weight of the optional KD term) must be in [0, 1], got {alpha}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not p > 0:
+            raise ValueError(f"p (the exponent of the attention maps) must be > 0, got {p}")
         if resize not in ("pool", "error"):
             raise ValueError(f"resize must be 'pool' or 'error', got {resize!r}")
         if weights is not None and (not isinstance(weights, (list, tuple)) or any(not w >= 0 for w in weights)):
             raise ValueError(f"weights must be a list of non-negative numbers, one per matched stage, got {weights!r}")
         self.beta, self.attention_p, self.alpha, self.temperature = float(beta), float(p), float(alpha), float(temperature)
+        self.reads = self.reads_for({"p": p})
         self.weights = None if weights is None else [float(w) for w in weights]
         self.resize = resize
         self._pairing: str | None = None
+
+    @classmethod
+    def reads_for(cls, settings) -> Reads:
+        return dataclasses.replace(cls.reads, attention_p=float(settings.get("p", 2.0)))
 
     def forward(self, student: Outputs, targets: torch.Tensor, teacher: Outputs, inputs: torch.Tensor | None = None) -> dict:
         student_maps = [attention_map(f, self.attention_p) for f in student.features]

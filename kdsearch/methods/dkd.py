@@ -19,12 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdsearch.methods.base import Method
+from kdsearch.methods.base import Method, Reads
 from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
 class DecoupledKD(Method):
-    needs_teacher = True
+    reads = Reads(teacher={"logits"})
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, *, objective: TaskLoss):
         super().__init__(objective=objective)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from kdsearch.methods.base import Method
+from kdsearch.methods.base import Method, Reads
 from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
@@ -38,12 +38,12 @@ class DeepMutualLearning(Method):
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
         self.temperature, self.weight = float(temperature), float(weight)
-        self.needs_teacher = bool(use_teacher)
+        self.reads = self.reads_for({"use_teacher": use_teacher})
         self.peers = nn.ModuleList(make_peer() for _ in range(int(num_peers) - 1))
 
     @classmethod
-    def uses_teacher(cls, settings: Mapping[str, object]) -> bool:
-        return bool(settings.get("use_teacher", False))
+    def reads_for(cls, settings: Mapping[str, object]) -> Reads:
+        return Reads(teacher={"logits"}) if settings.get("use_teacher", False) else Reads()
 
     def extra_modules(self) -> list[nn.Module]:
         return list(self.peers)

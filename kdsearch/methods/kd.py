@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from kdsearch.methods.base import Method
+from kdsearch.methods.base import Method, Reads
 from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
 class HintonKD(Method):
-    needs_teacher = True
+    reads = Reads(teacher={"logits"})
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, *, objective: TaskLoss):
         super().__init__(objective=objective)

@@ -16,12 +16,15 @@ import torch.nn.functional as F
 
 
 class Outputs(NamedTuple):
-    """A network's logits and its stage outputs (shallow to deep); a cached teacher gives its
-    attention maps instead of its features (see kdsearch.teacher.outputs)."""
+    """What a network gives a method in one step: its logits, its stage outputs (shallow to deep),
+    the attention maps of a cached teacher (in place of its features when those are not kept; see
+    kdsearch.teacher.outputs), and its pooled embedding before the classifier, when the method
+    reads them (``Method.reads``)."""
 
     logits: torch.Tensor
     features: list[torch.Tensor]
     attention: list[torch.Tensor] | None = None
+    embedding: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

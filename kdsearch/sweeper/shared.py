@@ -12,6 +12,7 @@ from kdsearch import ray_trials
 from kdsearch.data import load_data
 from kdsearch.data.placement import host_bytes
 from kdsearch.methods import method_class
+from kdsearch.methods.base import Reads, reads_of
 from kdsearch.models.checkpoint import save_checkpoint
 from kdsearch.runtime.device import resolve_device, set_threads
 from kdsearch.runtime.provenance import provenance
@@ -25,24 +26,19 @@ from kdsearch.teacher.outputs import CacheLimits, compute_shared_outputs, teache
 from kdsearch.teacher.weights import Teacher, given_teacher
 
 
-def needs_teacher(spec: SweepSpec) -> bool:
-    """Whether any trial's method will need the teacher: any method the sweep may train with,
-    with its fixed settings or any choice the space offers for one (DML's use_teacher: [true, false])."""
+def sweep_reads(spec: SweepSpec) -> Reads:
+    """What any trial's method may read (``Method.reads``): of every method the sweep may train
+    with, with its fixed settings and with each choice the space offers for one of them (DML's
+    use_teacher: [true, false]). The shared teacher outputs are made to serve all of it."""
+    found = []
     for method in spec.methods:
         cfg, cls = spec.example_config(method), method_class(method)
-        if cls.uses_teacher(cfg.method_args):
-            return True
+        found.append(cls.reads_for(cfg.method_args))
         for entry in spec.templates.values():
             dist = spec.space.get((entry["template"] or {}).get(PARAM)) if isinstance(entry["template"], dict) else None
             if entry["method"] in (None, method) and dist is not None and dist["kind"] == "choice":
-                if any(cls.uses_teacher({**cfg.method_args, entry["name"]: value}) for value in dist["args"]):
-                    return True
-    return False
-
-
-def needs_attention(spec: SweepSpec) -> bool:
-    """Whether any method the sweep may train with reads the teacher's attention maps."""
-    return any(method_class(method).needs_attention for method in spec.methods)
+                found += [cls.reads_for({**cfg.method_args, entry["name"]: value}) for value in dist["args"]]
+    return reads_of(found)
 
 
 @dataclass
@@ -101,22 +97,23 @@ def prepare_shared(plan: SweepPlan, tracker, opts: SweepOptions, log: Callable[[
         reserved=host_bytes(placement, data, int(fixed.crop_pad or 0), trials, resolve_device(fixed.device).type),
         disk=opts.shared_storage or ray_trials.node_count() == 1,  # outputs on disk: every node must see the files
     )
+    reads = sweep_reads(spec)
     if opts.teacher is not None:
         teacher = given_teacher(opts.teacher, fixed, data)
-        outputs = compute_shared_outputs(teacher, data, fixed, log, limits, needs_attention(spec)) if opts.teacher_cache else None
-    elif not needs_teacher(spec):
+        outputs = compute_shared_outputs(teacher, data, fixed, log, limits, reads) if opts.teacher_cache else None
+    elif not reads.needs_teacher:
         teacher, outputs = None, None
     elif ray_trials.gpu_elsewhere(fixed.device):
         # A head node without a GPU: train (or load) the teacher and compute its outputs on a
         # cluster GPU, not on the driver's CPU while the GPUs idle.
         elsewhere = dataclasses.replace(limits, disk=False)  # the files would be on the GPU node's disk, not the trials'
         teacher, outputs, node = ray_trials.run_on_a_gpu(
-            teacher_and_outputs, fixed, data, opts.teacher_cache, lambda _: None, elsewhere, needs_attention(spec)
+            teacher_and_outputs, fixed, data, opts.teacher_cache, lambda _: None, elsewhere, reads
         )
         keep_local_copy(teacher, data)
         log(f"teacher {teacher.arch} and its outputs prepared on GPU node {node[:8]} (this driver has no GPU)")
     else:
-        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, limits, needs_attention(spec))
+        teacher, outputs = teacher_and_outputs(fixed, data, opts.teacher_cache, log, limits, reads)
     log(
         f"sweep {plan.name}: {spec.search.num_samples} trials of {base.method} on {base.dataset} ({base.student} <- {base.teacher}), "
         f"{spec.search.sampler} + {spec.search.scheduler}, results in {plan.sweep_dir}"

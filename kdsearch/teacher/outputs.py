@@ -3,12 +3,17 @@
 A student sees image i in epoch e through a crop and flip that depend only on (seed, e, i)
 (``data.pipeline.view_params``), so the teacher's logits for all of them, and the
 attention maps Attention Transfer reads, can be computed before training and looked up
-by (epoch, index) instead of running the teacher in every step of every trial.
+by (epoch, index) instead of running the teacher in every step of every trial; so can the
+other things methods read of the teacher (``Method.reads``): its pooled embedding before the
+classifier, and its feature maps.
 
 Sizes (fp16): logits take epochs x N x classes x 2 bytes: CIFAR-10 at 30 epochs, 45,000
 images: 27 MB; digits at 15 epochs: 0.4 MB. Attention maps take epochs x N x (the sum of
 H x W over the teacher's stages) x 2 bytes: ResNet-50 on 32x32 CIFAR (1,360 values an
-image) at 30 epochs: 3.7 GB. Outputs over their in-memory budget (``budget_bytes``: the free
+image) at 30 epochs: 3.7 GB. An embedding takes epochs x N x its width x 2 bytes (ResNet-50's
+2,048 at 30 epochs on CIFAR: 5.5 GB, resnet8's 64 on digits at 15 epochs: 3 MB); full feature
+maps take the sum of C x H x W over the stages (ResNet-50 on CIFAR: 0.36 M values an image,
+far past memory and most disks at 30 epochs; digits' resnet20 teacher: 1,344 values). Outputs over their in-memory budget (``budget_bytes``: the free
 host memory's usable share split among the copies held at once, or ``KDSEARCH_TEACHER_CACHE_GB``)
 are written once to the cache folder and memory-mapped: every trial of a node reads the same
 files, and the limit is the disk.
@@ -35,13 +40,14 @@ from kdsearch.config import TrainConfig
 from kdsearch.data import DatasetSplits
 from kdsearch.data.pipeline import split_of, view_params
 from kdsearch.data.placement import HEADROOM, cache_folder, existing_folder, free_host_memory, gb, mapped_file, open_mapped
-from kdsearch.methods import Method, method_class
+from kdsearch.methods import Method, Outputs, method_class
 from kdsearch.methods.attention_maps import normalised_attention
+from kdsearch.methods.base import Reads
 from kdsearch.models.taps import feature_forward
 from kdsearch.runtime import interrupts
 from kdsearch.runtime.device import resolve_device
 from kdsearch.teacher.weights import Teacher, get_teacher
-from kdsearch.training.engine import teacher_feature_names
+from kdsearch.training.method_inputs import teacher_feature_names
 from kdsearch.training.evaluate import inference_batch_size
 
 CACHED_ATTENTION_P = 2.0  # the exponent of the attention maps stored (AT's default)
@@ -67,6 +73,8 @@ class TeacherOutputs:
     teacher_fingerprint: str  # the teacher's weights (weights_fingerprint)
     feature_names: list[str] | None = None  # the teacher modules the attention maps came from (None: its stages)
     amp: bool = False  # computed under bf16 autocast: a run in fp32 computes its own
+    embedding: torch.Tensor | None = None  # (epochs, N, width), fp16: the input of the classifier head
+    features: list[torch.Tensor] | None = None  # per teacher stage (epochs, N, C, H, W), fp16
 
     @property
     def epochs(self) -> int:
@@ -76,13 +84,13 @@ class TeacherOutputs:
         # Outputs written to disk (``write_to``) travel as their files: every trial of a node maps
         # the same files (one copy, in the page cache) instead of receiving a copy of its own.
         state = dict(self.__dict__)
-        state["logits"] = _by_file(self.logits)
-        state["attention"] = [_by_file(a) for a in self.attention] if self.attention is not None else None
+        for name in ARRAYS:
+            state[name] = _each(_by_file, state.get(name))
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state["logits"] = _from_file(state["logits"])
-        state["attention"] = [_from_file(a) for a in state["attention"]] if state["attention"] is not None else None
+        for name in ARRAYS:
+            state[name] = _each(_from_file, state.get(name))
         self.__dict__.update(state)
 
     @property
@@ -91,7 +99,7 @@ class TeacherOutputs:
         return mapped_file(self.logits) is not None
 
     def nbytes(self) -> int:
-        return self.logits.numel() * 2 + sum(a.numel() * 2 for a in self.attention or [])
+        return sum(a.numel() * 2 for name in ARRAYS for a in _listed(getattr(self, name)))
 
     def mismatch(
         self,
@@ -111,7 +119,13 @@ class TeacherOutputs:
                 f"the cache has the views of seed {self.seed}, crop_pad {self.crop_pad}, flip {bool(self.flip)}; "
                 f"this run: seed {cfg.seed}, crop_pad {cfg.crop_pad}, flip {bool(cfg.flip)}"
             )
-        if method.needs_attention:
+        reads = method.reads
+        for read in ("embedding", "features"):
+            if read in reads.teacher and getattr(self, read) is None:
+                return f"the cache holds no teacher {read} and {cfg.method} reads them"
+        if "features" in reads.teacher and self.feature_names != names:
+            return f"the cached features are of the teacher's {self.feature_names or 'stages'}, this run reads {names or 'its stages'}"
+        if "attention" in reads.teacher:
             if self.attention is None:
                 return f"the cache holds no attention maps and {cfg.method} reads them"
             if method.attention_p != CACHED_ATTENTION_P:
@@ -129,8 +143,23 @@ class TeacherOutputs:
     def epoch_on(self, epoch: int, device: torch.device) -> EpochOutputs:
         """One epoch's outputs on the device. The rest stay where they are, in host memory (the
         node's one copy, shared, not pinned: a pinned copy is one more per trial) or on disk."""
-        maps = [a[epoch].to(device, non_blocking=True) for a in self.attention] if self.attention is not None else None
-        return EpochOutputs(self.logits[epoch].to(device, non_blocking=True), maps)
+        return EpochOutputs(
+            **{name: _each(lambda a: a[epoch].to(device, non_blocking=True), getattr(self, name)) for name in ARRAYS}
+        )
+
+
+ARRAYS = ("logits", "attention", "embedding", "features")  # what TeacherOutputs keeps, per epoch and image
+
+
+def _each(fn, value):
+    """``fn`` of a tensor, or of each tensor of a list (None stays None)."""
+    if value is None:
+        return None
+    return [fn(v) for v in value] if isinstance(value, list) else fn(value)
+
+
+def _listed(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 @dataclass
@@ -139,11 +168,15 @@ class EpochOutputs:
 
     logits: torch.Tensor  # (N, outputs), fp16
     attention: list[torch.Tensor] | None
+    embedding: torch.Tensor | None = None
+    features: list[torch.Tensor] | None = None
 
-    def lookup(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        logits = self.logits.index_select(0, idx).float()
-        maps = [a.index_select(0, idx).float() for a in self.attention] if self.attention is not None else None
-        return logits, maps
+    def lookup(self, idx: torch.Tensor) -> Outputs:
+        """The teacher's outputs for these images of the training split, as a live teacher gives them."""
+        pick = lambda a: a.index_select(0, idx).float()  # noqa: E731
+        return Outputs(
+            pick(self.logits), _each(pick, self.features) or [], _each(pick, self.attention), _each(pick, self.embedding)
+        )
 
 
 def _by_file(x: torch.Tensor):
@@ -173,12 +206,25 @@ def budget_bytes(copies: int = 1, reserved: int = 0) -> int:
     return max(0, int((free_host_memory() * HEADROOM - reserved) / max(1, copies)))
 
 
-def estimate_bytes(teacher: nn.Module, data: DatasetSplits, epochs: int, attention: bool, names: list[str] | None = None) -> int:
-    forward = feature_forward(teacher.eval().cpu(), names, "teacher")
+def estimate_bytes(
+    teacher: nn.Module,
+    data: DatasetSplits,
+    epochs: int,
+    attention: bool = False,
+    names: list[str] | None = None,
+    *,
+    embedding: bool = False,
+    features: bool = False,
+) -> int:
+    """The bytes the outputs take for ``epochs`` epochs of the training split (fp16)."""
+    forward = feature_forward(teacher.eval().cpu(), names, "teacher", embedding=embedding)
     with torch.no_grad():
-        logits, features = forward(torch.zeros(1, data.in_channels, *data.image_size))
+        logits, maps, pooled = forward(torch.zeros(1, data.in_channels, *data.image_size))
     forward.close()
-    per_image = logits.shape[1] + (sum(f.shape[-2] * f.shape[-1] for f in features) if attention else 0)
+    per_image = logits.shape[1]
+    per_image += sum(f.shape[-2] * f.shape[-1] for f in maps) if attention else 0
+    per_image += pooled.shape[1] if embedding else 0
+    per_image += sum(f[0].numel() for f in maps) if features else 0
     return epochs * len(data.train_x) * per_image * 2
 
 
@@ -197,50 +243,79 @@ def compute_teacher_outputs(
     amp: bool = False,
     names: list[str] | None = None,
     folder: Path | None = None,
+    embedding: bool = False,
+    features: bool = False,
 ) -> TeacherOutputs:
     """Run the teacher over every (epoch, image) view once; fp16 results on the CPU, or, with
-    ``folder``, written there epoch by epoch (memory is then one epoch's) and memory-mapped."""
+    ``folder``, written there epoch by epoch (memory is then one epoch's) and memory-mapped.
+    Besides the logits: the attention maps (``attention``), the embedding before the classifier
+    (``embedding``), the feature maps of the stages (``features``)."""
     staging = _staging(folder) if folder is not None else None
     batch_size = batch_size or inference_batch_size(device.type)
     teacher = teacher.to(device).eval()
-    forward = feature_forward(teacher, names, "teacher")
+    forward = feature_forward(teacher, names, "teacher", embedding=embedding)
     train = split_of(data.train_x, data.train_y, data.mean, data.std, device, pad=crop_pad)
-    n = len(train)
-    every = torch.arange(n, device=device)
-    logits_out, maps_out = None, None
+    kept: dict[str, torch.Tensor | list[torch.Tensor] | None] = {}  # every epoch's, on the host or disk
+    kinds = {"attention": attention, "embedding": embedding, "features": features}
     for epoch in range(epochs):
-        dy, dx, flips = (t.to(device) for t in view_params(n, seed, epoch, crop_pad, flip))
-        epoch_logits, epoch_maps = None, None  # one epoch gathered on the device, then one copy to the host
-        for start in range(0, n, batch_size):
-            interrupts.check()
-            sl = slice(start, start + batch_size)
-            x = train.normalise(train.augmented(every[sl], dy[sl], dx[sl], flips[sl]))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, features = forward(x)
-            if epoch_logits is None:
-                epoch_logits = torch.empty(n, logits.shape[1], dtype=torch.float16, device=device)
-                epoch_maps = (
-                    [torch.empty(n, *f.shape[-2:], dtype=torch.float16, device=device) for f in features] if attention else None
-                )
-            epoch_logits[sl] = logits.half()
-            if attention:
-                for store, f in zip(epoch_maps, features):
-                    # Normalised now (values in [0, 1], safe in fp16); AT's pooling is linear and it
-                    # normalises again, so this is exactly the live computation.
-                    store[sl] = normalised_attention(f, CACHED_ATTENTION_P).half()
-        if logits_out is None:
-            logits_out = _empty(staging, "logits", (epochs, *epoch_logits.shape))
-            maps_out = (
-                [_empty(staging, f"attention{i}", (epochs, *m.shape)) for i, m in enumerate(epoch_maps)] if attention else None
-            )
-        logits_out[epoch] = epoch_logits.cpu()
-        if attention:
-            for store, m in zip(maps_out, epoch_maps):
-                store[epoch] = m.cpu()
+        views = [t.to(device) for t in view_params(len(train), seed, epoch, crop_pad, flip)]
+        this_epoch = _one_epoch(forward, train, views, kinds, batch_size=batch_size, amp=amp)
+        if not kept:
+            kept = {name: _named_files(staging, name, value, epochs) for name, value in this_epoch.items()}
+        for name, value in this_epoch.items():
+            for store, v in zip(_listed(kept[name]), _listed(value)):
+                store[epoch] = v.cpu()
     forward.close()
-    fingerprints = (data.fingerprint(), weights_fingerprint(teacher))
-    outputs = TeacherOutputs(logits_out, maps_out, seed, crop_pad, flip, *fingerprints, names if attention else None, amp)
+    outputs = TeacherOutputs(
+        logits=kept["logits"],
+        attention=kept.get("attention"),
+        embedding=kept.get("embedding"),
+        features=kept.get("features"),
+        seed=seed,
+        crop_pad=crop_pad,
+        flip=flip,
+        data_fingerprint=data.fingerprint(),
+        teacher_fingerprint=weights_fingerprint(teacher),
+        feature_names=names if attention or features else None,
+        amp=amp,
+    )
     return outputs if staging is None else _publish(outputs, staging, Path(folder))
+
+
+def _one_epoch(forward, train, views: list[torch.Tensor], kinds: dict[str, bool], *, batch_size: int, amp: bool) -> dict:
+    """One epoch's outputs of every kind asked for, gathered on the device (fp16)."""
+    n, device = len(train), views[0].device
+    every = torch.arange(n, device=device)
+    dy, dx, flips = views
+    out: dict = {}
+    for start in range(0, n, batch_size):
+        interrupts.check()
+        sl = slice(start, start + batch_size)
+        x = train.normalise(train.augmented(every[sl], dy[sl], dx[sl], flips[sl]))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, maps, pooled = forward(x)
+        got = {
+            "logits": logits,
+            # Normalised now (values in [0, 1], safe in fp16); AT's pooling is linear and it
+            # normalises again, so this is exactly the live computation.
+            "attention": [normalised_attention(f, CACHED_ATTENTION_P) for f in maps] if kinds["attention"] else None,
+            "embedding": pooled if kinds["embedding"] else None,
+            "features": maps if kinds["features"] else None,
+        }
+        for name, value in got.items():
+            if value is not None:
+                if name not in out:
+                    out[name] = _each(lambda v: torch.empty(n, *v.shape[1:], dtype=torch.float16, device=device), value)
+                for store, v in zip(_listed(out[name]), _listed(value)):
+                    store[sl] = v.half()
+    return out
+
+
+def _named_files(staging: Path | None, name: str, value, epochs: int):
+    """Room for every epoch of one kind of output: in memory, or a file per tensor in ``staging``."""
+    if isinstance(value, list):
+        return [_empty(staging, f"{name}{i}", (epochs, *v.shape)) for i, v in enumerate(value)]
+    return _empty(staging, name, (epochs, *value.shape))
 
 
 def _staging(folder: Path) -> Path:
@@ -253,8 +328,9 @@ def _staging(folder: Path) -> Path:
 def _publish(outputs: TeacherOutputs, staging: Path, folder: Path) -> TeacherOutputs:
     """The outputs written in ``staging`` become ``folder``, whole or not at all (a run stopped
     midway leaves no half-written outputs); returned as maps of their final files."""
-    meta = {f.name: getattr(outputs, f.name) for f in dataclasses.fields(outputs) if f.name not in ("logits", "attention")}
-    meta["maps"] = len(outputs.attention) if outputs.attention is not None else None
+    meta = {f.name: getattr(outputs, f.name) for f in dataclasses.fields(outputs) if f.name not in ARRAYS}
+    # how each kind of output was kept: None (not kept), "one" file, or the number of files (one per stage)
+    meta["files"] = {name: _count(getattr(outputs, name)) for name in ARRAYS}
     (staging / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(staging, folder)
@@ -279,12 +355,23 @@ def read_written(folder: Path) -> TeacherOutputs | None:
         meta = json.loads((Path(folder) / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    maps = meta.pop("maps")
-    logits = _from_file({"mapped": str(Path(folder) / "logits.npy")})
-    attention = (
-        [_from_file({"mapped": str(Path(folder) / f"attention{i}.npy")}) for i in range(maps)] if maps is not None else None
-    )
-    return TeacherOutputs(logits=logits, attention=attention, **meta)
+    files = meta.pop("files", None)
+    if files is None:  # written before the embedding and features were kept: logits and attention maps
+        files = {"logits": "one", "attention": meta.pop("maps", None)}
+    arrays = {name: _read_files(Path(folder), name, files.get(name)) for name in ARRAYS}
+    return TeacherOutputs(**arrays, **meta)
+
+
+def _count(value) -> str | int | None:
+    return None if value is None else len(value) if isinstance(value, list) else "one"
+
+
+def _read_files(folder: Path, name: str, count: str | int | None):
+    if count is None:
+        return None
+    if count == "one":
+        return _from_file({"mapped": str(folder / f"{name}.npy")})
+    return [_from_file({"mapped": str(folder / f"{name}{i}.npy")}) for i in range(count)]
 
 
 # -- the sweep's shared cache: what is cached, where, and when trials run the teacher live ---------
@@ -309,21 +396,21 @@ def compute_shared_outputs(
     cfg: TrainConfig,
     log: Callable[[str], None],
     limits: CacheLimits = CacheLimits(),
-    attention: bool | None = None,
+    reads: Reads | None = None,
 ) -> TeacherOutputs | None:
     """The teacher's outputs for every view of every epoch, once, where ``limits`` allow them
-    (``CacheLimits``); with its attention maps when ``attention`` (default: when ``cfg.method``
-    reads them). None: the trials run the teacher live. Each way is said in one line."""
+    (``CacheLimits``): its logits, and what else of it ``reads`` says the trials' methods read
+    (default: ``cfg.method``'s). None: the trials run the teacher live. Each way is said in one line."""
     copies, reserved = limits.copies, limits.reserved
-    attention = method_class(cfg.method).needs_attention if attention is None else attention
-    names = teacher_feature_names(cfg, teacher) if attention else None
-    size = estimate_bytes(teacher.model, data, cfg.epochs, attention, names)
+    reads = method_class(cfg.method).reads_for(cfg.method_args) if reads is None else reads
+    kinds = {name: name in reads.teacher for name in ("attention", "embedding", "features")}
+    names = teacher_feature_names(cfg, teacher) if kinds["attention"] or kinds["features"] else None
+    size = estimate_bytes(teacher.model, data, cfg.epochs, names=names, **kinds)
     budget = budget_bytes(copies, reserved)
     device = resolve_device(cfg.device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"  # the trials' precision, checked by mismatch()
-    views = dict(
-        seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip, attention=attention, amp=amp, names=names
-    )
+    views = dict(seed=cfg.seed, epochs=cfg.epochs, crop_pad=cfg.crop_pad, flip=cfg.flip, amp=amp, names=names, **kinds)
+    what = ", ".join(["logits", *(k for k, v in kinds.items() if v)])
     folder = None
     if size > budget:
         beside = f", beside the data's {gb(reserved)}" if reserved else ""
@@ -336,7 +423,7 @@ def compute_shared_outputs(
         written = read_written(folder)
         if written is not None:
             log(
-                f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images ({gb(size)}, {memory}): read from {folder}"
+                f"teacher outputs ({what}) for {cfg.epochs} epochs x {len(data.train_x)} images ({gb(size)}, {memory}): read from {folder}"
             )
             return written
     started = time.perf_counter()
@@ -349,7 +436,7 @@ def compute_shared_outputs(
         else f"{gb(outputs.nbytes())} in memory"
     )
     log(
-        f"teacher outputs for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
+        f"teacher outputs ({what}) for {cfg.epochs} epochs x {len(data.train_x)} images computed once for all trials "
         f"({where}, {time.perf_counter() - started:.1f} s)"
     )
     return outputs
@@ -364,7 +451,8 @@ def _disk_folder(cfg, data, teacher: Teacher, views: dict, size: int, *, memory:
     if disk and size <= room:
         return written_folder(root, data, teacher.model, **views)
     where = f"and over the {gb(room)} free for them under {root}" if disk else "and not on a disk every node shares"
-    log(f"teacher outputs would take {gb(size)}, {memory} {where}: trials run the teacher live")
+    what = ", ".join(["logits", *(k for k in ("attention", "embedding", "features") if views.get(k))])
+    log(f"teacher outputs ({what}) would take {gb(size)}, {memory} {where}: trials run the teacher live")
     return None
 
 
@@ -374,11 +462,11 @@ def teacher_and_outputs(
     cache_outputs: bool,
     log: Callable[[str], None] = lambda _: None,
     limits: CacheLimits = CacheLimits(),
-    attention: bool | None = None,
+    reads: Reads | None = None,
 ):
     """The sweep's teacher and its outputs for every view (``compute_shared_outputs``; the model
     moved to the CPU). ``limits.disk``: False where this runs on another node than the trials' driver."""
     teacher = get_teacher(cfg, data, log=log)
-    outputs = compute_shared_outputs(teacher, data, cfg, log, limits, attention) if cache_outputs else None
+    outputs = compute_shared_outputs(teacher, data, cfg, log, limits, reads) if cache_outputs else None
     teacher.model.cpu()
     return teacher, outputs

@@ -24,16 +24,17 @@ from kdsearch.data.pipeline import DeviceData, split_for, split_of
 from kdsearch.data.placement import place
 from kdsearch.errors import UserError
 from kdsearch.methods import Method, Outputs, TaskLoss, build_method
-from kdsearch.models import feature_names
 from kdsearch.models.checkpoint import build_from_spec, model_spec, save_checkpoint
 from kdsearch.models.compression import compression_report
-from kdsearch.models.imported import head_name, top_level_names
-from kdsearch.models.taps import Forward, feature_forward
+from kdsearch.models.imported import head_name
+from kdsearch.models.taps import Forward
 from kdsearch.runtime import interrupts
 from kdsearch.runtime.device import resolve_device, resolve_stem, set_threads
 from kdsearch.runtime.provenance import provenance
 from kdsearch.settings import schedules
 from kdsearch.training.evaluate import evaluate
+from kdsearch.training import method_inputs
+from kdsearch.training.method_inputs import live_teacher, teacher_feature_names
 
 
 @dataclass
@@ -194,29 +195,23 @@ def build_run(
     method = build_method(
         cfg.method, cfg.method_args, objective=TaskLoss(data.multilabel, cfg.label_smoothing), make_peer=make_student
     )
-    if method.needs_teacher and teacher is None:
+    if method.reads.needs_teacher and teacher is None:
         raise UserError(f"method {cfg.method!r} needs a teacher: pass one (kdsearch.fit finds or trains it for a config)")
     student.to(device, memory_format=memory_format)
-    method.to(device, memory_format=memory_format)
 
-    teacher_model = teacher.model if method.needs_teacher else None
+    teacher_model = teacher.model if method.reads.needs_teacher else None
+    context = {"amp": amp, "device": device, "memory_format": memory_format}
     outputs, live = _teacher_side(
-        cfg,
-        data,
-        teacher,
-        teacher_model=teacher_model,
-        teacher_outputs=teacher_outputs,
-        method=method,
-        amp=amp,
-        device=device,
-        memory_format=memory_format,
-        log=log,
+        cfg, data, teacher, teacher_model=teacher_model, teacher_outputs=teacher_outputs, method=method, log=log, **context
     )
 
-    student_forward, teacher_forward = _forwards(
-        cfg, data, spec, student, teacher, outputs=outputs, method=method, device=device, memory_format=memory_format
-    )
+    student_forward, teacher_forward = method_inputs.forwards(cfg, spec, student, teacher, outputs=outputs, method=method)
     taps = [f for f in (student_forward, teacher_forward) if f is not None]
+    seen = method_inputs.seen_by(
+        cfg, data, teacher, student_forward, teacher_forward, method=method, device=device, memory_format=memory_format
+    )
+    method.build(seen)  # its own modules (connectors, a memory bank) from the shapes it will see, before the optimiser
+    method.to(device, memory_format=memory_format)
     if cfg.compile:
         student_forward, teacher_forward = _compiled(student_forward, teacher_forward, method)
     placement, data = place(cfg, data, device, log, decided=placement)  # said once the settings are known to work
@@ -227,20 +222,6 @@ def build_run(
     scheduler = build_schedule(cfg, optimizer, train.num_batches(cfg.batch_size) * cfg.epochs)
     forwards = (student_forward, teacher_forward, outputs, taps, schedules.scheduled(cfg.method_args))
     return TrainingRun(cfg, device, amp, spec, student, method, train, val, optimizer, scheduler, *forwards, teacher_live=live)
-
-
-def _forwards(cfg, data, spec, student, teacher, *, outputs, method: Method, device, memory_format):
-    """The student's forward (logits and the features it names), and the live teacher's when its
-    outputs are not looked up; checked to give AT its maps."""
-    student_forward = feature_forward(student, feature_names(cfg, "student", spec["arch"]), "student")
-    teacher_forward = None
-    if method.needs_teacher and outputs is None:
-        teacher_forward = feature_forward(teacher.model, teacher_feature_names(cfg, teacher), "teacher")
-    if method.needs_attention:
-        check_features(student_forward, "student", data, device, memory_format)
-        if teacher_forward is not None:
-            check_features(teacher_forward, "teacher", data, device, memory_format)
-    return student_forward, teacher_forward
 
 
 def _teacher_side(cfg, data, teacher, *, teacher_model, teacher_outputs, method, amp, device, memory_format, log):
@@ -279,36 +260,6 @@ def _compiled(student_forward, teacher_forward, method: Method):
     return student_forward, teacher_forward
 
 
-def teacher_feature_names(cfg: TrainConfig, teacher) -> list[str] | None:
-    spec = teacher.spec or {}
-    return cfg.features.get("teacher") or spec.get("features") or feature_names(cfg, "teacher", spec.get("arch", ""))
-
-
-def check_features(forward: Forward, role: str, data: DatasetSplits, device, memory_format) -> None:
-    """Attention Transfer reads feature maps: a model that gives none (or not as N x C x H x W
-    maps) is a one-line error before training, naming the modules the user can pick."""
-
-    model = forward.model
-    was_training = model.training
-    model.eval()  # batch norm must not learn from the probe
-    with torch.no_grad():
-        x = torch.zeros(2, data.in_channels, *data.image_size, device=device).contiguous(memory_format=memory_format)
-        _, features = forward(x)
-    model.train(was_training)
-    where = f"its top-level modules are {', '.join(top_level_names(model))}"
-    if not features:
-        raise UserError(
-            f"attention transfer reads the {role}'s feature maps but {type(model).__name__} names none: "
-            f"set features: {{{role}: [module, ...]}}; {where}"
-        )
-    for name, f in zip(getattr(forward, "names", range(1, len(features) + 1)), features):
-        if not isinstance(f, torch.Tensor) or f.dim() != 4:
-            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise UserError(
-                f"the {role}'s feature {name!r} is {got}, not N x C x H x W maps: name convolutional modules; {where}"
-            )
-
-
 def restore(run: TrainingRun, state: dict) -> tuple[int, float]:
     """Load a saved ``EpochState.training_state()``; returns (epochs done, best validation accuracy)."""
     run.student.load_state_dict(state["student"])
@@ -337,19 +288,17 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
             for name, value in now.items():
                 setattr(run.method, name, value)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
-            student_out = Outputs(*run.student_forward(x))
+            logits, features, embedding = run.student_forward(x)
+            student_out = Outputs(logits, features, embedding=embedding)
             teacher_out = None
             if looked_up is not None:
-                logits, maps = looked_up.lookup(idx)
-                teacher_out = Outputs(logits, [], maps)
+                teacher_out = looked_up.lookup(idx)
             elif run.teacher_forward is not None:
                 with torch.no_grad():
-                    logits, features = run.teacher_forward(x)
-                # Rounded as the shared teacher outputs store them, so a run with the live teacher
-                # trains like a sweep's trial that looked them up.
-                teacher_out = Outputs(logits.half().float(), features)
+                    teacher_out = live_teacher(run.teacher_forward(x), run.method.reads)
+            index = {"index": idx} if run.method.reads.index else {}
             try:
-                terms = run.method(student_out, y, teacher_out, x)
+                terms = run.method(student_out, y, teacher_out, x, **index)
             except ValueError as exc:  # a setting that does not fit these models (e.g. AT's stage weights)
                 raise UserError(f"method {cfg.method!r}: {exc}") from None
         run.optimizer.zero_grad(set_to_none=True)
