@@ -94,6 +94,13 @@ MUTANTS = (
         ("tests/test_method_formulas.py::test_crd_is_the_papers_nce_against_both_memory_banks_and_moves_them",),
     ),
     Mutant(
+        "ReviewKD's context loss compares the full maps alone, not their pooled pyramid",
+        "kdsearch/methods/reviewkd.py",
+        "sizes = [None] + [level for level in (4, 2, 1) if level < h]",
+        "sizes = [None]",
+        ("tests/test_method_formulas.py::test_reviewkd_fuses_deep_to_shallow_and_sums_the_hierarchical_context_loss",),
+    ),
+    Mutant(
         "trials receive the test split",
         "kdsearch/ray_trials/trainable.py",
         "out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())",

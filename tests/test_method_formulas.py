@@ -167,7 +167,7 @@ def test_crd_is_the_papers_nce_against_both_memory_banks_and_moves_them():
     assert np.array_equal(crd.memory_teacher[untouched].double().numpy(), bank_t[untouched])
 
 
-@pytest.mark.parametrize("name", ["fitnet", "rkd", "pkt", "sp", "crd"])
+@pytest.mark.parametrize("name", ["fitnet", "rkd", "pkt", "sp", "crd", "reviewkd"])
 def test_the_optional_kd_term_mixes_as_in_kd(name):
     g = torch.Generator().manual_seed(5)
     logits, y = _batch(n=4)
@@ -190,3 +190,62 @@ def test_the_optional_kd_term_mixes_as_in_kd(name):
     assert out["kd"].item() == pytest.approx(kd, rel=1e-5) and "kd" not in own
     # (1 - alpha) CE + alpha KD, and the method's own term as it is without KD
     assert out["loss"].item() - (0.6 * ce + 0.4 * kd) == pytest.approx(own["loss"].item() - ce, rel=1e-5, abs=1e-6)
+
+
+def _hcl_reference(g, t):
+    """The hierarchical context loss in numpy: the map itself, then 4, 2, 1 where smaller, weights halving."""
+    h = g.shape[-1]
+    levels = [h] + [size for size in (4, 2, 1) if size < h]
+    total = weights = 0.0
+    for i, size in enumerate(levels):
+        k = h // size  # the sizes here divide h: average pooling is a mean over k x k blocks
+        pool = lambda a: a.reshape(*a.shape[:2], size, k, size, k).mean(axis=(3, 5))  # noqa: E731
+        total += 0.5**i * np.mean((pool(g) - pool(t)) ** 2)
+        weights += 0.5**i
+    return total / weights
+
+
+def test_reviewkd_fuses_deep_to_shallow_and_sums_the_hierarchical_context_loss():
+    g = torch.Generator().manual_seed(7)
+    student = [torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 8, 4, 4, generator=g)]
+    teacher = [torch.randn(3, 6, 8, 8, generator=g), torch.randn(3, 10, 4, 4, generator=g), torch.randn(3, 12, 2, 2, generator=g)]
+    s_emb, t_emb = torch.randn(3, 8, generator=g), torch.randn(3, 12, generator=g)
+    logits, y = _batch(n=3)
+    review = METHODS["reviewkd"](weight=2.0, objective=OBJECTIVE)
+    review.build(Seen([tuple(f.shape[1:]) for f in student], [tuple(f.shape[1:]) for f in teacher], 8, 12))
+    for p in review.parameters():  # batch norm's affine terms away from 1 and 0, so they count
+        torch.nn.init.normal_(p, std=0.5, generator=g) if p.dim() == 1 else None
+    review.eval()
+    out = review(Outputs(logits, student, embedding=s_emb), y, Outputs(logits, teacher, embedding=t_emb))
+
+    # The teacher's last two stages and its embedding are paired with the student's two stages and embedding.
+    t_maps = [teacher[1], teacher[2], t_emb.reshape(3, 12, 1, 1)]
+    s_maps = [student[0], student[1], s_emb.reshape(3, 8, 1, 1)]
+
+    def bn(x, m):
+        return (x - m.running_mean[None, :, None, None].double()) / torch.sqrt(
+            m.running_var[None, :, None, None].double() + m.eps
+        ) * m.weight[None, :, None, None].double() + m.bias[None, :, None, None].double()
+
+    def conv(x, c):
+        return torch.nn.functional.conv2d(x, c.weight.double(), None if c.bias is None else c.bias.double(), padding=c.padding)
+
+    def nearest(x, size):
+        rows = (torch.arange(size[0]) * x.shape[-2]) // size[0]
+        cols = (torch.arange(size[1]) * x.shape[-1]) // size[1]
+        return x[..., rows[:, None], cols[None, :]]
+
+    expected, passed = 0.0, None
+    with torch.no_grad():
+        for i in (2, 1, 0):  # deepest first
+            fusion = review.fusions[i]
+            x = bn(conv(s_maps[i].double(), fusion.reduce[0]), fusion.reduce[1])
+            if passed is not None:
+                up = nearest(passed, x.shape[-2:])
+                a = torch.sigmoid(conv(torch.cat([x, up], 1), fusion.attention[0]))
+                x = x * a[:, 0:1] + up * a[:, 1:2]
+            passed = x
+            reviewed = nearest(bn(conv(x, fusion.expand[0]), fusion.expand[1]), t_maps[i].shape[-2:])
+            expected += _hcl_reference(reviewed.numpy(), t_maps[i].double().numpy())
+    assert out["review"].item() == pytest.approx(expected, rel=1e-4)
+    assert out["loss"].item() == pytest.approx(nn.functional.cross_entropy(logits, y).item() + 2.0 * expected, rel=1e-4)

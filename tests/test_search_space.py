@@ -92,7 +92,7 @@ def test_a_grid_runs_every_combination_once():
         ({"space": {"alpha": 0.5}}, "space.alpha: expected a distribution"),
         (
             {"fixed": {"method": "fitnets"}},
-            "fixed.method: unknown method 'fitnets': choose one of at, ce, dkd, dml, fitnet, kd, pkt, rkd, sp, or name your own Method subclass as module:Class",
+            "fixed.method: unknown method 'fitnets': choose one of at, ce, crd, dkd, dml, fitnet, kd, pkt, reviewkd, rkd, sp, or name your own Method subclass as module:Class",
         ),
         ({"space": {"method": {"choice": ["kd", "fitnets"]}}}, "space.method: unknown method 'fitnets'"),
         ({"space": {"method": {"uniform": [0, 1]}}}, "space.method: methods are compared as a choice"),

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import free_port, wait_until
 from mlflow import MlflowClient
@@ -492,6 +494,55 @@ def test_the_shipped_methods_and_schedules_spaces_run_on_digits(space, tmp_path)
     assert len(verdict) == 1 and verdict[0].endswith("the set-up learns"), run.stdout[-2000:]
     trials = load_trials(tmp_path / "s" / space)
     assert len(trials) == 2 and all(t.failure is None for t in trials)
+
+
+def test_a_sweep_over_every_method_runs_from_the_cli_and_exports_no_module_a_method_trained(tmp_path):
+    """Issue 39: method: {choice: [every method]}, each with its own settings, from the command line;
+    the trials of the methods that train modules of their own (FitNet's regressor, CRD's heads and
+    memory banks, ReviewKD's fusions) export the student's parameters alone, in every format."""
+    from safetensors.torch import load_file
+
+    from kdsearch.methods import METHODS
+    from kdsearch.models import build_model
+
+    root = Path(__file__).resolve().parent.parent
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    cmd = [sys.executable, "-m", "kdsearch"]
+    space = root / "search_spaces" / "digits-methods.yaml"
+    run = subprocess.run(
+        [
+            *cmd,
+            "sweep",
+            str(space),
+            "--set",
+            f"cache_dir={tmp_path / 'cache'}",
+            "--storage",
+            str(tmp_path / "s"),
+            "--tracking-uri",
+            db,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    trials = load_trials(tmp_path / "s" / "digits-methods")
+    assert sorted(t.params["method"] for t in trials) == sorted(METHODS) and all(t.failure is None for t in trials)
+    by_method = {t.params["method"]: t for t in trials}
+    assert by_method["crd"].params["crd.negatives"] == 256 and by_method["reviewkd"].params["reviewkd.weight"] == 2.0
+    plain = build_model("resnet8", 10, 1).state_dict()
+    for method in ("fitnet", "crd", "reviewkd"):
+        out = tmp_path / method
+        trial = by_method[method].trial_id
+        formats = ["--format", "safetensors", "onnx", "torchscript", "pt", "--out", str(out)]
+        assert main(["export", "digits-methods", "--storage", str(tmp_path / "s"), "--trial", trial, *formats]) == 0
+        assert set(load_file(out / "model.safetensors")) == set(plain)
+        assert set(torch.load(out / "model.pt", weights_only=True)) == set(plain)
+        assert set(torch.jit.load(out / "model.torchscript.pt").state_dict()) == set(plain)
+        onnx_names = {i.name for i in onnx.load(out / "model.onnx").graph.initializer}
+        assert not [n for n in onnx_names if any(w in n for w in ("regressor", "heads", "memory", "fusions"))], onnx_names
+    client = MlflowClient(db)
+    assert len(client.search_model_versions("name='digits-methods-student'")) == 1
 
 
 def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one_save_per_trial(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from kdsearch.methods.dml import DeepMutualLearning
 from kdsearch.methods.fitnet import FitNet
 from kdsearch.methods.kd import HintonKD
 from kdsearch.methods.pkt import ProbabilisticKT
+from kdsearch.methods.reviewkd import ReviewKD
 from kdsearch.methods.rkd import RelationalKD
 from kdsearch.methods.sp import SimilarityPreserving
 from kdsearch.methods.task_loss import Outputs, TaskLoss
@@ -37,6 +38,7 @@ METHODS = {
     "pkt": ProbabilisticKT,
     "sp": SimilarityPreserving,
     "crd": ContrastiveRD,
+    "reviewkd": ReviewKD,
 }
 
 # Keyword-only constructor arguments filled in by the trainer, not hyperparameters.

@@ -50,6 +50,7 @@ class ContrastiveRD(Method):
 
     def __init__(
         self,
+        *,  # settings by name, as the trainer and a sweep give them
         weight: float = 0.8,
         dim: int = 128,
         negatives: int = 16384,
@@ -57,7 +58,6 @@ class ContrastiveRD(Method):
         momentum: float = 0.5,
         alpha: float = 0.0,
         temperature: float = 4.0,
-        *,
         objective: TaskLoss,
     ):
         super().__init__(objective=objective)
