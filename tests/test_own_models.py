@@ -137,6 +137,38 @@ def test_attention_transfer_reads_the_named_modules_of_any_model(mynets, digits,
     assert last["train/at"] > 0 and last["train/loss"] == pytest.approx(last["train/ce"] + beta / 2 * last["train/at"], rel=1e-5)
 
 
+def test_fitnet_and_reviewkd_size_their_modules_from_a_users_student_under_a_resnet_teacher(mynets, digits, cache_dir, tmp_path):
+    """Across families: the user's TinyNet (stages named by module, as for AT) under a built-in
+    ResNet teacher; the regressor and fusions are sized from the shapes each network gives."""
+    base = dict(
+        student="mynets:TinyNet", features={"student": ["conv1", "conv2"]}, teacher="resnet14", cache_dir=cache_dir, **FAST
+    )
+    methods = {}
+    fitnet = fit(
+        TrainConfig(method="fitnet", **base),
+        data=digits,
+        measure_speed=False,
+        on_epoch_end=lambda m, s: methods.update(fitnet=s.method),
+    )
+    conv = methods["fitnet"].regressor[0]  # stage -2: TinyNet's conv1 (8 channels) to resnet14's second stage (32)
+    assert (conv.in_channels, conv.out_channels) == (8, 32)
+    last = fitnet.history[-1]
+    assert last["train/hint"] > 0 and last["train/loss"] == pytest.approx(last["train/ce"] + 100.0 * last["train/hint"], rel=1e-5)
+    review = fit(
+        TrainConfig(method="reviewkd", **base),
+        data=digits,
+        measure_speed=False,
+        on_epoch_end=lambda m, s: methods.update(rkd=s.method),
+    )
+    fusions = methods["rkd"].fusions  # TinyNet's conv1, conv2 and embedding onto resnet14's last two stages and embedding
+    assert [f.reduce[0].in_channels for f in fusions] == [8, 16, 16]
+    assert [f.expand[0].out_channels for f in fusions] == [32, 64, 64]
+    assert review.history[-1]["train/review"] > 0
+    # the exported student is the user's TinyNet alone
+    model, _ = load_model(review.save(tmp_path / "student.pt"))
+    assert set(model.state_dict()) == set(build_model("mynets:TinyNet", 10, 1).state_dict())
+
+
 def test_features_a_model_lacks_are_named_with_its_modules(mynets, digits, cache_dir):
     base = TrainConfig(method="at", student="mynets:TinyNet", cache_dir=cache_dir, **{**FAST, "teacher": "resnet8"})
     with pytest.raises(
