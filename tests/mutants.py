@@ -101,6 +101,13 @@ MUTANTS = (
         ("tests/test_method_formulas.py::test_reviewkd_fuses_deep_to_shallow_and_sums_the_hierarchical_context_loss",),
     ),
     Mutant(
+        "streamed batches hand a method their positions in the batch, not the images' training-split indices",
+        "kdsearch/data/pipeline.py",
+        "yield self.normalise(images), self.y[on_device], on_device",
+        "yield self.normalise(images), self.y[on_device], torch.arange(len(on_device), device=self.device)",
+        ("tests/test_method_contract.py::test_a_method_reading_sample_indices_trains_alike_on_streamed_data",),
+    ),
+    Mutant(
         "trials receive the test split",
         "kdsearch/ray_trials/trainable.py",
         "out.update(test_x=data.test_x[:0].numpy(), test_y=data.test_y[:0].numpy())",

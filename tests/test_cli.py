@@ -121,7 +121,10 @@ def test_fashion_mnist_from_data_dir(tmp_path):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["train", "--method", "fitnet"], ["unknown method 'fitnet'", "at, ce, dkd, dml, kd"]),
+        (
+            ["train", "--method", "hintnet"],
+            ["unknown method 'hintnet'", "at, ce, crd, dkd, dml, fitnet, kd, pkt, reviewkd, rkd, sp"],
+        ),
         (["train", "--dataset", "imagenet"], ["unknown dataset 'imagenet'", "celeba, cifar10"]),
         (["train", "--method", "ce", "--student", "vgg"], ["unknown architecture 'vgg'", "resnet18"]),
         (["train", "--dataset", "cifar10", "--data-dir", "/no/such"], ["data directory /no/such does not exist", "--download"]),

@@ -109,3 +109,17 @@ def test_a_methods_settings_are_listed_printed_and_refused_in_one_line_when_bad(
             with pytest.raises(UserError, match=key) as bad:  # (DID NOT RAISE: the setting has no range check)
                 build_method(name, {key: float("nan")}, objective=TaskLoss(), make_peer=torch.nn.Identity)
             assert "\n" not in str(bad.value) and name in str(bad.value) and key in str(bad.value)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if method_class(n).reads.index])
+def test_a_method_reading_sample_indices_trains_alike_on_streamed_data(name, digits, teacher, tmp_path):
+    """The indices come from the data pipeline, augmented views and all, wherever the data lives:
+    streamed from disk, a run updates the same memory rows with the same embeddings as in memory."""
+    import dataclasses
+
+    cfg = dataclasses.replace(_config(name, epochs=2), flip=True, cache_dir=str(tmp_path))
+    in_memory, _ = _train(cfg, digits, teacher)
+    streamed, logs = _train(dataclasses.replace(cfg, data_placement="stream"), digits, teacher)
+    assert any(line.startswith("data placement: stream") for line in logs), logs
+    for a, b in zip(in_memory.history, streamed.history):
+        assert b[f"train/{name}"] == pytest.approx(a[f"train/{name}"], rel=1e-4)

@@ -142,10 +142,12 @@ class TeacherOutputs:
 
     def epoch_on(self, epoch: int, device: torch.device) -> EpochOutputs:
         """One epoch's outputs on the device. The rest stay where they are, in host memory (the
-        node's one copy, shared, not pinned: a pinned copy is one more per trial) or on disk."""
-        return EpochOutputs(
-            **{name: _each(lambda a: a[epoch].to(device, non_blocking=True), getattr(self, name)) for name in ARRAYS}
-        )
+        node's one copy, shared, not pinned: a pinned copy is one more per trial) or on disk.
+        Feature maps stay there too, an epoch's being as large as the data or larger: each
+        batch's are gathered there and moved alone (``EpochOutputs.lookup``)."""
+        on_device = ("logits", "attention", "embedding")
+        moved = {name: _each(lambda a: a[epoch].to(device, non_blocking=True), getattr(self, name)) for name in on_device}
+        return EpochOutputs(**moved, features=_each(lambda a: a[epoch], self.features))
 
 
 ARRAYS = ("logits", "attention", "embedding", "features")  # what TeacherOutputs keeps, per epoch and image
@@ -164,7 +166,7 @@ def _listed(value) -> list:
 
 @dataclass
 class EpochOutputs:
-    """One epoch's teacher outputs on the training device."""
+    """One epoch's teacher outputs on the training device (its feature maps where they are kept)."""
 
     logits: torch.Tensor  # (N, outputs), fp16
     attention: list[torch.Tensor] | None
@@ -174,8 +176,10 @@ class EpochOutputs:
     def lookup(self, idx: torch.Tensor) -> Outputs:
         """The teacher's outputs for these images of the training split, as a live teacher gives them."""
         pick = lambda a: a.index_select(0, idx).float()  # noqa: E731
+        host = idx.cpu() if self.features is not None else None
+        gather = lambda a: a.index_select(0, host).to(idx.device, non_blocking=True).float()  # noqa: E731
         return Outputs(
-            pick(self.logits), _each(pick, self.features) or [], _each(pick, self.attention), _each(pick, self.embedding)
+            pick(self.logits), _each(gather, self.features) or [], _each(pick, self.attention), _each(pick, self.embedding)
         )
 
 
