@@ -108,7 +108,7 @@ def write(results: dict, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits, short: the CI setting")
-    parser.add_argument("--repeats", type=int, help="rounds per method (default 3; --quick: 1)")
+    parser.add_argument("--repeats", type=int, help="rounds per method (default 2; --quick: 1)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     args = parser.parse_args()
     threads = set_threads(None)
@@ -120,7 +120,7 @@ def main() -> int:
         base = dict(dataset="fashion_mnist", student="resnet8", teacher="resnet56", epochs=3, batch_size=128, train_subset=3000)
         data = load_dataset("fashion_mnist", train_subset=3000)
     teacher = untrained_teacher(base["teacher"], data)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 2)
     results = {
         "device": device.type,
         "threads": threads,
