@@ -39,6 +39,8 @@ def seen_by(
     """The shapes the method will see (``Seen``), from one probe batch: a model that gives no
     feature maps the method reads is a one-line error here, before training."""
     reads = method.reads
+    if not reads.student and not {"features", "attention", "embedding"} & reads.teacher:
+        return Seen(num_outputs=data.num_outputs, num_samples=len(data.train_x))  # logits alone: no probe
     reader = f"method {cfg.method!r}"
     need = {"student": "features" in reads.student, "teacher": bool({"features", "attention"} & reads.teacher)}
     student_maps, student_width = probe(
