@@ -47,8 +47,8 @@ MUTANTS = (
     Mutant(
         "AT's weight beta/2 becomes beta",
         "kdsearch/methods/at.py",
-        "loss = ce + self.beta / 2 * at",
-        "loss = ce + self.beta * at",
+        'return {"loss": loss + self.beta / 2 * at, **terms, "at": at}',
+        'return {"loss": loss + self.beta * at, **terms, "at": at}',
         ("tests/test_methods.py",),
     ),
     Mutant(

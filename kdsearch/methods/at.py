@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from kdsearch.methods.attention_maps import attention_map
 from kdsearch.methods.base import Method, Reads
+from kdsearch.methods.logit_term import check_logit_term, with_logit_terms
 from kdsearch.methods.task_loss import Outputs, TaskLoss
 
 
@@ -76,10 +77,7 @@ class AttentionTransfer(Method):
         super().__init__(objective=objective)
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha (the weight of the optional KD term) must be in [0, 1], got {alpha}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_logit_term(alpha, temperature)
         if not p > 0:
             raise ValueError(f"p (the exponent of the attention maps) must be > 0, got {p}")
         if resize not in ("pool", "error"):
@@ -116,14 +114,8 @@ class AttentionTransfer(Method):
         if self._pairing is None:
             self._pairing = self._describe_pairs(index, student.features, teacher)
         at = sum(w * attention_distance(student_maps[i], teacher_maps[j], self.resize) for w, (i, j) in zip(weights, index))
-        ce = self.objective.hard(student.logits, targets)
-        terms = {"ce": ce, "at": at}
-        loss = ce + self.beta / 2 * at
-        if self.alpha > 0:
-            kd = self.objective.soft(student.logits, teacher.logits, self.temperature)
-            loss = (1.0 - self.alpha) * ce + self.alpha * kd + self.beta / 2 * at
-            terms["kd"] = kd
-        return {"loss": loss, **terms}
+        loss, terms = with_logit_terms(self.objective, student, targets, teacher, alpha=self.alpha, temperature=self.temperature)
+        return {"loss": loss + self.beta / 2 * at, **terms, "at": at}
 
     @staticmethod
     def _describe_pairs(index, student_features, teacher: Outputs) -> str:
