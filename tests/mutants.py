@@ -9,6 +9,7 @@ mutant is moved with it, not silently dropped.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -217,40 +218,188 @@ MUTANTS = (
 )
 
 
-def run_mutant(mutant: Mutant, timeout: float = 600) -> tuple[bool, str]:
-    """(caught, what happened): the mutant applied to a copy of the repository, its tests run there."""
+def _copy_with(mutant: Mutant, tmp: Path) -> Path | str:
+    """A copy of the repository with ``mutant`` applied, or why it cannot be applied."""
     source = (ROOT / mutant.file).read_text()
     if source.count(mutant.old) != 1:
-        return False, f"its text occurs {source.count(mutant.old)} times in {mutant.file}: update the mutant"
+        return f"its text occurs {source.count(mutant.old)} times in {mutant.file}: update the mutant"
+    for part in ("kdsearch", "tests", "search_spaces"):
+        shutil.copytree(ROOT / part, tmp / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+    (tmp / mutant.file).write_text(source.replace(mutant.old, mutant.new))
+    return tmp
+
+
+def _verdict(returncode: int, output: str, imported: str, copy: Path) -> tuple[bool, str]:
+    lines = output.strip().splitlines()
+    tail = lines[-1] if lines else f"exit status {returncode}"
+    if not imported.startswith(str(copy)):
+        return False, f"the copy's kdsearch was not the one imported ({imported.strip() or 'none'})"
+    return returncode == 1, tail  # 1: tests ran and failed (5 would be: none collected)
+
+
+def run_mutant(mutant: Mutant, timeout: float = 600) -> tuple[bool, str]:
+    """(caught, what happened): the mutant applied to a copy of the repository, its tests run
+    there by a pytest of their own (``run_mutants`` runs many at a lower cost)."""
     with tempfile.TemporaryDirectory(prefix="kdsearch-mutant-") as tmp:
-        copy = Path(tmp)
-        for part in ("kdsearch", "tests", "search_spaces"):
-            shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
-        (copy / mutant.file).write_text(source.replace(mutant.old, mutant.new))
+        copy = _copy_with(mutant, Path(tmp))
+        if isinstance(copy, str):
+            return False, copy
         env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
         cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests]
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
-        tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
         probe = subprocess.run(
             [sys.executable, "-c", "import kdsearch; print(kdsearch.__file__)"], cwd=copy, env=env, capture_output=True, text=True
         )
-        if not probe.stdout.startswith(str(copy)):
-            return False, f"the copy's kdsearch was not the one imported ({probe.stdout.strip()})"
-    return proc.returncode == 1, tail  # 1: tests ran and failed (5 would be: none collected)
+        return _verdict(proc.returncode, proc.stdout or proc.stderr[-300:], probe.stdout, copy)
+
+
+# Most of a mutant's pytest, on its own, is importing what every one imports (torch, Ray, MLflow,
+# pytest: ~4 s of ~6 here). run_mutants starts one runner that imports those once and forks a
+# child per mutant; the child imports kdsearch and the tests from the mutant's copy. Forking is
+# safe while the runner runs no Python thread but its own and has run no torch op (the idle BLAS
+# pools numpy and scikit-learn start re-initialise at fork): checked, else each mutant gets a
+# pytest of its own, one at a time.
+PRELOAD = (
+    "numpy",
+    "torch",
+    "torchvision",
+    "PIL.Image",
+    "sklearn.datasets",
+    "yaml",
+    "pandas",
+    "optuna",
+    "ray.tune",
+    "mlflow",
+    "pytest",
+)
+
+
+def run_mutants(mutants=MUTANTS, workers: int = 2, timeout: float = 600) -> list[tuple[bool, str]]:
+    """(caught, what happened) of each mutant, ``workers`` at a time, in the order given."""
+    with tempfile.TemporaryDirectory(prefix="kdsearch-mutants-") as tmp:
+        outcomes: dict[int, tuple[bool, str]] = {}
+        jobs = []
+        for i, mutant in enumerate(mutants):
+            copy = _copy_with(mutant, Path(tmp) / f"m{i}")
+            if isinstance(copy, str):
+                outcomes[i] = (False, copy)
+            else:
+                jobs.append({"index": i, "copy": str(copy), "tests": list(mutant.tests), "log": str(Path(tmp) / f"m{i}.log")})
+        runner = subprocess.run(
+            [sys.executable, __file__, "--runner", str(workers), str(timeout)],
+            input="".join(json.dumps(job) + "\n" for job in jobs),
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+        )
+        for line in runner.stdout.splitlines():
+            if line.startswith("{"):
+                done = json.loads(line)
+                job = next(j for j in jobs if j["index"] == done["index"])
+                output = Path(job["log"]).read_text(errors="replace") if Path(job["log"]).exists() else ""
+                outcomes[done["index"]] = _verdict(done["returncode"], output, done["imported"], Path(job["copy"]))
+        for job in jobs:
+            outcomes.setdefault(job["index"], (False, f"the mutant runner ended first: {runner.stderr.strip()[-300:]}"))
+        return [outcomes[i] for i in range(len(mutants))]
+
+
+def _child(job: dict) -> None:
+    """In the forked child: the mutant's tests, with kdsearch and the tests from its copy; never returns."""
+    code = 3
+    try:
+        log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        copy = job["copy"]
+        os.chdir(copy)
+        os.environ["PYTHONPATH"] = copy  # for the subprocesses a test starts
+        sys.dont_write_bytecode = True
+        here = str(Path(__file__).resolve().parent)
+        sys.path[:] = [copy] + [p for p in sys.path if p and os.path.abspath(p) != here]
+        import pytest
+
+        code = int(pytest.main(["-q", "-x", "-p", "no:cacheprovider", *job["tests"]]))
+        kdsearch = sys.modules.get("kdsearch")
+        Path(job["log"] + ".imported").write_text(getattr(kdsearch, "__file__", None) or "")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001 - said in the log, the mutant counts as missed
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _runner(workers: int, timeout: float) -> int:
+    """The runner of ``run_mutants``: jobs (JSON lines) on stdin, a JSON line on stdout as each ends."""
+    import importlib
+    import signal
+    import threading
+    import time
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    jobs = [json.loads(line) for line in sys.stdin if line.strip()]
+    forking = threading.active_count() == 1 and hasattr(os, "fork")
+    running: dict[int, tuple[dict, float]] = {}
+    while jobs or running:
+        while jobs and len(running) < workers:
+            job = jobs.pop(0)
+            if not forking:  # one pytest a mutant, as run_mutant
+                proc = subprocess.run(
+                    [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *job["tests"]],
+                    cwd=job["copy"],
+                    env=dict(os.environ, PYTHONPATH=job["copy"]),
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+                Path(job["log"]).write_text(proc.stdout or proc.stderr[-300:])
+                probe = [sys.executable, "-c", "import kdsearch; print(kdsearch.__file__)"]
+                imported = subprocess.run(
+                    probe, cwd=job["copy"], env=dict(os.environ, PYTHONPATH=job["copy"]), capture_output=True, text=True
+                )
+                Path(job["log"] + ".imported").write_text(imported.stdout.strip())
+                _report(job, proc.returncode)
+                continue
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(job)
+            running[pid] = (job, time.monotonic())
+        if not running:
+            continue
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            for late, (job, started) in running.items():
+                if time.monotonic() - started > timeout:
+                    os.kill(late, signal.SIGKILL)
+            time.sleep(0.05)
+            continue
+        job, _ = running.pop(pid)
+        _report(job, os.waitstatus_to_exitcode(status))
+    return 0
+
+
+def _report(job: dict, returncode: int) -> None:
+    marker = Path(job["log"] + ".imported")
+    imported = marker.read_text() if marker.exists() else ""
+    print(json.dumps({"index": job["index"], "returncode": returncode, "imported": imported}), flush=True)
 
 
 def main() -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
     missed = 0
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # each mutant's pytest is a process
-        for mutant, (caught, tail) in zip(MUTANTS, pool.map(run_mutant, MUTANTS)):
-            missed += not caught
-            print(f"{'caught' if caught else 'MISSED'}  {mutant.name}: {tail}", flush=True)
+    for mutant, (caught, tail) in zip(MUTANTS, run_mutants(MUTANTS, workers=min(2, os.cpu_count() or 1))):
+        missed += not caught
+        print(f"{'caught' if caught else 'MISSED'}  {mutant.name}: {tail}", flush=True)
     print(f"{len(MUTANTS) - missed} of {len(MUTANTS)} mutants caught")
     return 1 if missed else 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--runner"]:
+        sys.exit(_runner(int(sys.argv[2]), float(sys.argv[3])))
     sys.exit(main())

@@ -2,20 +2,17 @@
 copy of the repository, makes the tests it names fail."""
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from mutants import MUTANTS, run_mutant
+from mutants import MUTANTS, run_mutants
 
 pytestmark = pytest.mark.slow  # a pytest run per mutant, in a copy of the repository
 
 
 @pytest.fixture(scope="module")
 def outcomes():
-    """Every mutant's (caught, what happened), two at a time: each is a pytest in a process of its
-    own, most of it spent importing on one core."""
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        return dict(zip((m.name for m in MUTANTS), pool.map(run_mutant, MUTANTS)))
+    """Every mutant's (caught, what happened), two at a time, each in a process of its own."""
+    return dict(zip((m.name for m in MUTANTS), run_mutants(MUTANTS, workers=min(2, os.cpu_count() or 1))))
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
