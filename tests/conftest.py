@@ -185,6 +185,42 @@ def write_celeba(root, n=24, seed=0):
     return folder, attrs
 
 
+_SESSION_RAY: dict = {}
+
+
+def ensure_local_ray() -> str:
+    """One local Ray for the sweeps the tests run in this process, started as kdsearch starts it
+    and kept up between tests, as a program (a notebook, a pipeline) that holds its own Ray runs
+    its sweeps: kdsearch uses it and leaves it up. Starting Ray takes ~4 s here; the suite's ~20
+    sweeps in this process share one. A test that needs another Ray (a cluster, other CPUs)
+    connects to that; the next test that asks for this one gets it back. Returns its GCS address."""
+    import ray
+
+    from kdsearch.ray_trials import start_ray
+
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address != _SESSION_RAY.get("gcs"):
+        ray.shutdown()  # connected to some other test's cluster
+    if not ray.is_initialized():
+        start_ray()
+        _SESSION_RAY["gcs"] = ray.get_runtime_context().gcs_address
+    return _SESSION_RAY["gcs"]
+
+
+@pytest.fixture
+def local_ray():
+    """The local Ray of ``ensure_local_ray``, for a test that sweeps in this process."""
+    return ensure_local_ray()
+
+
+@pytest.fixture
+def no_ray():
+    """No Ray in this process: for a test that starts its own, or checks that a sweep starts one."""
+    import ray
+
+    ray.shutdown()
+    yield
+
+
 @pytest.fixture
 def cache_dir(tmp_path):
     return str(tmp_path / "cache")

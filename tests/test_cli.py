@@ -168,6 +168,8 @@ def test_bad_yaml_configs(tmp_path):
 
 
 def test_ui_serves_on_loopback_and_stops_its_server_on_sigterm(tmp_path):
+    """Also behind an HTTP proxy (http_proxy set, as on many company machines, and no no_proxy):
+    the server kdsearch starts on loopback is asked directly, not through the proxy."""
     import signal
     import urllib.request
 
@@ -176,25 +178,32 @@ def test_ui_serves_on_loopback_and_stops_its_server_on_sigterm(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(store).create_experiment("demo")
     port = free_port()
+    dead_proxy = "http://127.0.0.1:9"  # nothing listens there
+    proxies = {var: dead_proxy for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")}
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"} | proxies
     proc = subprocess.Popen(
         [sys.executable, "-m", "kdsearch", "ui", "--tracking-uri", store, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
-        assert f"at http://127.0.0.1:{port}" in lines[0] and f"demo: http://127.0.0.1:{port}/#/experiments/" in lines[1]
-        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
+        assert f"at http://127.0.0.1:{port}" in lines[0] and f"demo: http://127.0.0.1:{port}/#/experiments/" in lines[1], (
+            lines + [proc.stderr.read() if proc.poll() is not None else ""]
+        )
+        assert direct.open(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
         assert f"127.0.0.1:{port} " in listening and f"0.0.0.0:{port} " not in listening and f"*:{port} " not in listening
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
 
     def server_gone():  # the MLflow server went with it
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            direct.open(f"http://127.0.0.1:{port}/health", timeout=2)
         except OSError:
             return True
         return False
@@ -237,6 +246,24 @@ def test_bad_sweep_input_is_one_line_exit_2_and_writes_nothing(tmp_path, text, e
         args += ["--storage", str(storage)]
     assert_one_line_error(run(*args, *extra), *fragments)
     assert not storage.exists() or not any(storage.iterdir())  # nothing half-written
+
+
+def test_a_mistake_in_a_sweep_is_told_before_ray_tune_and_mlflow_are_imported(tmp_path):
+    """A typo in the space, a name already taken: one line before the ~2.5 s of importing Ray,
+    Tune and MLflow (the sweep is planned first)."""
+    good = _space(tmp_path, "name: taken\nfixed: {method: kd}\nspace: {alpha: {uniform: [0, 1]}}\n")
+    (tmp_path / "sweeps" / "taken").mkdir(parents=True)
+    typo = str(tmp_path / "typo.yaml")
+    Path(typo).write_text("fixed: {method: kd, lrr: 0.1}\n")
+    probe = (
+        "import sys\nfrom kdsearch.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(code, sorted(m for m in ('ray', 'ray.tune', 'mlflow') if m in sys.modules))\n"
+    )
+    for space, said in ((typo, "fixed: unknown key 'lrr'"), (good, "a sweep named 'taken' already exists")):
+        args = ["sweep", space, "--storage", str(tmp_path / "sweeps"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+        proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300)
+        assert said in proc.stderr and proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
 
 
 def test_bad_data_and_checkpoints_through_the_cli(tmp_path):

@@ -48,6 +48,7 @@ def test_bad_settings_are_one_line_errors(values, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # a subprocess
 def test_every_field_carries_its_help_and_the_cli_shows_it_with_choices_and_defaults():
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f"{f.name} has no help text"
@@ -56,6 +57,7 @@ def test_every_field_carries_its_help_and_the_cli_shows_it_with_choices_and_defa
     assert "--schedule SCHEDULE" in text and "(onecycle, cosine, constant)" in text and "(default onecycle)" in text
 
 
+@pytest.mark.slow  # a subprocess
 def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     (tmp_path / "run.yaml").write_text("method: ce\ndataset: fashion_mnist\nepochs: 2\n")
     proc = subprocess.run(
@@ -150,7 +152,7 @@ def test_a_new_method_is_its_own_file_and_one_registry_line(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_a_users_own_method_by_import_path_runs_a_two_trial_sweep(tmp_path, monkeypatch):
+def test_a_users_own_method_by_import_path_runs_a_two_trial_sweep(tmp_path, monkeypatch, local_ray):
     """Outside kdsearch's tree a method is named by import path, as a model is: the Ray workers
     get its module, the trials train with it, and best/config.yaml says its settings."""
     (tmp_path / "toy_method.py").write_text(TOY_METHOD)

@@ -19,7 +19,7 @@ from kdsearch.tracking import runs as tracking
 pytestmark = pytest.mark.slow  # Ray, subprocesses or a browser: `pytest -m "not slow"` skips them
 
 
-def test_a_diverging_trial_is_marked_and_the_sweep_goes_on(tmp_path):
+def test_a_diverging_trial_is_marked_and_the_sweep_goes_on(tmp_path, local_ray):
     space = tmp_path / "nan.yaml"
     space.write_text(f"""
 name: nan
@@ -42,7 +42,7 @@ search: {{num_samples: 4, sampler: random, scheduler: fifo, seed: 1}}
     assert diverged and all("diverged" in r.data.tags.get("kdsearch.error", "") for r in diverged)
 
 
-def test_a_trial_with_settings_that_cannot_work_fails_once_with_its_reason(tmp_path):
+def test_a_trial_with_settings_that_cannot_work_fails_once_with_its_reason(tmp_path, local_ray):
     # Two AT weights for models with three matched stages: only the trial builds the models and
     # finds out. Retrying would fail the same way, so it must end at once (max_failures is 3 here).
     space = tmp_path / "bad.yaml"
@@ -75,13 +75,16 @@ def _server(db, port):
     return tracking.start_ui_server(db, port)[0]
 
 
+DOWN_EPOCHS = 8
+
+
 def test_mlflow_down_mid_sweep_loses_nothing_and_sync_catches_up(tmp_path):
     db, port = f"sqlite:///{tmp_path / 'mlflow.db'}", free_port()
     uri = f"http://127.0.0.1:{port}"
     space = tmp_path / "down.yaml"
     space.write_text(f"""
 name: down
-fixed: {{method: ce, dataset: digits, epochs: 20, train_subset: 256, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: ce, dataset: digits, epochs: {DOWN_EPOCHS}, train_subset: 256, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{loguniform: [3e-2, 1e-1]}}
 search: {{num_samples: 3, scheduler: fifo, seed: 0}}
@@ -120,7 +123,7 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
     for result in folder.glob("trial_*/result.json"):  # training went on: every trial ran every epoch
         lines = [json.loads(line) for line in result.read_text().splitlines()]
         histories[result.parent.name.removeprefix("trial_")] = len(lines)
-    assert histories and set(histories.values()) == {20} and len(histories) == 3
+    assert histories and set(histories.values()) == {DOWN_EPOCHS} and len(histories) == 3
 
     server = _server(db, port)  # back up
     try:
@@ -139,7 +142,7 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
         assert len(parents) == 1 and sorted(r.data.tags["kdsearch.trial_id"] for r in trials) == sorted(histories)
         for run in trials:  # each epoch exactly once, whether it was logged live or by sync
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
-            assert sorted(steps) == list(range(1, 21))
+            assert sorted(steps) == list(range(1, DOWN_EPOCHS + 1))
         parent = parents[0]
         assert "best.lr" in parent.data.tags and "test/acc" in parent.data.metrics
         assert "best_student" in [a.path for a in client.list_artifacts(parent.info.run_id)]
@@ -431,7 +434,7 @@ name: day
 fixed: {{method: ce, dataset: digits, epochs: 8, train_subset: 256, teacher: resnet8, student: resnet8, cache_dir: {tmp_path / "cache"}}}
 space:
   lr: {{loguniform: [1e-2, 2e-1]}}
-search: {{num_samples: 10, scheduler: fifo, sampler: tpe, n_startup_trials: 3, seed: 0}}
+search: {{num_samples: 8, scheduler: fifo, sampler: tpe, n_startup_trials: 3, seed: 0}}
 """)
     db, storage = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "s"
     args = ("--storage", str(storage), "--tracking-uri", db, "--max-concurrent", "2")
@@ -452,7 +455,7 @@ search: {{num_samples: 10, scheduler: fifo, sampler: tpe, n_startup_trials: 3, s
     assert done.returncode == 0, done.stderr[-2000:]
 
     folders = sorted((storage / "day").glob("trial_*"))
-    assert len(folders) == 10
+    assert len(folders) == 8
     client = MlflowClient(db)
     experiment = client.get_experiment_by_name("day").experiment_id
     runs = client.search_runs([experiment], "tags.`kdsearch.role` = 'trial'")
@@ -466,7 +469,7 @@ search: {{num_samples: 10, scheduler: fifo, sampler: tpe, n_startup_trials: 3, s
     assert {t.user_attrs["kdsearch.mlflow_run_id"] for t in trained} == {r.info.run_id for r in runs}
 
 
-def test_a_trial_whose_worker_dies_resumes_from_its_checkpoint_with_every_epoch_in_its_history(tmp_path, monkeypatch):
+def test_a_trial_whose_worker_dies_resumes_from_its_checkpoint_with_every_epoch_in_its_history(tmp_path, monkeypatch, local_ray):
     # The student's process dies for real (os._exit, as the kernel's OOM killer or a lost node
     # would end it) at the first step of its 20th epoch, once: Tune restarts the trial from its
     # last checkpoint, of epoch 16 (checkpoint_every 8), so epochs 17-19 train again. Its

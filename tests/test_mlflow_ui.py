@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import ensure_local_ray, free_port
 from mlflow import MlflowClient
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException, WebDriverException
@@ -60,6 +60,7 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     """The quickstart sweep, logged to a real MLflow server on loopback (as a team would share one)."""
+    ensure_local_ray()
     root = tmp_path_factory.mktemp("ui")
     store = f"sqlite:///{root / 'mlflow.db'}"
     MlflowClient(store).search_experiments()  # create the store, so the server starts on it

@@ -134,7 +134,7 @@ def test_data_from_tensors_and_folders_trains_with_fit(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_python_api_sweeps_a_users_model_teacher_and_data(tmp_path, monkeypatch):
+def test_the_python_api_sweeps_a_users_model_teacher_and_data(tmp_path, monkeypatch, local_ray):
     code = tmp_path / "code"
     code.mkdir()
     (code / "notebook_nets.py").write_text(

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -230,6 +232,9 @@ def test_missing_pretrained_weights_without_a_network_name_the_file(digits, cach
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: the download fails for real
+    # urlopen's opener keeps the proxies of its first call for the life of the process: this
+    # test's dead proxy must not be the one every later test's urlopen goes through.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     cfg = TrainConfig(method="kd", teacher="resnet18", teacher_weights="IMAGENET1K_V1", cache_dir=cache_dir, **FAST)
     with pytest.raises(UserError) as err:
         get_teacher(cfg, digits)
@@ -308,7 +313,9 @@ def test_the_command_line_imports_the_users_module_from_the_current_folder(mynet
     ]
 
 
-def test_a_sweep_naming_a_model_that_cannot_be_imported_stops_before_ray(mynets, tmp_path):
+def test_a_sweep_naming_a_model_that_cannot_be_imported_stops_before_ray(mynets, tmp_path, no_ray):
+    import ray
+
     from kdsearch.sweeper.run import SweepOptions, run_sweep
 
     space = {"fixed": {"method": "ce", "student": "mynets:BigNet"}, "space": {"lr": {"choice": [0.1]}}}
@@ -317,7 +324,7 @@ def test_a_sweep_naming_a_model_that_cannot_be_imported_stops_before_ray(mynets,
         UserError, match=r"^mynets has no 'BigNet' \(for mynets:BigNet\): it defines TinyNet, make_tiny, no_module$"
     ):
         run_sweep(space, opts, log=lambda _: None)
-    assert not (tmp_path / "m.db").exists()  # nothing started: no MLflow store, no Ray
+    assert not (tmp_path / "m.db").exists() and not ray.is_initialized()  # nothing started: no MLflow store, no Ray
 
 
 def test_only_the_users_own_code_is_shipped_to_ray_workers(mynets, tmp_path, monkeypatch):
@@ -340,3 +347,32 @@ def test_only_the_users_own_code_is_shipped_to_ray_workers(mynets, tmp_path, mon
     assert module_file("mynets:TinyNet") == (mynets / "mynets.py").resolve()
     assert module_file("ownpkg:Net") == (mynets / "ownpkg").resolve()
     assert module_file("torchvision.models:resnet18") is None and module_file("collections:OrderedDict") is None
+
+
+@pytest.mark.slow  # a subprocess
+def test_the_code_sent_with_the_trials_imports_a_module_and_a_package_in_a_fresh_process(tmp_path):
+    """For a Ray kdsearch did not start: the user's module and package, archived by the driver,
+    import in a process that has neither on its path (as a trial's worker), from the archive."""
+    from kdsearch.ray_trials.cluster import pack_code
+
+    code = tmp_path / "code"
+    (code / "ownpkg" / "sub").mkdir(parents=True)
+    (code / "ownpkg" / "__init__.py").write_text("from ownpkg.sub.layers import WIDTH\n")
+    (code / "ownpkg" / "sub" / "__init__.py").write_text("")
+    (code / "ownpkg" / "sub" / "layers.py").write_text("WIDTH = 6\n")
+    (code / "ownpkg" / "__pycache__").mkdir()
+    (code / "ownpkg" / "__pycache__" / "stale.pyc").write_bytes(b"not sent")
+    (code / "ownmod.py").write_text("def net():\n    return 'ownmod.net'\n")
+    archive = tmp_path / "archive.bin"
+    archive.write_bytes(pack_code([str(code / "ownpkg"), str(code / "ownmod.py")]))
+    probe = (
+        "import sys, pathlib\n"
+        "from kdsearch.ray_trials.cluster import use_code\n"
+        f"use_code(pathlib.Path({str(archive)!r}).read_bytes())\n"
+        "import ownpkg, ownmod\n"
+        "print(ownpkg.WIDTH, ownmod.net(), ownmod.__file__.startswith(sys.path[0]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["6", "ownmod.net", "True"]
+    assert not [n for n in zipfile.ZipFile(archive).namelist() if "__pycache__" in n]

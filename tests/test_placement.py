@@ -151,7 +151,7 @@ def test_a_run_trains_the_same_from_the_device_the_host_copy_and_the_disk(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_sweep_chooses_in_the_driver_and_its_trials_stream_from_the_files(tmp_path):
+def test_a_sweep_chooses_in_the_driver_and_its_trials_stream_from_the_files(tmp_path, local_ray):
     """The driver chooses for as many trials as run at once and says so before anything trains;
     trials of a streamed sweep map the files (no copy of the data through Ray's object store)
     and train as the in-memory trials of the same settings do."""

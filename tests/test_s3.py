@@ -48,7 +48,7 @@ def _keys(client, prefix: str) -> set[str]:
     return {item["Key"].removeprefix(prefix) for page in pages for item in page.get("Contents", [])}
 
 
-def test_a_sweep_in_s3_reports_and_exports_from_the_uri_anywhere(s3, tmp_path, monkeypatch, capsys):
+def test_a_sweep_in_s3_reports_and_exports_from_the_uri_anywhere(s3, tmp_path, monkeypatch, capsys, local_ray):
     space = tmp_path / "space.yaml"
     space.write_text(f"""
 name: ins3

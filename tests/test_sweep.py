@@ -67,24 +67,34 @@ def mlflow_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_a_sweep_runs_on_the_callers_own_ray_and_leaves_it_running(tmp_path):
-    """A program that holds its own Ray (a notebook, a pipeline) sweeps on it and keeps it: kdsearch
-    stops only a Ray it started."""
+def test_a_sweep_runs_on_the_callers_own_ray_and_leaves_it_running(tmp_path, local_ray, monkeypatch):
+    """A program that holds its own Ray (a notebook, a pipeline; here the suite's local Ray) sweeps
+    on it and keeps it: kdsearch stops only a Ray it started. That Ray's workers started without
+    the user's model module (a folder put on sys.path after Ray started): the trials get it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        node = ray.get_runtime_context().get_node_id()
-        opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", verbose=0)
-        summary = run_sweep(write_space(tmp_path, epochs=2, samples=1), opts, log=lambda _: None)
-        assert len(summary.table) == 1 and summary.checkpoint.is_file()
-        assert ray.is_initialized() and ray.get_runtime_context().get_node_id() == node
-        assert ray.get(ray.put("still mine")) == "still mine"
-    finally:
-        ray.shutdown()
+    (tmp_path / "callersnet.py").write_text(
+        "from torch import nn\n\n\n"
+        "def Net(num_classes, in_channels):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(8, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    node = ray.get_runtime_context().get_node_id()
+    opts = SweepOptions(
+        storage=str(tmp_path / "sweeps"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        verbose=0,
+        overrides={"student": "callersnet:Net"},
+    )
+    summary = run_sweep(write_space(tmp_path, epochs=2, samples=1), opts, log=lambda _: None)
+    assert not summary.failures and len(summary.table) == 1 and summary.checkpoint.is_file()
+    assert ray.is_initialized() and ray.get_runtime_context().get_node_id() == node
+    assert ray.get_runtime_context().gcs_address == local_ray
+    assert ray.get(ray.put("still mine")) == "still mine"
 
 
-def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow_server):
+def test_sweep_logs_every_trial_once_and_the_best_on_the_parent(tmp_path, mlflow_server, local_ray):
     opts = SweepOptions(storage=str(tmp_path / "sweeps"), tracking_uri=mlflow_server, verbose=0)
     summary = run_sweep(write_space(tmp_path), opts, log=lambda _: None)
 
@@ -235,7 +245,7 @@ def _epochs(text: str) -> list[tuple]:
     return [(r.get("epoch"), r.get("training_iteration"), r.get("done")) for r in lines]
 
 
-EPOCHS = 60  # several seconds a trial here: long enough to interrupt the second one
+EPOCHS = 20  # about 7 s a trial here: long enough to interrupt the second one (polled every 0.05 s)
 
 
 def test_resume_continues_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
@@ -317,7 +327,7 @@ def test_resume_with_nothing_to_resume(tmp_path):
         run_sweep(write_space(tmp_path), opts, log=lambda _: None)
 
 
-def test_two_objectives_run_nsga2_and_report_both(tmp_path):
+def test_two_objectives_run_nsga2_and_report_both(tmp_path, local_ray):
     space = tmp_path / "mo.yaml"
     space.write_text(f"""
 name: mo
@@ -351,13 +361,13 @@ search:
         assert group["latency/cpu_ms"].nunique() == 1, table
 
 
-def test_more_gpus_than_the_cluster_has_is_refused(tmp_path):
+def test_more_gpus_than_the_cluster_has_is_refused(tmp_path, local_ray):
     opts = SweepOptions(storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", gpus_per_trial=0.5, verbose=0)
     with pytest.raises(UserError, match=r"--gpus-per-trial 0.5 but the Ray cluster has 0 GPUs"):
         run_sweep(write_space(tmp_path), opts, log=lambda _: None)
 
 
-def test_tunes_loop_waits_for_events_not_ten_times_a_second(tmp_path, monkeypatch):
+def test_tunes_loop_waits_for_events_not_ten_times_a_second(tmp_path, monkeypatch, local_ray):
     """Between events Ray Tune's loop woke every 0.1 s (~1.8% of a core of Python in the driver
     while trials train, preempting them where they fill the cores); the sweep has it wait up
     to a second, and every trial still runs to its end."""
@@ -545,7 +555,7 @@ def test_a_sweep_over_every_method_runs_from_the_cli_and_exports_no_module_a_met
     assert len(client.search_model_versions("name='digits-methods-student'")) == 1
 
 
-def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one_save_per_trial(tmp_path, monkeypatch):
+def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one_save_per_trial(tmp_path, monkeypatch, local_ray):
     """Issue 31: Ray Tune saved its whole experiment state (every trial, the searcher) at every trial
     checkpoint while ``num_to_keep`` was set: work per trial that grew with the sweep. Counted here:
     Tune's saves of the experiment state, and each trial's checkpoints (issue 30: fewer bytes)."""
@@ -601,7 +611,7 @@ def test_trials_checkpoint_at_rungs_and_end_and_tune_saves_its_state_without_one
     assert payload["metrics"]["val/acc"] == max(summary.table["best val/acc"])
 
 
-def test_trials_the_shared_teacher_outputs_do_not_serve_say_why_once(tmp_path):
+def test_trials_the_shared_teacher_outputs_do_not_serve_say_why_once(tmp_path, local_ray):
     # The driver computes the teacher's outputs once for the fixed settings; a trial whose searched
     # seed gives other crops and flips cannot look them up and runs its teacher live: said, once.
     space = tmp_path / "seeds.yaml"

@@ -201,7 +201,7 @@ def test_outputs_over_the_memory_budget_are_written_once_and_every_trial_maps_th
 
 
 @pytest.mark.slow
-def test_the_trials_of_a_node_share_one_copy_of_the_outputs_in_memory(digits):
+def test_the_trials_of_a_node_share_one_copy_of_the_outputs_in_memory(digits, local_ray):
     # What a trial receives through Ray's object store: numpy pages every trial of a node maps
     # read-only, not a copy each (a torch tensor in the object would be copied into every trial).
     import ray
@@ -209,12 +209,8 @@ def test_the_trials_of_a_node_share_one_copy_of_the_outputs_in_memory(digits):
     torch.manual_seed(0)
     teacher = build_model("resnet8", 10, 1).eval()
     outputs = compute_teacher_outputs(teacher, digits, seed=0, epochs=2, crop_pad=1, flip=False, attention=True, device=CPU)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        ref = ray.put(outputs)
-        first, second = ray.get(ref), ray.get(ref)  # two trials of the node
-        assert first.logits.data_ptr() == second.logits.data_ptr()
-        assert [a.data_ptr() for a in first.attention] == [a.data_ptr() for a in second.attention]
-        assert torch.equal(first.logits, outputs.logits) and all(map(torch.equal, first.attention, outputs.attention))
-    finally:
-        ray.shutdown()
+    ref = ray.put(outputs)
+    first, second = ray.get(ref), ray.get(ref)  # two trials of the node
+    assert first.logits.data_ptr() == second.logits.data_ptr()
+    assert [a.data_ptr() for a in first.attention] == [a.data_ptr() for a in second.attention]
+    assert torch.equal(first.logits, outputs.logits) and all(map(torch.equal, first.attention, outputs.attention))

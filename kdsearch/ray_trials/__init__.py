@@ -36,7 +36,6 @@ from kdsearch.ray_trials.cluster import (  # noqa: E402
     start_ray,
     stop_ray,
     trials_at_once,
-    user_code,
 )
 from kdsearch.ray_trials.runner import (  # noqa: E402
     can_resume,
@@ -70,5 +69,4 @@ __all__ = [
     "stop_ray",
     "sweep_trials_at_once",
     "trials_at_once",
-    "user_code",
 ]

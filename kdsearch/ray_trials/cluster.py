@@ -3,34 +3,52 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
+import io
 import logging
 import math
 import os
 import socket
+import sys
+import tempfile
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
 from kdsearch.errors import UserError, first_line
-from kdsearch.models.imported import import_models, module_file
-from kdsearch.search.space import SweepSpec
 
 
-def user_code(spec: SweepSpec) -> list[str]:
-    """The files and folders of the user's own models and method (import paths) that are not
-    installed: sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
+def pack_code(paths: list[str]) -> bytes:
+    """The user's modules and packages (the plan's ``user_code``) as one zip archive, for a Ray this sweep
+    did not start: its workers were started without them (a job's ``py_modules`` are fixed when
+    Ray starts), so each trial puts the archive first on its ``sys.path`` (``use_code``)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in map(Path, paths):
+            files = (
+                sorted(f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts) if path.is_dir() else [path]
+            )
+            for file in files:
+                archive.write(file, file.relative_to(path.parent).as_posix())
+    return buffer.getvalue()
 
-    base = spec.example_config()
-    names = {base.student, base.teacher, *spec.methods}
-    for key in ("student", "teacher"):
-        dist = spec.space.get(key)
-        if dist is not None and dist["kind"] == "choice":
-            names.update(dist["args"])
-    own = import_models(names)  # a name that cannot be imported: one line, before any trial starts
-    paths = {module_file(n) for n in own}
-    return sorted(str(p) for p in paths if p is not None)
+
+def use_code(archive: bytes) -> None:
+    """Python imports the archive's modules in this process as from a folder (zipimport), before
+    the trial imports the user's models or unpickles a teacher of theirs."""
+    path = Path(tempfile.gettempdir()) / f"kdsearch-code-{hashlib.sha256(archive).hexdigest()[:16]}.zip"
+    if not path.exists():
+        part = path.with_suffix(f".{os.getpid()}.part")
+        part.write_bytes(archive)
+        part.replace(path)  # whole or not at all, for the trials of a node that start at once
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+        importlib.invalidate_caches()
 
 
 def start_ray(

@@ -165,9 +165,11 @@ def run_trials(
     study_db: Path | None = None,
     placement: str | None = None,
     log: Callable[[str], None] | None = None,
+    ship_code: list[str] | None = None,
 ) -> list[TrialRecord]:
     """Run (or resume, ``opts.resume``) the sweep in ``storage/name`` with ``opts``' resources and
-    return every trial. ``stop_check`` is asked every second while the trials run; a reason it
+    return every trial. ``ship_code``: the user's modules, sent with the trials (``pack_code``)
+    when the Ray they run on was started without them. ``stop_check`` is asked every second while the trials run; a reason it
     returns stops them gracefully (state saved, resumable) and raises ``TrialsStopped``.
     ``study_db``: where the Optuna study is written when the trials end (also after Ctrl-C and
     on a resume). ``placement``: where the data lives (``place_data``); None: each trial chooses.
@@ -183,6 +185,7 @@ def run_trials(
         cpus_per_trial=opts.cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
         placement=placement,
+        code=cluster.pack_code(ship_code) if ship_code else None,
     )
     with cluster.environment(_tune_settings(opts, gpus_per_trial)), ray_internals.without_result_frames():
         tuner, searcher = _tuner(spec, trainable, storage, name, study_db, opts, tracker=tracker, log=log)
@@ -271,11 +274,20 @@ def sweep_trials_at_once(spec: SweepSpec, opts: SweepOptions) -> int:
 
 
 def _trainable(
-    spec: SweepSpec, data, teacher, teacher_outputs, *, cpus_per_trial: float, gpus_per_trial: float, placement: str | None
+    spec: SweepSpec,
+    data,
+    teacher,
+    teacher_outputs,
+    *,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    placement: str | None,
+    code: bytes | None = None,
 ):
-    """EpochTrainable with what every trial shares (through Ray's object store) and its resources."""
+    """EpochTrainable with what every trial shares (through Ray's object store) and its resources;
+    with ``code`` (``pack_code``), a trial makes it importable before anything else."""
     trainable = tune.with_parameters(
-        EpochTrainable,
+        _with_code(code),
         spec=spec,
         data_payload=payload(data),
         teacher_payload=teacher_payload(teacher) if teacher is not None else None,
@@ -286,6 +298,18 @@ def _trainable(
         placement=placement,
     )
     return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+
+
+def _with_code(code: bytes | None) -> type[EpochTrainable]:
+    if code is None:
+        return EpochTrainable
+
+    class EpochTrainableWithCode(EpochTrainable):  # defined here: Ray sends it, archive and all, by value
+        def __init__(self, *args, **kwargs):
+            cluster.use_code(code)  # before with_parameters' setup unpickles what may be the user's
+            super().__init__(*args, **kwargs)
+
+    return EpochTrainableWithCode
 
 
 def _run_config(spec: SweepSpec, name: str, storage: str, tracker, verbose: int, log=None) -> tune.RunConfig:

@@ -9,12 +9,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsearch.errors import UserError
-from kdsearch.ray_trials import user_code
+from kdsearch.models.imported import import_models, module_file
 from kdsearch.runtime import object_storage
 from kdsearch.search.folder import SweepFolder, SweepLock
 from kdsearch.search.options import SweepOptions
 from kdsearch.search.space import SweepSpec, check_sweep_name, load_sweep
 from kdsearch.tracking.uri import default_tracking_uri
+
+
+def user_code(spec: SweepSpec) -> list[str]:
+    """The files and folders of the user's own models and method (import paths) that are not
+    installed: sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
+
+    base = spec.example_config()
+    names = {base.student, base.teacher, *spec.methods}
+    for key in ("student", "teacher"):
+        dist = spec.space.get(key)
+        if dist is not None and dist["kind"] == "choice":
+            names.update(dist["args"])
+    own = import_models(names)  # a name that cannot be imported: one line, before any trial starts
+    paths = {module_file(n) for n in own}
+    return sorted(str(p) for p in paths if p is not None)
 
 
 def apply_options(spec: SweepSpec, opts: SweepOptions) -> SweepSpec:

@@ -269,7 +269,13 @@ def run_sweep(path: str | Path, opts: SweepOptions, log: Callable[[str], None] =
     with (
         interrupts.remembered()
     ):  # a Ctrl-C while the teacher trains is never lost (run_trials' own handler takes over for the trials)
-        plan = plan_sweep(path, opts)
+        return run_planned(plan_sweep(path, opts), opts, log)
+
+
+def run_planned(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None] = print) -> SweepSummary:
+    """The sweep ``plan_sweep`` planned (the command line plans before it imports Ray and MLflow,
+    so that a mistake is one line at once); releases the plan's lock."""
+    with interrupts.remembered():
         try:
             return _run_planned(plan, opts, log)
         finally:
@@ -344,6 +350,7 @@ def _run_trials(plan: SweepPlan, opts: SweepOptions, log: Callable[[str], None])
             study_db=plan.folder.study_db,
             placement=shared.placement,
             log=log,
+            ship_code=None if ray_started else plan.user_code,  # a Ray kdsearch started has them (py_modules)
         )
     except (ray_trials.TrialsInterrupted, KeyboardInterrupt) as exc:
         raise interrupted(plan, opts, tracker, exc) from None

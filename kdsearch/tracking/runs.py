@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,7 +79,9 @@ def probe_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
         return
 
     try:
-        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        # The proxies of the environment now, as MLflow's client will use them (urlopen's opener
+        # keeps those of its first call in this process).
+        urllib.request.build_opener().open(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
     except urllib.error.HTTPError:
         return
     except (OSError, ValueError) as exc:
@@ -399,15 +402,16 @@ def start_ui_server(tracking_uri: str, port: int, host: str = "127.0.0.1", timeo
         start_new_session=True,
     )
     url = f"http://{host}:{port}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # our own server: never through an http_proxy
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace").strip().splitlines()
             raise UserError(f"the MLflow UI server stopped at start ({err[-1][:200] if err else 'no message'})")
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
+            direct.open(f"{url}/health", timeout=2).close()
             return proc, url
         except OSError:
             time.sleep(0.3)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and the uvicorn it started
     raise UserError(f"the MLflow UI server did not answer on {url} within {timeout_s:.0f} s")
