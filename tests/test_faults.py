@@ -140,7 +140,11 @@ search: {{num_samples: 3, scheduler: fifo, seed: 0}}
         trials = [r for r in runs if r.data.tags.get("kdsearch.role") == "trial"]
         parents = [r for r in runs if r.data.tags.get("kdsearch.role") == "sweep"]
         assert len(parents) == 1 and sorted(r.data.tags["kdsearch.trial_id"] for r in trials) == sorted(histories)
-        for run in trials:  # each epoch exactly once, whether it was logged live or by sync
+        for run in trials:  # each epoch exactly once, whether it was logged live or by sync; its searched lr too
+            assert (
+                float(run.data.params["lr"])
+                == json.loads((folder / f"trial_{run.data.tags['kdsearch.trial_id']}" / "params.json").read_text())["lr"]
+            )
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
             assert sorted(steps) == list(range(1, DOWN_EPOCHS + 1))
         parent = parents[0]
@@ -208,7 +212,7 @@ def test_ctrl_c_during_the_trials_finalises_nothing_and_resume_finishes_the_swee
     space = tmp_path / "cc.yaml"
     space.write_text(f"""
 name: cc
-fixed: {{method: kd, dataset: digits, epochs: 80, train_subset: 512, teacher: resnet8, teacher_epochs: 3, cache_dir: {tmp_path / "cache"}}}
+fixed: {{method: kd, dataset: digits, epochs: 60, train_subset: 512, teacher: resnet8, teacher_epochs: 3, cache_dir: {tmp_path / "cache"}}}
 space:
   alpha: {{uniform: [0.3, 0.9]}}
 search: {{num_samples: 3, scheduler: fifo, seed: 0}}

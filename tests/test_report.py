@@ -1,6 +1,8 @@
 """Reports of a sweep folder: the table, the plots, and which way each objective points."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -125,3 +127,17 @@ def test_importances_of_a_large_sweep_use_a_fixed_sized_sample(tmp_path, monkeyp
     build_report(tmp_path)
     assert [len(s) for s in seen] == [25, 25]
     assert [t.params for t in seen[0]] == [t.params for t in seen[1]]  # seeded: the same sample
+
+
+@pytest.mark.slow  # a subprocess
+def test_a_one_trial_sweep_skips_the_importances_without_loading_fanova(tmp_path):
+    """One finished trial has nothing to compare: the report says so, and does not spend ~1.5 s
+    importing Optuna's fANOVA (scikit-learn) to find that out (a fresh process: pytest's may have it)."""
+    _fake_sweep(tmp_path, [({"temperature": 2.0, "alpha": 0.5}, [0.5, 0.6, 0.7])])
+    probe = (
+        "import sys\nfrom pathlib import Path\nfrom kdsearch.sweeper.report import build_report\n"
+        f"notes = build_report(Path({str(tmp_path)!r}))['notes']\n"
+        "print([n for n in notes if 'importances' in n], 'optuna.importance' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert run.stdout.strip() == "['parameter importances skipped: needs at least two finished trials'] False", run.stderr

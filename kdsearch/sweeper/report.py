@@ -129,14 +129,17 @@ def _importances(trials: list[TrialRecord], manifest: dict) -> tuple[dict[str, f
     """fANOVA importances, on a seeded sample of at most IMPORTANCE_TRIALS usable trials; with
     how many trials it used, of how many."""
 
-    import optuna  # fANOVA only when a report is built
-
     objective = Objective(*manifest["objectives"][0])
     # fANOVA needs every trial to have each parameter: those some trials draw (a method's settings) are left out
     dists = distributions({key: dist for key, dist in manifest["space"].items() if "when" not in dist})
+    usable = [(t, t.score(objective)) for t in trials if t.usable(objective) and all(k in t.params for k in dists)]
+    if len(usable) < 2:
+        return {}, 0, len(usable)  # nothing to compare: without importing fANOVA (~1.5 s of scikit-learn here)
+
+    import optuna  # fANOVA only when a report is built
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=objective.direction)
-    usable = [(t, t.score(objective)) for t in trials if t.usable(objective) and all(k in t.params for k in dists)]
     chosen = random.Random(0).sample(usable, IMPORTANCE_TRIALS) if len(usable) > IMPORTANCE_TRIALS else usable
     study.add_trials(
         [optuna.trial.create_trial(params={k: t.params[k] for k in dists}, distributions=dists, value=v) for t, v in chosen]
