@@ -134,7 +134,7 @@ def test_compile_wraps_the_forward_passes_and_trains_the_same_model(digits, cach
         wrapped.append(getattr(fn, "__qualname__", type(fn).__name__))
         return real(fn, backend="eager")
 
-    cfg = TrainConfig(method=method, cache_dir=cache_dir, **{**FAST, "epochs": 2})
+    cfg = TrainConfig(method=method, cache_dir=cache_dir, **{**FAST, "epochs": 1})
     eager = fit(cfg, data=digits, measure_speed=False, evaluate_test=False)
     monkeypatch.setattr(torch, "compile", spy)
     compiled = fit(dataclasses.replace(cfg, compile=True), data=digits, measure_speed=False, evaluate_test=False)
