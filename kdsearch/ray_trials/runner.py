@@ -169,8 +169,8 @@ def run_trials(
 ) -> list[TrialRecord]:
     """Run (or resume, ``opts.resume``) the sweep in ``storage/name`` with ``opts``' resources and
     return every trial. ``ship_code``: the user's modules, sent with the trials (``pack_code``)
-    when the Ray they run on was started without them. ``stop_check`` is asked every second while the trials run; a reason it
-    returns stops them gracefully (state saved, resumable) and raises ``TrialsStopped``.
+    when the Ray they run on was started without them. ``stop_check`` is asked every second
+    while the trials run; a reason it returns stops them gracefully (state saved, resumable) and raises ``TrialsStopped``.
     ``study_db``: where the Optuna study is written when the trials end (also after Ctrl-C and
     on a resume). ``placement``: where the data lives (``place_data``); None: each trial chooses.
     ``log``: told, once per reason, when trials run the teacher live beside ``teacher_outputs``."""

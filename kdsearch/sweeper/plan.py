@@ -19,7 +19,8 @@ from kdsearch.tracking.uri import default_tracking_uri
 
 def user_code(spec: SweepSpec) -> list[str]:
     """The files and folders of the user's own models and method (import paths) that are not
-    installed: sent to every Ray worker (``py_modules``), on this machine or a cluster's nodes."""
+    installed: sent to every Ray worker (``py_modules`` of the Ray a sweep starts, on this machine
+    or a cluster's nodes; on a Ray the caller started, an archive with the trials)."""
 
     base = spec.example_config()
     names = {base.student, base.teacher, *spec.methods}
