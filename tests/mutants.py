@@ -238,22 +238,6 @@ def _verdict(returncode: int, output: str, imported: str, copy: Path) -> tuple[b
     return returncode == 1, tail  # 1: tests ran and failed (5 would be: none collected)
 
 
-def run_mutant(mutant: Mutant, timeout: float = 600) -> tuple[bool, str]:
-    """(caught, what happened): the mutant applied to a copy of the repository, its tests run
-    there by a pytest of their own (``run_mutants`` runs many at a lower cost)."""
-    with tempfile.TemporaryDirectory(prefix="kdsearch-mutant-") as tmp:
-        copy = _copy_with(mutant, Path(tmp))
-        if isinstance(copy, str):
-            return False, copy
-        env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests]
-        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
-        probe = subprocess.run(
-            [sys.executable, "-c", "import kdsearch; print(kdsearch.__file__)"], cwd=copy, env=env, capture_output=True, text=True
-        )
-        return _verdict(proc.returncode, proc.stdout or proc.stderr[-300:], probe.stdout, copy)
-
-
 # Most of a mutant's pytest, on its own, is importing what every one imports (torch, Ray, MLflow,
 # pytest: ~4 s of ~6 here). run_mutants starts one runner that imports those once and forks a
 # child per mutant; the child imports kdsearch and the tests from the mutant's copy. Forking is
@@ -348,22 +332,8 @@ def _runner(workers: int, timeout: float) -> int:
     while jobs or running:
         while jobs and len(running) < workers:
             job = jobs.pop(0)
-            if not forking:  # one pytest a mutant, as run_mutant
-                proc = subprocess.run(
-                    [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *job["tests"]],
-                    cwd=job["copy"],
-                    env=dict(os.environ, PYTHONPATH=job["copy"]),
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout,
-                )
-                Path(job["log"]).write_text(proc.stdout or proc.stderr[-300:])
-                probe = [sys.executable, "-c", "import kdsearch; print(kdsearch.__file__)"]
-                imported = subprocess.run(
-                    probe, cwd=job["copy"], env=dict(os.environ, PYTHONPATH=job["copy"]), capture_output=True, text=True
-                )
-                Path(job["log"] + ".imported").write_text(imported.stdout.strip())
-                _report(job, proc.returncode)
+            if not forking:
+                _report(job, _pytest_of_its_own(job, timeout))
                 continue
             sys.stdout.flush()
             pid = os.fork()
@@ -382,6 +352,29 @@ def _runner(workers: int, timeout: float) -> int:
         job, _ = running.pop(pid)
         _report(job, os.waitstatus_to_exitcode(status))
     return 0
+
+
+def _pytest_of_its_own(job: dict, timeout: float) -> int:
+    """Where forking is not safe: the mutant's tests in a pytest process of their own, with the
+    copy first on PYTHONPATH; the same log and record of which kdsearch was imported."""
+    env = dict(os.environ, PYTHONPATH=job["copy"])
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *job["tests"]],
+            cwd=job["copy"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        Path(job["log"]).write_text(f"timed out after {timeout:.0f} s")
+        return -9
+    Path(job["log"]).write_text(proc.stdout or proc.stderr[-300:])
+    probe = [sys.executable, "-c", "import kdsearch; print(kdsearch.__file__)"]
+    imported = subprocess.run(probe, cwd=job["copy"], env=env, capture_output=True, text=True)
+    Path(job["log"] + ".imported").write_text(imported.stdout.strip())
+    return proc.returncode
 
 
 def _report(job: dict, returncode: int) -> None:
